@@ -1,0 +1,29 @@
+# Aesthete: `make run` starts a real ComfyUI with the pack; `make test` runs the whole test suite.
+HOST ?= 127.0.0.1
+PORT ?= 8188
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: run test setup setup-test lint bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+setup-test:
+	@bash scripts/setup.sh --test
+
+run: setup
+	@$(PY) scripts/run_comfyui.py --host $(HOST) --port $(PORT)
+
+test: setup-test
+	@$(PY) -m ruff check .
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup-test
+	@$(PY) -m ruff check .
+
+bench: setup-test
+	@$(PY) benchmarks/bench_scoring.py
+
+clean:
+	rm -rf .venv .comfyui .cache tests/.models tests/.artifacts

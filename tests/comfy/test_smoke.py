@@ -1,0 +1,24 @@
+"""The pack loads in a real ComfyUI, its nodes are listed, and a graph with an Aesthete node runs."""
+
+from __future__ import annotations
+
+EXPECTED_NODES = {"AesthetePromptComposer", "AestheteNegativePrompt"}
+
+
+def test_nodes_listed_under_aesthete(comfy):
+    info = comfy.object_info()
+    ours = {k: v for k, v in info.items() if k.startswith("Aesthete")}
+    assert EXPECTED_NODES <= set(ours), f"missing: {EXPECTED_NODES - set(ours)}"
+    for node_id, node in ours.items():
+        assert node["category"].startswith("Aesthete/"), node_id
+        assert node["description"], f"{node_id} has no description"
+        for section in ("required", "optional"):
+            for name, spec in node["input"].get(section, {}).items():
+                assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id} input {name} has no tooltip"
+        assert all(node["output_tooltips"]), f"{node_id} has an output without tooltip"
+
+
+def test_pack_imported_without_errors(comfy_server):
+    log = comfy_server.log_text()
+    assert "comfyui-aesthete" in log  # ComfyUI lists the pack's import time
+    assert "IMPORT FAILED" not in log

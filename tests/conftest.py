@@ -1,0 +1,95 @@
+"""Shared fixtures: one real ComfyUI server per test session, its client, test models, a headless browser."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from harness.client import ComfyClient
+from harness.comfy_server import ComfyServer
+
+ARTIFACTS = Path(__file__).resolve().parent / ".artifacts"
+
+# no hub is reachable here: fail fast instead of 30-70 s of retries
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def comfy_server():
+    base = Path(tempfile.mkdtemp(prefix="aesthete-comfy-"))
+    server = ComfyServer(base_dir=base)
+    try:
+        server.start()
+    except RuntimeError as e:
+        server.stop()
+        pytest.fail(str(e), pytrace=False)
+    yield server
+    server.stop()
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copyfile(server.log_path, ARTIFACTS / "comfyui.log")
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_server) -> ComfyClient:
+    return ComfyClient(comfy_server.url)
+
+
+def _link_model(server: ComfyServer, folder: str, source: Path, name: str | None = None) -> str:
+    dest_dir = server.models_dir / folder
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    name = name or source.name
+    dest = dest_dir / name
+    if not dest.exists():
+        dest.symlink_to(source, target_is_directory=source.is_dir())
+    return name
+
+
+@pytest.fixture(scope="session")
+def sd15_ckpt(comfy_server) -> str:
+    """File name (as CheckpointLoaderSimple lists it) of the small random-weight SD1.5 checkpoint."""
+    from harness.factories import small_sd15_checkpoint
+
+    return _link_model(comfy_server, "checkpoints", small_sd15_checkpoint(), "aesthete-test-sd15.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_predictor(comfy_server) -> str:
+    """Folder name under models/aesthetic/ of the tiny random-weight aesthetic predictor."""
+    from harness.factories import aesthetic_predictor
+
+    return _link_model(comfy_server, "aesthetic", aesthetic_predictor("tiny"), "aesthete-test-tiny")
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's Chromium driven by Python playwright (no browser download)."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    exe = next((p for p in ("/usr/lib/chromium/chromium", "/usr/bin/chromium") if os.path.exists(p)), None)
+    if exe is None:
+        pytest.fail("Chromium is not installed: run scripts/setup.sh --test (make test does)", pytrace=False)
+    user_dir = tempfile.mkdtemp(prefix="aesthete-chromium-")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", f"--user-data-dir={user_dir}"])
+        yield browser
+        browser.close()
+    shutil.rmtree(user_dir, ignore_errors=True)
+
+
+@pytest.fixture()
+def frontend(chromium, comfy_server):
+    """The real ComfyUI frontend open in a fresh page; ``.errors`` collects console errors and page errors."""
+    from harness.browser import Frontend
+
+    page = chromium.new_page(viewport={"width": 1600, "height": 1000})
+    fe = Frontend(page, comfy_server.url)
+    fe.open()
+    yield fe
+    page.close()

@@ -1,0 +1,129 @@
+"""Start and stop a real ComfyUI server (the embedded 0.3.75 in .comfyui/ComfyUI) for tests and benchmarks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+COMFY_DIR = Path(os.environ.get("AESTHETE_COMFYUI_DIR", REPO / ".comfyui" / "ComfyUI"))
+PACK_FOLDER_NAME = "comfyui-aesthete"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ComfyServer:
+    """A ComfyUI process with its own base directory; the pack is registered via --extra-model-paths-config."""
+
+    base_dir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.base_dir / "models"
+
+    @property
+    def input_dir(self) -> Path:
+        return self.base_dir / "input"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.base_dir / "output"
+
+    @property
+    def user_dir(self) -> Path:
+        return self.base_dir / "user"
+
+    def log_tail(self, chars: int = 6000) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def start(self, timeout: float = 180.0, extra_args: list[str] | None = None) -> None:
+        if not (COMFY_DIR / "main.py").exists():
+            raise RuntimeError(f"{COMFY_DIR}/main.py missing: run scripts/setup.sh --test (make test does)")
+        for sub in ("custom_nodes", "models", "input", "output", "user/default", "temp"):
+            (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
+        settings = self.user_dir / "default" / "comfy.settings.json"
+        if not settings.exists():  # else a Templates dialog covers the canvas on first load
+            settings.write_text('{"Comfy.TutorialCompleted": true}')
+        # the pack goes in a folder of its own, under the name a user's clone would have
+        nodes_parent = self.base_dir / "extra_custom_nodes"
+        nodes_parent.mkdir(exist_ok=True)
+        link = nodes_parent / PACK_FOLDER_NAME
+        if not link.exists():
+            link.symlink_to(REPO, target_is_directory=True)
+        yaml_path = self.base_dir / "extra_model_paths.yaml"
+        yaml_path.write_text(f"aesthete_tests:\n    custom_nodes: {nodes_parent}\n")
+        self.log_path = self.base_dir / "comfyui.log"
+        cmd = [
+            sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            "--disable-auto-launch", "--base-directory", str(self.base_dir),
+            "--database-url", "sqlite:///:memory:", "--extra-model-paths-config", str(yaml_path),
+            *(extra_args or []),
+        ]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        logf = open(self.log_path, "wb")
+        self.process = subprocess.Popen(cmd, cwd=COMFY_DIR, stdout=logf, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if requests.get(self.url + "/system_stats", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        else:
+            self.stop()
+            raise RuntimeError(f"ComfyUI did not answer within {timeout}s:\n{self.log_tail()}")
+        self.check_pack_loaded()
+
+    def check_pack_loaded(self) -> None:
+        text = self.log_text()
+        bad = [ln for ln in text.splitlines()
+               if PACK_FOLDER_NAME in ln and ("IMPORT FAILED" in ln or "Cannot import" in ln)]
+        if bad or "Error while calling comfy_entrypoint" in text:
+            raise RuntimeError("the Aesthete pack failed to import in ComfyUI:\n" + self.log_tail())
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self.process = None

@@ -1,0 +1,89 @@
+"""Installing the pack never downgrades what a user's environment already has (issue 2, Packaging)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _requirement_names(lines) -> dict[str, str]:
+    out = {}
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name = re.split(r"[<>=!~ \[;]", line, maxsplit=1)[0].lower().replace("_", "-")
+            out[name] = line.replace(" ", "")
+    return out
+
+
+def test_requirements_mirror_pyproject_and_have_no_upper_bounds():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = _requirement_names(project["dependencies"])
+    reqs = _requirement_names((ROOT / "requirements.txt").read_text().splitlines())
+    assert deps == reqs
+    for name, spec in deps.items():
+        assert not re.search(r"(<|==|~=|!=)", spec), f"{spec}: an upper bound or pin could downgrade a user's {name}"
+    # its metadata pins transformers<5: it must never be a declared dependency
+    assert "simple-aesthetics-predictor" not in deps
+
+
+def _dry_run(*args: str) -> list[dict]:
+    """What `pip install` would install here, without installing it (pip's JSON report)."""
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-",
+                           "--disable-pip-version-check", *args],
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        pytest.fail(f"pip dry run failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout)["install"]
+
+
+def _installed_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def test_installing_requirements_changes_nothing_already_installed():
+    """In this environment (transformers 5, torch 2.14) the pack's requirements are already met: pip would
+    install nothing, in particular no other transformers or torch."""
+    would_install = _dry_run("-r", str(ROOT / "requirements.txt"))
+    changed = [(i["metadata"]["name"], _installed_version(i["metadata"]["name"]), i["metadata"]["version"])
+               for i in would_install if _installed_version(i["metadata"]["name"]) is not None]
+    assert changed == [], f"installing requirements.txt would replace installed packages: {changed}"
+
+
+def test_predictor_package_installs_without_touching_transformers():
+    transformers_major = int(metadata.version("transformers").split(".")[0])
+    assert transformers_major >= 5, "this test is about users on transformers 5"
+    # what install.py runs: only the package itself
+    names = [i["metadata"]["name"].lower() for i in _dry_run("--no-deps", "--force-reinstall",
+                                                            "simple-aesthetics-predictor==0.1.2")]
+    assert names == ["simple-aesthetics-predictor"]
+    # and why: with its declared requirements, pip would downgrade transformers below 5
+    with_deps = {i["metadata"]["name"].lower(): i["metadata"]["version"]
+                 for i in _dry_run("--force-reinstall", "simple-aesthetics-predictor==0.1.2", "torch==2.14.1",
+                                   "torchvision==0.29.1")}
+    assert int(with_deps["transformers"].split(".")[0]) < 5
+
+
+def test_predictor_package_works_on_installed_transformers():
+    from aesthetics_predictor import AestheticsPredictorV2Linear
+    from transformers import CLIPVisionConfig
+
+    model = AestheticsPredictorV2Linear(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                         num_attention_heads=4, image_size=32, patch_size=8,
+                                                         projection_dim=16))
+    import torch
+
+    out = model(pixel_values=torch.zeros(2, 3, 32, 32))
+    assert out.logits.shape == (2, 1)

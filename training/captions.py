@@ -1,0 +1,97 @@
+"""Captions of a training folder: where they come from (kohya ``name.txt``, tag lists in ``name.json``, DiffSynth's
+``metadata.csv``) and how one epoch's caption is built from them (trigger word, keep the first N tags, shuffle the
+rest, caption dropout)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("aesthete.training")
+
+METADATA_CSV = "metadata.csv"
+
+
+class CaptionError(ValueError):
+    """A caption file exists but cannot be read; the message names the file."""
+
+
+def split_tags(text: str) -> list[str]:
+    """Comma-separated tags, stripped, empty ones dropped (``"1girl, solo,"`` -> ``["1girl", "solo"]``)."""
+    return [t.strip() for t in text.replace("\n", ",").split(",") if t.strip()]
+
+
+def read_metadata_csv(folder: Path) -> dict[str, str]:
+    """``metadata.csv`` (columns ``file_name,text``, DiffSynth's layout) as {file name: caption}; {} when absent."""
+    path = folder / METADATA_CSV
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        fields = {name.strip().lower(): name for name in reader.fieldnames or []}
+        if "file_name" not in fields or "text" not in fields:
+            raise CaptionError(f"{path}: needs the columns file_name,text (found {reader.fieldnames})")
+        return {row[fields["file_name"]].strip(): (row[fields["text"]] or "").strip() for row in reader
+                if row.get(fields["file_name"])}
+
+
+def read_json_tags(path: Path) -> list[str]:
+    """A tag file: a JSON list of tags, or an object whose ``tags`` (or ``text``/``caption``) holds them."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CaptionError(f"{path}: not a readable JSON tag file ({e})") from e
+    if isinstance(data, dict):
+        data = next((data[k] for k in ("tags", "text", "caption") if k in data), None)
+    if isinstance(data, str):
+        return split_tags(data)
+    if isinstance(data, list) and all(isinstance(t, str) for t in data):
+        return [t.strip() for t in data if t.strip()]
+    raise CaptionError(f"{path}: expected a list of tags or {{\"tags\": [...]}}")
+
+
+def find_caption(image: Path, metadata: dict[str, str]) -> tuple[list[str], str]:
+    """The tags of ``image`` and where they came from (``txt``, ``json``, ``csv`` or ``none``).
+    A ``name.txt`` beside the image wins over ``name.json``, which wins over ``metadata.csv``."""
+    txt = image.with_suffix(".txt")
+    if txt.is_file():
+        return split_tags(txt.read_text(encoding="utf-8", errors="replace")), "txt"
+    js = image.with_suffix(".json")
+    if js.is_file():
+        return read_json_tags(js), "json"
+    if image.name in metadata:
+        return split_tags(metadata[image.name]), "csv"
+    return [], "none"
+
+
+@dataclass(frozen=True)
+class CaptionRecipe:
+    """How an epoch's caption is made from an image's tags."""
+
+    trigger_word: str = ""
+    keep_first_tags: int = 0
+    shuffle_tags: bool = False
+    dropout: float = 0.0
+
+    def build(self, tags: list[str], rng: random.Random) -> str:
+        """The caption for one pass over an image: with probability ``dropout`` only the trigger word
+        (an empty caption when there is none); else the trigger word, the first ``keep_first_tags`` tags in
+        order, then the other tags (shuffled when ``shuffle_tags``)."""
+        trigger = [self.trigger_word.strip()] if self.trigger_word.strip() else []
+        if self.dropout > 0 and rng.random() < self.dropout:
+            return ", ".join(trigger)
+        tags = [t for t in tags if t not in trigger]
+        keep, rest = tags[:self.keep_first_tags], tags[self.keep_first_tags:]
+        if self.shuffle_tags:
+            rest = rest[:]
+            rng.shuffle(rest)
+        return ", ".join(trigger + keep + rest)
+
+    @property
+    def varies(self) -> bool:
+        """True when the same image can get different captions in different epochs."""
+        return self.shuffle_tags or self.dropout > 0

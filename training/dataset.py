@@ -1,0 +1,201 @@
+"""A LoRA training set read from a folder of captioned images: aesthetic filtering, aspect-ratio buckets or crops,
+repeats, and the per-epoch plan of batches (each batch from one bucket, so its images share a size)."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .captions import CaptionError, CaptionRecipe, find_caption, read_metadata_csv
+
+log = logging.getLogger("aesthete.training")
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+CROP_MODES = ("buckets", "center crop", "random crop")
+ScoreFn = Callable[[list[Image.Image]], Sequence[float]]
+
+
+class DatasetError(ValueError):
+    """The folder cannot give a training set; the message names it and says what to do."""
+
+
+@dataclass
+class TrainingImage:
+    path: Path
+    tags: list[str]
+    caption_source: str  # txt, json, csv or none
+    pixels: torch.Tensor  # [H, W, 3] float32 0..1, already at its bucket size
+    score: float | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.pixels.shape[1]), int(self.pixels.shape[0])
+
+
+@dataclass
+class LoraDataset:
+    """Images at their training size with their tags; ``plan_epoch`` turns them into batches of captions."""
+
+    folder: Path
+    images: list[TrainingImage]
+    recipe: CaptionRecipe = field(default_factory=CaptionRecipe)
+    repeats: int = 1
+    resolution: int = 512
+    crop_mode: str = "buckets"
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def buckets(self) -> dict[tuple[int, int], int]:
+        """{(width, height): number of images}."""
+        return dict(sorted(Counter(img.size for img in self.images).items()))
+
+    def plan_epoch(self, epoch: int, batch_size: int, seed: int) -> list[list[tuple[int, str]]]:
+        """The batches of one epoch: each a list of (image index, caption), all of one bucket. Every image comes
+        ``repeats`` times; order and varying captions are drawn from ``seed`` and ``epoch`` (reproducible)."""
+        rng = random.Random(seed * 100003 + epoch)
+        by_bucket: dict[tuple[int, int], list[tuple[int, str]]] = {}
+        for _ in range(self.repeats):
+            for i, img in enumerate(self.images):
+                by_bucket.setdefault(img.size, []).append((i, self.recipe.build(img.tags, rng)))
+        batches = []
+        for size in sorted(by_bucket):
+            entries = by_bucket[size]
+            rng.shuffle(entries)
+            batches += [entries[j:j + batch_size] for j in range(0, len(entries), batch_size)]
+        rng.shuffle(batches)
+        return batches
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return sum(-(-n * self.repeats // batch_size) for n in self.buckets().values())
+
+    def report(self) -> str:
+        """What was kept, what was skipped and why, and the buckets, in a few lines for the node's UI."""
+        sources = Counter(img.caption_source for img in self.images)
+        lines = [f"{self.folder}: {len(self.images)} images kept, {len(self.skipped)} skipped, "
+                 f"repeats {self.repeats}, {self.crop_mode} at {self.resolution}px",
+                 "captions: " + ", ".join(f"{n} from {s}" for s, n in sorted(sources.items()))]
+        scores = [img.score for img in self.images if img.score is not None]
+        if scores:
+            lines.append(f"aesthetic scores kept: min {min(scores):.2f}, max {max(scores):.2f}")
+        lines.append("buckets: " + ", ".join(f"{w}x{h}: {n}" for (w, h), n in self.buckets().items()))
+        lines += [f"skipped {name}: {why}" for name, why in self.skipped]
+        return "\n".join(lines)
+
+
+def bucket_sizes(resolution: int, max_ratio: float = 2.0) -> list[tuple[int, int]]:
+    """Sizes with about ``resolution``² pixels (never more), sides multiples of a step (64 for 256 px and up, else 8),
+    aspect ratios up to ``max_ratio`` either way. Always holds the square."""
+    step = 64 if resolution >= 256 else 8
+    side = max(step, resolution // step * step)
+    area = side * side
+    sizes = {(side, side)}
+    w = step
+    while w <= side * max_ratio:
+        h = min(area // w // step * step, int(side * max_ratio) // step * step)
+        if h >= step and max(w / h, h / w) <= max_ratio:
+            sizes.add((w, h))
+        w += step
+    return sorted(sizes)
+
+
+def nearest_bucket(width: int, height: int, sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """The size whose aspect ratio is closest to the image's (in log space), the larger on a tie."""
+    ratio = np.log(width / height)
+    return min(sizes, key=lambda s: (abs(np.log(s[0] / s[1]) - ratio), -s[0] * s[1]))
+
+
+def fit_image(image: Image.Image, size: tuple[int, int], crop: str, rng: random.Random) -> Image.Image:
+    """Resize ``image`` to cover ``size`` keeping its aspect ratio, then crop to it (centre, or a random place)."""
+    w, h = size
+    scale = max(w / image.width, h / image.height)
+    rw, rh = max(w, round(image.width * scale)), max(h, round(image.height * scale))
+    image = image.resize((rw, rh), Image.Resampling.LANCZOS)
+    if crop == "random crop":
+        left, top = rng.randint(0, rw - w), rng.randint(0, rh - h)
+    else:
+        left, top = (rw - w) // 2, (rh - h) // 2
+    return image.crop((left, top, left + w, top + h))
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (subfolders included, hidden ones not), sorted by path."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def load_dataset(folder: str | Path, *, resolution: int = 512, crop_mode: str = "buckets",
+                 recipe: CaptionRecipe | None = None, repeats: int = 1, require_captions: bool = False,
+                 score: ScoreFn | None = None, min_score: float = 0.0, seed: int = 0,
+                 score_batch: int = 16) -> LoraDataset:
+    """Read every image of ``folder`` with its caption into a :class:`LoraDataset`.
+
+    ``score`` (optional) maps a list of PIL images to aesthetic scores; images below ``min_score`` are skipped.
+    Unreadable images, images without a caption (when ``require_captions``) and low scores are skipped and
+    listed in ``skipped`` with the reason; a folder left with no image raises :class:`DatasetError`."""
+    folder = Path(folder)
+    if crop_mode not in CROP_MODES:
+        raise DatasetError(f"crop mode {crop_mode!r}: use one of {', '.join(CROP_MODES)}")
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: not a folder; put the training images (with .txt/.json captions or a "
+                           "metadata.csv) in a folder under ComfyUI's input directory and give its name")
+    recipe = recipe or CaptionRecipe()
+    metadata = read_metadata_csv(folder)
+    sizes = bucket_sizes(resolution) if crop_mode == "buckets" else [(resolution, resolution)]
+    rng = random.Random(seed)
+    kept: list[tuple[Path, list[str], str, Image.Image]] = []
+    skipped: list[tuple[str, str]] = []
+    for path in list_images(folder):
+        name = str(path.relative_to(folder))
+        try:
+            with Image.open(path) as opened:
+                image = ImageOps.exif_transpose(opened).convert("RGB")
+        except (OSError, UnidentifiedImageError) as e:
+            skipped.append((name, f"unreadable image ({e})"))
+            continue
+        try:
+            tags, source = find_caption(path, metadata)
+        except CaptionError as e:
+            skipped.append((name, str(e)))
+            continue
+        if require_captions and not tags:
+            skipped.append((name, "no caption (.txt, .json or metadata.csv)"))
+            continue
+        kept.append((path, tags, source, image))
+
+    scores: list[float | None] = [None] * len(kept)
+    if score is not None and kept:
+        scores = []
+        for i in range(0, len(kept), score_batch):
+            chunk = [k[3] for k in kept[i:i + score_batch]]
+            got = [float(s) for s in score(chunk)]
+            if len(got) != len(chunk):
+                raise DatasetError(f"the aesthetic scorer returned {len(got)} scores for {len(chunk)} images")
+            scores += got
+
+    images = []
+    for (path, tags, source, image), s in zip(kept, scores):
+        if s is not None and s < min_score:
+            skipped.append((str(path.relative_to(folder)), f"aesthetic score {s:.2f} < {min_score:.2f}"))
+            continue
+        size = nearest_bucket(image.width, image.height, sizes)
+        images.append(TrainingImage(path, tags, source, to_tensor(fit_image(image, size, crop_mode, rng)), s))
+    for name, why in skipped:
+        log.info("Aesthete dataset %s: skipped %s: %s", folder, name, why)
+    if not images:
+        reasons = "; ".join(f"{n}: {w}" for n, w in skipped[:5]) or "no image files (.png, .jpg, .webp, .bmp)"
+        raise DatasetError(f"{folder}: no usable training image ({reasons})")
+    return LoraDataset(folder, images, recipe, max(1, repeats), resolution, crop_mode, skipped)
