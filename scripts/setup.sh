@@ -34,7 +34,8 @@ stamp_of() {  # a hash of everything that decides what gets installed
   cat "$ROOT/scripts/setup.sh" "$ROOT/pyproject.toml" "$ROOT/requirements.txt" | sha256sum | cut -c1-16
 }
 STAMP="$VENV/.aesthete-setup-$(stamp_of)-$WITH_TEST"
-if [[ -f "$STAMP" && -f "$COMFY_DIR/main.py" ]]; then
+# a test setup is a superset of a run setup
+if [[ ( -f "$STAMP" || -f "$VENV/.aesthete-setup-$(stamp_of)-1" ) && -f "$COMFY_DIR/main.py" ]]; then
   exit 0
 fi
 
