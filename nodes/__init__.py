@@ -29,7 +29,13 @@ def load_node_classes() -> list[type[io.ComfyNode]]:
                 raise
             log.warning("Aesthete: nodes in %s disabled, missing package %r: %s", name, e.name, e)
             continue
-        classes.extend(module.NODES)
+        for cls in module.NODES:
+            try:
+                cls.GET_SCHEMA()  # validates it: one broken schema must not take the whole pack down
+            except Exception:
+                log.exception("Aesthete: node %s disabled, its schema is invalid", cls.__name__)
+                continue
+            classes.append(cls)
     return classes
 
 

@@ -18,10 +18,12 @@ NEGATIVE_PRESETS: dict[str, str] = {
     "recipe-en": RECIPE_NEGATIVE_EN,
     "empty": "",
 }
-NEGATIVE_PRESET_LABELS: dict[str, tuple[str, str]] = {
-    "recipe-zh": ("the recipe's list, in Chinese", "配方的负面词（中文）"),
-    "recipe-en": ("the recipe's list, in English", "配方的负面词（英文）"),
-    "empty": ("nothing: only the extra text", "空：只用附加文字"),
+# (English, Chinese) descriptions of the presets, for the node's tooltip and its translation
+PRESET_LABELS: dict[str, tuple[str, str]] = {
+    "recipe-zh": ("the recipe's list in Chinese (模糊, 低分辨率, 变形, ...)", "配方的负面词，中文（模糊, 低分辨率, 变形, ……）"),
+    "recipe-en": ("the same list in English (blurry, low resolution, deformed, ...)",
+                  "同一列表的英文版（blurry, low resolution, deformed, ……）"),
+    "empty": ("nothing, only the extra text", "空：只用附加文字"),
 }
 
 

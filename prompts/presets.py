@@ -49,8 +49,15 @@ def list_presets(folder: Path | None) -> list[str]:
     names = set()
     for d in (folder, SHIPPED_DIR):
         if d is not None and Path(d).is_dir():
-            names.update(p.stem for p in Path(d).glob("*.json") if not p.name.startswith("."))
+            names.update(p.stem for p in Path(d).glob("*.json") if _is_valid_name(p.stem))
     return sorted(names, key=str.casefold)
+
+
+def _is_valid_name(name: str) -> bool:
+    try:
+        return check_name(name) == name
+    except ValueError:
+        return False
 
 
 def find_preset(folder: Path | None, name: str) -> Path:

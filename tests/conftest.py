@@ -73,14 +73,13 @@ def chromium():
     exe = next((p for p in ("/usr/lib/chromium/chromium", "/usr/bin/chromium") if os.path.exists(p)), None)
     if exe is None:
         pytest.fail("Chromium is not installed: run scripts/setup.sh --test (make test does)", pytrace=False)
-    user_dir = tempfile.mkdtemp(prefix="aesthete-chromium-")
+    # playwright gives every launch a fresh, temporary profile (it refuses --user-data-dir here)
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", f"--user-data-dir={user_dir}"])
+            "--disable-component-update", "--disable-sync"])
         yield browser
         browser.close()
-    shutil.rmtree(user_dir, ignore_errors=True)
 
 
 @pytest.fixture()

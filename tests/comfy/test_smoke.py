@@ -21,4 +21,6 @@ def test_nodes_listed_under_aesthete(comfy):
 def test_pack_imported_without_errors(comfy_server):
     log = comfy_server.log_text()
     assert "comfyui-aesthete" in log  # ComfyUI lists the pack's import time
-    assert "IMPORT FAILED" not in log
+    ours = [line for line in log.splitlines() if "comfyui-aesthete" in line]
+    assert not [line for line in ours if "IMPORT FAILED" in line or "Cannot import" in line], ours
+    assert "Error while calling comfy_entrypoint" not in log
