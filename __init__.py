@@ -6,6 +6,9 @@ ComfyUI imports this file; it stays light. The nodes are imported only when Comf
 
 __version__ = "0.1.0"
 
+# frontend extensions (web/*.js), served by ComfyUI
+WEB_DIRECTORY = "./web"
+
 
 async def comfy_entrypoint():
     from .nodes import AestheteExtension

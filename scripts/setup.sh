@@ -87,13 +87,12 @@ mkdir -p "$ROOT/.comfyui/custom_nodes" "$ROOT/.comfyui/base/custom_nodes"
 ln -sfn "$ROOT" "$ROOT/.comfyui/custom_nodes/comfyui-aesthete"
 
 if [[ $WITH_TEST == 1 ]]; then
-  if [[ ! -x /usr/lib/chromium/chromium && ! -x /usr/bin/chromium ]]; then
-    log "installing Chromium for the browser tests"
-    if [[ $(id -u) == 0 ]]; then
-      apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-    else
-      sudo apt-get update -qq >/dev/null && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-    fi
+  # Chromium for the browser tests, and a CJK font so screenshots show the Chinese labels
+  if [[ ! -x /usr/lib/chromium/chromium && ! -x /usr/bin/chromium ]] || ! fc-list 2>/dev/null | grep -qi "WenQuanYi"; then
+    log "installing Chromium and a CJK font for the browser tests"
+    SUDO=""; [[ $(id -u) == 0 ]] || SUDO="sudo"
+    $SUDO apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null
   fi
 fi
 

@@ -16,6 +16,10 @@ def test_nodes_listed_under_aesthete(comfy):
             for name, spec in node["input"].get(section, {}).items():
                 assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id} input {name} has no tooltip"
         assert all(node["output_tooltips"]), f"{node_id} has an output without tooltip"
+        # an output without display_name is shown by its type ("STRING"), which tells the user nothing
+        for name, kind in zip(node["output_name"], node["output"]):
+            assert name != kind or name.lower() in ("model", "clip", "vae", "image", "latent"), \
+                f"{node_id}: output {name!r} has no display_name"
 
 
 def test_pack_imported_without_errors(comfy_server):
