@@ -1,0 +1,105 @@
+"""Reading LoRA files safely and writing them atomically.
+
+Pickle-based files (.ckpt, .pt, .bin, .pth) are only opened with ``torch.load(weights_only=True)``: its
+unpickler accepts tensors, numbers, strings and plain containers and refuses any other global, so a file
+crafted to run code when unpickled is rejected instead of run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+log = logging.getLogger("aesthete.lora")
+
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+LORA_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
+# containers that training frameworks wrap the tensors in (Lightning, DeepSpeed, older trainers)
+_WRAPPER_KEYS = ("state_dict", "module", "model", "lora", "params")
+
+
+class LoraFileError(ValueError):
+    """The file cannot be read as a LoRA; the message names the file and what to do."""
+
+
+def read_lora_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a LoRA file (.safetensors, or .ckpt/.pt/.pth/.bin read with weights_only=True)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise LoraFileError(f"{path}: no such file")
+    if suffix in SAFETENSORS_SUFFIXES:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = dict(f.metadata() or {})
+            return load_file(str(path)), metadata
+        except (SafetensorError, OSError) as e:
+            raise LoraFileError(f"{path}: not a readable safetensors file ({e})") from e
+    if suffix in PICKLE_SUFFIXES:
+        return _read_pickle(path), {}
+    raise LoraFileError(f"{path}: unsupported extension {suffix!r}; use one of {', '.join(LORA_SUFFIXES)}")
+
+
+def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = _torch_load(path)
+    except pickle.UnpicklingError as e:
+        raise LoraFileError(
+            f"{path}: refused to unpickle: the file holds objects other than tensors and plain containers, and "
+            f"loading them could run code ({str(e).splitlines()[0]}). Convert it to .safetensors with the tool "
+            f"that made it, or with `aesthete convert-lora` on a machine where you trust the file.") from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise LoraFileError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
+    tensors = _find_tensors(obj)
+    if not tensors:
+        raise LoraFileError(f"{path}: the checkpoint holds no tensors")
+    return tensors
+
+
+def _torch_load(path: Path):
+    """weights_only loading; memory-mapped for torch's zip format (no copy of the tensors), plain for legacy files."""
+    if zipfile.is_zipfile(path):
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def _find_tensors(obj) -> dict[str, torch.Tensor]:
+    """The flat {name: tensor} dict inside a checkpoint, unwrapping ``state_dict``-style containers."""
+    if not isinstance(obj, dict):
+        return {}
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if tensors:
+        return tensors
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj.get(key), dict):
+            found = _find_tensors(obj[key])
+            if found:
+                return found
+    return {}
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write ``tensors`` with string ``metadata`` to ``path`` atomically (temp file in the same folder, then
+    os.replace), so a crash never leaves a half-written LoRA under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
+                  metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,98 @@
+"""``aesthete score PATH...``: per-file aesthetic scores and their mean (the reference ``evaluate(folder)``).
+
+Exit status: 0 done (and, with --threshold, the mean reaches it); 1 the mean is below --threshold; 2 nothing could
+be scored or the predictor could not be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import registry
+
+log = logging.getLogger("aesthete.scoring")
+
+EXIT_OK, EXIT_BELOW_THRESHOLD, EXIT_ERROR = 0, 1, 2
+
+
+def default_models_dir() -> Path:
+    return Path(os.environ.get("AESTHETE_MODELS_DIR", "models")) / "aesthetic"
+
+
+def add_subcommand(subparsers) -> None:
+    p = subparsers.add_parser("score", help="score images and folders with a LAION aesthetic predictor",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and folders")
+    p.add_argument("--model", default=registry.DEFAULT_PREDICTOR,
+                   help="a predictor folder, or a predictor name under --models-dir (a published one is downloaded "
+                        f"if missing; default {registry.DEFAULT_PREDICTOR})")
+    p.add_argument("--models-dir", type=Path, default=None,
+                   help="folder of predictor folders (default $AESTHETE_MODELS_DIR/aesthetic or models/aesthetic)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="auto: fp32 on the CPU, fp16 on a GPU")
+    p.add_argument("-r", "--recursive", action="store_true", help="also score images in sub-folders")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", type=Path, metavar="FILE", help="write per-file scores and skips as JSON")
+    out.add_argument("--csv", type=Path, metavar="FILE", help="write per-file scores and skips as CSV")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="exit 1 when the mean is below this (6 is a common bar for training data)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def resolve_model(model: str, models_dir: Path | None) -> Path:
+    as_path = Path(model)
+    if as_path.is_dir():
+        return as_path
+    if as_path.is_absolute() or os.sep in model:
+        raise registry.PredictorUnavailable(f"{model}: no such predictor folder")
+    return registry.ensure_predictor(model, models_dir or default_models_dir(),
+                                     lambda done, total, what: log.info("download %s (%d/%d)", what, done, total))
+
+
+def run(args) -> int:
+    from .folder import NothingScorable, collect_files, score_files, write_report
+    from .predictor import load_predictor
+
+    if args.batch_size < 1:
+        log.error("--batch-size must be at least 1")
+        return EXIT_ERROR
+    try:
+        files = collect_files(args.paths, args.recursive)
+        folder = resolve_model(args.model, args.models_dir)
+        predictor = load_predictor(folder, args.device, args.dtype)
+    except (OSError, ValueError, registry.PredictorUnavailable) as e:
+        log.error("%s", e)
+        return EXIT_ERROR
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(files), unit="img", desc="scoring", file=sys.stderr)
+    try:
+        report = score_files(predictor, files, batch_size=args.batch_size,
+                             progress=(lambda done, total: bar.update(done - bar.n)) if bar else None,
+                             root=args.paths[0] if len(args.paths) == 1 and args.paths[0].is_dir() else None)
+    except NothingScorable as e:
+        log.error("%s", e)
+        return EXIT_ERROR
+    finally:
+        if bar is not None:
+            bar.close()
+    for path, score in report.scored:
+        sys.stdout.write(f"{score:.4f}\t{report.name_of(path)}\n")
+    sys.stdout.write(f"mean\t{report.mean:.4f}\t({report.count} scored, {len(report.skipped)} skipped)\n")
+    if args.json:
+        write_report(report, args.json, "json")
+    elif args.csv:
+        write_report(report, args.csv, "csv")
+    if args.threshold is not None and report.mean < args.threshold:
+        log.info("mean %.4f is below the threshold %.4f", report.mean, args.threshold)
+        return EXIT_BELOW_THRESHOLD
+    return EXIT_OK

@@ -1,0 +1,208 @@
+"""Loading a LAION aesthetic predictor and scoring images with it in batches.
+
+The numbers are the reference code's (``processor(images=image)`` then ``predictor(**inputs).logits``): the
+same simple-aesthetics-predictor classes, the model folder's own image processor, fp32 by default. What is
+faster is the batching: one processor call and one forward pass per batch instead of per image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .images import finite_mask, tensor_to_uint8
+from .registry import WEIGHT_FILES
+
+log = logging.getLogger("aesthete.scoring")
+
+HEAD_CLASSES = {"AestheticsPredictorV1": "v1", "AestheticsPredictorV2Linear": "v2-linear",
+                "AestheticsPredictorV2ReLU": "v2-relu"}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# (done, total) -> None
+Progress = Callable[[int, int], None]
+
+
+def head_class(head: str) -> type:
+    from aesthetics_predictor import AestheticsPredictorV1, AestheticsPredictorV2Linear, AestheticsPredictorV2ReLU
+
+    return {"v1": AestheticsPredictorV1, "v2-linear": AestheticsPredictorV2Linear,
+            "v2-relu": AestheticsPredictorV2ReLU}[head]
+
+
+def detect_head(folder: Path) -> str:
+    """Which predictor head a folder holds: from config.json's ``architectures``, else from the weight names
+    (V1: ``predictor.*``; V2 linear: ``layers.0,2,4,6,7``; V2 ReLU: ``layers.0,3,6,9,11``)."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{folder}: no config.json; put the files of a Hugging Face or ModelScope aesthetic "
+                                f"predictor there, or pick a listed model")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    for arch in config.get("architectures") or []:
+        if arch in HEAD_CLASSES:
+            return HEAD_CLASSES[arch]
+    keys = _weight_names(folder)
+    if any(k.startswith("predictor.") for k in keys):
+        return "v1"
+    if "layers.11.weight" in keys:
+        return "v2-relu"
+    if "layers.7.weight" in keys:
+        return "v2-linear"
+    raise ValueError(f"{folder}: not a LAION aesthetic predictor (config.json architectures "
+                     f"{config.get('architectures')}, no predictor head in the weights)")
+
+
+def _weight_names(folder: Path) -> set[str]:
+    st = folder / "model.safetensors"
+    if st.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(st), framework="pt") as f:
+            return set(f.keys())
+    bin_path = folder / "pytorch_model.bin"
+    if bin_path.is_file():
+        return set(torch.load(bin_path, map_location="meta", weights_only=True))
+    raise FileNotFoundError(f"{folder}: no {' or '.join(WEIGHT_FILES)}")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device in ("auto", "", None):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``auto`` is fp32 on CPU (the reference numbers) and fp16 on a GPU (CLIP's usual inference precision)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in ("auto", "", None):
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: choose auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+class AestheticPredictor:
+    """A loaded predictor: ``score_images`` (PIL) and ``score_tensor`` (ComfyUI IMAGE batches) give 1-10 scores."""
+
+    def __init__(self, model: torch.nn.Module, processor, name: str, head: str, folder: Path | None = None):
+        self.model = model.eval()
+        self.processor = processor
+        self.name = name
+        self.head = head
+        self.folder = folder
+        self._lock = threading.Lock()  # one forward at a time: ComfyUI and the CLI may share a cached model
+
+    @classmethod
+    def from_folder(cls, folder: Path, device: str | torch.device = "cpu",
+                    dtype: str | torch.dtype = "auto") -> AestheticPredictor:
+        from transformers import CLIPImageProcessor
+
+        folder = Path(folder)
+        head = detect_head(folder)
+        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        model = head_class(head).from_pretrained(str(folder), dtype=dt)
+        model.to(dev)
+        if (folder / "preprocessor_config.json").is_file():
+            processor = CLIPImageProcessor.from_pretrained(str(folder))
+        else:  # CLIP's own preprocessing at the model's input size
+            size = model.config.image_size
+            processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+            log.warning("%s: no preprocessor_config.json; using CLIP's preprocessing at %d px", folder, size)
+        log.info("loaded aesthetic predictor %s (%s, %s, %s)", folder.name, head, dev, dt)
+        return cls(model, processor, folder.name, head, folder)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def preprocess(self, images: Sequence[Image.Image | torch.Tensor]) -> torch.Tensor:
+        """Pixel values for a list of RGB PIL images or [3,H,W] uint8 tensors, exactly as the reference computes
+        them one by one (the processor groups same-sized images and resizes them together)."""
+        return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B] float32 scores on the CPU for preprocessed pixel values."""
+        with self._lock, torch.inference_mode():
+            out = self.model(pixel_values=pixel_values.to(self.device, self.dtype))
+            return out.logits[:, 0].float().cpu()
+
+    def score_images(self, images: Sequence[Image.Image | torch.Tensor], batch_size: int = 16,
+                     progress: Progress | None = None, interrupt: Callable[[], None] | None = None) -> list[float]:
+        """One score per image, in order. ``interrupt`` is called between batches (it may raise to stop)."""
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        scores: list[float] = []
+        for start in range(0, len(images), batch_size):
+            if interrupt is not None:
+                interrupt()
+            chunk = images[start:start + batch_size]
+            scores.extend(self.forward(self.preprocess(chunk)).tolist())
+            if progress is not None:
+                progress(len(scores), len(images))
+        return scores
+
+    def score_tensor(self, images: torch.Tensor, batch_size: int = 16, progress: Progress | None = None,
+                     interrupt: Callable[[], None] | None = None) -> list[float]:
+        """Scores of a [B,H,W,C] 0..1 batch, equal to scoring the PNGs ComfyUI would save from it. An image with a
+        NaN or infinity scores NaN (logged), the others are scored normally."""
+        ok = finite_mask(images)
+        bad = [i for i, good in enumerate(ok.tolist()) if not good]
+        if bad:
+            log.warning("images %s of the batch contain NaN or infinite values: not scored (score NaN)", bad)
+        good_idx = [i for i, good in enumerate(ok.tolist()) if good]
+        uint8 = tensor_to_uint8(images[good_idx]) if good_idx else None
+        good_scores = self.score_images(list(uint8), batch_size, progress, interrupt) if good_idx else []
+        scores = [math.nan] * images.shape[0]
+        for i, s in zip(good_idx, good_scores):
+            scores[i] = s
+        return scores
+
+    def to(self, device: torch.device | str) -> AestheticPredictor:
+        self.model.to(device)
+        return self
+
+
+_CACHE: OrderedDict[tuple, AestheticPredictor] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+CACHE_SIZE = 2
+
+
+def load_predictor(folder: Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+                   ) -> AestheticPredictor:
+    """A predictor from ``folder``, kept across calls: the same folder (unchanged on disk), device and dtype give the
+    same object. The two most recently used predictors are kept."""
+    folder = Path(folder)
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    stamp = tuple((f, (folder / f).stat().st_mtime_ns) for f in ("config.json", *WEIGHT_FILES)
+                  if (folder / f).is_file())
+    key = (str(folder.resolve()), stamp, str(dev), str(dt))
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    predictor = AestheticPredictor.from_folder(folder, dev, dt)
+    with _CACHE_LOCK:
+        _CACHE[key] = predictor
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return predictor
+
+
+def finite_mean(scores: Sequence[float]) -> float:
+    """Mean of the finite scores; NaN when there are none."""
+    good = [s for s in scores if math.isfinite(s)]
+    return sum(good) / len(good) if good else math.nan

@@ -1,0 +1,172 @@
+"""The scoring nodes in a real ComfyUI: generate, score, rank, save the best; a folder with bad files; errors."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from harness.client import ExecutionError
+from harness.factories import aesthetic_predictor
+from harness.scoring_files import write_mixed_folder
+from PIL import Image
+
+pytestmark = pytest.mark.comfy
+
+
+def generation_graph(ckpt: str, predictor: str, min_score: float, top_k: int, tag: str) -> dict:
+    """SD1.5 batch of 4 at 64x64 -> all saved (for checking) -> scored -> ranked -> kept saved with score, rejected
+    saved plainly."""
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse at dawn", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 4}},
+        "5": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": 7,
+            "steps": 1, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "all"}},
+        "10": {"class_type": "AesthetePredictorLoader", "inputs": {"model": predictor, "device": "auto",
+                                                                    "dtype": "auto"}},
+        "11": {"class_type": "AestheteScore", "inputs": {"predictor": ["10", 0], "images": ["6", 0],
+                                                          "batch_size": 3}},
+        "12": {"class_type": "AestheteRank", "inputs": {"images": ["6", 0], "scores": ["11", 0], "top_k": top_k,
+                                                         "min_score": min_score}},
+        "13": {"class_type": "AestheteSaveScored", "inputs": {
+            "images": ["12", 0], "scores": ["12", 1], "filename_prefix": f"{tag}/best", "mode": "save",
+            "score_in_filename": True, "score_in_metadata": True, "draw_score": True, "model_name": predictor}},
+        "14": {"class_type": "SaveImage", "inputs": {"images": ["12", 3], "filename_prefix": f"{tag}/rejected"}},
+    }
+
+
+def reference_scores(images: list[Image.Image]) -> list[float]:
+    """The issue's reference code, one image at a time, on the same tiny predictor."""
+    from aesthetics_predictor import AestheticsPredictorV2Linear
+    from transformers import CLIPImageProcessor
+
+    folder = aesthetic_predictor("tiny")
+    model, processor = AestheticsPredictorV2Linear.from_pretrained(str(folder)), CLIPImageProcessor.from_pretrained(
+        str(folder))
+    with torch.no_grad():
+        return [model(**processor(images=im, return_tensors="pt")).logits.tolist()[0][0] for im in images]
+
+
+def load_outputs(comfy, result, node: str) -> list[tuple[dict, Image.Image]]:
+    from io import BytesIO
+
+    entries = result.node_output(node).get("images", [])
+    return [(e, Image.open(BytesIO(data))) for e, data in zip(entries, comfy.output_images(result, node))]
+
+
+def test_generate_score_rank_and_save_the_best(comfy, comfy_server, sd15_ckpt, tiny_predictor):
+    result = comfy.run(generation_graph(sd15_ckpt, tiny_predictor, min_score=-1e3, top_k=1, tag="rank_best"))
+    generated = [im.convert("RGB") for _, im in load_outputs(comfy, result, "7")]
+    assert len(generated) == 4
+    expected = reference_scores(generated)
+    # the score node shows one line per image, equal to the reference on the saved PNGs
+    text = result.node_output("11")["text"][0]
+    shown = [float(v) for v in re.findall(r"^#\d+: (-?[\d.]+)$", text, re.M)]
+    assert np.allclose(shown, expected, atol=2e-3), (shown, expected)
+    assert len(set(round(s, 3) for s in expected)) > 1  # the images differ, so the ranking means something
+    best = int(np.argmax(expected))
+    # the best image was written once, with its score in the name and in the PNG metadata
+    files = sorted((comfy_server.output_dir / "rank_best").glob("best_*.png"))
+    assert len(files) == 1
+    with Image.open(files[0]) as im:
+        stored = float(im.text["aesthetic_score"])
+        assert im.text["aesthetic_model"] == tiny_predictor and "prompt" in im.text
+        assert np.array_equal(np.asarray(im.convert("RGB")), np.asarray(generated[best]))
+    assert stored == pytest.approx(expected[best], abs=1e-3)
+    assert f"_{stored:.2f}_.png" in files[0].name
+    # the node showed the drawn previews, not the clean files
+    previews = result.node_output("13")["images"]
+    assert len(previews) == 1 and previews[0]["type"] == "temp"
+    assert len(list((comfy_server.output_dir / "rank_best").glob("rejected_*.png"))) == 3
+
+
+def test_rank_with_nothing_passing_blocks_the_kept_branch(comfy, comfy_server, sd15_ckpt, tiny_predictor):
+    result = comfy.run(generation_graph(sd15_ckpt, tiny_predictor, min_score=999.0, top_k=0, tag="rank_none"))
+    assert result.events_of("execution_success") and not result.events_of("execution_error")
+    assert not list((comfy_server.output_dir / "rank_none").glob("best_*"))
+    assert "13" not in result.outputs  # the save node was skipped, without error
+    assert len(list((comfy_server.output_dir / "rank_none").glob("rejected_*.png"))) == 4
+    assert result.node_output("12")["text"][0].startswith("kept 0 of 4")
+
+
+def test_folder_with_bad_files_is_scored_with_reasons(comfy, comfy_server, tiny_predictor):
+    expected = write_mixed_folder(comfy_server.input_dir / "scoring_mixed")
+    graph = {
+        "1": {"class_type": "AesthetePredictorLoader", "inputs": {"model": tiny_predictor, "device": "cpu",
+                                                                   "dtype": "fp32"}},
+        "2": {"class_type": "AestheteScoreFolder", "inputs": {"predictor": ["1", 0], "folder": "scoring_mixed",
+                                                               "recursive": False, "allow_outside_input": False,
+                                                               "batch_size": 4}},
+    }
+    result = comfy.run(graph)
+    text = result.node_output("2")["text"][0]
+    lines = text.splitlines()
+    assert re.match(r"mean -?[\d.]+ over 8 image\(s\), 5 skipped", lines[0]), lines[0]
+    scored = {ln.split("\t")[1]: float(ln.split("\t")[0]) for ln in lines if "\t" in ln}
+    assert set(scored) == {n for n, e in expected.items() if e == "scored"}
+    mean = float(lines[0].split()[1])
+    assert mean == pytest.approx(sum(scored.values()) / 8, abs=1e-3)
+    for name, reason in expected.items():
+        if reason != "scored":
+            assert f"{name}: {reason}" in text
+    plain = Image.open(comfy_server.input_dir / "scoring_mixed" / "a_rgb.png").convert("RGB")
+    assert scored["a_rgb.png"] == pytest.approx(reference_scores([plain])[0], abs=1e-3)
+
+
+@pytest.mark.parametrize("folder, message", [
+    ("../", "outside ComfyUI's input directory"),
+    ("/etc", "outside ComfyUI's input directory"),
+    ("no_such_folder", "no such folder"),
+    ("empty_for_scoring", "no image could be scored"),
+])
+def test_folder_errors_are_clear(comfy, comfy_server, tiny_predictor, folder, message):
+    (comfy_server.input_dir / "empty_for_scoring").mkdir(exist_ok=True)
+    graph = {
+        "1": {"class_type": "AesthetePredictorLoader", "inputs": {"model": tiny_predictor, "device": "cpu",
+                                                                   "dtype": "fp32"}},
+        "2": {"class_type": "AestheteScoreFolder", "inputs": {"predictor": ["1", 0], "folder": folder,
+                                                               "recursive": False, "allow_outside_input": False,
+                                                               "batch_size": 4}},
+    }
+    with pytest.raises(ExecutionError, match=re.escape(message)):
+        comfy.run(graph)
+
+
+def test_missing_predictor_fails_fast_offline_naming_the_files(comfy, comfy_server):
+    graph = {
+        "1": {"class_type": "AesthetePredictorLoader", "inputs": {
+            "model": "aesthetics-predictor-v1-vit-base-patch32", "device": "cpu", "dtype": "fp32"}},
+        "2": {"class_type": "AestheteScoreFolder", "inputs": {"predictor": ["1", 0], "folder": "",
+                                                               "recursive": False, "allow_outside_input": False,
+                                                               "batch_size": 4}},
+    }
+    with pytest.raises(ExecutionError) as e:
+        comfy.run(graph, timeout=30)
+    message = str(e.value)
+    assert "preprocessor_config.json" in message and "aesthetic" in message
+
+
+def test_nodes_are_listed_with_tooltips(comfy, tiny_predictor):
+    info = comfy.object_info()
+    for node in ("AesthetePredictorLoader", "AestheteScore", "AestheteRank", "AestheteScoreFolder",
+                 "AestheteSaveScored"):
+        assert info[node]["category"] == "Aesthete/scoring" and info[node]["description"]
+    models = info["AesthetePredictorLoader"]["input"]["required"]["model"]
+    assert tiny_predictor in str(models) and "aesthetics-predictor-v2-sac-logos-ava1-l14-linearMSE" in str(models)
+
+
+def test_preview_mode_writes_no_output_files(comfy, comfy_server, sd15_ckpt, tiny_predictor):
+    graph = generation_graph(sd15_ckpt, tiny_predictor, min_score=-1e3, top_k=2, tag="preview_only")
+    graph["13"]["inputs"].update(mode="preview", draw_score=False)
+    result = comfy.run(graph)
+    shown = result.node_output("13")["images"]
+    assert len(shown) == 2 and all(s["type"] == "temp" for s in shown)
+    assert not list((comfy_server.output_dir / "preview_only").glob("best_*"))
+    for entry, image in load_outputs(comfy, result, "13"):
+        assert "aesthetic_score" in image.text and f"_{float(image.text['aesthetic_score']):.2f}_" in entry["filename"]

@@ -1,0 +1,60 @@
+"""`aesthete convert-lora` end to end on files: DiffSynth's own checkpoint in, safetensors with metadata out."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from aesthete.cli import main
+from aesthete.lora.files import read_lora_file
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "diffsynth"
+
+
+def test_convert_diffsynth_ckpt_to_comfyui(tmp_path):
+    out = tmp_path / "tiny.safetensors"
+    assert main(["convert-lora", str(FIXTURES / "tiny_sd_lora.ckpt"), str(out)]) == 0
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+        keys = set(f.keys())
+    assert meta["aesthete.format"] == "comfyui" and meta["aesthete.source_format"] == "diffsynth"
+    assert meta["aesthete.base"] == "sd15" and meta["aesthete.rank"] == "4" and meta["aesthete.alpha"] == "4"
+    assert meta["aesthete.source_file"] == "tiny_sd_lora.ckpt"
+    assert len(keys) == 8 * 3 and all(k.startswith("diffusion_model.input_blocks.1.1.") for k in keys)
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.safetensors"]
+
+
+def test_convert_back_to_diffsynth_with_alpha(tmp_path):
+    comfy = tmp_path / "c.safetensors"
+    back = tmp_path / "d.safetensors"
+    assert main(["convert-lora", str(FIXTURES / "tiny_sd_lora.ckpt"), str(comfy), "--alpha", "8"]) == 0
+    assert main(["convert-lora", str(comfy), str(back), "--to", "diffsynth", "--alpha", "8", "--base", "sd15"]) == 0
+    original, _ = read_lora_file(FIXTURES / "tiny_sd_lora.ckpt")
+    result, meta = read_lora_file(back)
+    assert set(result) == set(original) and meta["aesthete.format"] == "diffsynth"
+    for key, value in original.items():
+        torch.testing.assert_close(result[key], value)
+
+
+def test_errors_exit_nonzero(tmp_path, caplog):
+    assert main(["convert-lora", str(tmp_path / "missing.ckpt"), str(tmp_path / "o.safetensors")]) == 1
+    assert "no such file" in caplog.text
+    assert main(["convert-lora", str(FIXTURES / "tiny_sd_lora.ckpt"), str(tmp_path / "o.ckpt")]) == 2
+    flux = tmp_path / "flux.safetensors"
+    from safetensors.torch import save_file
+    save_file({"transformer.single_blocks.0.linear1.lora_A.weight": torch.zeros(4, 8)}, str(flux))
+    assert main(["convert-lora", str(flux), str(tmp_path / "o.safetensors")]) == 1
+    assert "none of the 1 tensors" in caplog.text
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_console_entry_point(tmp_path):
+    out = tmp_path / "o.safetensors"
+    proc = subprocess.run([sys.executable, "-m", "aesthete.cli", "convert-lora", str(FIXTURES / "tiny_sd_lora.ckpt"),
+                           str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "16 of 16 tensors placed" in proc.stderr and out.exists()

@@ -1,0 +1,113 @@
+"""Same numbers as the reference code (processor per image, ``predictor(**inputs).logits``) on the same weights."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from harness.factories import aesthetic_predictor
+from PIL import Image
+
+from aesthete.scoring.images import tensor_to_uint8
+from aesthete.scoring.predictor import AestheticPredictor, load_predictor
+
+# not 224, not square, one smaller than the crop, one portrait
+SIZES = [(300, 200), (97, 131), (512, 512), (640, 360), (20, 50)]
+
+
+def random_images(seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    images = []
+    for w, h in SIZES:  # smooth gradients plus noise: closer to photos than pure noise
+        x = np.linspace(0, 1, w)[None, :, None]
+        y = np.linspace(0, 1, h)[:, None, None]
+        base = np.concatenate([x * np.ones((h, 1, 1)), y * np.ones((1, w, 1)), (x * y)], axis=2)
+        arr = np.clip(base * 200 + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+        images.append(Image.fromarray(arr))
+    return images
+
+
+def reference_scores(folder, images) -> list[float]:
+    """The issue's reference code, image by image."""
+    from aesthetics_predictor import AestheticsPredictorV1, AestheticsPredictorV2Linear, AestheticsPredictorV2ReLU
+    from transformers import CLIPImageProcessor
+
+    arch = json.loads((folder / "config.json").read_text())["architectures"][0]
+    cls = {c.__name__: c for c in (AestheticsPredictorV1, AestheticsPredictorV2Linear, AestheticsPredictorV2ReLU)}[arch]
+    predictor = cls.from_pretrained(str(folder))
+    processor = CLIPImageProcessor.from_pretrained(str(folder))
+    out = []
+    for image in images:
+        inputs = processor(images=image, return_tensors="pt")
+        with torch.no_grad():
+            out.append(predictor(**inputs).logits.tolist()[0][0])
+    return out
+
+
+def spread_v1_head(tmp_path):
+    """The factory's V1 head starts near zero; widen it so that scores differ between images."""
+    from aesthetics_predictor import AestheticsPredictorV1
+    from transformers import CLIPImageProcessor
+
+    src = aesthetic_predictor("tiny", head="v1")
+    model = AestheticsPredictorV1.from_pretrained(str(src))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model.predictor.weight.normal_(0.0, 20.0)
+        model.predictor.bias.fill_(5.0)
+    model.save_pretrained(tmp_path)
+    CLIPImageProcessor.from_pretrained(str(src)).save_pretrained(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("head", ["v2-linear", "v2-relu", "v1"])
+def test_tiny_predictor_matches_reference(head, tmp_path):
+    folder = spread_v1_head(tmp_path) if head == "v1" else aesthetic_predictor("tiny", head=head)
+    images = random_images()
+    expected = reference_scores(folder, images)
+    ours = AestheticPredictor.from_folder(folder, "cpu", "fp32").score_images(images, batch_size=3)
+    assert len(ours) == len(images)
+    assert np.abs(np.array(ours) - np.array(expected)).max() < 1e-3, (ours, expected)
+    assert np.std(expected) > 1e-3  # the scores differ between images: the comparison means something
+
+
+def test_tensor_path_equals_saved_png_path():
+    """An IMAGE tensor scores as the PNG ComfyUI would save from it (the same uint8 pixels)."""
+    folder = aesthetic_predictor("tiny")
+    predictor = AestheticPredictor.from_folder(folder, "cpu", "fp32")
+    torch.manual_seed(0)
+    batch = torch.rand(3, 72, 104, 3)
+    saved = [Image.fromarray(np.clip(255.0 * b.numpy(), 0, 255).astype(np.uint8)) for b in batch]
+    expected = reference_scores(folder, saved)
+    ours = predictor.score_tensor(batch, batch_size=2)
+    assert np.abs(np.array(ours) - np.array(expected)).max() < 1e-3
+    assert tensor_to_uint8(batch).shape == (3, 3, 72, 104)
+
+
+def test_nan_image_is_not_scored_and_others_are():
+    predictor = AestheticPredictor.from_folder(aesthetic_predictor("tiny"), "cpu", "fp32")
+    batch = torch.rand(3, 40, 40, 3)
+    clean = predictor.score_tensor(batch)
+    batch[1, 5, 5, 0] = float("nan")
+    scores = predictor.score_tensor(batch)
+    assert np.isnan(scores[1])
+    assert scores[0] == pytest.approx(clean[0], abs=1e-5) and scores[2] == pytest.approx(clean[2], abs=1e-5)
+
+
+def test_loaded_predictor_is_cached_by_folder_device_dtype():
+    folder = aesthetic_predictor("tiny")
+    a = load_predictor(folder, "cpu", "fp32")
+    assert load_predictor(folder, "cpu", "auto") is a  # auto is fp32 on the CPU
+    assert load_predictor(folder, "cpu", "bf16") is not a
+
+
+@pytest.mark.slow
+def test_full_size_vit_l14_matches_reference():
+    """The real cost and width (ViT-L/14, 224 px, 768-d projection), random weights."""
+    folder = aesthetic_predictor("full")
+    images = random_images(1)[:2]  # 300x200 and 97x131: neither 224 nor square
+    expected = reference_scores(folder, images)
+    ours = AestheticPredictor.from_folder(folder, "cpu", "fp32").score_images(images, batch_size=3)
+    assert np.abs(np.array(ours) - np.array(expected)).max() < 1e-3, (ours, expected)
