@@ -22,8 +22,11 @@ test: setup-test
 lint: setup-test
 	@$(PY) -m ruff check .
 
+# speed and memory, each against a baseline measured in the same run (prints ratios)
 bench: setup-test
 	@$(PY) benchmarks/bench_scoring.py
+	@$(PY) benchmarks/bench_lora.py
+	@$(PY) benchmarks/bench_training.py
 
 clean:
 	rm -rf .venv .comfyui .cache tests/.models tests/.artifacts
