@@ -1,3 +1,377 @@
-"""Placeholder until this area lands."""
+"""LoRA training inside the graph: a captioned dataset folder, the trainer on the loaded MODEL, the loss graph, and
+the save node. The work is done by ``aesthete.training``; these classes adapt it to ComfyUI."""
 
-NODES = []
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import comfy.model_management
+import comfy.sd
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io, ui
+
+from ..training.captions import CaptionRecipe
+from ..training.dataset import CROP_MODES, DatasetError, LoraDataset, load_dataset, to_tensor
+from ..training.lora_network import TARGET_PRESETS, LoraNetwork
+from ..training.loop import OPTIMIZERS, PRECISIONS, SCHEDULES, NonFiniteLossError, TrainSettings
+from ..training.loss_graph import draw_loss_graph
+from ..training.save import (SaveError, TrainedLora, build_metadata, numbered_path, read_lora, resolve_inside,
+                             save_diffsynth_copy, save_lora)
+from ..training.trainer import build_cache, run_training
+
+log = logging.getLogger("aesthete.training")
+
+Dataset = io.Custom("AESTHETE_DATASET")
+Lora = io.Custom("AESTHETE_LORA")
+LossMap = io.Custom("LOSS_MAP")  # the type of ComfyUI's own trainer: {"loss": [...]}, so both graph nodes accept both
+AestheticModel = io.Custom("AESTHETIC_MODEL")
+NO_LORA = "[None]"
+SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_dataset_folder(folder: str, allow_outside: bool) -> Path:
+    """``folder`` inside ComfyUI's input directory; an absolute or escaping path only when ``allow_outside``."""
+    input_dir = Path(folder_paths.get_input_directory()).resolve()
+    folder = folder.strip()
+    if not folder:
+        raise DatasetError("folder: give the name of a folder of training images under ComfyUI's input directory")
+    path = (input_dir / folder).resolve()
+    if not path.is_relative_to(input_dir) and not allow_outside:
+        raise DatasetError(f"folder {folder!r} is outside ComfyUI's input directory ({input_dir}); move the images "
+                           "there, or turn on allow_outside_input")
+    return path
+
+
+def aesthetic_scorer(aesthetic_model):
+    """A ``score(pil_images) -> list[float]`` from an AESTHETIC_MODEL value, duck-typed: ``ready()`` (Aesthete's
+    predictor loader moves the model to its device) then ``score_pil``, ``score_images`` or ``score``."""
+    target = aesthetic_model.ready() if callable(getattr(aesthetic_model, "ready", None)) else aesthetic_model
+    for name in ("score_pil", "score_images"):
+        if callable(getattr(target, name, None)):
+            method = getattr(target, name)
+            return lambda images: [float(s) for s in method(images)]
+    if not callable(getattr(target, "score", None)):
+        raise DatasetError(f"aesthetic_model ({type(aesthetic_model).__name__}) has no score_pil(), score_images() "
+                           "or score(); connect the Aesthetic Predictor Loader")
+
+    def score(images: list[Image.Image]) -> list[float]:
+        try:
+            return [float(s) for s in target.score(images)]
+        except (TypeError, AttributeError, ValueError):  # a scorer of IMAGE batches: one [1, H, W, 3] at a time
+            return [float(np.asarray(target.score(to_tensor(img)[None]), dtype=np.float64).reshape(-1)[0])
+                    for img in images]
+    return score
+
+
+def loras_root() -> Path:
+    return Path(folder_paths.get_folder_paths("loras")[0])
+
+
+def lora_choices() -> list[str]:
+    return [NO_LORA] + [n for n in folder_paths.get_filename_list("loras") if n.endswith(".safetensors")]
+
+
+class AestheteLoraDataset(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AestheteLoraDataset",
+            display_name="LoRA Dataset (Folder)",
+            category="Aesthete/training",
+            description="Reads a folder of images with captions (name.txt beside each image, name.json tag lists, or "
+                        "a metadata.csv with file_name,text) into a training set: trigger word, tag order and "
+                        "shuffle, caption dropout, repeats, aspect-ratio buckets or crops, and an optional aesthetic "
+                        "filter. Shows what it kept, what it skipped and why, and the buckets.",
+            inputs=[
+                io.String.Input("folder", default="lora_dataset",
+                                tooltip="Folder of training images, relative to ComfyUI's input directory"),
+                io.Int.Input("resolution", default=512, min=64, max=4096, step=8,
+                             tooltip="Training size: images are resized to about resolution x resolution pixels "
+                                     "(512 for SD1.5, 1024 for SDXL and Kolors)"),
+                io.Combo.Input("crop_mode", options=list(CROP_MODES), default="buckets",
+                               tooltip="buckets: keep each image's aspect ratio (sizes grouped in buckets); centre "
+                                       "or random crop: square crops"),
+                io.String.Input("trigger_word", default="",
+                                tooltip="Put first in every caption (and kept when a caption is dropped)"),
+                io.Int.Input("keep_first_tags", default=1, min=0, max=256,
+                             tooltip="The first N tags stay in place; the others may be shuffled"),
+                io.Boolean.Input("shuffle_tags", default=True,
+                                 tooltip="Shuffle the tags after the kept ones, anew each epoch"),
+                io.Float.Input("caption_dropout", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Chance that a caption is left out (only the trigger word stays)"),
+                io.Int.Input("repeats", default=1, min=1, max=1000,
+                             tooltip="How many times each image is seen per epoch"),
+                io.Boolean.Input("require_captions", default=False,
+                                 tooltip="Skip images that have no caption"),
+                io.Boolean.Input("allow_outside_input", default=False,
+                                 tooltip="Allow a folder outside ComfyUI's input directory (an absolute path)"),
+                AestheticModel.Input("aesthetic_model", optional=True,
+                                     tooltip="Optional aesthetic predictor: images scoring below min_score are "
+                                             "dropped"),
+                io.Float.Input("min_score", default=5.0, min=-1000.0, max=1000.0, step=0.05, optional=True,
+                               tooltip="Lowest aesthetic score kept (LAION predictors score about 1-10; used only "
+                                       "with an aesthetic_model)"),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
+                             tooltip="Seed of random crops, tag shuffling and caption dropout"),
+            ],
+            outputs=[
+                Dataset.Output(display_name="dataset", tooltip="The training set, for Train LoRA"),
+                io.String.Output(display_name="report",
+                                 tooltip="Images kept and skipped (with the reason), caption sources and buckets"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, folder, resolution, crop_mode, trigger_word, keep_first_tags, shuffle_tags, caption_dropout,
+                repeats, require_captions, allow_outside_input, seed, aesthetic_model=None,
+                min_score=5.0) -> io.NodeOutput:
+        path = resolve_dataset_folder(folder, allow_outside_input)
+        recipe = CaptionRecipe(trigger_word, keep_first_tags, shuffle_tags, caption_dropout)
+        dataset = load_dataset(path, resolution=resolution, crop_mode=crop_mode, recipe=recipe, repeats=repeats,
+                               require_captions=require_captions, seed=seed, min_score=min_score,
+                               score=aesthetic_scorer(aesthetic_model) if aesthetic_model is not None else None)
+        report = dataset.report()
+        log.info("Aesthete dataset: %s", report)
+        return io.NodeOutput(dataset, report, ui=ui.PreviewText(report))
+
+
+def model_encoders(base_model, clip, vae, device):
+    """The image and caption encoders of a loaded model: VAE latents in the model's space, and the conditioning
+    tensors its ``apply_model`` takes (cross-attention context, plus SDXL's size/pooled vector)."""
+    def encode_images(pixels: torch.Tensor) -> torch.Tensor:
+        return base_model.process_latent_in(vae.encode(pixels[..., :3]).float())
+
+    def encode_caption(caption: str, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        cond, extra = clip.encode_from_tokens_scheduled(clip.tokenize(caption), show_pbar=False)[0]
+        w, h = size
+        noise = torch.zeros((1, base_model.latent_format.latent_channels, h // 8, w // 8))
+        params = {k: v for k, v in extra.items() if k not in ("cross_attn",)}
+        out = base_model.extra_conds(cross_attn=cond, width=w, height=h, device=device, noise=noise,
+                                     prompt_type="positive", **params)
+        return {k: v.cond for k, v in out.items() if isinstance(getattr(v, "cond", None), torch.Tensor)}
+
+    return encode_images, encode_caption
+
+
+class AestheteTrainLora(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AestheteTrainLora",
+            display_name="Train LoRA (Aesthete)",
+            category="Aesthete/training",
+            description="Trains a LoRA on the loaded MODEL from a dataset: latents and captions are encoded once, "
+                        "then the LoRA layers (attention q, k, v, out by default) learn to denoise. Shows the loss "
+                        "as it goes; cancel keeps what was trained (saved under models/loras). Outputs the MODEL "
+                        "with the LoRA applied, the LoRA for Save LoRA, and the loss history.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model to train on (SD1.5 or SDXL architecture, "
+                                                "Kolors included)"),
+                io.Clip.Input("clip", tooltip="The model's text encoder, for the captions"),
+                io.Vae.Input("vae", tooltip="The model's VAE, to encode the images once"),
+                Dataset.Input("dataset", tooltip="From LoRA Dataset (Folder)"),
+                io.Int.Input("epochs", default=5, min=1, max=10000,
+                             tooltip="Passes over the dataset (5 made the recipe's LoRAs stable)"),
+                io.Int.Input("rank", default=16, min=1, max=256,
+                             tooltip="LoRA rank: 16 for a style, 4 for one subject"),
+                io.Float.Input("alpha", default=4.0, min=0.01, max=1024.0, step=0.01,
+                               tooltip="LoRA alpha: the update is scaled by alpha/rank (4 was the most stable)"),
+                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-6,
+                               tooltip="Step size of the optimizer"),
+                io.Int.Input("batch_size", default=1, min=1, max=256,
+                             tooltip="Images per step (of one bucket). Lower it if memory runs out"),
+                io.Int.Input("grad_accumulation", default=1, min=1, max=1024,
+                             tooltip="Batches whose gradients are summed before each optimizer step: a larger "
+                                     "effective batch without more memory"),
+                io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="AdamW",
+                               tooltip="Optimizer of the LoRA weights"),
+                io.Combo.Input("lr_schedule", options=list(SCHEDULES), default="constant",
+                               tooltip="Learning rate after the warm-up: constant, or decaying to 0"),
+                io.Int.Input("warmup_steps", default=0, min=0, max=100000,
+                             tooltip="Optimizer steps over which the learning rate rises from 0"),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
+                             tooltip="Seed of the LoRA's initial weights, noise, noise levels and order"),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="fp32",
+                               tooltip="fp32; bf16 (autocast, less memory, a GPU with bf16); fp16 autocast (with "
+                                       "loss scaling)"),
+                io.Boolean.Input("gradient_checkpointing", default=False,
+                                 tooltip="Recompute activations in the backward pass: much less memory, about "
+                                         "30% slower. Turn on when memory runs out"),
+                io.Combo.Input("target_layers", options=list(TARGET_PRESETS), default="attention q,k,v,out",
+                               tooltip="Which Linear layers get a LoRA (attention q, k, v, out as the recipe)"),
+                io.Int.Input("save_every_n_epochs", default=0, min=0, max=10000,
+                             tooltip="Save the LoRA every N epochs under models/loras/<checkpoint_name> "
+                                     "(0: never)"),
+                io.String.Input("checkpoint_name", default="aesthete/lora_training",
+                                tooltip="Name under models/loras for the LoRAs saved every N epochs and on "
+                                        "cancel"),
+                io.Combo.Input("resume_from", options=lora_choices(), default=NO_LORA,
+                               tooltip="Continue training a LoRA saved by Aesthete (models/loras) for `epochs` "
+                                       "more epochs; its rank and alpha are kept"),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model", tooltip="The MODEL with the trained LoRA applied"),
+                Lora.Output(display_name="lora", tooltip="The trained LoRA, for Save LoRA"),
+                LossMap.Output(display_name="loss", tooltip="Loss per optimizer step, for the loss graph"),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, dataset: LoraDataset, epochs, rank, alpha, learning_rate, batch_size,
+                grad_accumulation, optimizer, lr_schedule, warmup_steps, seed, precision, gradient_checkpointing,
+                target_layers, save_every_n_epochs, checkpoint_name, resume_from) -> io.NodeOutput:
+        settings = TrainSettings(epochs=epochs, batch_size=batch_size, grad_accumulation=grad_accumulation,
+                                 learning_rate=learning_rate, optimizer=optimizer, schedule=lr_schedule,
+                                 warmup_steps=warmup_steps, seed=seed, precision=precision,
+                                 gradient_checkpointing=gradient_checkpointing, save_every_n_epochs=save_every_n_epochs)
+        settings.check()
+        resolve_inside(loras_root(), checkpoint_name)  # a bad name fails now, not after training
+        resume, resume_epochs = None, 0
+        if resume_from and resume_from != NO_LORA:
+            previous = read_lora(folder_paths.get_full_path_or_raise("loras", resume_from))
+            resume, resume_epochs = previous.tensors, int(previous.metadata.get("aesthete.epochs", "0") or 0)
+        targets = TARGET_PRESETS[target_layers]
+        node_id = cls.hidden.unique_id
+        with torch.inference_mode(False), torch.enable_grad():
+            patcher = model.clone()
+            base = patcher.model
+            device = patcher.load_device
+            encode_images, encode_caption = model_encoders(base, clip, vae, device)
+            cache = build_cache(dataset, settings, encode_images, encode_caption, resume_epochs,
+                                encoders=(vae, clip, base))
+            log.info("Aesthete trainer: %s", cache.describe())
+            comfy.model_management.load_models_gpu([patcher], memory_required=1e20, force_full_load=True)
+
+            def metadata(run_epochs: int, steps: int, network: LoraNetwork) -> dict[str, str]:
+                return build_metadata(base_model=type(base.model_config).__name__, rank=network.rank,
+                                      alpha=network.alpha, epochs=run_epochs, steps=steps,
+                                      dataset_size=len(dataset), settings=settings.as_dict(), targets=targets,
+                                      extra={"aesthete.dataset": dataset.folder.name,
+                                             "aesthete.resumed_from": resume_from if resume else ""})
+
+            def save_checkpoint(network: LoraNetwork, run_epochs: int, steps: int, tag: str) -> Path:
+                path = resolve_inside(loras_root(), f"{checkpoint_name}_{tag}.safetensors")
+                return save_lora(TrainedLora(network.comfy_state_dict(), metadata(run_epochs, steps, network)), path)
+
+            losses: list[float] = []
+            pbar = comfy.utils.ProgressBar(1, node_id=node_id)
+            preview_every = max(1, settings.epochs * dataset.steps_per_epoch(batch_size) // grad_accumulation // 25)
+
+            def on_step(step: int, total: int, loss: float) -> None:
+                losses.append(loss)
+                preview = None
+                if step % preview_every == 0 or step == total:
+                    preview = ("PNG", draw_loss_graph(losses, width=512, height=320,
+                                                      title=f"step {step}/{total}  loss {loss:.4f}"), 512)
+                pbar.update_absolute(step, total, preview)
+
+            def on_epoch_end(epoch: int, network: LoraNetwork, result) -> None:
+                if save_every_n_epochs and epoch % save_every_n_epochs == 0 and epoch < resume_epochs + epochs:
+                    save_checkpoint(network, epoch, result.steps, f"epoch{epoch:04d}")
+
+            try:
+                run = run_training(base.diffusion_model, base, dataset, cache, settings, rank=rank, alpha=alpha,
+                                   targets=targets, resume=resume, device=device, on_step=on_step,
+                                   should_stop=comfy.model_management.processing_interrupted,
+                                   on_epoch_end=on_epoch_end)
+            except NonFiniteLossError as e:
+                raise NonFiniteLossError(f"{e}. This run's LoRA is not output (checkpoints saved every N epochs "
+                                         "stay in models/loras)") from None
+            except torch.cuda.OutOfMemoryError as e:
+                raise MemoryError(f"training ran out of memory ({e}). Lower batch_size (use grad_accumulation "
+                                  "for the same effective batch), turn on gradient_checkpointing, choose bf16, or "
+                                  "lower the dataset's resolution") from None
+            result = run.result
+            done_epochs = resume_epochs + result.epochs_done
+            if result.cancelled:
+                if result.steps:
+                    path = save_checkpoint(run.network, done_epochs, result.steps, "interrupted")
+                    log.warning("Aesthete trainer: cancelled after %d steps; kept what was trained in %s (continue "
+                                "with resume_from)", result.steps, path)
+                comfy.model_management.throw_exception_if_processing_interrupted()
+            lora = TrainedLora(run.network.comfy_state_dict(), metadata(done_epochs, result.steps, run.network))
+        summary = (f"{result.steps} steps in {result.seconds:.1f}s ({result.steps / max(result.seconds, 1e-9):.2f} "
+                   f"steps/s), loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}; {cache.describe()}")
+        log.info("Aesthete trainer: %s", summary)
+        # the same loader as core LoraLoaderModelOnly, so the output MODEL equals loading the saved file
+        trained_model, _ = comfy.sd.load_lora_for_models(model, None, lora.tensors, 1.0, 0)
+        return io.NodeOutput(trained_model, lora, {"loss": list(result.losses)},
+                             ui={"text": [summary], "loss": list(result.losses)})
+
+
+class AestheteLossGraph(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AestheteLossGraph",
+            display_name="LoRA Loss Graph",
+            category="Aesthete/training",
+            description="Draws the loss per training step, raw and smoothed, as an image (also takes the loss of "
+                        "ComfyUI's own Train LoRA).",
+            is_output_node=True,
+            inputs=[
+                LossMap.Input("loss", tooltip="Loss history from Train LoRA"),
+                io.Float.Input("smoothing", default=0.9, min=0.0, max=0.999, step=0.01,
+                               tooltip="Exponential smoothing of the dark curve (0: none)"),
+            ],
+            outputs=[io.Image.Output(display_name="image", tooltip="The loss graph")],
+        )
+
+    @classmethod
+    def execute(cls, loss, smoothing) -> io.NodeOutput:
+        values = loss.get("loss", []) if isinstance(loss, dict) else list(loss)
+        img = draw_loss_graph(values, smoothing)
+        tensor = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
+        return io.NodeOutput(tensor, ui=ui.PreviewImage(tensor, cls=cls))
+
+
+class AestheteSaveLora(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AestheteSaveLora",
+            display_name="Save LoRA (Aesthete)",
+            category="Aesthete/training",
+            description="Saves a trained LoRA under models/loras as safetensors in ComfyUI's key format (with .alpha) "
+                        "and its training metadata, numbered so nothing is overwritten; optionally also a copy in "
+                        "DiffSynth's format.",
+            is_output_node=True,
+            inputs=[
+                Lora.Input("lora", tooltip="From Train LoRA"),
+                io.String.Input("name_prefix", default="aesthete/my_lora",
+                                tooltip="File name under models/loras (folders allowed); _00001 etc. is added"),
+                io.Combo.Input("precision", options=list(SAVE_DTYPES), default="fp32",
+                               tooltip="fp32 keeps exactly the weights of the trained MODEL output; fp16/bf16 "
+                                       "halve the file"),
+                io.Boolean.Input("diffsynth_copy", default=False,
+                                 tooltip="Also write <name>.diffsynth.safetensors in DiffSynth's key format"),
+            ],
+            outputs=[io.String.Output(display_name="lora_name",
+                                      tooltip="The saved file's name as LoRA loaders list it")],
+        )
+
+    @classmethod
+    def execute(cls, lora: TrainedLora, name_prefix, precision, diffsynth_copy) -> io.NodeOutput:
+        if not isinstance(lora, TrainedLora):
+            raise SaveError("lora: connect the lora output of Train LoRA (Aesthete)")
+        root = loras_root()
+        path = save_lora(lora, numbered_path(root, name_prefix), SAVE_DTYPES[precision])
+        name = path.relative_to(root.resolve()).as_posix()
+        lines = [f"saved {name} (rank {lora.rank}, {lora.metadata.get('aesthete.steps', '?')} steps)"]
+        if diffsynth_copy:
+            copy, meta = save_diffsynth_copy(lora, path.with_name(path.stem + ".diffsynth.safetensors"))
+            dropped = int(meta.get("aesthete.dropped_keys", "0") or 0)
+            lines.append(f"DiffSynth copy: {copy.relative_to(root.resolve()).as_posix()}"
+                         + (f" ({dropped} tensors DiffSynth's layout cannot hold were left out; see the log)"
+                            if dropped else ""))
+        return io.NodeOutput(name, ui=ui.PreviewText("\n".join(lines)))
+
+
+NODES = [AestheteLoraDataset, AestheteTrainLora, AestheteLossGraph, AestheteSaveLora]

@@ -54,17 +54,19 @@ def read_json_tags(path: Path) -> list[str]:
     raise CaptionError(f"{path}: expected a list of tags or {{\"tags\": [...]}}")
 
 
-def find_caption(image: Path, metadata: dict[str, str]) -> tuple[list[str], str]:
+def find_caption(image: Path, metadata: dict[str, str], relative: str | None = None) -> tuple[list[str], str]:
     """The tags of ``image`` and where they came from (``txt``, ``json``, ``csv`` or ``none``).
-    A ``name.txt`` beside the image wins over ``name.json``, which wins over ``metadata.csv``."""
+    A ``name.txt`` beside the image wins over ``name.json``, which wins over ``metadata.csv`` (whose file_name is
+    the path relative to the dataset folder, ``relative``, or the bare file name)."""
     txt = image.with_suffix(".txt")
     if txt.is_file():
         return split_tags(txt.read_text(encoding="utf-8", errors="replace")), "txt"
     js = image.with_suffix(".json")
     if js.is_file():
         return read_json_tags(js), "json"
-    if image.name in metadata:
-        return split_tags(metadata[image.name]), "csv"
+    for key in (relative, image.name):
+        if key and key in metadata:
+            return split_tags(metadata[key]), "csv"
     return [], "none"
 
 

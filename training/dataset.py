@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,12 +33,17 @@ class TrainingImage:
     path: Path
     tags: list[str]
     caption_source: str  # txt, json, csv or none
-    pixels: torch.Tensor  # [H, W, 3] float32 0..1, already at its bucket size
+    image: torch.Tensor  # [H, W, 3] uint8, already at its bucket size (a quarter of float32's memory)
     score: float | None = None
 
     @property
+    def pixels(self) -> torch.Tensor:
+        """[H, W, 3] float32 0..1, as ComfyUI's IMAGE."""
+        return self.image.float() / 255.0
+
+    @property
     def size(self) -> tuple[int, int]:
-        return int(self.pixels.shape[1]), int(self.pixels.shape[0])
+        return int(self.image.shape[1]), int(self.image.shape[0])
 
 
 @dataclass
@@ -51,6 +57,17 @@ class LoraDataset:
     resolution: int = 512
     crop_mode: str = "buckets"
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    _encodings: list[tuple[list, dict]] = field(default_factory=list, repr=False)
+
+    def encodings_for(self, encoders: tuple) -> dict:
+        """A memo of encodings made with exactly these encoder objects (held by weak reference, so a model that
+        was unloaded and replaced never matches); the last few sets are kept."""
+        for refs, memo in self._encodings:
+            if len(refs) == len(encoders) and all(r() is e for r, e in zip(refs, encoders)):
+                return memo
+        memo: dict = {}
+        self._encodings = self._encodings[-2:] + [([weakref.ref(e) for e in encoders], memo)]
+        return memo
 
     def __len__(self) -> int:
         return len(self.images)
@@ -92,7 +109,7 @@ class LoraDataset:
         return "\n".join(lines)
 
 
-def bucket_sizes(resolution: int, max_ratio: float = 2.0) -> list[tuple[int, int]]:
+def bucket_sizes(resolution: int, max_ratio: float = 2.5) -> list[tuple[int, int]]:
     """Sizes with about ``resolution``² pixels (never more), sides multiples of a step (64 for 256 px and up, else 8),
     aspect ratios up to ``max_ratio`` either way. Always holds the square."""
     step = 64 if resolution >= 256 else 8
@@ -128,7 +145,12 @@ def fit_image(image: Image.Image, size: tuple[int, int], crop: str, rng: random.
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
+    """[H, W, 3] float32 0..1."""
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
+
+
+def to_uint8(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(image, dtype=np.uint8))
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -156,8 +178,24 @@ def load_dataset(folder: str | Path, *, resolution: int = 512, crop_mode: str = 
     metadata = read_metadata_csv(folder)
     sizes = bucket_sizes(resolution) if crop_mode == "buckets" else [(resolution, resolution)]
     rng = random.Random(seed)
-    kept: list[tuple[Path, list[str], str, Image.Image]] = []
+    pending: list[tuple[Path, list[str], str, Image.Image]] = []  # read, not yet scored (one scoring batch at most)
     skipped: list[tuple[str, str]] = []
+    images: list[TrainingImage] = []
+
+    def flush() -> None:
+        scores: list[float | None] = [None] * len(pending)
+        if score is not None and pending:
+            scores = [float(s) for s in score([p[3] for p in pending])]
+            if len(scores) != len(pending):
+                raise DatasetError(f"the aesthetic scorer returned {len(scores)} scores for {len(pending)} images")
+        for (path, tags, source, image), s in zip(pending, scores):
+            if s is not None and s < min_score:
+                skipped.append((str(path.relative_to(folder)), f"aesthetic score {s:.2f} < {min_score:.2f}"))
+                continue
+            size = nearest_bucket(image.width, image.height, sizes)
+            images.append(TrainingImage(path, tags, source, to_uint8(fit_image(image, size, crop_mode, rng)), s))
+        pending.clear()
+
     for path in list_images(folder):
         name = str(path.relative_to(folder))
         try:
@@ -167,32 +205,17 @@ def load_dataset(folder: str | Path, *, resolution: int = 512, crop_mode: str = 
             skipped.append((name, f"unreadable image ({e})"))
             continue
         try:
-            tags, source = find_caption(path, metadata)
+            tags, source = find_caption(path, metadata, path.relative_to(folder).as_posix())
         except CaptionError as e:
             skipped.append((name, str(e)))
             continue
         if require_captions and not tags:
             skipped.append((name, "no caption (.txt, .json or metadata.csv)"))
             continue
-        kept.append((path, tags, source, image))
-
-    scores: list[float | None] = [None] * len(kept)
-    if score is not None and kept:
-        scores = []
-        for i in range(0, len(kept), score_batch):
-            chunk = [k[3] for k in kept[i:i + score_batch]]
-            got = [float(s) for s in score(chunk)]
-            if len(got) != len(chunk):
-                raise DatasetError(f"the aesthetic scorer returned {len(got)} scores for {len(chunk)} images")
-            scores += got
-
-    images = []
-    for (path, tags, source, image), s in zip(kept, scores):
-        if s is not None and s < min_score:
-            skipped.append((str(path.relative_to(folder)), f"aesthetic score {s:.2f} < {min_score:.2f}"))
-            continue
-        size = nearest_bucket(image.width, image.height, sizes)
-        images.append(TrainingImage(path, tags, source, to_tensor(fit_image(image, size, crop_mode, rng)), s))
+        pending.append((path, tags, source, image))
+        if len(pending) >= score_batch:
+            flush()
+    flush()
     for name, why in skipped:
         log.info("Aesthete dataset %s: skipped %s: %s", folder, name, why)
     if not images:

@@ -152,6 +152,24 @@ def _adder(layer: LoraLayer) -> Callable:
     return hook
 
 
+def release_inference_tensors(model: nn.Module) -> int:
+    """Replace parameters and buffers created under ``torch.inference_mode`` (ComfyUI loads models that way) by
+    normal copies of the same values: autograd cannot save inference tensors for the backward pass. Returns how
+    many were replaced."""
+    replaced = 0
+    with torch.inference_mode(False), torch.no_grad():
+        for module in model.modules():
+            for name, p in list(module._parameters.items()):
+                if p is not None and p.is_inference():
+                    module._parameters[name] = nn.Parameter(p.clone(), requires_grad=False)
+                    replaced += 1
+            for name, b in list(module._buffers.items()):
+                if b is not None and b.is_inference():
+                    module._buffers[name] = b.clone()
+                    replaced += 1
+    return replaced
+
+
 def checkpoint_blocks(root: nn.Module) -> Callable[[], None]:
     """Gradient checkpointing on the outermost computing blocks of ``root`` (containers are walked through, as
     ComfyUI's trainer does): activations are recomputed in the backward pass instead of kept. Returns the undo."""

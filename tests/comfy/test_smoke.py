@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-EXPECTED_NODES = {"AesthetePromptComposer", "AestheteNegativePrompt"}
+EXPECTED_NODES = {
+    "AesthetePromptComposer", "AestheteNegativePrompt", "AesthetePromptPresetSave", "AesthetePromptPresetLoad",
+    "AesthetePredictorLoader", "AestheteScore", "AestheteRank", "AestheteScoreFolder", "AestheteSaveScored",
+    "AestheteLoraLoader", "AestheteLoraDataset", "AestheteTrainLora", "AestheteLossGraph", "AestheteSaveLora",
+}
 
 
 def test_nodes_listed_under_aesthete(comfy):

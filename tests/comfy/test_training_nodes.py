@@ -1,0 +1,215 @@
+"""LoRA training in the real ComfyUI on the small random SD1.5 checkpoint: the loss falls, the saved file loads in
+core LoraLoaderModelOnly with every key mapped, generating with it differs from without, and the trainer's MODEL
+output has exactly the weights core gets from the saved file. Also: cancel keeps what was trained, bad paths
+are refused."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import requests
+import websocket
+from PIL import Image
+from safetensors import safe_open
+
+from harness.training_data import write_pattern_folder
+
+pytestmark = pytest.mark.comfy
+
+DATASET = "aesthete_train_pattern"
+# 30 optimizer steps of 4 images at 64x64; lr 1e-2 (scale alpha/rank = 1) makes the loss fall by more than half
+# in this run, measured at about 1.1 -> 0.45 (the mean of the first five steps against the last five)
+TRAIN = {"epochs": 30, "rank": 4, "alpha": 4.0, "learning_rate": 1e-2, "batch_size": 4, "grad_accumulation": 1,
+         "optimizer": "AdamW", "lr_schedule": "constant", "warmup_steps": 0, "seed": 0, "precision": "fp32",
+         "gradient_checkpointing": False, "target_layers": "attention q,k,v,out", "save_every_n_epochs": 0,
+         "checkpoint_name": "aesthete_test/checkpoint", "resume_from": "[None]"}
+
+
+def base_graph(ckpt: str, **train) -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "AestheteLoraDataset", "inputs": {
+            "folder": DATASET, "resolution": 64, "crop_mode": "center crop", "trigger_word": "ptn",
+            "keep_first_tags": 1, "shuffle_tags": False, "caption_dropout": 0.0, "repeats": 1,
+            "require_captions": True, "allow_outside_input": False, "seed": 0}},
+        "3": {"class_type": "AestheteTrainLora", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "dataset": ["2", 0], **TRAIN, **train}},
+    }
+
+
+def sample_nodes(prefix: str, model: list, node: int) -> dict:
+    """KSampler (fixed seed) -> VAEDecode -> SaveImage, ids node..node+4, sharing the prompt nodes 90/91."""
+    return {
+        str(node): {"class_type": "KSampler", "inputs": {
+            "model": model, "seed": 7, "steps": 3, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
+            "positive": ["90", 0], "negative": ["91", 0], "latent_image": ["92", 0], "denoise": 1.0}},
+        str(node + 1): {"class_type": "VAEDecode", "inputs": {"samples": [str(node), 0], "vae": ["1", 2]}},
+        str(node + 2): {"class_type": "SaveImage", "inputs": {"images": [str(node + 1), 0], "filename_prefix": prefix}},
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(comfy, comfy_server, sd15_ckpt):
+    write_pattern_folder(comfy_server.input_dir / DATASET, count=4)
+    graph = base_graph(sd15_ckpt)
+    graph["4"] = {"class_type": "AestheteSaveLora", "inputs": {
+        "lora": ["3", 1], "name_prefix": "aesthete_test/pattern", "precision": "fp32", "diffsynth_copy": False}}
+    graph["5"] = {"class_type": "AestheteLossGraph", "inputs": {"loss": ["3", 2], "smoothing": 0.8}}
+    result = comfy.run(graph, timeout=480)
+    saved = comfy_server.models_dir / "loras" / "aesthete_test" / "pattern_00001.safetensors"
+    return graph, result, saved
+
+
+def test_loss_falls_by_half_and_progress_is_reported(trained):
+    graph, result, _ = trained
+    losses = result.node_output("3")["loss"]
+    assert len(losses) == TRAIN["epochs"]  # 4 images, batch 4: one step per epoch
+    first, last = np.mean(losses[:5]), np.mean(losses[-5:])
+    assert last <= 0.5 * first, f"loss {first:.3f} -> {last:.3f}: {losses}"
+    progress = result.progress_of("3")
+    assert progress and progress[-1] == (TRAIN["epochs"], TRAIN["epochs"])
+    report = result.node_output("2")["text"][0]
+    assert "4 images kept, 0 skipped" in report and "64x64: 4" in report
+    graph_images = result.node_output("5")["images"]
+    assert len(graph_images) == 1
+
+
+def test_saved_file_has_comfy_keys_alpha_and_metadata(trained):
+    _, _, saved = trained
+    assert saved.is_file()
+    with safe_open(str(saved), "pt") as f:
+        keys, meta = set(f.keys()), f.metadata()
+        alpha = f.get_tensor("diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.alpha")
+    assert all(k.startswith("diffusion_model.") and k.rsplit(".", 2)[-2:] in (["lora_up", "weight"],
+               ["lora_down", "weight"]) or k.endswith(".alpha") for k in keys)
+    assert any(".attn2.to_out.0.lora_up.weight" in k for k in keys)
+    assert float(alpha) == 4.0
+    assert meta["aesthete.rank"] == "4" and meta["aesthete.epochs"] == "30" and meta["aesthete.steps"] == "30"
+    assert meta["aesthete.dataset_size"] == "4" and meta["aesthete.base_model"] == "SD15"
+    assert not list(saved.parent.glob(".*.tmp"))  # the atomic write left no temporary file
+
+
+def test_save_name_outside_models_loras_is_refused(trained, comfy, comfy_server):
+    graph, _, _ = trained
+    graph = {k: v for k, v in graph.items() if k in ("1", "2", "3")}  # cached: not trained again
+    graph["4"] = {"class_type": "AestheteSaveLora", "inputs": {
+        "lora": ["3", 1], "name_prefix": "../../escaped", "precision": "fp16", "diffsynth_copy": False}}
+    result = comfy.run(graph, expect_error=True)
+    err = result.events_of("execution_error")[0]["data"]
+    assert err["node_type"] == "AestheteSaveLora" and "leads outside" in err["exception_message"]
+    assert not list(comfy_server.base_dir.glob("escaped*")) and not list(comfy_server.models_dir.glob("escaped*"))
+
+
+def test_core_loader_maps_every_key_and_weights_match_the_in_graph_model(trained, comfy, comfy_server, sd15_ckpt):
+    graph, _, saved = trained
+    graph = {k: v for k, v in graph.items() if k in ("1", "2", "3")}  # cached: not trained again
+    lora_name = "aesthete_test/" + saved.name
+    graph.update({
+        "10": {"class_type": "LoraLoaderModelOnly", "inputs": {
+            "model": ["1", 0], "lora_name": lora_name, "strength_model": 1.0}},
+        "11": {"class_type": "ModelSave", "inputs": {"model": ["3", 0], "filename_prefix": "aesthete_test/ingraph"}},
+        "12": {"class_type": "ModelSave", "inputs": {"model": ["10", 0], "filename_prefix": "aesthete_test/core"}},
+        "90": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "ptn, stripes"}},
+        "91": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+        "92": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        **sample_nodes("aesthete_test/gen_ingraph", ["3", 0], 20),
+        **sample_nodes("aesthete_test/gen_core", ["10", 0], 30),
+        **sample_nodes("aesthete_test/gen_base", ["1", 0], 40),
+    })
+    log_start = len(comfy_server.log_text())
+    result = comfy.run(graph, timeout=300)
+    log = comfy_server.log_text()[log_start:]
+    assert "lora key not loaded" not in log and "NOT LOADED" not in log
+
+    out = comfy_server.output_dir / "aesthete_test"
+    ingraph, core = out / "ingraph_00001_.safetensors", out / "core_00001_.safetensors"
+    with safe_open(str(ingraph), "pt") as a, safe_open(str(core), "pt") as b:
+        assert set(a.keys()) == set(b.keys())
+        for k in a.keys():
+            assert a.get_tensor(k).equal(b.get_tensor(k)), k
+
+    def image(node: int) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(comfy.output_images(result, str(node))[0])), dtype=np.int16)
+
+    with_ingraph, with_core, without = image(22), image(32), image(42)
+    assert np.array_equal(with_ingraph, with_core)
+    assert np.abs(with_ingraph - without).mean() > 0.5, "generating with the LoRA looks the same as without"
+
+
+def test_folder_outside_input_is_refused(comfy):
+    graph = {"2": base_graph("unused")["2"]}
+    graph["2"]["inputs"]["folder"] = "../models"
+    graph["9"] = {"class_type": "PreviewAny", "inputs": {"source": ["2", 1]}}
+    result = comfy.run(graph, expect_error=True)
+    err = result.events_of("execution_error")[0]["data"]
+    assert err["node_type"] == "AestheteLoraDataset" and "outside ComfyUI's input directory" in err["exception_message"]
+
+
+def test_cancel_keeps_what_was_trained(comfy, comfy_server, sd15_ckpt):
+    write_pattern_folder(comfy_server.input_dir / DATASET, count=4)
+    graph = base_graph(sd15_ckpt, epochs=500, seed=1, checkpoint_name="aesthete_test/cancelled",
+                       save_every_n_epochs=1)
+    graph["4"] = {"class_type": "AestheteLossGraph", "inputs": {"loss": ["3", 2], "smoothing": 0.9}}
+    ws = websocket.create_connection(comfy.url.replace("http", "ws", 1) + f"/ws?clientId={comfy.client_id}",
+                                     timeout=300)
+    events = []
+    try:
+        prompt_id = comfy.queue(graph)
+        interrupted = False
+        while True:
+            msg = ws.recv()
+            if not isinstance(msg, str):
+                continue
+            event = json.loads(msg)
+            events.append(event)
+            data = event.get("data", {})
+            if data.get("prompt_id") not in (None, prompt_id):
+                continue
+            if (event["type"] == "progress" and str(data.get("node")) == "3" and data["value"] >= 2
+                    and not interrupted):
+                requests.post(comfy.url + "/interrupt", timeout=30).raise_for_status()
+                interrupted = True
+            if event["type"] in ("execution_interrupted", "execution_error", "execution_success"):
+                break
+    finally:
+        ws.close()
+    assert events[-1]["type"] == "execution_interrupted", events[-1]
+    kept = comfy_server.models_dir / "loras" / "aesthete_test" / "cancelled_interrupted.safetensors"
+    assert kept.is_file()
+    with safe_open(str(kept), "pt") as f:
+        meta = f.metadata()
+        ups = [f.get_tensor(k) for k in f.keys() if k.endswith("lora_up.weight")]
+    assert 2 <= int(meta["aesthete.steps"]) < 500
+    assert any(float(u.abs().sum()) > 0 for u in ups)  # trained, not the zero start
+    every_epoch = kept.with_name("cancelled_epoch0001.safetensors")  # one step per epoch: saved after step 1
+    with safe_open(str(every_epoch), "pt") as f:
+        assert f.metadata()["aesthete.epochs"] == "1" and f.metadata()["aesthete.steps"] == "1"
+
+
+
+
+def test_aesthetic_predictor_drops_low_scoring_images(comfy, comfy_server, tiny_predictor):
+    folder = comfy_server.input_dir / "aesthete_train_scored"
+    write_pattern_folder(folder, count=6)
+
+    def report(min_score: float) -> str:
+        dataset = dict(base_graph("unused")["2"])
+        dataset["inputs"] = {**dataset["inputs"], "folder": folder.name, "min_score": min_score,
+                             "aesthetic_model": ["8", 0]}
+        graph = {"8": {"class_type": "AesthetePredictorLoader",
+                       "inputs": {"model": tiny_predictor, "device": "cpu", "dtype": "fp32"}},
+                 "2": dataset, "9": {"class_type": "PreviewAny", "inputs": {"source": ["2", 1]}}}
+        return comfy.run(graph).node_output("2")["text"][0]
+
+    everything = report(0.0)  # the tiny random predictor scores in a narrow band around its bias
+    assert "6 images kept, 0 skipped" in everything
+    low, high = (float(x) for x in everything.split("aesthetic scores kept: min ")[1].split("\n")[0]
+                 .split(", max "))
+    assert high > low
+    threshold = (low + high) / 2
+    filtered = report(threshold)
+    kept = int(filtered.split(" images kept")[0].rsplit(" ", 1)[-1])
+    assert 0 < kept < 6 and filtered.count(f"< {threshold:.2f}") == 6 - kept

@@ -1,0 +1,126 @@
+"""One LoRA training run on a diffusion model: cache the latents and the text conditioning once per dataset, inject
+the LoRA, run the loop. The caller (the ComfyUI node, or a test) supplies the image and caption encoders."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .dataset import LoraDataset
+from .lora_network import TARGET_PRESETS, LoraNetwork, checkpoint_blocks, release_inference_tensors
+from .loop import Batch, TrainResult, TrainSettings, train
+from .objective import DenoisingLoss
+
+log = logging.getLogger("aesthete.training")
+
+ImageEncoder = Callable[[torch.Tensor], torch.Tensor]  # [B, H, W, 3] 0..1 -> latents [B, C, h, w]
+CaptionEncoder = Callable[[str, tuple[int, int]], Mapping[str, torch.Tensor]]  # caption, (w, h) -> model conds
+
+
+@dataclass
+class TrainingCache:
+    """What is computed once per dataset before training: the epochs' batch plans, latents, caption encodings."""
+
+    plans: dict[int, list[Batch]]
+    latents: list[torch.Tensor]
+    conds: dict[tuple[str, tuple[int, int]], dict[str, torch.Tensor]]
+    seconds: float
+
+    def describe(self) -> str:
+        return (f"cached {len(self.latents)} latents and {len(self.conds)} caption encodings "
+                f"in {self.seconds:.1f}s")
+
+
+@dataclass
+class TrainingRun:
+    network: LoraNetwork
+    result: TrainResult
+    start_epoch: int
+
+
+def encode_latents(dataset: LoraDataset, encode_images: ImageEncoder, batch: int = 8) -> list[torch.Tensor]:
+    """One latent per image, encoded once (images of a bucket together)."""
+    latents: list[torch.Tensor | None] = [None] * len(dataset)
+    for size in dataset.buckets():
+        idx = [i for i, img in enumerate(dataset.images) if img.size == size]
+        for j in range(0, len(idx), batch):
+            chunk = idx[j:j + batch]
+            out = encode_images(torch.stack([dataset.images[i].pixels for i in chunk]))
+            for i, lat in zip(chunk, out):
+                latents[i] = lat.detach().clone().float().cpu()
+    return latents
+
+
+def encode_captions(plans: list[list[Batch]], dataset: LoraDataset, encode_caption: CaptionEncoder,
+                    known: dict | None = None) -> dict[tuple[str, tuple[int, int]], dict[str, torch.Tensor]]:
+    """The conditioning of every (caption, bucket size) any epoch uses, each encoded once (``known`` ones reused)."""
+    cache: dict[tuple[str, tuple[int, int]], dict[str, torch.Tensor]] = {}
+    known = known if known is not None else {}
+    for batches in plans:
+        for batch in batches:
+            for i, caption in batch:
+                key = (caption, dataset.images[i].size)
+                if key not in cache:
+                    if key not in known:
+                        known[key] = {k: v.detach().clone().float().cpu() for k, v in encode_caption(*key).items()}
+                    cache[key] = known[key]
+    return cache
+
+
+def build_cache(dataset: LoraDataset, settings: TrainSettings, encode_images: ImageEncoder,
+                encode_caption: CaptionEncoder, start_epoch: int = 0, encoders: tuple = ()) -> TrainingCache:
+    """Plan every epoch (batches and their captions), then encode each image and each distinct caption once.
+
+    ``encoders``: the objects the encoders use (VAE, text encoder, model); when given, the encodings are kept on
+    the dataset for them, so training the same dataset again with the same models encodes nothing new."""
+    started = time.perf_counter()
+    plans = {e: dataset.plan_epoch(e, settings.batch_size, settings.seed)
+             for e in range(start_epoch, start_epoch + settings.epochs)}
+    memo = dataset.encodings_for(encoders) if encoders else {}
+    with torch.no_grad():
+        latents = memo.get("latents") or encode_latents(dataset, encode_images)
+        conds = encode_captions(list(plans.values()), dataset, encode_caption, memo.setdefault("conds", {}))
+    memo["latents"] = latents
+    return TrainingCache(plans, latents, conds, time.perf_counter() - started)
+
+
+def run_training(unet: nn.Module, model, dataset: LoraDataset, cache: TrainingCache, settings: TrainSettings, *,
+                 rank: int = 16, alpha: float = 4.0, targets: tuple[str, ...] = TARGET_PRESETS["attention q,k,v,out"],
+                 resume: Mapping | None = None, device: torch.device | str = "cpu",
+                 on_step: Callable[[int, int, float], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None,
+                 on_epoch_end: Callable[[int, LoraNetwork, TrainResult], None] | None = None) -> TrainingRun:
+    """Train a LoRA on ``unet`` (the module the LoRA keys are relative to; ``model`` runs the denoising, see
+    :class:`DenoisingLoss`). The LoRA is attached to ``unet`` only while training; the returned network holds it.
+    ``resume`` is a LoRA in ComfyUI's format to continue from (the cache's first planned epoch follows it)."""
+    settings.check()
+    unet.requires_grad_(False)
+    if release_inference_tensors(unet):
+        log.info("Aesthete: copied the model's inference-mode weights so autograd can use them")
+    if resume:
+        network = LoraNetwork.from_state_dict(unet, dict(resume))
+        log.info("Aesthete: resuming a LoRA of rank %d, alpha %g, %d layers", network.rank, network.alpha,
+                 len(network.paths))
+    else:
+        network = LoraNetwork.create(unet, rank, alpha, targets, seed=settings.seed)
+    start_epoch = min(cache.plans)
+    loss = DenoisingLoss(model, cache.latents, cache.conds, [img.size for img in dataset.images], device)
+    network.to(device).train()
+    network.requires_grad_(True)
+    network.attach(unet)
+    undo_checkpointing = checkpoint_blocks(unet) if settings.gradient_checkpointing else None
+    try:
+        result = train(list(network.parameters()), loss, cache.plans.__getitem__, settings, device, on_step=on_step,
+                       should_stop=should_stop, start_epoch=start_epoch,
+                       on_epoch_end=(lambda e, r: on_epoch_end(e, network, r)) if on_epoch_end else None)
+    finally:
+        network.detach()
+        if undo_checkpointing is not None:
+            undo_checkpointing()
+        network.requires_grad_(False)
+    return TrainingRun(network, result, start_epoch)
