@@ -45,7 +45,10 @@ if [[ ! -x "$PY" ]]; then
   log "creating $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
-PIP=("$PY" -m pip install -q --disable-pip-version-check)
+pip_install() {  # quiet, minus the noise of find-links folders that some machines' pip config names
+  # (pipefail: the pipeline fails when pip does)
+  "$PY" -m pip install -q --disable-pip-version-check "$@" 2>&1 | { grep -v "is ignored: it is neither a file" >&2 || true; }
+}
 
 if [[ ! -f "$COMFY_DIR/main.py" ]]; then
   log "fetching ComfyUI 0.3.75 ($COMFY_VERSION_WHEEL)"
@@ -66,21 +69,21 @@ PYEOF
 fi
 
 log "installing torch ($TORCH_PINS)"
-"${PIP[@]}" $TORCH_PINS
+pip_install $TORCH_PINS
 
 log "installing ComfyUI's requirements"
 grep -vE '^(torch|torchvision|torchaudio)\s*$' "$COMFY_DIR/requirements.txt" > "$ROOT/.comfyui/requirements-no-torch.txt"
-"${PIP[@]}" -r "$ROOT/.comfyui/requirements-no-torch.txt" requests $TORCH_PINS
+pip_install -r "$ROOT/.comfyui/requirements-no-torch.txt" requests $TORCH_PINS
 
 log "installing the pack"
 if [[ $WITH_TEST == 1 ]]; then
-  "${PIP[@]}" -e "$ROOT[test]" $TORCH_PINS
+  pip_install -e "$ROOT[test]" $TORCH_PINS
 else
-  "${PIP[@]}" -e "$ROOT" $TORCH_PINS
+  pip_install -e "$ROOT" $TORCH_PINS
 fi
 # simple-aesthetics-predictor's metadata pins transformers<5, but its code works on 5.x:
 # install it without its metadata's requirements so it never downgrades transformers.
-"${PIP[@]}" --no-deps "$SAP_PIN"
+pip_install --no-deps "$SAP_PIN"
 
 # ComfyUI's layout: the pack is registered through --extra-model-paths-config naming this folder
 mkdir -p "$ROOT/.comfyui/custom_nodes" "$ROOT/.comfyui/base/custom_nodes"
