@@ -53,7 +53,11 @@ class ComfyClient:
         r = requests.post(self.url + "/prompt", json={"prompt": graph, "client_id": self.client_id}, timeout=60)
         if r.status_code != 200:
             raise ExecutionError(f"/prompt refused the graph ({r.status_code}): {r.text[:4000]}")
-        return r.json()["prompt_id"]
+        body = r.json()
+        # ComfyUI accepts a graph with some invalid outputs, runs the rest and reports success: never let that pass
+        if body.get("node_errors"):
+            raise ExecutionError(f"/prompt found invalid nodes: {str(body['node_errors'])[:4000]}")
+        return body["prompt_id"]
 
     def run(self, graph: dict, timeout: float = 600.0, expect_error: bool = False) -> RunResult:
         """Queue ``graph`` and follow the websocket until it succeeds (or fails: ExecutionError)."""

@@ -1,0 +1,392 @@
+"""Regenerate Aesthete's example workflows: workflows/<name>.json (UI format, listed by ComfyUI's Templates dialog),
+workflows/<name>.jpg (its thumbnail), workflows/api/<name>.json (the API format the frontend itself makes from the
+UI file) and docs/images/<first workflow>.jpg (the README screenshot).
+
+Every file is made by the real frontend: this script starts the embedded ComfyUI with the pack, opens it in headless
+Chromium, builds each workflow from the specs below (tests/harness/workflow_builder.py), loads the result back with
+app.loadGraphData and writes app.graphToPrompt(). Run it again whenever a node's inputs or outputs change:
+
+    .venv/bin/python scripts/build_workflows.py [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from harness.browser import Frontend  # noqa: E402
+from harness.comfy_server import ComfyServer  # noqa: E402
+from harness.workflow_builder import Group, Node, WorkflowSpec, build_in_frontend, screenshot_graph  # noqa: E402
+
+log = logging.getLogger("aesthete.workflows")
+
+WORKFLOWS_DIR = REPO / "workflows"
+API_DIR = WORKFLOWS_DIR / "api"
+DOCS_IMAGES = REPO / "docs" / "images"
+
+PREDICTOR = "aesthetics-predictor-v2-sac-logos-ava1-l14-linearMSE"
+SD15 = "v1-5-pruned-emaonly.safetensors"
+SDXL = "sd_xl_base_1.0.safetensors"
+DIFFSYNTH_LORA = "diffsynth_sdxl_lora.ckpt"
+SEED = 20241125
+
+# output ids in declaration order, where the frontend shows only the type (for links by name)
+OUTPUT_IDS = {
+    "CheckpointLoaderSimple": ["MODEL", "CLIP", "VAE"],
+    "AesthetePromptComposer": ["prompt", "fields", "token_report"],
+    "AestheteNegativePrompt": ["negative"],
+    "AestheteScore": ["scores", "mean", "summary"],
+    "AestheteRank": ["kept_images", "kept_scores", "kept_indices", "rejected", "kept_count"],
+    "AestheteScoreFolder": ["mean", "count", "table", "skipped"],
+    "AestheteLoraLoader": ["MODEL", "CLIP", "report"],
+    "AestheteLoraDataset": ["dataset", "report"],
+    "AestheteTrainLora": ["model", "lora", "loss"],
+    "AestheteSaveLora": ["lora_name"],
+}
+
+COLORS = {"models": "#3f789e", "prompt": "#8A8", "generate": "#b58b2a", "score": "#a1309b", "save": "#88A",
+          "train": "#b06634", "compare": "#3f8f7f"}
+
+PREDICTOR_FILES = (
+    f"• models/aesthetic/{PREDICTOR}/ : config.json, preprocessor_config.json, model.safetensors\n"
+    f"  from https://huggingface.co/shunk031/{PREDICTOR}\n"
+    f"  or https://modelscope.cn/models/AI-ModelScope/{PREDICTOR}\n"
+    "  (downloaded there on the first run when ComfyUI is online)\n"
+    f"  美学评分模型放在 models/aesthetic/{PREDICTOR}/（联网时首次运行自动下载）")
+
+
+class Builder:
+    """Collects nodes and links for one WorkflowSpec; links name outputs by id (OUTPUT_IDS) or by the frontend's name."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.nodes: list[Node] = []
+        self.types: dict[str, str] = {}
+        self.links: list[tuple] = []
+
+    def add(self, key: str, type_: str, widgets: dict | None = None, title: str | None = None,
+            size: tuple[int, int] | None = None) -> str:
+        self.nodes.append(Node(key, type_, widgets=widgets or {}, title=title, size=size))
+        self.types[key] = type_
+        return key
+
+    def link(self, src: str, output: str, dst: str, input_name: str) -> None:
+        ids = OUTPUT_IDS.get(self.types[src])
+        slot = ids.index(output) if ids and output in ids else output
+        self.links.append((src, slot, dst, input_name))
+
+    def spec(self, columns: list[list], groups: list[Group]) -> WorkflowSpec:
+        return WorkflowSpec(self.name, self.nodes, self.links, groups, columns)
+
+
+def note(b: Builder, title: str, text: str) -> str:
+    return b.add("note", "Note", {"text": text}, title=title, size=(520, 360))
+
+
+def prompt_nodes(b: Builder, clip_src: tuple[str, str]) -> None:
+    """Composer (recipe order) and negative preset, each into a CLIPTextEncode."""
+    b.add("composer", "AesthetePromptComposer", {
+        "style": "masterpiece, best quality, watercolor", "character": "a red fox", "view_angle": "from side",
+        "shot": "full body", "pose": "sitting", "scene": "snowy birch forest", "time": "dusk",
+        "weather": "light snow", "objects": "lanterns"})
+    b.add("negative", "AestheteNegativePrompt", {"preset": "recipe-en"})
+    b.add("positive_text", "CLIPTextEncode", title="Positive")
+    b.add("negative_text", "CLIPTextEncode", title="Negative")
+    b.link(*clip_src, "composer", "clip")  # shows the token count
+    b.link(*clip_src, "positive_text", "clip")
+    b.link(*clip_src, "negative_text", "clip")
+    b.link("composer", "prompt", "positive_text", "text")
+    b.link("negative", "negative", "negative_text", "text")
+
+
+def sampler(b: Builder, key: str, model_src: tuple[str, str], latent: str, title: str | None = None) -> str:
+    b.add(key, "KSampler", {"seed": SEED, "control_after_generate": "fixed", "steps": 25, "cfg": 7.0,
+                            "sampler_name": "dpmpp_2m", "scheduler": "karras"}, title=title)
+    b.link(*model_src, key, "model")
+    b.link("positive_text", 0, key, "positive")
+    b.link("negative_text", 0, key, "negative")
+    b.link(latent, 0, key, "latent_image")
+    return key
+
+
+def generate_score_rank() -> WorkflowSpec:
+    b = Builder("1-generate-score-rank")
+    note(b, "Models · 模型", (
+        "Aesthete 1 · Generate, score, rank (生成、评分、排序)\n\n"
+        "Put these files in place, then press R (refresh) and Queue:\n"
+        f"• models/checkpoints/{SD15} : Stable Diffusion 1.5 (any SD1.5 checkpoint; for an SDXL one set the "
+        "latent to 1024×1024)\n"
+        f"{PREDICTOR_FILES}\n\n"
+        "8 images from one prompt are scored 1-10 and ranked. The best 3 go to output/Aesthete/best_*_<score>_.png "
+        "with the score in the file name and the PNG metadata (aesthetic_score). Every image is previewed with its "
+        "score drawn on it.\n"
+        "一个提示词生成 8 张图，逐张打分（1-10）并排序；最好的 3 张连同分数保存，所有图的预览都标出分数。"))
+    b.add("checkpoint", "CheckpointLoaderSimple", {"ckpt_name": SD15})
+    b.add("predictor", "AesthetePredictorLoader", {"model": PREDICTOR})
+    prompt_nodes(b, ("checkpoint", "CLIP"))
+    b.add("latent", "EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 8}, title="Batch of 8")
+    sampler(b, "sampler", ("checkpoint", "MODEL"), "latent")
+    b.add("decode", "VAEDecode")
+    b.link("sampler", 0, "decode", "samples")
+    b.link("checkpoint", "VAE", "decode", "vae")
+    b.add("score", "AestheteScore")
+    b.link("predictor", 0, "score", "predictor")
+    b.link("decode", 0, "score", "images")
+    b.add("rank", "AestheteRank", {"top_k": 3, "min_score": 0.0})
+    b.link("decode", 0, "rank", "images")
+    b.link("score", "scores", "rank", "scores")
+    b.add("previews", "AestheteSaveScored", {"mode": "preview", "draw_score": True,
+                                              "filename_prefix": "Aesthete/all"}, title="All 8, with scores")
+    b.link("decode", 0, "previews", "images")
+    b.link("score", "scores", "previews", "scores")
+    b.add("save_best", "AestheteSaveScored", {"mode": "save", "draw_score": True, "filename_prefix": "Aesthete/best",
+                                               "score_in_filename": True, "score_in_metadata": True,
+                                               "model_name": PREDICTOR}, title="Best 3, saved with scores")
+    b.link("rank", "kept_images", "save_best", "images")
+    b.link("rank", "kept_scores", "save_best", "scores")
+    groups = [
+        Group("Models · 模型", ["checkpoint", "predictor"], COLORS["models"]),
+        Group("Prompt · 提示词", ["composer", "negative"], COLORS["prompt"]),
+        Group("Generate 8 · 生成", ["positive_text", "negative_text", "latent", "sampler", "decode"],
+              COLORS["generate"]),
+        Group("Score, rank · 评分排序", ["score", "rank"], COLORS["score"]),
+        Group("Keep the best · 保存最佳", ["previews", "save_best"], COLORS["save"]),
+    ]
+    columns = [["note", 120, "checkpoint", "predictor"], ["composer", "negative"],
+               ["positive_text", "negative_text", "latent"], ["sampler", "decode"], ["score", "rank"],
+               ["previews", "save_best"]]
+    return b.spec(columns, groups)
+
+
+def score_a_folder() -> WorkflowSpec:
+    b = Builder("2-score-a-folder")
+    note(b, "Models · 模型", (
+        "Aesthete 2 · Score a folder (给文件夹打分)\n\n"
+        "Put these files in place, then press R (refresh) and Queue:\n"
+        f"{PREDICTOR_FILES}\n"
+        "• input/lora_dataset/ : the images to check (a folder under ComfyUI's input directory; change 'folder')\n\n"
+        "Gives the mean score of the folder, one line per image (score, file) and the files that were skipped "
+        "with the reason. A mean of 6 or more is the recipe's bar for a training set.\n"
+        "计算文件夹的平均美学分：逐个文件的分数表、被跳过的文件及原因。训练集平均分应达到 6。"))
+    b.add("predictor", "AesthetePredictorLoader", {"model": PREDICTOR})
+    # "?threshold": set only once the node has that input (asked of the scoring nodes: the mean against the bar)
+    b.add("score_folder", "AestheteScoreFolder", {"folder": "lora_dataset", "recursive": False, "?threshold": 6.0})
+    b.link("predictor", 0, "score_folder", "predictor")
+    b.add("mean", "PreviewAny", title="Mean score (bar: 6) · 平均分（标准 6）")
+    b.add("count", "PreviewAny", title="Images scored · 已评分数")
+    b.add("table", "PreviewAny", title="Per-file scores · 逐个文件", size=(420, 260))
+    b.add("skipped", "PreviewAny", title="Skipped files · 跳过的文件", size=(420, 200))
+    for output in ("mean", "count", "table", "skipped"):
+        b.link("score_folder", output, output, "source")
+    groups = [
+        Group("Predictor · 模型", ["predictor"], COLORS["models"]),
+        Group("Score · 评分", ["score_folder"], COLORS["score"]),
+        Group("Mean vs 6 · 平均分", ["mean", "count"], COLORS["compare"]),
+        Group("Per file · 逐个文件", ["table", "skipped"], COLORS["save"]),
+    ]
+    columns = [["note", 120, "predictor"], ["score_folder"], ["mean", "count"], ["table", "skipped"]]
+    return b.spec(columns, groups)
+
+
+def train_then_compare() -> WorkflowSpec:
+    b = Builder("3-train-then-compare")
+    note(b, "Models · 模型", (
+        "Aesthete 3 · Train, then compare (训练后对比)\n\n"
+        "Put these files in place, then press R (refresh) and Queue:\n"
+        f"• models/checkpoints/{SD15} : Stable Diffusion 1.5 (the model the LoRA is trained on)\n"
+        f"{PREDICTOR_FILES}\n"
+        "• input/lora_dataset/ : training images with captions (name.png + name.txt)\n\n"
+        "Images scoring under 6 are left out of the training set. Training uses the recipe's defaults (5 epochs, "
+        "rank 16, alpha 4); the LoRA is saved to models/loras/aesthete/my_style_00001.safetensors. The same prompt "
+        "and seed are then generated without and with the LoRA, both batches are scored, and the two mean scores "
+        "are shown side by side.\n"
+        "低于 6 分的图片不参与训练；按配方默认值（5 轮、rank 16、alpha 4）训练并保存 LoRA；同一提示词和种子分别"
+        "不加 / 加 LoRA 生成，两组都打分，平均分并排显示。"))
+    b.add("checkpoint", "CheckpointLoaderSimple", {"ckpt_name": SD15})
+    b.add("predictor", "AesthetePredictorLoader", {"model": PREDICTOR})
+    b.add("dataset", "AestheteLoraDataset", {"folder": "lora_dataset", "resolution": 512, "min_score": 6.0,
+                                             "seed": 0, "control_after_generate": "fixed"},
+          title="Dataset, score ≥ 6 · 数据集")
+    b.link("predictor", 0, "dataset", "aesthetic_model")
+    b.add("train", "AestheteTrainLora", {"epochs": 5, "alpha": 4.0, "seed": 0, "control_after_generate": "fixed"})
+    for output, input_name in (("MODEL", "model"), ("CLIP", "clip"), ("VAE", "vae")):
+        b.link("checkpoint", output, "train", input_name)
+    b.link("dataset", "dataset", "train", "dataset")
+    b.add("save_lora", "AestheteSaveLora", {"name_prefix": "aesthete/my_style"})
+    b.link("train", "lora", "save_lora", "lora")
+    b.add("loss_graph", "AestheteLossGraph")
+    b.link("train", "loss", "loss_graph", "loss")
+    prompt_nodes(b, ("checkpoint", "CLIP"))
+    b.add("latent", "EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 4}, title="Batch of 4")
+    sampler(b, "sampler_base", ("checkpoint", "MODEL"), "latent", title="KSampler · without LoRA")
+    sampler(b, "sampler_lora", ("train", "model"), "latent", title="KSampler · with LoRA")
+    for side, label in (("base", "without LoRA · 不加"), ("lora", "with LoRA · 加 LoRA")):
+        b.add(f"decode_{side}", "VAEDecode")
+        b.link(f"sampler_{side}", 0, f"decode_{side}", "samples")
+        b.link("checkpoint", "VAE", f"decode_{side}", "vae")
+        b.add(f"score_{side}", "AestheteScore", title=f"Score {label}")
+        b.link("predictor", 0, f"score_{side}", "predictor")
+        b.link(f"decode_{side}", 0, f"score_{side}", "images")
+        b.add(f"preview_{side}", "AestheteSaveScored", {"mode": "preview", "draw_score": True},
+              title=f"Images {label}")
+        b.link(f"decode_{side}", 0, f"preview_{side}", "images")
+        b.link(f"score_{side}", "scores", f"preview_{side}", "scores")
+        b.add(f"mean_{side}", "PreviewAny", title=f"Mean {label}")
+        b.link(f"score_{side}", "mean", f"mean_{side}", "source")
+    groups = [
+        Group("Models · 模型", ["checkpoint", "predictor"], COLORS["models"]),
+        Group("Dataset · 数据集", ["dataset"], COLORS["score"]),
+        Group("Train · 训练", ["train", "save_lora", "loss_graph"], COLORS["train"]),
+        Group("Prompt · 提示词", ["composer", "negative"], COLORS["prompt"]),
+        Group("Generate both · 生成", ["positive_text", "negative_text", "latent", "sampler_base",
+                                           "sampler_lora", "decode_base", "decode_lora"], COLORS["generate"]),
+        Group("Score both · 评分", ["score_base", "score_lora", "preview_base", "preview_lora"], COLORS["score"]),
+        Group("Means · 平均分", ["mean_base", "mean_lora"], COLORS["compare"]),
+    ]
+    columns = [["note", 120, "checkpoint", "predictor"], ["dataset"], ["train", "save_lora", "loss_graph"],
+               ["composer", "negative"], ["positive_text", "negative_text", "latent"],
+               ["sampler_base", "sampler_lora"], ["decode_base", "decode_lora"],
+               ["score_base", "preview_base"], ["score_lora", "preview_lora"], ["mean_base"], ["mean_lora"]]
+    return b.spec(columns, groups)
+
+
+def use_a_diffsynth_lora() -> WorkflowSpec:
+    b = Builder("4-use-a-diffsynth-lora")
+    note(b, "Models · 模型", (
+        "Aesthete 4 · Use a DiffSynth LoRA (使用 DiffSynth LoRA)\n\n"
+        "Put these files in place, then press R (refresh) and Queue:\n"
+        f"• models/checkpoints/{SDXL} : Stable Diffusion XL base 1.0\n"
+        f"• models/loras/{DIFFSYNTH_LORA} : a LoRA trained with DiffSynth-Studio 1.x for SDXL (its Lightning "
+        "checkpoint, e.g. lightning_logs/version_0/checkpoints/epoch=4-step=500.ckpt, renamed). DiffSynth stores no "
+        "alpha: set the loader's alpha to the lora_alpha you trained with (the recipe: 4). The loader reads .ckpt "
+        "files without running pickled code and shows how many tensors it placed.\n"
+        "  A DiffSynth Kolors LoRA loads the same way on a Kolors model (its ChatGLM3 text encoder needs a Kolors "
+        "loader pack; core ComfyUI has none).\n"
+        f"{PREDICTOR_FILES}\n"
+        "把 DiffSynth-Studio 1.x 训练的 SDXL LoRA（.ckpt）放进 models/loras，alpha 填训练时的 lora_alpha（配方为 4）。"))
+    b.add("checkpoint", "CheckpointLoaderSimple", {"ckpt_name": SDXL})
+    b.add("lora", "AestheteLoraLoader", {"lora_name": DIFFSYNTH_LORA, "strength_model": 1.0, "strength_clip": 1.0,
+                                         "alpha": 4.0})
+    b.link("checkpoint", "MODEL", "lora", "model")
+    b.link("checkpoint", "CLIP", "lora", "clip")
+    b.add("predictor", "AesthetePredictorLoader", {"model": PREDICTOR})
+    prompt_nodes(b, ("lora", "CLIP"))
+    b.add("latent", "EmptyLatentImage", {"width": 1024, "height": 1024, "batch_size": 4}, title="Batch of 4")
+    sampler(b, "sampler", ("lora", "MODEL"), "latent")
+    b.add("decode", "VAEDecode")
+    b.link("sampler", 0, "decode", "samples")
+    b.link("checkpoint", "VAE", "decode", "vae")
+    b.add("score", "AestheteScore")
+    b.link("predictor", 0, "score", "predictor")
+    b.link("decode", 0, "score", "images")
+    b.add("save", "AestheteSaveScored", {"mode": "save", "draw_score": True, "filename_prefix": "Aesthete/lora",
+                                         "model_name": PREDICTOR}, title="Saved with scores")
+    b.link("decode", 0, "save", "images")
+    b.link("score", "scores", "save", "scores")
+    groups = [
+        Group("Model, LoRA · 模型", ["checkpoint", "lora", "predictor"], COLORS["models"]),
+        Group("Prompt · 提示词", ["composer", "negative"], COLORS["prompt"]),
+        Group("Generate · 生成", ["positive_text", "negative_text", "latent", "sampler", "decode"],
+              COLORS["generate"]),
+        Group("Score, save · 评分", ["score", "save"], COLORS["score"]),
+    ]
+    columns = [["note", 120, "checkpoint", "lora", "predictor"], ["composer", "negative"],
+               ["positive_text", "negative_text", "latent"], ["sampler", "decode"], ["score", "save"]]
+    return b.spec(columns, groups)
+
+
+SPECS = (generate_score_rank, score_a_folder, train_then_compare, use_a_diffsynth_lora)
+
+
+def drop_absent_optional_widgets(spec: WorkflowSpec, object_info: dict) -> None:
+    """Widgets written "?name" are set when the node has an input of that name, and left out otherwise."""
+    for node in spec.nodes:
+        info = object_info.get(node.type, {}).get("input", {})
+        names = set(info.get("required", {})) | set(info.get("optional", {}))
+        node.widgets = {k.lstrip("?"): v for k, v in node.widgets.items() if not k.startswith("?") or k[1:] in names}
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def screenshot_jpeg(page, path: Path, quality: int = 80) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.jpg")
+    screenshot_graph(page, tmp, jpeg_quality=quality)
+    os.replace(tmp, path)
+
+
+def build_all(names: set[str] | None = None) -> list[Path]:
+    from playwright.sync_api import sync_playwright
+
+    written: list[Path] = []
+    base = Path(tempfile.mkdtemp(prefix="aesthete-workflows-"))
+    server = ComfyServer(base_dir=base)
+    try:
+        server.start()
+        object_info = requests.get(server.url + "/object_info", timeout=60).json()
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/lib/chromium/chromium", headless=True, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            frontend = Frontend(page, server.url)
+            frontend.open()
+            for make in SPECS:
+                spec = make()
+                if names and spec.name not in names:
+                    continue
+                drop_absent_optional_widgets(spec, object_info)
+                ui = build_in_frontend(page, spec)
+                ui.pop("extra", None)  # the canvas view of this session
+                ui["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"aesthete/workflows/{spec.name}"))  # stable across builds
+                loaded = frontend.load_workflow(ui)
+                if loaded["missing"]:
+                    raise RuntimeError(f"{spec.name}: the frontend lacks {loaded['missing']}")
+                api = frontend.graph_to_prompt()
+                ui_path, api_path = WORKFLOWS_DIR / f"{spec.name}.json", API_DIR / f"{spec.name}.json"
+                write_json(ui_path, ui)
+                write_json(api_path, api)
+                thumb = WORKFLOWS_DIR / f"{spec.name}.jpg"
+                screenshot_jpeg(page, thumb)
+                written += [ui_path, api_path, thumb]
+                if make is SPECS[0]:
+                    DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(thumb, DOCS_IMAGES / f"workflow-{spec.name}.jpg")
+                    written.append(DOCS_IMAGES / f"workflow-{spec.name}.jpg")
+                sys.stderr.write(f"{spec.name}: {len(ui['nodes'])} nodes, {len(api)} in the API graph\n")
+            browser.close()
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="*", help="build only these workflows (names without .json)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for path in build_all(set(args.only) if args.only else None):
+        sys.stderr.write(f"wrote {path.relative_to(REPO)}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
