@@ -5,6 +5,12 @@ images per second, the ratio to the reference loop, our overhead over the model'
 batches, and the peak memory of each path. Every path runs in its own process (so peak memory is its own) on the
 same image files and the same weights, and the scores of every path are compared with the reference's.
 
+The ``+compile`` rows are the opt-in speed path (``--compile``, the loader's ``compile``: CLS-only last layer under
+torch.compile). Each compiles on a warm-up batch first; its compile time (the warm-up minus one steady batch) is
+reported separately (an empty inductor cache: a first session; later ones reuse the on-disk cache
+and compile faster), and images/s both without it (a ComfyUI session or a long folder, where it is paid once) and
+with it (a one-off run).
+
   .venv/bin/python benchmarks/bench_scoring.py [--images 64] [--size 512] [--batch-size 16] [--device cpu]
 """
 
@@ -25,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the model factories
 
 log = logging.getLogger("aesthete.bench")
-PHASES = ("reference", "forward", "cli", "node")
+PHASES = ("reference", "forward", "cli", "node", "forward+compile", "cli+compile", "node+compile")
 
 
 def peak_rss_mib() -> float:
@@ -50,7 +56,8 @@ def make_images(folder: Path, count: int, size: int) -> list[Path]:
 
 
 def run_phase(phase: str, model: Path, files: list[Path], batch_size: int, device: str) -> dict:
-    """One path, timed after the model is loaded (loading is not what is compared)."""
+    """One path, timed after the model is loaded (loading is not what is compared) and, for a ``+compile`` path,
+    after compiling on a warm-up batch."""
     import torch
     from PIL import Image
 
@@ -72,7 +79,17 @@ def run_phase(phase: str, model: Path, files: list[Path], batch_size: int, devic
     else:
         from aesthete.scoring.predictor import load_predictor
 
-        predictor = load_predictor(model, device, "fp32")  # the CLI below gets this same cached object
+        phase, _, compiled = phase.partition("+")
+        # the CLI below gets this same cached object, so the same compiled code
+        predictor = load_predictor(model, device, "fp32", compile=bool(compiled))
+        warm_up = 0.0
+        if compiled:
+            first = predictor.preprocess([Image.open(p).convert("RGB") for p in files[:batch_size]])
+            start = time.perf_counter()
+            predictor.forward(first)
+            warm_up = time.perf_counter() - start
+            if predictor.speed.failed:
+                raise SystemExit(f"compiling failed: {predictor.speed.failed}")
         forward_seconds = [0.0]
         plain_forward = predictor.forward
 
@@ -100,7 +117,7 @@ def run_phase(phase: str, model: Path, files: list[Path], batch_size: int, devic
             start = time.perf_counter()
             with contextlib.redirect_stdout(out):
                 code = main(["score", str(files[0].parent), "--model", str(model), "--batch-size", str(batch_size),
-                             "--device", device, "--dtype", "fp32", "--no-progress"])
+                             "--device", device, "--dtype", "fp32", "--no-progress"] + ["--compile"] * bool(compiled))
             seconds = time.perf_counter() - start
             if code != 0:
                 raise SystemExit(f"aesthete score exited with {code}")
@@ -112,8 +129,10 @@ def run_phase(phase: str, model: Path, files: list[Path], batch_size: int, devic
             start = time.perf_counter()
             scores = predictor.score_tensor(batch, batch_size)
             seconds = time.perf_counter() - start
+        batches = -(-len(files) // batch_size)
         return {"phase": phase, "seconds": seconds, "scores": scores, "peak_rss_mib": peak_rss_mib(),
-                "forward_seconds": forward_seconds[0]}
+                "forward_seconds": forward_seconds[0],
+                "compile_seconds": max(warm_up - forward_seconds[0] / batches, 0.0) if compiled else 0.0}
     return {"phase": phase, "seconds": seconds, "scores": scores, "peak_rss_mib": peak_rss_mib()}
 
 
@@ -144,7 +163,10 @@ def main() -> int:
         for phase in PHASES:
             cmd = [sys.executable, __file__, "--phase", phase, "--model", str(model), "--folder", tmp,
                    "--batch-size", str(args.batch_size), "--device", args.device]
-            done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+            env = dict(os.environ, HF_HUB_OFFLINE="1")
+            if "+" in phase:  # an empty inductor cache: the compile time of a first session, not a cached one
+                env["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / f"inductor-{phase}")
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if done.returncode != 0:
                 log.error("%s failed:\n%s", phase, done.stderr[-3000:])
                 return 1
@@ -154,25 +176,34 @@ def main() -> int:
     import torch
 
     n = args.images
-    ref, fwd = results["reference"], results["forward"]
+    ref = results["reference"]
     log.info("")
     log.info("%d images %dx%d, full-size ViT-L/14 V2 random weights, batch %d, %s, torch %d threads, %d CPUs",
              n, args.size, args.size, args.batch_size, args.device, torch.get_num_threads(), os.cpu_count())
     log.info("overhead: our time beyond the model's forward, over the forward time; 'vs forward run' compares with "
              "the separate forward-only run, 'in run' with the forward time measured inside the same run (robust "
              "when other jobs share the CPU)")
-    log.info("%-28s %9s %8s %16s %10s %10s %10s", "path", "images/s", "vs ref", "vs forward run", "in run",
-             "peak MiB", "max |diff|")
-    for phase, label in (("reference", "reference loop (issue code)"), ("forward", "model forward only"),
-                         ("cli", "aesthete score (CLI)"), ("node", "AestheteScore (IMAGE)")):
+    log.info("+compile: compile s = warm-up batch minus one steady batch; 'incl. compile' counts it in the run")
+    log.info("%-33s %8s %7s %9s %15s %8s %14s %8s %8s %10s", "path", "images/s", "vs ref", "compile s",
+             "img/s incl comp", "vs ref", "vs forward run", "in run", "peak MiB", "max |diff|")
+    labels = {"reference": "reference loop (issue code)", "forward": "model forward only",
+              "cli": "aesthete score (CLI)", "node": "AestheteScore (IMAGE)"}
+    for phase in PHASES:
         r = results[phase]
+        base, _, compiled = phase.partition("+")
+        label = labels[base] + (" +compile" if compiled else "")
+        fwd = results["forward+compile" if compiled else "forward"]
         diff = max(abs(a - b) for a, b in zip(r["scores"], ref["scores"]))
         vs_run = in_run = ""
-        if phase in ("cli", "node"):
+        if base in ("cli", "node"):
             vs_run = f"{(r['seconds'] - fwd['seconds']) / fwd['seconds']:+.1%}"
             in_run = f"{(r['seconds'] - r['forward_seconds']) / r['forward_seconds']:+.1%}"
-        log.info("%-28s %9.3f %7.2fx %16s %10s %10.0f %10.2e", label, n / r["seconds"], ref["seconds"] / r["seconds"],
-                 vs_run, in_run, r["peak_rss_mib"], diff)
+        comp = r.get("compile_seconds", 0.0)
+        incl = (f"{n / (r['seconds'] + comp):.3f}", f"{ref['seconds'] / (r['seconds'] + comp):.2f}x") if compiled \
+            else ("", "")
+        log.info("%-33s %8.3f %6.2fx %9s %15s %8s %14s %8s %8.0f %10.2e", label, n / r["seconds"],
+                 ref["seconds"] / r["seconds"], f"{comp:.1f}" if compiled else "", *incl, vs_run, in_run,
+                 r["peak_rss_mib"], diff)
     return 0
 
 

@@ -36,6 +36,10 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="auto: fp32 on the CPU, fp16 on a GPU")
+    p.add_argument("--compile", action="store_true",
+                   help="opt-in speed path: the last layer for the CLS token only and torch.compile (compiled on "
+                        "the first batch, which takes a while; scores equal within float rounding; falls back to "
+                        "the plain model, with a warning, if compiling fails)")
     p.add_argument("-r", "--recursive", action="store_true", help="also score images in sub-folders")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", type=Path, metavar="FILE", help="write per-file scores and skips as JSON")
@@ -66,7 +70,7 @@ def run(args) -> int:
     try:
         files = collect_files(args.paths, args.recursive)
         folder = resolve_model(args.model, args.models_dir)
-        predictor = load_predictor(folder, args.device, args.dtype)
+        predictor = load_predictor(folder, args.device, args.dtype, compile=args.compile)
     except (OSError, ValueError, registry.PredictorUnavailable) as e:
         log.error("%s", e)
         return EXIT_ERROR

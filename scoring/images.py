@@ -34,9 +34,13 @@ class OpenedImage:
         return self.image is None
 
 
+# caption and metadata files of training datasets (kohya .txt, tag .json, DiffSynth metadata.csv)
+CAPTION_SUFFIXES = frozenset({".txt", ".caption", ".json", ".csv", ".tags"})
+
+
 def list_image_files(folder: Path, recursive: bool = False) -> list[Path]:
     """Every regular file under ``folder`` (sorted), images or not: the caller reports the non-images as skips.
-    Hidden files (dot files) are left out, as a file manager does."""
+    Hidden files (dot files) and caption/metadata files (CAPTION_SUFFIXES) are left out."""
     if not folder.exists():
         raise FileNotFoundError(f"{folder}: no such folder")
     if not folder.is_dir():
@@ -44,7 +48,11 @@ def list_image_files(folder: Path, recursive: bool = False) -> list[Path]:
     pattern = "**/*" if recursive else "*"
     files = [p for p in folder.glob(pattern) if p.is_file() and not any(part.startswith(".")
                                                                       for part in p.relative_to(folder).parts)]
-    return sorted(files)
+    # a training folder's captions and tag files sit beside the images: they are not skips worth reporting
+    sidecars = [p for p in files if p.suffix.lower() in CAPTION_SUFFIXES]
+    if sidecars:
+        log.debug("%s: %d caption/metadata file(s) not scored", folder, len(sidecars))
+    return sorted(p for p in files if p.suffix.lower() not in CAPTION_SUFFIXES)
 
 
 def to_rgb(image: Image.Image, background: tuple[int, int, int] | None = (255, 255, 255)) -> Image.Image:

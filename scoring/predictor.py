@@ -2,7 +2,8 @@
 
 The numbers are the reference code's (``processor(images=image)`` then ``predictor(**inputs).logits``): the
 same simple-aesthetics-predictor classes, the model folder's own image processor, fp32 by default. What is
-faster is the batching: one processor call and one forward pass per batch instead of per image.
+faster is the batching: one processor call and one forward pass per batch instead of per image. Opt-in
+(``compile=True``): the speed path of ``speed.py`` (CLS-only last layer, torch.compile), equal within float rounding.
 """
 
 from __future__ import annotations
@@ -99,6 +100,29 @@ class AestheticPredictor:
         self.head = head
         self.folder = folder
         self._lock = threading.Lock()  # one forward at a time: ComfyUI and the CLI may share a cached model
+        self.base = self  # the predictor owning the model; a compiled view shares it (see ``compiled``)
+        self.speed = None  # the compiled scorer of a compiled view
+        self._compiled_view: AestheticPredictor | None = None
+
+    @property
+    def compile(self) -> bool:
+        return self.speed is not None
+
+    def compiled(self) -> AestheticPredictor:
+        """This predictor with the opt-in speed path (CLS-only last layer under torch.compile, compiled on the first
+        batch, eager if compiling fails). It shares the model, processor and lock; the same view, and so the same
+        compiled code, is returned every time."""
+        base = self.base
+        with _VIEW_LOCK:
+            if base._compiled_view is None:
+                from .speed import CompiledScorer
+
+                view = AestheticPredictor.__new__(AestheticPredictor)
+                view.__dict__.update(base.__dict__)
+                view.speed = CompiledScorer(base.model)
+                view._compiled_view = None
+                base._compiled_view = view
+            return base._compiled_view
 
     @classmethod
     def from_folder(cls, folder: Path, device: str | torch.device = "cpu",
@@ -136,7 +160,10 @@ class AestheticPredictor:
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[B] float32 scores on the CPU for preprocessed pixel values."""
         with self._lock, torch.inference_mode():
-            out = self.model(pixel_values=pixel_values.to(self.device, self.dtype))
+            pixel_values = pixel_values.to(self.device, self.dtype)
+            if self.speed is not None:
+                return self.speed(pixel_values).float().cpu()
+            out = self.model(pixel_values=pixel_values)
             return out.logits[:, 0].float().cpu()
 
     def score_images(self, images: Sequence[Image.Image | torch.Tensor], batch_size: int = 16,
@@ -177,13 +204,15 @@ class AestheticPredictor:
 
 _CACHE: OrderedDict[tuple, AestheticPredictor] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
+_VIEW_LOCK = threading.Lock()
 CACHE_SIZE = 2
 
 
 def load_predictor(folder: Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-                   ) -> AestheticPredictor:
-    """A predictor from ``folder``, kept across calls: the same folder (unchanged on disk), device and dtype give the
-    same object. The two most recently used predictors are kept."""
+                   compile: bool = False) -> AestheticPredictor:
+    """A predictor from ``folder``, kept across calls: the same folder (unchanged on disk), device, dtype and
+    ``compile`` give the same object. The two most recently used models are kept; ``compile=True`` gives the
+    model's compiled view (``AestheticPredictor.compiled``), which shares it, so both never hold two copies."""
     folder = Path(folder)
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -193,13 +222,14 @@ def load_predictor(folder: Path, device: str | torch.device = "auto", dtype: str
     with _CACHE_LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
-            return _CACHE[key]
+            predictor = _CACHE[key]
+            return predictor.compiled() if compile else predictor
     predictor = AestheticPredictor.from_folder(folder, dev, dt)
     with _CACHE_LOCK:
         _CACHE[key] = predictor
         while len(_CACHE) > CACHE_SIZE:
             _CACHE.popitem(last=False)
-    return predictor
+    return predictor.compiled() if compile else predictor
 
 
 def finite_mean(scores: Sequence[float]) -> float:

@@ -117,6 +117,12 @@ def test_folder_with_bad_files_is_scored_with_reasons(comfy, comfy_server, tiny_
             assert f"{name}: {reason}" in text
     plain = Image.open(comfy_server.input_dir / "scoring_mixed" / "a_rgb.png").convert("RGB")
     assert scored["a_rgb.png"] == pytest.approx(reference_scores([plain])[0], abs=1e-3)
+    assert "a_rgb.txt" not in text and "metadata.csv" not in text  # captions are not skips
+    # the bar: the default 6, then one just above the mean
+    assert lines[0].endswith(f"{'passes' if mean >= 6 else 'below'} the bar of 6"), lines[0]
+    graph["2"]["inputs"]["threshold"] = round(mean + 0.5, 1)
+    above = comfy.run(graph).node_output("2")["text"][0].splitlines()[0]
+    assert above.endswith(f"below the bar of {round(mean + 0.5, 1):g}"), above
 
 
 @pytest.mark.parametrize("folder, message", [
@@ -170,3 +176,22 @@ def test_preview_mode_writes_no_output_files(comfy, comfy_server, sd15_ckpt, tin
     assert not list((comfy_server.output_dir / "preview_only").glob("best_*"))
     for entry, image in load_outputs(comfy, result, "13"):
         assert "aesthetic_score" in image.text and f"_{float(image.text['aesthetic_score']):.2f}_" in entry["filename"]
+
+
+def test_compiled_predictor_scores_like_the_reference(comfy, comfy_server, tiny_predictor):
+    """The loader's opt-in compile toggle (an optional input): the reference scores within 1e-3."""
+    write_mixed_folder(comfy_server.input_dir / "scoring_compiled")
+    graph = {
+        "1": {"class_type": "AesthetePredictorLoader", "inputs": {"model": tiny_predictor, "device": "cpu",
+                                                                   "dtype": "fp32", "compile": True}},
+        "2": {"class_type": "AestheteScoreFolder", "inputs": {"predictor": ["1", 0], "folder": "scoring_compiled",
+                                                               "recursive": False, "allow_outside_input": False,
+                                                               "batch_size": 3}},
+    }
+    text = comfy.run(graph).node_output("2")["text"][0]
+    scored = {ln.split("\t")[1]: float(ln.split("\t")[0]) for ln in text.splitlines() if "\t" in ln}
+    assert len(scored) == 8
+    plain = Image.open(comfy_server.input_dir / "scoring_compiled" / "a_rgb.png").convert("RGB")
+    assert scored["a_rgb.png"] == pytest.approx(reference_scores([plain])[0], abs=1e-3)
+    info = comfy.object_info()["AesthetePredictorLoader"]["input"]
+    assert "compile" in info["optional"] and "compile" not in info["required"]  # old graphs still validate

@@ -57,8 +57,11 @@ def write_mixed_folder(folder: Path) -> dict[str, str]:
 
     (folder / "x_empty.png").write_bytes(b"")
     expected["x_empty.png"] = "empty file"
-    (folder / "x_notes.txt").write_text("not an image")
-    expected["x_notes.txt"] = "not an image"
+    (folder / "x_notes.pdf").write_text("not an image")
+    expected["x_notes.pdf"] = "not an image"
+    # a training folder's caption files are neither scored nor reported as skips
+    (folder / "a_rgb.txt").write_text("1girl, blue hair")
+    (folder / "metadata.csv").write_text("file_name,text\na_rgb.png,1girl\n")
     buf = io.BytesIO()
     Image.fromarray(photo_like(120, 120, 9)).save(buf, "PNG")
     (folder / "x_truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])

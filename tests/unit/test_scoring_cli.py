@@ -68,3 +68,15 @@ def test_installed_command_runs(data):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0].endswith("a_rgb.png") and done.stdout.splitlines()[-1].startswith("mean")
+
+
+def test_compile_flag_gives_the_same_scores(data, capsys):
+    model = aesthetic_predictor("tiny")
+    assert run_score(data, "--model", model, "--batch-size", 3) == 0
+    plain = capsys.readouterr().out.strip().splitlines()
+    assert run_score(data, "--model", model, "--batch-size", 3, "--compile") == 0
+    compiled = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split("\t")[-1] for ln in compiled] == [ln.split("\t")[-1] for ln in plain]
+    for a, b in zip(plain, compiled):
+        assert float(b.split("\t")[1 if b.startswith("mean") else 0]) == pytest.approx(
+            float(a.split("\t")[1 if a.startswith("mean") else 0]), abs=1e-3)
