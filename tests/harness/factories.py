@@ -39,7 +39,7 @@ FULL_VISION_CONFIG = dict(hidden_size=1024, intermediate_size=4096, num_hidden_l
 def aesthetic_predictor(kind: str = "tiny", head: str = "v2-linear", seed: int = 0) -> Path:
     """A random-weight LAION aesthetic predictor folder in the hub layout: config.json, model.safetensors,
     preprocessor_config.json. ``kind`` is "tiny" (32 px) or "full" (ViT-L/14, 224 px, the real cost)."""
-    path = _cached(f"aesthetic-{kind}-{head}-s{seed}")
+    path = _cached(f"aesthetic-{kind}-{head}-s{seed}-h2")  # h2: V1 heads spread too
     if (path / "config.json").exists():
         return path
     import torch
@@ -51,9 +51,13 @@ def aesthetic_predictor(kind: str = "tiny", head: str = "v2-linear", seed: int =
     vision = TINY_VISION_CONFIG if kind == "tiny" else FULL_VISION_CONFIG
     torch.manual_seed(seed)
     model = classes[head](CLIPVisionConfig(**vision))
-    with torch.no_grad():  # the heads start near zero; spread the scores like a trained predictor's
-        for p in model.layers.parameters() if hasattr(model, "layers") else []:
-            p.normal_(0.0, 0.5)
+    with torch.no_grad():  # the heads start near zero; spread the scores so that images differ clearly
+        if hasattr(model, "layers"):  # V2: an MLP or linear stack
+            for p in model.layers.parameters():
+                p.normal_(0.0, 0.5)
+        else:  # V1: one linear layer on the embedding
+            model.predictor.weight.normal_(0.0, 20.0)
+            model.predictor.bias.fill_(5.0)
     size = vision["image_size"]
     processor = CLIPImageProcessor(
         do_resize=True, size={"shortest_edge": size}, resample=3, do_center_crop=True,
