@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from harness.client import ComfyClient
-from harness.comfy_server import ComfyServer
+from harness.comfy_server import ComfyServer, running_server
 
 ARTIFACTS = Path(__file__).resolve().parent / ".artifacts"
 
@@ -19,20 +17,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def fail_start(message: str) -> None:
+    pytest.fail(message, pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def comfy_server():
-    base = Path(tempfile.mkdtemp(prefix="aesthete-comfy-"))
-    server = ComfyServer(base_dir=base)
-    try:
-        server.start()
-    except RuntimeError as e:
-        server.stop()
-        pytest.fail(str(e), pytrace=False)
-    yield server
-    server.stop()
-    ARTIFACTS.mkdir(exist_ok=True)
-    shutil.copyfile(server.log_path, ARTIFACTS / "comfyui.log")
-    shutil.rmtree(base, ignore_errors=True)
+    with running_server("aesthete-comfy-", ARTIFACTS / "comfyui.log", on_start_error=fail_start) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -7,15 +7,13 @@ the extension fills them in from /i18n. Widget names and node types must never c
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 import requests
 
 from harness.browser import Frontend
-from harness.comfy_server import ComfyServer
+from harness.comfy_server import running_server
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(__file__).resolve().parents[1] / ".artifacts"
@@ -64,21 +62,10 @@ def _check_names_unchanged(shown: dict, object_info: dict) -> None:
 @pytest.fixture(scope="module")
 def zh_server():
     """A ComfyUI of its own whose user has chosen Chinese (the session server's user has English)."""
-    base = Path(tempfile.mkdtemp(prefix="aesthete-comfy-zh-"))
-    settings = base / "user" / "default" / "comfy.settings.json"
-    settings.parent.mkdir(parents=True)
-    settings.write_text(json.dumps({"Comfy.TutorialCompleted": True, "Comfy.Locale": "zh"}))
-    server = ComfyServer(base_dir=base)
-    try:
-        server.start()
-    except RuntimeError as e:
-        server.stop()
-        pytest.fail(str(e), pytrace=False)
-    yield server
-    server.stop()
-    ARTIFACTS.mkdir(exist_ok=True)
-    shutil.copyfile(server.log_path, ARTIFACTS / "comfyui-zh.log")
-    shutil.rmtree(base, ignore_errors=True)
+    with running_server("aesthete-comfy-zh-", ARTIFACTS / "comfyui-zh.log",
+                        settings={"Comfy.TutorialCompleted": True, "Comfy.Locale": "zh"},
+                        on_start_error=lambda message: pytest.fail(message, pytrace=False)) as server:
+        yield server
 
 
 def _open(chromium, url: str) -> Frontend:

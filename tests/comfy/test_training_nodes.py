@@ -6,12 +6,10 @@ are refused."""
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 import pytest
 import requests
-import websocket
 from PIL import Image
 from safetensors import safe_open
 
@@ -153,29 +151,15 @@ def test_cancel_keeps_what_was_trained(comfy, comfy_server, sd15_ckpt):
     graph = base_graph(sd15_ckpt, epochs=500, seed=1, checkpoint_name="aesthete_test/cancelled",
                        save_every_n_epochs=1)
     graph["4"] = {"class_type": "AestheteLossGraph", "inputs": {"loss": ["3", 2], "smoothing": 0.9}}
-    ws = websocket.create_connection(comfy.url.replace("http", "ws", 1) + f"/ws?clientId={comfy.client_id}",
-                                     timeout=300)
-    events = []
-    try:
-        prompt_id = comfy.queue(graph)
-        interrupted = False
-        while True:
-            msg = ws.recv()
-            if not isinstance(msg, str):
-                continue
-            event = json.loads(msg)
-            events.append(event)
-            data = event.get("data", {})
-            if data.get("prompt_id") not in (None, prompt_id):
-                continue
-            if (event["type"] == "progress" and str(data.get("node")) == "3" and data["value"] >= 2
-                    and not interrupted):
-                requests.post(comfy.url + "/interrupt", timeout=30).raise_for_status()
-                interrupted = True
-            if event["type"] in ("execution_interrupted", "execution_error", "execution_success"):
-                break
-    finally:
-        ws.close()
+    sent = []
+
+    def interrupt_after_two_steps(event: dict) -> None:
+        data = event.get("data", {})
+        if event["type"] == "progress" and str(data.get("node")) == "3" and data["value"] >= 2 and not sent:
+            requests.post(comfy.url + "/interrupt", timeout=30).raise_for_status()
+            sent.append(True)
+
+    events = comfy.run(graph, timeout=300, on_event=interrupt_after_two_steps, expect_interrupted=True).events
     assert events[-1]["type"] == "execution_interrupted", events[-1]
     kept = comfy_server.models_dir / "loras" / "aesthete_test" / "cancelled_interrupted.safetensors"
     assert kept.is_file()
@@ -187,8 +171,6 @@ def test_cancel_keeps_what_was_trained(comfy, comfy_server, sd15_ckpt):
     every_epoch = kept.with_name("cancelled_epoch0001.safetensors")  # one step per epoch: saved after step 1
     with safe_open(str(every_epoch), "pt") as f:
         assert f.metadata()["aesthete.epochs"] == "1" and f.metadata()["aesthete.steps"] == "1"
-
-
 
 
 def test_aesthetic_predictor_drops_low_scoring_images(comfy, comfy_server, tiny_predictor):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import requests
@@ -59,8 +60,10 @@ class ComfyClient:
             raise ExecutionError(f"/prompt found invalid nodes: {str(body['node_errors'])[:4000]}")
         return body["prompt_id"]
 
-    def run(self, graph: dict, timeout: float = 600.0, expect_error: bool = False) -> RunResult:
-        """Queue ``graph`` and follow the websocket until it succeeds (or fails: ExecutionError)."""
+    def run(self, graph: dict, timeout: float = 600.0, expect_error: bool = False,
+            on_event: Callable[[dict], None] | None = None, expect_interrupted: bool = False) -> RunResult:
+        """Queue ``graph`` and follow the websocket until it succeeds (or fails: ExecutionError). ``on_event`` sees
+        each event of this prompt as it comes (to interrupt a run, say)."""
         ws = websocket.create_connection(self.url.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}",
                                          timeout=timeout)
         events: list[dict] = []
@@ -68,6 +71,7 @@ class ComfyClient:
             prompt_id = self.queue(graph)
             deadline = time.monotonic() + timeout
             error = None
+            interrupted = False
             while time.monotonic() < deadline:
                 msg = ws.recv()
                 if not isinstance(msg, str):  # binary preview frames
@@ -77,7 +81,12 @@ class ComfyClient:
                 data = event.get("data", {})
                 if data.get("prompt_id") not in (None, prompt_id):
                     continue
+                if on_event is not None:
+                    on_event(event)
                 kind = event.get("type")
+                if kind == "execution_interrupted":
+                    interrupted = True
+                    break
                 if kind == "execution_error":
                     error = data
                     break
@@ -95,6 +104,8 @@ class ComfyClient:
                 f"node {error.get('node_id')} ({error.get('node_type')}) failed: "
                 f"{error.get('exception_type')}: {error.get('exception_message')}\n"
                 + "".join(error.get("traceback", [])[-6:]))
+        if interrupted != expect_interrupted:
+            raise ExecutionError("the run was interrupted" if interrupted else "the run was not interrupted")
         if error is None and expect_error:
             raise AssertionError("the graph ran without the expected execution_error")
         return RunResult(prompt_id, events, history)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,3 +132,31 @@ class ComfyServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
         self.process = None
+
+
+@contextmanager
+def running_server(prefix: str, keep_log: Path | None = None, settings: dict | None = None,
+                   on_start_error: Callable[[str], None] | None = None) -> Iterator[ComfyServer]:
+    """A started ComfyServer on a fresh base directory (with the user's ``settings``, if given); afterwards it is
+    stopped, its log copied to ``keep_log`` and the directory removed. A failed start calls ``on_start_error`` with
+    the message (which holds the log's tail), else raises."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    if settings is not None:
+        path = base / "user" / "default" / "comfy.settings.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(settings))
+    server = ComfyServer(base_dir=base)
+    try:
+        try:
+            server.start()
+        except RuntimeError as e:
+            if on_start_error is None:
+                raise
+            on_start_error(str(e))
+        yield server
+    finally:
+        server.stop()
+        if keep_log is not None and server.log_path is not None and server.log_path.exists():
+            keep_log.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(server.log_path, keep_log)
+        shutil.rmtree(base, ignore_errors=True)
