@@ -83,11 +83,13 @@ class AesthetePromptComposer(io.ComfyNode):
                                       "count and warns past one 77-token chunk"),
             ],
             outputs=[
-                io.String.Output("prompt", display_name="prompt", tooltip="The assembled prompt, for CLIPTextEncode's text"),
-                PromptFields.Output("fields", display_name="fields", tooltip="Everything this composer holds, for Save Prompt Preset"),
-                io.String.Output("token_report", display_name="token_report", tooltip="Token count per text encoder of the connected CLIP, with a "
-                                                         "warning past one 77-token chunk (connect a Preview Any to "
-                                                         "read it); empty without a CLIP"),
+                io.String.Output("prompt", display_name="prompt",
+                                 tooltip="The assembled prompt, for CLIPTextEncode's text"),
+                PromptFields.Output("fields", display_name="fields",
+                                    tooltip="Everything this composer holds, for Save Prompt Preset"),
+                io.String.Output("token_report", display_name="token_report",
+                                 tooltip="Token count per text encoder of the connected CLIP, with a warning past one "
+                                         "77-token chunk (connect a Preview Any to read it); empty without a CLIP"),
             ],
         )
 
@@ -119,7 +121,8 @@ class AestheteNegativePrompt(io.ComfyNode):
                                 tooltip="More negative tags, appended after the preset's"),
                 *_separator_inputs(),
             ],
-            outputs=[io.String.Output("negative", display_name="negative", tooltip="The negative prompt, for the negative CLIPTextEncode")],
+            outputs=[io.String.Output("negative", display_name="negative",
+                                     tooltip="The negative prompt, for the negative CLIPTextEncode")],
         )
 
     @classmethod
@@ -143,7 +146,8 @@ class AesthetePromptPresetSave(io.ComfyNode):
                 io.Boolean.Input("overwrite", default=False,
                                  tooltip="Replace a preset of the same name; off: an existing name is an error"),
             ],
-            outputs=[io.String.Output("preset_name", display_name="preset_name", tooltip="The saved preset's name, as Load Prompt Preset lists it")],
+            outputs=[io.String.Output("preset_name", display_name="preset_name",
+                                     tooltip="The saved preset's name, as Load Prompt Preset lists it")],
             is_output_node=True,
         )
 
@@ -167,8 +171,10 @@ class AesthetePromptPresetLoad(io.ComfyNode):
                                    tooltip="A preset saved with Save Prompt Preset, or one shipped with the pack "
                                            "(refresh the page to list new ones)")],
             outputs=[
-                io.String.Output("prompt", display_name="prompt", tooltip="The preset's prompt, assembled as the composer would"),
-                PromptFields.Output("fields", display_name="fields", tooltip="The preset's fields, for a Prompt Composer's preset input"),
+                io.String.Output("prompt", display_name="prompt",
+                                 tooltip="The preset's prompt, assembled as the composer would"),
+                PromptFields.Output("fields", display_name="fields",
+                                    tooltip="The preset's fields, for a Prompt Composer's preset input"),
             ],
         )
 

@@ -269,7 +269,8 @@ class AestheteScoreFolder(io.ComfyNode):
                                  tooltip="Allow an absolute path or one leading outside the input directory"),
                 io.Int.Input("batch_size", default=16, min=1, max=256, tooltip="Images per forward pass"),
                 io.Float.Input("threshold", default=6.0, min=-1000.0, max=1000.0, step=0.1, optional=True,
-                               tooltip="The bar the folder's mean must reach (6 is the common one on the LAION 1-10 scale)"),
+                               tooltip="The bar the folder's mean must reach (6 is the common one on the LAION "
+                                       "1-10 scale)"),
             ],
             outputs=[
                 io.Float.Output("mean", display_name="mean", tooltip="Mean score of the scored images"),
