@@ -121,6 +121,17 @@ def sampler(b: Builder, key: str, model_src: tuple[str, str], latent: str, title
     return key
 
 
+def decode_and_score(b: Builder, sampler_key: str, decode: str = "decode", score: str = "score",
+                     title: str | None = None) -> None:
+    """VAEDecode of a sampler's latent (the checkpoint's VAE), scored by the predictor node."""
+    b.add(decode, "VAEDecode")
+    b.link(sampler_key, 0, decode, "samples")
+    b.link("checkpoint", "VAE", decode, "vae")
+    b.add(score, "AestheteScore", title=title)
+    b.link("predictor", 0, score, "predictor")
+    b.link(decode, 0, score, "images")
+
+
 def generate_score_rank() -> WorkflowSpec:
     b = Builder("1-generate-score-rank")
     note(b, "Models · 模型", (
@@ -138,12 +149,7 @@ def generate_score_rank() -> WorkflowSpec:
     prompt_nodes(b, ("checkpoint", "CLIP"))
     b.add("latent", "EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 8}, title="Batch of 8")
     sampler(b, "sampler", ("checkpoint", "MODEL"), "latent")
-    b.add("decode", "VAEDecode")
-    b.link("sampler", 0, "decode", "samples")
-    b.link("checkpoint", "VAE", "decode", "vae")
-    b.add("score", "AestheteScore")
-    b.link("predictor", 0, "score", "predictor")
-    b.link("decode", 0, "score", "images")
+    decode_and_score(b, "sampler")
     b.add("rank", "AestheteRank", {"top_k": 3, "min_score": 0.0})
     b.link("decode", 0, "rank", "images")
     b.link("score", "scores", "rank", "scores")
@@ -233,12 +239,7 @@ def train_then_compare() -> WorkflowSpec:
     sampler(b, "sampler_base", ("checkpoint", "MODEL"), "latent", title="KSampler · without LoRA")
     sampler(b, "sampler_lora", ("train", "model"), "latent", title="KSampler · with LoRA")
     for side, label in (("base", "without LoRA · 不加"), ("lora", "with LoRA · 加 LoRA")):
-        b.add(f"decode_{side}", "VAEDecode")
-        b.link(f"sampler_{side}", 0, f"decode_{side}", "samples")
-        b.link("checkpoint", "VAE", f"decode_{side}", "vae")
-        b.add(f"score_{side}", "AestheteScore", title=f"Score {label}")
-        b.link("predictor", 0, f"score_{side}", "predictor")
-        b.link(f"decode_{side}", 0, f"score_{side}", "images")
+        decode_and_score(b, f"sampler_{side}", f"decode_{side}", f"score_{side}", title=f"Score {label}")
         b.add(f"preview_{side}", "AestheteSaveScored", {"mode": "preview", "draw_score": True},
               title=f"Images {label}")
         b.link(f"decode_{side}", 0, f"preview_{side}", "images")
@@ -285,12 +286,7 @@ def use_a_diffsynth_lora() -> WorkflowSpec:
     prompt_nodes(b, ("lora", "CLIP"))
     b.add("latent", "EmptyLatentImage", {"width": 1024, "height": 1024, "batch_size": 4}, title="Batch of 4")
     sampler(b, "sampler", ("lora", "MODEL"), "latent")
-    b.add("decode", "VAEDecode")
-    b.link("sampler", 0, "decode", "samples")
-    b.link("checkpoint", "VAE", "decode", "vae")
-    b.add("score", "AestheteScore")
-    b.link("predictor", 0, "score", "predictor")
-    b.link("decode", 0, "score", "images")
+    decode_and_score(b, "sampler")
     b.add("save", "AestheteSaveScored", {"mode": "save", "draw_score": True, "filename_prefix": "Aesthete/lora",
                                          "model_name": PREDICTOR}, title="Saved with scores")
     b.link("decode", 0, "save", "images")
