@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.client import ComfyClient
-from harness.comfy_server import ComfyServer, running_server
+from harness.comfy_server import running_server
 
 ARTIFACTS = Path(__file__).resolve().parent / ".artifacts"
 
@@ -32,22 +32,12 @@ def comfy(comfy_server) -> ComfyClient:
     return ComfyClient(comfy_server.url)
 
 
-def _link_model(server: ComfyServer, folder: str, source: Path, name: str | None = None) -> str:
-    dest_dir = server.models_dir / folder
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    name = name or source.name
-    dest = dest_dir / name
-    if not dest.exists():
-        dest.symlink_to(source, target_is_directory=source.is_dir())
-    return name
-
-
 @pytest.fixture(scope="session")
 def sd15_ckpt(comfy_server) -> str:
     """File name (as CheckpointLoaderSimple lists it) of the small random-weight SD1.5 checkpoint."""
     from harness.factories import small_sd15_checkpoint
 
-    return _link_model(comfy_server, "checkpoints", small_sd15_checkpoint(), "aesthete-test-sd15.safetensors")
+    return comfy_server.link_model("checkpoints", small_sd15_checkpoint(), "aesthete-test-sd15.safetensors")
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +45,7 @@ def tiny_predictor(comfy_server) -> str:
     """Folder name under models/aesthetic/ of the tiny random-weight aesthetic predictor."""
     from harness.factories import aesthetic_predictor
 
-    return _link_model(comfy_server, "aesthetic", aesthetic_predictor("tiny"), "aesthete-test-tiny")
+    return comfy_server.link_model("aesthetic", aesthetic_predictor("tiny"), "aesthete-test-tiny")
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from harness.lora_models import link_model
 from PIL import Image
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "diffsynth"
@@ -28,7 +27,7 @@ def _image(comfy_server, result, node: str) -> np.ndarray:
 
 
 def test_diffsynth_trained_lora_changes_the_image(comfy, comfy_server, sd15_ckpt):
-    name = link_model(comfy_server, "loras", FIXTURES / "tiny_sd_lora.ckpt", "aesthete-diffsynth-tiny.ckpt")
+    name = comfy_server.link_model("loras", FIXTURES / "tiny_sd_lora.ckpt", "aesthete-diffsynth-tiny.ckpt")
     # the LoRA has no text-encoder layers, so every branch shares one prompt encoding
     graph = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sd15_ckpt}},
              "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},

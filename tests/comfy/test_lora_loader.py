@@ -1,7 +1,7 @@
 """AestheteLoraLoader in a real ComfyUI server.
 
 Numbers: a small SDXL-architecture UNet (full SDXL block layout, 320 channels everywhere; see
-harness/lora_models.py) loaded with core UNETLoader, eight LoRA files of different formats applied in one chain
+harness/build_models.py) loaded with core UNETLoader, eight LoRA files of different formats applied in one chain
 (among them a DiffSynth 1.x Kolors-layout checkpoint with all 1,120 tensors, and a Kolors-named checkpoint
 written by DiffSynth's own trainer code), the patched model saved with core
 ModelSave, and every targeted weight compared with W + sum(strength * alpha/rank * B @ A). The same files,
@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 from harness.client import ExecutionError
-from harness.lora_models import comfy_diffusers_names, link_model, small_sdxl_unet
+from harness.factories import small_sdxl_unet
+from harness.lora_models import comfy_diffusers_names
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -33,7 +34,7 @@ PREFIX = "model.diffusion_model."
 @pytest.fixture(scope="module")
 def sdxl_unet(comfy_server) -> tuple[str, Path]:
     path = small_sdxl_unet()
-    return link_model(comfy_server, "diffusion_models", path, "aesthete-test-sdxl-small.safetensors"), path
+    return comfy_server.link_model("diffusion_models", path, "aesthete-test-sdxl-small.safetensors"), path
 
 
 def _kohya(name: str) -> str:

@@ -1,5 +1,6 @@
 """Build the random-weight test models. Run with the embedded ComfyUI's folder on sys.path (factories.py does).
 
+  python build_models.py sdxl-small-unet OUT.safetensors   UNet only (for UNETLoader), detected as SDXL
   python build_models.py sd15-small OUT.safetensors   SD1.5-format checkpoint that CheckpointLoaderSimple
                                                       detects as SD15 (small UNet, full CLIP-L and VAE)
 """
@@ -31,6 +32,35 @@ def small_sd15_unet_config() -> dict:
         transformer_depth_middle=1, context_dim=768, num_heads=8, use_spatial_transformer=True,
         use_linear_in_transformer=False, legacy=False,
     )
+
+
+# Every module name a Kolors/SDXL LoRA targets (70 transformer blocks, model_channels 320, context 2048, adm
+# 2816), detected as SDXL, but channel_mult [1, 1, 1]: every level 320 wide (0.2 B parameters instead of 2.6 B)
+SMALL_SDXL_CONFIG = dict(
+    image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
+    channel_mult=[1, 1, 1], transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_middle=10,
+    transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], context_dim=2048, num_head_channels=64,
+    use_spatial_transformer=True, use_linear_in_transformer=True, legacy=False, num_classes="sequential",
+    adm_in_channels=2816,
+)
+
+
+def build_small_sdxl(out_path: str, seed: int = 0) -> None:
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True  # before model_management is imported: no GPU needed to build
+    import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
+    import comfy.ops
+    from safetensors.torch import save_file
+
+    unet = openaimodel.UNetModel(**SMALL_SDXL_CONFIG, operations=comfy.ops.disable_weight_init)
+    reset_random(unet, seed)
+    # fp16 on disk; ComfyUI on CPU loads it as fp32, so the test's reference weights are exact
+    sd = {k: v.to(torch.float16).contiguous() for k, v in unet.state_dict().items()}
+    tmp = f"{out_path}.{os.getpid()}.tmp"  # parallel test runs may build at once
+    save_file(sd, tmp)
+    os.replace(tmp, out_path)
+
 
 
 def build_sd15(out_path: str, seed: int = 0) -> None:
@@ -76,5 +106,7 @@ if __name__ == "__main__":
     kind, out = sys.argv[1], sys.argv[2]
     if kind == "sd15-small":
         build_sd15(out)
+    elif kind == "sdxl-small-unet":
+        build_small_sdxl(out)
     else:
         raise SystemExit(f"unknown model kind {kind!r}")

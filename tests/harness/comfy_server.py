@@ -61,6 +61,15 @@ class ComfyServer:
     def user_dir(self) -> Path:
         return self.base_dir / "user"
 
+    def link_model(self, folder: str, source: Path, name: str | None = None) -> str:
+        """Make ``source`` (a file or a model folder) visible as models/<folder>/<name> by a symlink; returns the
+        name ComfyUI lists it under."""
+        dest = self.models_dir / folder / (name or source.name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not dest.exists():
+            dest.symlink_to(source, target_is_directory=source.is_dir())
+        return dest.name
+
     def log_tail(self, chars: int = 6000) -> str:
         if self.log_path is None or not self.log_path.exists():
             return "(no log)"

@@ -23,11 +23,21 @@ def _cached(name: str) -> Path:
 
 def small_sd15_checkpoint() -> Path:
     """A random-weight SD1.5-format checkpoint (small UNet, full CLIP-L and VAE) detected by ComfyUI as SD15."""
-    path = _cached("aesthete-test-sd15-small.safetensors")
+    return _build("sd15-small", _cached("aesthete-test-sd15-small.safetensors"))
+
+
+def _build(kind: str, path: Path) -> Path:
+    """Run build_models.py for ``kind`` with the embedded ComfyUI's classes, unless ``path`` is cached."""
     if not path.exists():
-        subprocess.run([sys.executable, str(Path(__file__).with_name("build_models.py")), "sd15-small", str(path)],
+        subprocess.run([sys.executable, str(Path(__file__).with_name("build_models.py")), kind, str(path)],
                        cwd=COMFY_DIR, check=True, env=dict(os.environ, PYTHONPATH=str(COMFY_DIR)))
     return path
+
+
+def small_sdxl_unet() -> Path:
+    """A random-weight UNet-only file (for UNETLoader) that ComfyUI detects as SDXL, with the full SDXL module layout
+    but every level 320 wide (build_models.SMALL_SDXL_CONFIG)."""
+    return _build("sdxl-small-unet", _cached("aesthete-test-sdxl-small-unet.safetensors"))
 
 
 TINY_VISION_CONFIG = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
