@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 import comfy.model_management
 import comfy.sd
@@ -17,20 +16,20 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..training.captions import CaptionRecipe
-from ..training.dataset import CROP_MODES, DatasetError, LoraDataset, load_dataset, to_tensor
+from ..training.dataset import CROP_MODES, DatasetError, LoraDataset, load_dataset
 from ..training.lora_network import TARGET_PRESETS, LoraNetwork
 from ..training.loop import OPTIMIZERS, PRECISIONS, SCHEDULES, NonFiniteLossError, TrainSettings
 from ..training.loss_graph import draw_loss_graph
 from ..training.save import (SaveError, TrainedLora, build_metadata, numbered_path, read_lora, resolve_inside,
                              save_diffsynth_copy, save_lora)
 from ..training.trainer import build_cache, run_training
+from .scoring_nodes import AestheticModel, LoadedPredictor
 
 log = logging.getLogger("aesthete.training")
 
 Dataset = io.Custom("AESTHETE_DATASET")
 Lora = io.Custom("AESTHETE_LORA")
 LossMap = io.Custom("LOSS_MAP")  # the type of ComfyUI's own trainer: {"loss": [...]}, so both graph nodes accept both
-AestheticModel = io.Custom("AESTHETIC_MODEL")
 NO_LORA = "[None]"
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -48,25 +47,10 @@ def resolve_dataset_folder(folder: str, allow_outside: bool) -> Path:
     return path
 
 
-def aesthetic_scorer(aesthetic_model):
-    """A ``score(pil_images) -> list[float]`` from an AESTHETIC_MODEL value, duck-typed: ``ready()`` (Aesthete's
-    predictor loader moves the model to its device) then ``score_pil``, ``score_images`` or ``score``."""
-    target = aesthetic_model.ready() if callable(getattr(aesthetic_model, "ready", None)) else aesthetic_model
-    for name in ("score_pil", "score_images"):
-        if callable(getattr(target, name, None)):
-            method = getattr(target, name)
-            return lambda images: [float(s) for s in method(images)]
-    if not callable(getattr(target, "score", None)):
-        raise DatasetError(f"aesthetic_model ({type(aesthetic_model).__name__}) has no score_pil(), score_images() "
-                           "or score(); connect the Aesthetic Predictor Loader")
-
-    def score(images: list[Image.Image]) -> list[float]:
-        try:
-            return [float(s) for s in target.score(images)]
-        except (TypeError, AttributeError, ValueError):  # a scorer of IMAGE batches: one [1, H, W, 3] at a time
-            return [float(np.asarray(target.score(to_tensor(img)[None]), dtype=np.float64).reshape(-1)[0])
-                    for img in images]
-    return score
+def aesthetic_scorer(aesthetic_model: LoadedPredictor):
+    """``score(pil_images) -> list[float]`` from the Aesthetic Predictor Loader's value (loaded to its device first)."""
+    predictor = aesthetic_model.ready()
+    return predictor.score_images
 
 
 def loras_root() -> Path:
