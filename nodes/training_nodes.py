@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import comfy.model_management
@@ -16,7 +15,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..training.captions import CaptionRecipe
-from ..training.dataset import CROP_MODES, DatasetError, LoraDataset, load_dataset
+from ..training.dataset import CROP_MODES, DatasetError, LoraDataset, load_dataset, to_tensor
 from ..training.lora_network import TARGET_PRESETS, LoraNetwork
 from ..training.loop import OPTIMIZERS, PRECISIONS, SCHEDULES, NonFiniteLossError, TrainSettings
 from ..training.loss_graph import draw_loss_graph
@@ -312,7 +311,7 @@ class AestheteLossGraph(io.ComfyNode):
     def execute(cls, loss, smoothing) -> io.NodeOutput:
         values = loss.get("loss", []) if isinstance(loss, dict) else list(loss)
         img = draw_loss_graph(values, smoothing)
-        tensor = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
+        tensor = to_tensor(img.convert("RGB"))[None]
         return io.NodeOutput(tensor, ui=ui.PreviewImage(tensor, cls=cls))
 
 

@@ -92,8 +92,3 @@ class CaptionRecipe:
             rest = rest[:]
             rng.shuffle(rest)
         return ", ".join(trigger + keep + rest)
-
-    @property
-    def varies(self) -> bool:
-        """True when the same image can get different captions in different epochs."""
-        return self.shuffle_tags or self.dropout > 0
