@@ -1,11 +1,13 @@
 """Aesthetic scoring speed: the issue's reference loop against our command line and node paths, in one run.
 
 Scores N images of SIZE x SIZE with a full-size random-weight ViT-L/14 V2 predictor (the real cost) and prints
-images per second, the ratio to the reference loop, our overhead over the model's own forward pass on the same
-batches, and the peak memory of each path. Every path runs in its own process (so peak memory is its own) on the
-same image files and the same weights, and the scores of every path are compared with the reference's.
+images per second, the ratio to the reference loop, our overhead over our forward pass on the same batches, and the
+peak memory of each path. Every path runs in its own process (so peak memory is its own) on the same image files
+and the same weights, and the scores of every path are compared with the reference's. ``transformers`` is the
+model's own forward on our batches (what the reference calls, without the per-image loop); ``forward`` is ours
+(``scoring.speed.FastScorer``, the default path: see its docstring).
 
-The ``+compile`` rows are the opt-in speed path (``--compile``, the loader's ``compile``: CLS-only last layer under
+The ``+compile`` rows are the opt-in ``--compile`` (the loader's ``compile``: FastScorer with ATen linears under
 torch.compile). Each compiles on a warm-up batch first; its compile time (the warm-up minus one steady batch) is
 reported separately (an empty inductor cache: a first session; later ones reuse the on-disk cache
 and compile faster), and images/s both without it (a ComfyUI session or a long folder, where it is paid once) and
@@ -31,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the model factories
 
 log = logging.getLogger("aesthete.bench")
-PHASES = ("reference", "forward", "cli", "node", "forward+compile", "cli+compile", "node+compile")
+PHASES = ("reference", "transformers", "forward", "cli", "node", "forward+compile", "cli+compile", "node+compile")
 
 
 def peak_rss_mib() -> float:
@@ -101,9 +103,11 @@ def run_phase(phase: str, model: Path, files: list[Path], batch_size: int, devic
                 forward_seconds[0] += time.perf_counter() - t
 
         predictor.forward = timed_forward  # measures the forward share inside our own paths
-        if phase == "forward":  # the model alone, on pixel values prepared beforehand, same batches
+        if phase in ("forward", "transformers"):  # the model alone, on pixel values prepared beforehand, same batches
             pixels = [predictor.preprocess([Image.open(p).convert("RGB") for p in files[i:i + batch_size]])
                       for i in range(0, len(files), batch_size)]
+            if phase == "transformers":  # the model's own forward (what the reference calls), batched
+                predictor.fast = None
             start = time.perf_counter()
             scores = [s for px in pixels for s in predictor.forward(px).tolist()]
             seconds = time.perf_counter() - start
@@ -186,7 +190,8 @@ def main() -> int:
     log.info("+compile: compile s = warm-up batch minus one steady batch; 'incl. compile' counts it in the run")
     log.info("%-33s %8s %7s %9s %15s %8s %14s %8s %8s %10s", "path", "images/s", "vs ref", "compile s",
              "img/s incl comp", "vs ref", "vs forward run", "in run", "peak MiB", "max |diff|")
-    labels = {"reference": "reference loop (issue code)", "forward": "model forward only",
+    labels = {"reference": "reference loop (issue code)", "transformers": "transformers forward, batched",
+              "forward": "our forward only (FastScorer)",
               "cli": "aesthete score (CLI)", "node": "AestheteScore (IMAGE)"}
     for phase in PHASES:
         r = results[phase]

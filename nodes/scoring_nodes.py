@@ -130,10 +130,10 @@ class AesthetePredictorLoader(io.ComfyNode):
                 io.Combo.Input("dtype", options=["auto", "fp32", "fp16", "bf16"], default="auto",
                                tooltip="Precision; auto is fp32 on the CPU (the reference numbers), fp16 on a GPU"),
                 io.Boolean.Input("compile", default=False, optional=True,
-                                 tooltip="Faster scoring of many images: computes the last layer for the CLS token "
-                                         "only and compiles the model with torch.compile. The first run compiles "
+                                 tooltip="Compile the scoring model with torch.compile. The first run compiles "
                                          "(tens of seconds for ViT-L), later runs reuse it; scores equal within "
-                                         "float rounding; if compiling fails it scores without it (logged)"),
+                                         "float rounding; if compiling fails it scores without it (logged). On "
+                                         "the CPU leave it off: the default path measured faster"),
             ],
             outputs=[AestheticModel.Output("predictor", display_name="predictor",
                                            tooltip="The loaded aesthetic predictor")],

@@ -1,9 +1,10 @@
 """Loading a LAION aesthetic predictor and scoring images with it in batches.
 
 The numbers are the reference code's (``processor(images=image)`` then ``predictor(**inputs).logits``): the
-same simple-aesthetics-predictor classes, the model folder's own image processor, fp32 by default. What is
-faster is the batching: one processor call and one forward pass per batch instead of per image. Opt-in
-(``compile=True``): the speed path of ``speed.py`` (CLS-only last layer, torch.compile), equal within float rounding.
+same simple-aesthetics-predictor classes and weights, the model folder's own image processor, fp32 by default.
+What is faster: one processor call per batch instead of per image, and the forward of ``speed.FastScorer`` (the
+model's math with the last layer for the CLS token only, oneDNN matmuls on the CPU, quick_gelu fused), equal within
+float rounding. Opt-in (``compile=True``): ``speed.CompiledScorer``, the same under torch.compile.
 """
 
 from __future__ import annotations
@@ -103,16 +104,29 @@ class AestheticPredictor:
         self.base = self  # the predictor owning the model; a compiled view shares it (see ``compiled``)
         self.speed = None  # the compiled scorer of a compiled view
         self._compiled_view: AestheticPredictor | None = None
+        self.fast = self._fast_scorer(model, name)
+
+    @staticmethod
+    def _fast_scorer(model: torch.nn.Module, name: str):
+        from .speed import FastScorer, unsupported_reason
+
+        reason = unsupported_reason(model)
+        if reason is None:
+            return FastScorer(model)
+        log.warning("%s: scoring with the model's own forward (slower): %s", name, reason)
+        return None
 
     @property
     def compile(self) -> bool:
         return self.speed is not None
 
     def compiled(self) -> AestheticPredictor:
-        """This predictor with the opt-in speed path (CLS-only last layer under torch.compile, compiled on the first
-        batch, eager if compiling fails). It shares the model, processor and lock; the same view, and so the same
-        compiled code, is returned every time."""
+        """This predictor with the opt-in speed path (``FastScorer`` under torch.compile, compiled on the first batch,
+        eager if compiling fails). It shares the model, processor and lock; the same view, and so the same compiled
+        code, is returned every time. A model ``FastScorer`` cannot run is not compiled (this predictor is returned)."""
         base = self.base
+        if base.fast is None:
+            return base
         with _VIEW_LOCK:
             if base._compiled_view is None:
                 from .speed import CompiledScorer
@@ -163,6 +177,8 @@ class AestheticPredictor:
             pixel_values = pixel_values.to(self.device, self.dtype)
             if self.speed is not None:
                 return self.speed(pixel_values).float().cpu()
+            if self.fast is not None:
+                return self.fast(pixel_values).float().cpu()
             out = self.model(pixel_values=pixel_values)
             return out.logits[:, 0].float().cpu()
 

@@ -1,5 +1,6 @@
-"""The opt-in speed path (CLS-only last layer, torch.compile): the eager model's scores within 1e-3, one compiled
-view per loaded model, and a logged fallback to eager when compiling fails."""
+"""The scoring speed paths: ``FastScorer`` (the default: CLS-only last layer, oneDNN matmuls on the CPU, quick_gelu
+fused) and the opt-in torch.compile view give the model's own scores within 1e-3; anything they cannot run falls back,
+logged, to a slower path with the same numbers."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import torch
 from harness.factories import aesthetic_predictor
 from PIL import Image
 
-from aesthete.scoring.predictor import AestheticPredictor, load_predictor
-from aesthete.scoring.speed import ClsScorer, CompiledScorer
+from aesthete.scoring import speed
+from aesthete.scoring.predictor import AestheticPredictor, head_class, load_predictor
+from aesthete.scoring.speed import CompiledScorer, FastScorer
 
 SIZES = [(300, 200), (97, 131), (224, 224), (20, 50), (64, 64)]
 
@@ -22,16 +24,64 @@ def random_images(seed: int = 0) -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in SIZES]
 
 
+def own_forward(predictor: AestheticPredictor, pixels: torch.Tensor) -> torch.Tensor:
+    """The model's own transformers forward: what the reference code calls."""
+    with torch.inference_mode():
+        return predictor.model(pixel_values=pixels).logits[:, 0]
+
+
+@pytest.mark.parametrize("onednn", [None, False], ids=["default", "aten"])
 @pytest.mark.parametrize("head", ["v2-linear", "v2-relu", "v1"])
-def test_cls_only_last_layer_equals_the_full_forward(head):
+def test_fast_scorer_equals_the_models_own_forward(head, onednn):
     folder = aesthetic_predictor("tiny", head=head)
     predictor = AestheticPredictor.from_folder(folder, "cpu", "fp32")
+    assert isinstance(predictor.fast, FastScorer) and predictor.fast.quick_gelu  # CLIP ViT-L/14's activation
     pixels = predictor.preprocess(random_images())
-    expected = predictor.forward(pixels)
+    expected = own_forward(predictor, pixels)
     with torch.inference_mode():
-        ours = ClsScorer(predictor.model)(pixels)
+        ours = FastScorer(predictor.model, onednn=onednn)(pixels)
+        default = predictor.forward(pixels)
     assert (ours - expected).abs().max().item() < 1e-3, (ours, expected)
+    assert (default - expected).abs().max().item() < 1e-3
     assert expected.std().item() > 1e-3
+
+
+def test_other_activations_run_unfused():
+    """A CLIP config with ``gelu`` (not quick_gelu) takes the plain MLP: same numbers."""
+    model = head_class("v2-linear").from_pretrained(str(aesthetic_predictor("tiny")), hidden_act="gelu").eval()
+    predictor = AestheticPredictor(model, AestheticPredictor.from_folder(aesthetic_predictor("tiny")).processor,
+                                   "gelu", "v2-linear")
+    assert not predictor.fast.quick_gelu
+    pixels = predictor.preprocess(random_images())
+    assert (predictor.forward(pixels) - own_forward(predictor, pixels)).abs().max().item() < 1e-3
+
+
+def test_the_onednn_check_passes_here_and_a_broken_op_falls_back_to_aten(monkeypatch, caplog):
+    if torch.backends.mkldnn.is_available():  # every x86/ARM torch wheel: the fast path is the one CI measures
+        assert speed.onednn_linear_works()
+
+    def broken(*args):
+        raise RuntimeError("mkldnn::_linear_pointwise: not compiled in")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", broken)
+    with caplog.at_level(logging.INFO, logger="aesthete.scoring"):
+        assert speed.onednn_linear_works.__wrapped__() is False
+    assert "not usable here" in caplog.text and "not compiled in" in caplog.text
+    monkeypatch.setattr(speed, "onednn_linear_works", lambda: False)
+    predictor = AestheticPredictor.from_folder(aesthetic_predictor("tiny"), "cpu", "fp32")
+    pixels = predictor.preprocess(random_images())
+    assert (predictor.forward(pixels) - own_forward(predictor, pixels)).abs().max().item() < 1e-3
+
+
+def test_a_model_the_fast_scorer_cannot_run_uses_its_own_forward(monkeypatch, caplog):
+    """E.g. a transformers release that renames a module: logged, and the scores are still the model's."""
+    monkeypatch.setattr(speed, "LAYER_PARTS", (*speed.LAYER_PARTS, "mlp.fc3"))
+    with caplog.at_level(logging.WARNING, logger="aesthete.scoring"):
+        predictor = AestheticPredictor.from_folder(aesthetic_predictor("tiny"), "cpu", "fp32")
+    assert predictor.fast is None and "no mlp.fc3 in encoder layer 0" in caplog.text
+    assert predictor.compiled() is predictor  # nothing to compile: the plain predictor
+    pixels = predictor.preprocess(random_images())
+    assert torch.equal(predictor.forward(pixels), own_forward(predictor, pixels))
 
 
 def test_compiled_scores_equal_eager_scores_for_any_batch_size():
@@ -52,7 +102,7 @@ def test_compiled_scores_equal_eager_scores_for_any_batch_size():
 def test_a_failing_compiler_falls_back_to_eager_with_a_warning(caplog):
     predictor = AestheticPredictor.from_folder(aesthetic_predictor("tiny"), "cpu", "fp32")
     pixels = predictor.preprocess(random_images()[:3])
-    expected = predictor.forward(pixels)
+    expected = own_forward(predictor, pixels)
 
     def broken_at_run(module):
         def run(_):
@@ -69,3 +119,24 @@ def test_a_failing_compiler_falls_back_to_eager_with_a_warning(caplog):
         assert "torch.compile of the aesthetic predictor failed" in caplog.text and scorer.failed.startswith("RuntimeError")
         assert (first - expected).abs().max().item() < 1e-3 and torch.equal(first, second)
         caplog.clear()
+
+
+def test_packed_weights_follow_changes_to_the_model_and_wait_for_enough_ram(monkeypatch, caplog):
+    if not (speed.onednn_linear_works() and speed.onednn_packing_works()):
+        pytest.skip("no oneDNN weight packing in this torch build")
+    predictor = AestheticPredictor.from_folder(aesthetic_predictor("tiny"), "cpu", "fp32")
+    pixels = predictor.preprocess(random_images())
+    packed, plain = FastScorer(predictor.model, pack=True), FastScorer(predictor.model, pack=False)
+    with torch.inference_mode():
+        for scorer in (packed, plain):
+            assert (scorer(pixels) - own_forward(predictor, pixels)).abs().max().item() < 1e-3
+        fc1 = predictor.model.vision_model.encoder.layers[0].mlp.fc1
+        fc1.weight.mul_(3)  # e.g. weights loaded again in place: the packed copy must not go stale
+        assert (packed(pixels) - own_forward(predictor, pixels)).abs().max().item() < 1e-3
+    assert packed._packs  # it did pack
+
+    monkeypatch.setattr(speed, "available_ram", lambda: 1 << 30)
+    low = FastScorer(predictor.model)
+    with caplog.at_level(logging.INFO, logger="aesthete.scoring"), torch.inference_mode():
+        assert (low(pixels) - own_forward(predictor, pixels)).abs().max().item() < 1e-3
+    assert low.pack is False and not low._packs and "not packing its weights" in caplog.text
