@@ -191,7 +191,7 @@ def main() -> int:
     log.info("%-33s %8s %7s %9s %15s %8s %14s %8s %8s %10s", "path", "images/s", "vs ref", "compile s",
              "img/s incl comp", "vs ref", "vs forward run", "in run", "peak MiB", "max |diff|")
     labels = {"reference": "reference loop (issue code)", "transformers": "transformers forward, batched",
-              "forward": "our forward only (FastScorer)",
+              "forward": "FastScorer forward only",
               "cli": "aesthete score (CLI)", "node": "AestheteScore (IMAGE)"}
     for phase in PHASES:
         r = results[phase]
