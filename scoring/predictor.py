@@ -133,7 +133,7 @@ class AestheticPredictor:
 
                 view = AestheticPredictor.__new__(AestheticPredictor)
                 view.__dict__.update(base.__dict__)
-                view.speed = CompiledScorer(base.model)
+                view.speed = CompiledScorer(base.fast)
                 view._compiled_view = None
                 base._compiled_view = view
             return base._compiled_view

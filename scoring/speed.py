@@ -226,14 +226,15 @@ class FastScorer(torch.nn.Module):
 
 class CompiledScorer:
     """``FastScorer`` (ATen linears) under torch.compile (compiled on the first call, timed and logged). If compiling
-    or running the compiled code fails, it logs why and uses the eager ``FastScorer`` from then on."""
+    or running the compiled code fails, it logs why and uses ``eager`` (the predictor's own ``FastScorer``, so its
+    packed weights are not made twice) from then on."""
 
-    def __init__(self, model: torch.nn.Module, compiler: Callable | None = None):
-        self.eager = FastScorer(model)
+    def __init__(self, eager: FastScorer, compiler: Callable | None = None):
+        self.eager = eager
         self.failed: str | None = None
         self.compile_seconds: float | None = None
         try:
-            self.compiled = (compiler or _inductor)(FastScorer(model, onednn=False))
+            self.compiled = (compiler or _inductor)(FastScorer(eager.model, onednn=False))
         except Exception as e:  # noqa: BLE001 - e.g. a torch build without a working compiler
             self._fall_back(e)
 

@@ -91,6 +91,7 @@ def test_compiled_scores_equal_eager_scores_for_any_batch_size():
     fast = load_predictor(folder, "cpu", "fp32", compile=True)
     assert fast is load_predictor(folder, "cpu", "fp32", compile=True) and fast is eager.compiled()
     assert fast.model is eager.model and fast.compile and not eager.compile
+    assert fast.speed.eager is eager.fast  # its eager fallback is the predictor's scorer: one set of packed weights
     images = random_images() + random_images(1)  # 10 images: batches of 4, 4, 2
     expected = eager.score_images(images, batch_size=4)
     ours = fast.score_images(images, batch_size=4)
@@ -113,7 +114,7 @@ def test_a_failing_compiler_falls_back_to_eager_with_a_warning(caplog):
         raise RuntimeError("dynamo is not supported on this Python")
 
     for compiler in (broken_at_run, broken_at_wrap):
-        scorer = CompiledScorer(predictor.model, compiler)
+        scorer = CompiledScorer(predictor.fast, compiler)
         with caplog.at_level(logging.WARNING, logger="aesthete.scoring"), torch.inference_mode():
             first, second = scorer(pixels), scorer(pixels)  # the second call goes straight to eager
         assert "torch.compile of the aesthetic predictor failed" in caplog.text and scorer.failed.startswith("RuntimeError")
@@ -140,3 +141,13 @@ def test_packed_weights_follow_changes_to_the_model_and_wait_for_enough_ram(monk
     with caplog.at_level(logging.INFO, logger="aesthete.scoring"), torch.inference_mode():
         assert (low(pixels) - own_forward(predictor, pixels)).abs().max().item() < 1e-3
     assert low.pack is False and not low._packs and "not packing its weights" in caplog.text
+
+
+def test_a_missing_weight_reorder_op_means_plain_weights(monkeypatch, caplog):
+    def broken(*args):
+        raise RuntimeError("mkldnn::_reorder_linear_weight: no such op")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", broken)
+    with caplog.at_level(logging.INFO, logger="aesthete.scoring"):
+        assert speed.onednn_packing_works.__wrapped__() is False
+    assert "weight packing not usable here" in caplog.text and "no such op" in caplog.text
