@@ -14,7 +14,7 @@ from comfy_api.latest import ComfyExtension, io
 
 log = logging.getLogger("aesthete")
 
-NODE_MODULES = ("prompt_nodes", "scoring_nodes", "lora_nodes", "training_nodes")
+NODE_MODULES = ("prompt_nodes", "scoring_nodes", "lora_nodes", "training_nodes", "kolors_nodes")
 
 
 def load_node_classes() -> list[type[io.ComfyNode]]:

@@ -1,0 +1,125 @@
+"""Kolors's diffusers config files turned into the settings of ComfyUI's own classes (plain dicts, no ComfyUI).
+
+Every width, depth and head count is read from the config, so a small test model and the real Kolors go through
+the same code. ``unet_settings`` gives the keyword arguments of ComfyUI's SDXL-family ``UNetModel`` plus
+``encoder_hid_dim`` (the text projection); ``vae_settings`` the ``ddconfig`` of ComfyUI's ``AutoencoderKL``;
+``sampling_settings`` the discrete noise schedule.
+"""
+
+from __future__ import annotations
+
+from .folder import KolorsFolderError
+
+CROSS_ATTN_DOWN = "CrossAttnDownBlock2D"
+CROSS_ATTN_UP = "CrossAttnUpBlock2D"
+PLAIN_DOWN = "DownBlock2D"
+PLAIN_UP = "UpBlock2D"
+SIZE_EMBED_DIM = 256  # ComfyUI's SDXL size embedder is Timestep(256); Kolors uses the same
+
+
+def _per_level(value, levels: int, name: str) -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) != levels:
+            raise KolorsFolderError(f"unet/config.json: {name} has {len(value)} entries for {levels} levels")
+        return list(value)
+    return [value] * levels
+
+
+def unet_settings(config: dict) -> dict:
+    """ComfyUI ``UNetModel`` keyword arguments for a Kolors UNet config (diffusers' UNet2DConditionModel)."""
+    try:
+        channels = list(config["block_out_channels"])
+        down_types = list(config["down_block_types"])
+        up_types = list(config["up_block_types"])
+        layers = config["layers_per_block"]
+    except KeyError as e:
+        raise KolorsFolderError(f"unet/config.json: no {e.args[0]!r}; this is not a diffusers UNet config") from None
+    levels = len(channels)
+    if len(down_types) != levels or len(up_types) != levels:
+        raise KolorsFolderError("unet/config.json: block types and block_out_channels differ in length")
+    unknown = [t for t in down_types if t not in (CROSS_ATTN_DOWN, PLAIN_DOWN)] + \
+              [t for t in up_types if t not in (CROSS_ATTN_UP, PLAIN_UP)]
+    if unknown or config.get("mid_block_type", "UNetMidBlock2DCrossAttn") != "UNetMidBlock2DCrossAttn":
+        raise KolorsFolderError(f"unet/config.json: block types {unknown or config.get('mid_block_type')} are not "
+                                f"those of the SDXL-family UNet Kolors uses")
+    if config.get("addition_time_embed_dim", SIZE_EMBED_DIM) != SIZE_EMBED_DIM:
+        raise KolorsFolderError(f"unet/config.json: addition_time_embed_dim must be {SIZE_EMBED_DIM} as in Kolors")
+    model_channels = channels[0]
+    if any(c % model_channels for c in channels):
+        raise KolorsFolderError("unet/config.json: block_out_channels are not multiples of the first")
+    num_res_blocks = _per_level(layers, levels, "layers_per_block")
+    depth = _per_level(config.get("transformer_layers_per_block", 1), levels, "transformer_layers_per_block")
+    reverse_depth = config.get("reverse_transformer_layers_per_block") or list(reversed(depth))
+    # diffusers calls the number of heads "attention_head_dim" unless num_attention_heads is set
+    heads = _per_level(config.get("num_attention_heads") or config.get("attention_head_dim", 8), levels,
+                       "attention_head_dim")
+    head_channels = {c // h for c, h in zip(channels, heads)}
+    if len(head_channels) == 1:
+        num_heads, num_head_channels = -1, head_channels.pop()
+    elif len(set(heads)) == 1:
+        num_heads, num_head_channels = heads[0], -1
+    else:
+        raise KolorsFolderError("unet/config.json: neither the head count nor the head width is the same on every "
+                                "level, which ComfyUI's UNet cannot express")
+
+    transformer_depth = []
+    for level in range(levels):
+        cross = down_types[level] == CROSS_ATTN_DOWN
+        transformer_depth += [depth[level] if cross else 0] * num_res_blocks[level]
+    # ComfyUI lists output blocks shallow level first and pops from the end (deepest level first)
+    transformer_depth_output = []
+    for level in range(levels):
+        up_index = levels - 1 - level
+        cross = up_types[up_index] == CROSS_ATTN_UP
+        rd = reverse_depth[up_index]
+        transformer_depth_output += [rd if cross else 0] * (num_res_blocks[level] + 1)
+
+    return {
+        "use_checkpoint": False,
+        "image_size": 32,
+        "in_channels": config.get("in_channels", 4),
+        "out_channels": config.get("out_channels", 4),
+        "model_channels": model_channels,
+        "num_res_blocks": num_res_blocks,
+        "channel_mult": [c // model_channels for c in channels],
+        "transformer_depth": transformer_depth,
+        "transformer_depth_output": transformer_depth_output,
+        "transformer_depth_middle": depth[-1],
+        "num_heads": num_heads,
+        "num_head_channels": num_head_channels,
+        "context_dim": config["cross_attention_dim"],
+        "use_linear_in_transformer": bool(config.get("use_linear_projection", False)),
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "num_classes": "sequential",
+        "adm_in_channels": config["projection_class_embeddings_input_dim"],
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
+        "encoder_hid_dim": config["encoder_hid_dim"],
+    }
+
+
+def vae_settings(config: dict) -> dict:
+    """ComfyUI ``AutoencoderKL`` ddconfig for a diffusers AutoencoderKL config (the SDXL VAE in Kolors)."""
+    channels = list(config.get("block_out_channels", (128, 256, 512, 512)))
+    ch = channels[0]
+    return {"double_z": True, "z_channels": config.get("latent_channels", 4), "resolution": 256,
+            "in_channels": config.get("in_channels", 3), "out_ch": config.get("out_channels", 3), "ch": ch,
+            "ch_mult": [c // ch for c in channels], "num_res_blocks": config.get("layers_per_block", 2),
+            "attn_resolutions": [], "dropout": 0.0}
+
+
+def sampling_settings(config: dict) -> dict:
+    """ComfyUI's discrete schedule for the scheduler config (Kolors: 1100 steps, scaled linear 0.00085..0.014)."""
+    schedule = config.get("beta_schedule", "scaled_linear")
+    if schedule != "scaled_linear":
+        raise KolorsFolderError(f"scheduler/scheduler_config.json: beta_schedule {schedule!r} is not supported "
+                                f"(Kolors uses 'scaled_linear')")
+    prediction = config.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise KolorsFolderError(f"scheduler/scheduler_config.json: prediction_type {prediction!r} is not supported "
+                                f"(Kolors predicts 'epsilon')")
+    # ComfyUI's "linear" schedule is linspace(sqrt(start), sqrt(end))**2, diffusers' scaled_linear
+    return {"beta_schedule": "linear", "linear_start": float(config.get("beta_start", 0.00085)),
+            "linear_end": float(config.get("beta_end", 0.012)),
+            "timesteps": int(config.get("num_train_timesteps", 1000))}

@@ -1,0 +1,90 @@
+"""Getting Kolors onto disk: ``Kwai-Kolors/Kolors`` from ModelScope first, Hugging Face second, only the files the
+loader reads, into a temporary folder that is renamed into place when complete (an interrupted download never
+leaves half a model). Offline, a fast error names the files and the folder to put them in."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from ..scoring.registry import host_reachable, offline_forced
+from .folder import KolorsFolderError, find_kolors_folder
+
+log = logging.getLogger("aesthete.kolors")
+
+KOLORS_REPO = "Kwai-Kolors/Kolors"
+DEFAULT_NAME = "Kolors"
+# what the loader reads: configs, fp16 UNet/VAE weights, the whole ChatGLM3 text encoder with its tokenizer
+FILE_PATTERNS = [
+    "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors",
+    "vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json", "text_encoder/tokenizer.model", "text_encoder/tokenizer_config.json",
+    "text_encoder/pytorch_model-*.bin", "text_encoder/pytorch_model.bin.index.json",
+]
+
+Progress = Callable[[int, int, str], None]
+Fetcher = Callable[[Path, Progress], None]
+
+
+def fetch_from_modelscope(dest: Path, progress: Progress) -> None:
+    if offline_forced() or not host_reachable("www.modelscope.cn"):
+        raise ConnectionError("ModelScope is not reachable")
+    from modelscope import snapshot_download
+
+    progress(0, 1, f"ModelScope {KOLORS_REPO}")
+    snapshot_download(KOLORS_REPO, local_dir=str(dest), allow_patterns=FILE_PATTERNS)
+    progress(1, 1, f"ModelScope {KOLORS_REPO}")
+
+
+def fetch_from_huggingface(dest: Path, progress: Progress) -> None:
+    if offline_forced() or not host_reachable("huggingface.co"):
+        raise ConnectionError("Hugging Face is not reachable")
+    from huggingface_hub import snapshot_download
+
+    progress(0, 1, f"Hugging Face {KOLORS_REPO}")
+    snapshot_download(KOLORS_REPO, local_dir=str(dest), allow_patterns=FILE_PATTERNS)
+    progress(1, 1, f"Hugging Face {KOLORS_REPO}")
+
+
+DEFAULT_FETCHERS: list[tuple[str, Fetcher]] = [("ModelScope", fetch_from_modelscope),
+                                               ("Hugging Face", fetch_from_huggingface)]
+
+
+def ensure_kolors(kolors_dir: Path, name: str = DEFAULT_NAME, progress: Progress | None = None,
+                  fetchers: list[tuple[str, Fetcher]] | None = None) -> Path:
+    """``kolors_dir/name``, downloading Kwai-Kolors/Kolors into it when it is not a complete Kolors folder."""
+    kolors_dir = Path(kolors_dir)
+    folder = kolors_dir / name
+    try:
+        find_kolors_folder(folder)
+        return folder
+    except KolorsFolderError as e:
+        if folder.exists():
+            log.info("Kolors folder %s is incomplete (%s); downloading", folder, e)
+    progress = progress or (lambda done, total, what: None)
+    kolors_dir.mkdir(parents=True, exist_ok=True)
+    reasons = []
+    for label, fetch in fetchers or DEFAULT_FETCHERS:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=kolors_dir))
+        try:
+            log.info("downloading %s from %s into %s", KOLORS_REPO, label, folder)
+            fetch(tmp, progress)
+            find_kolors_folder(tmp)
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+            return folder
+        except Exception as e:  # noqa: BLE001 - every failure falls through to the next source
+            log.warning("Kolors: %s failed: %s", label, e)
+            reasons.append(f"{label}: {e}")
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    raise KolorsFolderError(
+        f"Kolors is not in {folder} and could not be downloaded ({'; '.join(reasons)}). Put the files of "
+        f"{KOLORS_REPO} (ModelScope or Hugging Face) there: {', '.join(FILE_PATTERNS)}")

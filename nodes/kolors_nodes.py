@@ -1,0 +1,152 @@
+"""Kolors loaders: a Kolors folder (either layout) as MODEL, CLIP and VAE, and the single files ComfyUI users keep
+(a Kolors UNet in models/unet, a ChatGLM3 file in models/text_encoders). The model classes are in kolors_model.py;
+reading folders, configs and weights is ``aesthete.kolors``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+
+from ..kolors.folder import KolorsFolderError
+from ..kolors.download import DEFAULT_NAME, ensure_kolors
+from ..kolors.folder import find_kolors_folder, looks_like_kolors, read_json, read_weight_file
+from . import kolors_model
+
+log = logging.getLogger("aesthete.kolors")
+
+KOLORS_FOLDER = "kolors"
+DEFAULT_KOLORS_DIR = os.path.join(folder_paths.models_dir, KOLORS_FOLDER)
+# models/kolors, plus whatever extra_model_paths.yaml adds under `kolors:`
+folder_paths.add_model_folder_path(KOLORS_FOLDER, DEFAULT_KOLORS_DIR)
+DIFFUSERS_PREFIX = "diffusers/"
+DTYPE_OPTIONS = ["auto", "fp16", "bf16", "fp32"]
+DEVICE_OPTIONS = ["default", "cpu", "gpu"]
+
+
+def _subfolders(kind: str) -> list[tuple[str, Path]]:
+    found = []
+    for base in folder_paths.get_folder_paths(kind):
+        if os.path.isdir(base):
+            for entry in sorted(os.listdir(base)):
+                path = Path(base) / entry
+                if not entry.startswith(".") and path.is_dir() and looks_like_kolors(path):
+                    found.append((entry, path))
+    return found
+
+
+def kolors_choices() -> list[str]:
+    """The Kolors folders under models/kolors and models/diffusers; "Kolors" (downloaded on first use) always."""
+    names = [DEFAULT_NAME]
+    names += [n for n, _ in _subfolders(KOLORS_FOLDER) if n not in names]
+    names += [DIFFUSERS_PREFIX + n for n, _ in _subfolders("diffusers")]
+    return names
+
+
+def kolors_folder_path(name: str) -> Path:
+    """The folder a listed name stands for; never one outside the model folders (only listed names resolve)."""
+    kind, short = ("diffusers", name[len(DIFFUSERS_PREFIX):]) if name.startswith(DIFFUSERS_PREFIX) \
+        else (KOLORS_FOLDER, name)
+    for entry, path in _subfolders(kind):
+        if entry == short:
+            return path
+    if name == DEFAULT_NAME:
+        bar = comfy.utils.ProgressBar(1)
+        return ensure_kolors(Path(DEFAULT_KOLORS_DIR), DEFAULT_NAME,
+                             lambda done, total, what: bar.update_absolute(done, max(total, 1)))
+    raise KolorsFolderError(f"models/{kind}/{short}: not a Kolors folder here; put a Kwai-Kolors/Kolors or "
+                            f"Kolors-diffusers folder (unet/, vae/, scheduler/, text_encoder/) in models/kolors "
+                            f"and pick it from the list")
+
+
+DTYPE_TOOLTIP = ("Weight precision: auto = ComfyUI's choice for the device (fp32 on a CPU, fp16 on most GPUs); "
+                 "fp16 and bf16 halve the memory")
+DEVICE_TOOLTIP = ("Where ChatGLM3 (6B parameters, about 12.5 GB in fp16) encodes prompts: default = ComfyUI's text "
+                  "encoder device (the GPU when there is one; it is offloaded after encoding), cpu = always on the "
+                  "CPU (slow, keeps GPU memory free for the UNet), gpu = the GPU")
+
+
+class AestheteKolorsLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AestheteKolorsLoader",
+            display_name="Kolors Loader",
+            category="Aesthete/kolors",
+            description="Loads Kolors (Kwai-Kolors/Kolors or Kolors-diffusers folder) as an ordinary MODEL, CLIP "
+                        "and VAE for core nodes: CLIPTextEncode (Chinese or English, 256 tokens), KSampler, LoRA "
+                        "loaders, Train LoRA. 'Kolors' is downloaded into models/kolors on first use (ModelScope, "
+                        "then Hugging Face).",
+            inputs=[
+                io.Combo.Input("kolors", options=kolors_choices(), default=DEFAULT_NAME,
+                               tooltip="A folder under models/kolors or models/diffusers with unet/, vae/, "
+                                       "scheduler/ and text_encoder/; 'Kolors' downloads Kwai-Kolors/Kolors if it "
+                                       "is missing"),
+                io.Combo.Input("dtype", options=DTYPE_OPTIONS, default="auto", tooltip=DTYPE_TOOLTIP),
+                io.Combo.Input("text_encoder_device", options=DEVICE_OPTIONS, default="default",
+                               tooltip=DEVICE_TOOLTIP),
+            ],
+            outputs=[io.Model.Output("MODEL", tooltip="The Kolors UNet (SDXL family with a text projection)"),
+                     io.Clip.Output("CLIP", tooltip="ChatGLM3: context 256 x 4096, pooled 4096"),
+                     io.Vae.Output("VAE", tooltip="The SDXL VAE Kolors ships")],
+        )
+
+    @classmethod
+    def execute(cls, kolors, dtype, text_encoder_device) -> io.NodeOutput:
+        folder = find_kolors_folder(kolors_folder_path(kolors), prefer_fp16=dtype != "fp32")
+        model, clip, vae = kolors_model.load_kolors_folder(folder, dtype, text_encoder_device)
+        return io.NodeOutput(model, clip, vae)
+
+
+class AestheteKolorsUNetLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AestheteKolorsUNetLoader",
+            display_name="Kolors UNet Loader (single file)",
+            category="Aesthete/kolors",
+            description="Loads a Kolors UNet kept as one file in models/unet or models/diffusion_models: diffusers "
+                        "names (the repository's diffusion_pytorch_model.safetensors, with its config.json beside "
+                        "it or the stock Kolors config) or ComfyUI names (as ModelSave writes it; core Load "
+                        "Diffusion Model loads those too).",
+            inputs=[
+                io.Combo.Input("unet_name", options=folder_paths.get_filename_list("diffusion_models"),
+                               tooltip="The UNet file"),
+                io.Combo.Input("dtype", options=DTYPE_OPTIONS, default="auto", tooltip=DTYPE_TOOLTIP),
+            ],
+            outputs=[io.Model.Output("MODEL", tooltip="The Kolors UNet")],
+        )
+
+    @classmethod
+    def execute(cls, unet_name, dtype) -> io.NodeOutput:
+        path = Path(folder_paths.get_full_path_or_raise("diffusion_models", unet_name))
+        sd = read_weight_file(path)
+        if any(k.endswith(kolors_model.ENCODER_HID_KEY) and "diffusion_model" in k for k in sd) or \
+                "input_blocks.0.0.weight" in sd:
+            model = comfy_detected_unet(sd, dtype, path)
+        else:
+            config_path = path.parent / "config.json"
+            config = read_json(config_path) if config_path.is_file() else read_json(STOCK_UNET_CONFIG)
+            model = kolors_model.kolors_unet_from_diffusers(sd, config, None, dtype, where=str(path))
+        return io.NodeOutput(model)
+
+
+STOCK_UNET_CONFIG = Path(__file__).resolve().parents[1] / "kolors" / "kolors_unet_config.json"
+
+
+def comfy_detected_unet(sd, dtype, path: Path):
+    import comfy.sd
+
+    options = {} if dtype == "auto" else {"dtype": kolors_model.DTYPES[dtype]}
+    model = comfy.sd.load_diffusion_model_state_dict(sd, model_options=options)
+    if model is None or not isinstance(model.model, kolors_model.Kolors):
+        raise KolorsFolderError(f"{path}: not a Kolors UNet (no encoder_hid_proj); load it with core Load "
+                                f"Diffusion Model")
+    return model
+
+
+NODES = [AestheteKolorsLoader, AestheteKolorsUNetLoader]
