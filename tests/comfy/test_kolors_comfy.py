@@ -1,0 +1,107 @@
+"""Kolors in a real ComfyUI server: the tiny Kolors folders (both layouts) load through AestheteKolorsLoader and
+generate through core nodes from a Chinese prompt; a one-step KSampler latent written by core SaveLatent equals
+diffusers' KolorsPipeline computed from the same noise; the outputs are scored and ranked by Aesthete's nodes."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from harness.graph import new_graph
+from harness.kolors_models import RECIPE_PROMPT, tiny_kolors
+from PIL import Image
+from safetensors.torch import load as load_safetensors
+
+pytestmark = pytest.mark.comfy
+
+NEGATIVE = "低质量，模糊"
+
+
+@pytest.fixture(scope="module")
+def kolors_folders(comfy_server) -> dict[str, str]:
+    """Names the Kolors Loader lists for the tiny Kolors in the repository layout and in the diffusers layout."""
+    return {"kolors": comfy_server.link_model("kolors", tiny_kolors("kolors", "fp16"), "tiny-kolors"),
+            "diffusers": "diffusers/" + comfy_server.link_model("diffusers", tiny_kolors("diffusers", "fp32"),
+                                                                 "tiny-kolors-diffusers")}
+
+
+def sample_graph(folder: str, prompt: str, seed: int = 3, steps: int = 2, cfg: float = 4.0, batch: int = 2,
+                 predictor: str | None = None, prefix: str = "kolors"):
+    g = new_graph()
+    loader = g.node("AestheteKolorsLoader", kolors=folder, dtype="auto", text_encoder_device="default")
+    positive = g.node("CLIPTextEncode", text=prompt, clip=loader.out(1))
+    negative = g.node("CLIPTextEncode", text=NEGATIVE, clip=loader.out(1))
+    latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=batch)
+    sampler = g.node("KSampler", model=loader.out(0), positive=positive.out(0), negative=negative.out(0),
+                     latent_image=latent.out(0), seed=seed, steps=steps, cfg=cfg, sampler_name="euler",
+                     scheduler="normal", denoise=1.0)
+    decode = g.node("VAEDecode", samples=sampler.out(0), vae=loader.out(2))
+    save = g.node("SaveImage", images=decode.out(0), filename_prefix=prefix)
+    nodes = {"save": save, "sampler": sampler}
+    if predictor is not None:
+        p = g.node("AesthetePredictorLoader", model=predictor, device="auto", dtype="auto")
+        score = g.node("AestheteScore", predictor=p.out(0), images=decode.out(0), batch_size=2)
+        rank = g.node("AestheteRank", images=decode.out(0), scores=score.out(0), top_k=1, min_score=0.0)
+        nodes["best"] = g.node("SaveImage", images=rank.out(0), filename_prefix=f"{prefix}-best")
+        nodes["score"] = score
+    return g, nodes
+
+
+def images_of(comfy, result, node) -> list[np.ndarray]:
+    return [np.asarray(Image.open(io.BytesIO(b)).convert("RGB"), dtype=np.float32)
+            for b in comfy.output_images(result, node.id)]
+
+
+@pytest.mark.parametrize("layout", ["kolors", "diffusers"])
+def test_kolors_folder_generates_scores_and_ranks_from_a_chinese_prompt(comfy, kolors_folders, tiny_predictor,
+                                                                        layout):
+    g, nodes = sample_graph(kolors_folders[layout], RECIPE_PROMPT, predictor=tiny_predictor, prefix=f"k-{layout}")
+    result = comfy.run(g.finalize())
+    images = images_of(comfy, result, nodes["save"])
+    assert len(images) == 2 and images[0].shape == (64, 64, 3)
+    assert all(np.isfinite(im).all() and im.std() > 1.0 for im in images)  # an image, not a flat colour
+    best = images_of(comfy, result, nodes["best"])
+    assert len(best) == 1 and any(np.array_equal(best[0], im) for im in images)
+    text = " ".join(str(x) for x in result.node_output(nodes["score"].id).get("text", []))
+    assert "mean" in text.lower()
+
+
+def test_two_prompts_give_different_images(comfy, kolors_folders):
+    pictures = []
+    for i, prompt in enumerate([RECIPE_PROMPT, "a photo of a cat sitting on a red chair"]):
+        g, nodes = sample_graph(kolors_folders["kolors"], prompt, batch=1, prefix=f"k-prompt{i}")
+        pictures.append(images_of(comfy, comfy.run(g.finalize()), nodes["save"])[0])
+    assert np.abs(pictures[0] - pictures[1]).mean() > 0.5
+
+
+def test_one_step_latent_equals_the_reference_from_the_same_noise(comfy, comfy_server, kolors_folders):
+    """KSampler, 1 step, euler, cfg 1, seed 11 -> core SaveLatent; diffusers' KolorsPipeline parts on the same fp32
+    weights and the same noise: x = noise * sqrt(1 + sigma_max^2), eps = UNet(noise, 1099), latent = (x - sigma_max *
+    eps) / scaling_factor."""
+    from harness.kolors_reference import encode, load_pipeline, scheduler_sigmas, unet_eps
+
+    g = new_graph()
+    loader = g.node("AestheteKolorsLoader", kolors=kolors_folders["diffusers"], dtype="fp32",
+                    text_encoder_device="default")
+    positive = g.node("CLIPTextEncode", text=RECIPE_PROMPT, clip=loader.out(1))
+    latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=1)
+    sampler = g.node("KSampler", model=loader.out(0), positive=positive.out(0), negative=positive.out(0),
+                     latent_image=latent.out(0), seed=11, steps=1, cfg=1.0, sampler_name="euler",
+                     scheduler="normal", denoise=1.0)
+    g.node("SaveLatent", samples=sampler.out(0), filename_prefix="kolors-one-step")
+    comfy.run(g.finalize())
+    files = sorted((comfy_server.output_dir / "latents").glob("kolors-one-step*.latent"))
+    assert files, "SaveLatent wrote no file"
+    ours = load_safetensors(files[-1].read_bytes())["latent_tensor"].float()
+
+    pipe = load_pipeline(tiny_kolors("diffusers", "fp32"), torch.float32)
+    noise = torch.randn([1, 4, 8, 8], generator=torch.manual_seed(11), dtype=torch.float32)  # ComfyUI's prepare_noise
+    sigma = scheduler_sigmas(pipe)[-1].item()
+    embeds, pooled = encode(pipe, RECIPE_PROMPT)
+    eps = unet_eps(pipe, noise, 1099, embeds, pooled, 64, 64)
+    x = noise * (1 + sigma ** 2) ** 0.5
+    reference = (x - sigma * eps) / pipe.vae.config.scaling_factor
+    assert ours.shape == reference.shape
+    assert torch.allclose(ours, reference, atol=1e-4, rtol=1e-4), (ours - reference).abs().max()
