@@ -1,0 +1,1 @@
+"""Kolors domain code (no ComfyUI import): ChatGLM3, its tokenizer."""
