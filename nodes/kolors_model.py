@@ -76,10 +76,17 @@ class KolorsModelConfig(comfy.supported_models.SDXL):
     """Kolors in ComfyUI's model detection: an SDXL-family UNet with ``encoder_hid_proj``."""
 
     unet_config = {}
+    # SDXL's extra config would overwrite the head layout read from config.json; it is only a default here, for
+    # UNets found by detection (their weights do not tell the head width: Kolors's is 64 channels, as SDXL's)
+    unet_extra_config = {}
+    detection_defaults = {"num_heads": -1, "num_head_channels": 64}
     required_keys = {ENCODER_HID_KEY}
     # Kolors's scheduler: 1100 steps, scaled linear 0.00085 .. 0.014, epsilon
     sampling_settings = {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.014, "timesteps": 1100}
     latent_format = comfy.latent_formats.SDXL
+
+    def __init__(self, unet_config):
+        super().__init__({**self.detection_defaults, **unet_config})
 
     @classmethod
     def matches(cls, unet_config, state_dict=None):
