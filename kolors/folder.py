@@ -192,3 +192,50 @@ def _is_zip(path: Path) -> bool:
         return zipfile.is_zipfile(path)
     except OSError:
         return False
+
+
+# ChatGLM3-6B as Kolors ships it: what a single text-encoder file needs beyond the sizes its weights show
+CHATGLM3_DEFAULTS = {"num_layers": 28, "hidden_size": 4096, "ffn_hidden_size": 13696, "kv_channels": 128,
+                     "num_attention_heads": 32, "multi_query_attention": True, "multi_query_group_num": 2,
+                     "padded_vocab_size": 65024, "seq_length": 32768, "layernorm_epsilon": 1e-5, "rmsnorm": True,
+                     "apply_residual_connection_post_layernorm": False, "post_layer_norm": True,
+                     "add_bias_linear": False, "add_qkv_bias": True, "original_rope": True}
+_LAYER_KEY = ".encoder.layers."
+
+
+def chatglm_config_for_file(path: Path, sd: dict[str, torch.Tensor]) -> dict:
+    """The config of a single ChatGLM3 file: a ``config.json`` beside it if there is one, else ChatGLM3-6B's with
+    the sizes the weights show (layers, width, feed-forward width, vocabulary, key/value groups)."""
+    beside = Path(path).parent / "config.json"
+    if beside.is_file():
+        config = read_json(beside)
+        if "num_layers" in config and "ffn_hidden_size" in config:
+            return config
+    if any(k.endswith(("weight_scale", ".scale", "qweight")) for k in sd):
+        raise KolorsFolderError(f"{path}: a quantized (4/8-bit) ChatGLM3 file; use the fp16 file "
+                                f"(chatglm3-fp16.safetensors) or the Kolors text_encoder folder")
+    embed = [k for k in sd if k.endswith("embedding.word_embeddings.weight")]
+    if not embed:
+        raise KolorsFolderError(f"{path}: not a ChatGLM3 file (no embedding.word_embeddings.weight); pick Kolors's "
+                                f"text encoder (chatglm3-fp16.safetensors or the text_encoder shards)")
+    config = dict(CHATGLM3_DEFAULTS)
+    vocab, hidden = sd[embed[0]].shape
+    layers = {int(k.split(_LAYER_KEY)[1].split(".")[0]) for k in sd if _LAYER_KEY in k}
+    ffn = next(v.shape[1] for k, v in sd.items() if k.endswith("mlp.dense_4h_to_h.weight"))
+    qkv = next(v.shape[0] for k, v in sd.items() if k.endswith("self_attention.query_key_value.weight"))
+    head = config["kv_channels"]
+    config.update(padded_vocab_size=vocab, hidden_size=hidden, num_layers=len(layers), ffn_hidden_size=ffn,
+                  num_attention_heads=hidden // head, multi_query_group_num=(qkv - hidden) // (2 * head))
+    return config
+
+
+def find_tokenizer_for_file(path: Path, kolors_folders: list[Path]) -> Path:
+    """ChatGLM3's tokenizer.model for a single text-encoder file: beside it, else in a Kolors folder."""
+    candidates = [Path(path).parent / TOKENIZER_FILE]
+    for folder in kolors_folders:
+        candidates += [folder / "text_encoder" / TOKENIZER_FILE, folder / "tokenizer" / TOKENIZER_FILE]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise KolorsFolderError(f"{path}: no ChatGLM3 tokenizer found; put tokenizer.model (from Kwai-Kolors/Kolors "
+                                f"text_encoder/) beside the file, or keep a Kolors folder in models/kolors")
+    return found

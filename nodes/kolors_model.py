@@ -34,7 +34,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import Timestep
 
 from ..kolors import configs
 from ..kolors.chatglm import ChatGLM3, load_chatglm_state_dict
-from ..kolors.folder import KolorsFolder, KolorsFolderError, read_weight_file, read_weights
+from ..kolors.folder import KolorsFolder, KolorsFolderError, read_weights
 from ..kolors.tokenizer import ChatGLM3Tokenizer
 
 log = logging.getLogger("aesthete.kolors")
@@ -259,8 +259,8 @@ def context_mask_and_positions(ids: torch.Tensor, gmask_id: int) -> tuple[torch.
 
 
 def kolors_clip(te_files: list[Path], te_config: dict, tokenizer_model: Path, dtype_name: str = "auto",
-                device: str = "default") -> comfy.sd.CLIP:
-    """ChatGLM3 as a ComfyUI CLIP; its weights are read one file at a time to keep the peak low."""
+                device: str = "default", state_dict: dict | None = None) -> comfy.sd.CLIP:
+    """ChatGLM3 as a ComfyUI CLIP from its weight files (or their ``state_dict`` when already read)."""
     tokenizer_bytes = Path(tokenizer_model).read_bytes()
     try:
         tokenizer = ChatGLM3Tokenizer.from_bytes(tokenizer_bytes)
@@ -282,9 +282,7 @@ def kolors_clip(te_files: list[Path], te_config: dict, tokenizer_model: Path, dt
     parameters = _chatglm_parameters(te_config)
     clip = comfy.sd.CLIP(target, tokenizer_data={"chatglm3_tokenizer": tokenizer_bytes}, parameters=parameters,
                          model_options=model_options)
-    sd: dict[str, torch.Tensor] = {}
-    for path in te_files:
-        sd.update(read_weight_file(path))
+    sd = state_dict if state_dict is not None else read_weights(te_files)
     try:
         clip.load_sd(sd)
     except (KeyError, RuntimeError, ValueError) as e:

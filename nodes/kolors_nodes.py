@@ -14,7 +14,8 @@ from comfy_api.latest import io
 
 from ..kolors.folder import KolorsFolderError
 from ..kolors.download import DEFAULT_NAME, ensure_kolors
-from ..kolors.folder import find_kolors_folder, looks_like_kolors, read_json, read_weight_file
+from ..kolors.folder import (chatglm_config_for_file, find_kolors_folder, find_tokenizer_for_file, looks_like_kolors,
+                             read_json, read_weight_file)
 from . import kolors_model
 
 log = logging.getLogger("aesthete.kolors")
@@ -24,6 +25,8 @@ DEFAULT_KOLORS_DIR = os.path.join(folder_paths.models_dir, KOLORS_FOLDER)
 # models/kolors, plus whatever extra_model_paths.yaml adds under `kolors:`
 folder_paths.add_model_folder_path(KOLORS_FOLDER, DEFAULT_KOLORS_DIR)
 DIFFUSERS_PREFIX = "diffusers/"
+LLM_FOLDER = "LLM"  # where Kolors-MZ users keep chatglm3-fp16.safetensors
+folder_paths.add_model_folder_path(LLM_FOLDER, os.path.join(folder_paths.models_dir, LLM_FOLDER))
 DTYPE_OPTIONS = ["auto", "fp16", "bf16", "fp32"]
 DEVICE_OPTIONS = ["default", "cpu", "gpu"]
 
@@ -149,4 +152,43 @@ def comfy_detected_unet(sd, dtype, path: Path):
     return model
 
 
-NODES = [AestheteKolorsLoader, AestheteKolorsUNetLoader]
+def text_encoder_choices() -> list[str]:
+    names = folder_paths.get_filename_list("text_encoders")
+    return names + [f"{LLM_FOLDER}/{n}" for n in folder_paths.get_filename_list(LLM_FOLDER) if n not in names]
+
+
+def text_encoder_path(name: str) -> Path:
+    if name.startswith(LLM_FOLDER + "/") and name not in folder_paths.get_filename_list("text_encoders"):
+        return Path(folder_paths.get_full_path_or_raise(LLM_FOLDER, name[len(LLM_FOLDER) + 1:]))
+    return Path(folder_paths.get_full_path_or_raise("text_encoders", name))
+
+
+class AestheteChatGLM3Loader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AestheteChatGLM3Loader",
+            display_name="Kolors Text Encoder Loader (ChatGLM3 file)",
+            category="Aesthete/kolors",
+            description="Loads Kolors's ChatGLM3 text encoder kept as one file (for example chatglm3-fp16.safetensors "
+                        "in models/text_encoders or models/LLM) as a CLIP. Its tokenizer.model is taken from beside "
+                        "the file or from a Kolors folder in models/kolors; quantized (4/8-bit) files are refused.",
+            inputs=[
+                io.Combo.Input("text_encoder", options=text_encoder_choices(),
+                               tooltip="The ChatGLM3 weights (safetensors; .bin is read with weights_only)"),
+                io.Combo.Input("dtype", options=DTYPE_OPTIONS, default="auto", tooltip=DTYPE_TOOLTIP),
+                io.Combo.Input("device", options=DEVICE_OPTIONS, default="default", tooltip=DEVICE_TOOLTIP),
+            ],
+            outputs=[io.Clip.Output("CLIP", tooltip="ChatGLM3 for CLIPTextEncode: context 256 x hidden, pooled")],
+        )
+
+    @classmethod
+    def execute(cls, text_encoder, dtype, device) -> io.NodeOutput:
+        path = text_encoder_path(text_encoder)
+        sd = read_weight_file(path)
+        config = chatglm_config_for_file(path, sd)
+        tokenizer = find_tokenizer_for_file(path, [p for _, p in _subfolders(KOLORS_FOLDER)])
+        return io.NodeOutput(kolors_model.kolors_clip([path], config, tokenizer, dtype, device, state_dict=sd))
+
+
+NODES = [AestheteKolorsLoader, AestheteKolorsUNetLoader, AestheteChatGLM3Loader]

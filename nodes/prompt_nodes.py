@@ -80,7 +80,7 @@ class AesthetePromptComposer(io.ComfyNode):
                                            "fields left empty here; a field switched off here stays off"),
                 io.Clip.Input("clip", optional=True,
                               tooltip="Optional: the CLIP that will encode the prompt; the node then shows the token "
-                                      "count and warns past one 77-token chunk"),
+                                      "count and warns past one 77-token chunk (256 tokens for Kolors)"),
             ],
             outputs=[
                 io.String.Output("prompt", display_name="prompt",

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CHUNK_TOKENS = 77  # CLIP's context: a start token, 75 prompt tokens, an end token
+# encoders that read one fixed context instead of 77-token chunks: name -> (context, prompt tokens that fit)
+CONTEXT_LIMITS = {"chatglm3": (256, 254)}  # Kolors's ChatGLM3: [gMASK] sop, then 254 prompt tokens
 
 
 @dataclass(frozen=True)
@@ -16,7 +18,14 @@ class TokenCount:
     chunks: int  # chunks ComfyUI encodes separately (and concatenates)
 
     @property
+    def context_limit(self) -> tuple[int, int] | None:
+        return CONTEXT_LIMITS.get(self.encoder)
+
+    @property
     def past_one_chunk(self) -> bool:
+        """Past what the encoder reads at once: one 77-token chunk, or the fixed context of a ChatGLM3-like encoder."""
+        if self.context_limit is not None:
+            return self.tokens > self.context_limit[1]
         return self.chunks > 1
 
 
@@ -31,9 +40,18 @@ def count_tokens(tokenized: dict) -> list[TokenCount]:
 
 
 def token_report(counts: list[TokenCount]) -> tuple[str, bool]:
-    """One line per encoder, and whether any ran past one 77-token chunk (then the line says so)."""
+    """One line per encoder, and whether any ran past what it reads at once (then the line says so)."""
     lines, past = [], False
     for c in counts:
+        if c.context_limit is not None:
+            context, fits = c.context_limit
+            line = f"{c.encoder}: {c.tokens} of {fits} tokens"
+            if c.past_one_chunk:
+                past = True
+                line += (f" - WARNING: past its {context}-token context; the last {c.tokens - fits} tokens are cut. "
+                         "Shorten the prompt or switch fields off.")
+            lines.append(line)
+            continue
         line = f"{c.encoder}: {c.tokens} tokens in {c.chunks} chunk{'s' if c.chunks != 1 else ''}"
         if c.past_one_chunk:
             past = True

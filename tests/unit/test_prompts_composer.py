@@ -141,3 +141,14 @@ def test_token_counts_from_tokenizer_chunks():
     report, past = tokens.token_report(tokens.count_tokens(two))
     assert past and report.splitlines()[0].startswith("l: 80 tokens in 2 chunks - WARNING: past one 77-token chunk")
     assert report.splitlines()[1] == "g: 80 tokens in 1 chunk"
+
+
+def test_kolors_token_report_counts_against_the_256_token_context():
+    prefix = [(64790, 1.0, 0), (64792, 1.0, 0)]  # ChatGLM3's [gMASK] sop
+    short = {"chatglm3": [[(0, 1.0, 0)] * 200 + prefix + [(5, 1.0, 1)] * 54]}
+    report, past = tokens.token_report(tokens.count_tokens(short))
+    assert report == "chatglm3: 54 of 254 tokens" and not past
+    long = {"chatglm3": [prefix + [(5, 1.0, 1)] * 300]}
+    report, past = tokens.token_report(tokens.count_tokens(long))
+    assert past and report.startswith("chatglm3: 300 of 254 tokens - WARNING: past its 256-token context; "
+                                      "the last 46 tokens are cut")
