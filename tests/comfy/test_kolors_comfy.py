@@ -115,3 +115,27 @@ def test_one_step_latent_equals_the_reference_from_the_same_noise(comfy, comfy_s
     reference = (x - sigma * eps) / pipe.vae.config.scaling_factor
     assert ours.shape == reference.shape
     assert torch.allclose(ours, reference, atol=1e-4, rtol=1e-4), (ours - reference).abs().max()
+
+
+def test_broken_folder_is_a_clear_error_and_the_server_keeps_running(comfy, comfy_server, tmp_path_factory):
+    import shutil
+
+    folder = tmp_path_factory.mktemp("broken") / "no-tokenizer"
+    shutil.copytree(tiny_kolors("kolors", "fp16"), folder)
+    for path in folder.rglob("tokenizer.model"):
+        path.unlink()
+    name = comfy_server.link_model("kolors", folder, "broken-no-tokenizer")
+    g, _ = sample_graph(name, "x", steps=1, batch=1, prefix="k-broken")
+    result = comfy.run(g.finalize(), expect_error=True)
+    error = result.events_of("execution_error")[0]["data"]
+    assert error["node_type"] == "AestheteKolorsLoader"
+    assert "no tokenizer.model in tokenizer/ or text_encoder/" in error["exception_message"]
+    assert comfy.get("/system_stats").ok
+
+
+def test_prompt_past_256_tokens_warns_what_was_cut(comfy, comfy_server, kolors_folders):
+    words = " ".join(f"tag{i}" for i in range(300))
+    g, nodes = sample_graph(kolors_folders["kolors"], words, steps=1, batch=1, prefix="k-long")
+    comfy.run(g.finalize())
+    log = comfy_server.log_text()
+    assert "Kolors prompt is" in log and "past ChatGLM3's 256: the end was cut" in log
