@@ -42,6 +42,7 @@ log = logging.getLogger("aesthete.kolors")
 ENCODER_KEY = "chatglm3"  # the tokenizer's and text encoder's name in ComfyUI's token dictionaries
 MAX_TOKENS = 256  # Kolors's context length: ChatGLM3's prefix tokens, the prompt, left padding
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+FP8 = "fp8_e4m3fn"  # weight-only storage for ChatGLM3 (half of fp16); ComfyUI's manual_cast ops compute in fp16/fp32
 
 
 # ---------------------------------------------------------------------------------------------------- the MODEL
@@ -209,6 +210,8 @@ def kolors_text_encoder_class(te_config: dict, tokenizer: ChatGLM3Tokenizer):
             operations = model_options.get("custom_operations") or comfy.ops.manual_cast
             self.transformer = ChatGLM3(te_config, dtype=dtype, device=device, operations=operations)
             self.dtypes = {dtype}
+            # fp8 is storage only: the embedding is read into the compute dtype and every layer casts its weights
+            self.compute_dtype = model_options.get("compute_dtype")
             self.layer = -2  # Kolors's pipeline takes hidden_states[-2]
             self.special_tokens = {"pad": tokenizer.pad_id}
 
@@ -231,7 +234,8 @@ def kolors_text_encoder_class(te_config: dict, tokenizer: ChatGLM3Tokenizer):
             rows = [_fit_to_context(list(ids), tokenizer) for ids in token_lists]
             ids = torch.tensor(rows, dtype=torch.long, device=device)
             mask, positions = context_mask_and_positions(ids, tokenizer.prefix_ids[0])
-            context, pooled = self.transformer(ids, mask, positions, intermediate_output=self.layer)
+            context, pooled = self.transformer(ids, mask, positions, intermediate_output=self.layer,
+                                               dtype=self.compute_dtype)
             return context.float(), pooled.float()
 
         def load_sd(self, sd):
@@ -273,10 +277,13 @@ def kolors_clip(te_files: list[Path], te_config: dict, tokenizer_model: Path, dt
     elif device == "gpu":
         model_options["load_device"] = mm.get_torch_device()
     load_device = model_options.get("load_device", mm.text_encoder_device())
-    if dtype_name == "auto":
+    if dtype_name in ("auto", FP8):
         dtype = torch.float32 if mm.is_device_cpu(load_device) else mm.text_encoder_dtype(load_device)
     else:
         dtype = DTYPES[dtype_name]
+    if dtype_name == FP8:
+        model_options["compute_dtype"] = torch.float32 if mm.is_device_cpu(load_device) else torch.float16
+        dtype = torch.float8_e4m3fn
     model_options["dtype"] = dtype
     target = comfy.supported_models_base.ClipTarget(KolorsTokenizer, kolors_text_encoder_class(te_config, tokenizer))
     parameters = _chatglm_parameters(te_config)
@@ -311,11 +318,16 @@ def kolors_vae(vae_files: list[Path], vae_config: dict) -> comfy.sd.VAE:
     return vae
 
 
+TE_FP8 = "auto, text encoder fp8"  # the loader's dtype choice for GPUs under 16 GB
+
+
 def load_kolors_folder(folder: KolorsFolder, dtype_name: str = "auto", text_encoder_device: str = "default"):
-    """(MODEL, CLIP, VAE) of a Kolors folder in either layout."""
+    """(MODEL, CLIP, VAE) of a Kolors folder in either layout. ``dtype_name``: auto, fp16, bf16, fp32, or
+    TE_FP8 (UNet auto, ChatGLM3 stored in fp8)."""
+    unet_dtype, te_dtype = ("auto", FP8) if dtype_name == TE_FP8 else (dtype_name, dtype_name)
     model = kolors_unet_from_diffusers(read_weights(folder.unet_files), folder.unet_config, folder.scheduler_config,
-                                       dtype_name, where=str(folder.root / "unet"))
-    clip = kolors_clip(folder.text_encoder_files, folder.text_encoder_config, folder.tokenizer_model, dtype_name,
+                                       unet_dtype, where=str(folder.root / "unet"))
+    clip = kolors_clip(folder.text_encoder_files, folder.text_encoder_config, folder.tokenizer_model, te_dtype,
                        text_encoder_device)
     vae = kolors_vae(folder.vae_files, folder.vae_config)
     return model, clip, vae
