@@ -16,7 +16,7 @@ from harness import kolors_reference as ref  # noqa: E402
 from harness.kolors_models import (RECIPE_PROMPT, TINY_UNET, bad_kolors, malicious_marker,  # noqa: E402
                                    tiny_kolors, tiny_kolors_single_files)
 
-FOLDERS = [("kolors", "fp16"), ("kolors", "fp32"), ("diffusers", "fp16")]
+FOLDERS = [("kolors", "fp16"), ("diffusers", "fp16")]
 REAL_NEGATIVE = "模糊, 低分辨率, 变形, 扭曲, 噪点"
 
 
@@ -112,6 +112,31 @@ def test_both_layouts_hold_the_same_weights():
         assert sa.keys() == sb.keys()
         for k in sa:
             torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0, msg=f"{part}.{k}")
+
+
+@pytest.mark.parametrize("layout", ["kolors", "diffusers"])
+def test_fp32_folders_hold_the_fp16_weights_in_full_precision(layout):
+    full = ref.load_pipeline(tiny_kolors(layout, "fp32"), torch.float32)
+    half = ref.load_pipeline(tiny_kolors(layout, "fp16"), torch.float32)
+    assert full.unet.dtype == torch.float32
+    for part in ("unet", "vae", "text_encoder"):
+        sf, sh = getattr(full, part).state_dict(), getattr(half, part).state_dict()
+        assert sf.keys() == sh.keys()
+        for k in sf:  # fp16 rounding of the same fp32 weights, nothing else
+            torch.testing.assert_close(sf[k].half().float(), sh[k], rtol=0, atol=0, msg=f"{part}.{k}")
+    assert any(not torch.equal(v.half().float(), v) for v in full.unet.state_dict().values())
+
+
+def test_comfyui_classes_fit_the_tiny_unet_and_vae():
+    from harness.kolors_comfy_check import comfy_fit
+
+    report = comfy_fit(tiny_kolors("kolors", "fp16"))
+    assert report["vae"]["missing"] == [] and report["vae"]["unexpected"] == []
+    assert report["vae"]["decode_max_diff"] < 1e-4 < report["vae"]["decode_std"]
+    # every UNet weight has a place in ComfyUI's SDXL-family UNetModel but the Kolors text projection
+    assert report["unet"]["unmapped"] == ["encoder_hid_proj.bias", "encoder_hid_proj.weight"]
+    assert report["unet"]["shape_mismatch"] == [] and report["unet"]["comfy_keys_without_weight"] == []
+    assert report["unet"]["comfy_config"]["adm_in_channels"] == 64 + 6 * 256
 
 
 def test_kolors_layout_has_the_real_repository_files():
