@@ -5,9 +5,11 @@ AutoencoderKL, EulerDiscreteScheduler, the ChatGLM3 model and tokenizer under di
 fixed seed, and laid out on disk as the real model is distributed:
 
 - layout "kolors": the ``Kwai-Kolors/Kolors`` weights repository (what ModelScope, Hugging Face and DiffSynth leave on
-  disk). ``model_index.json``; ``unet/`` and ``vae/`` with ``config.json`` and
-  ``diffusion_pytorch_model.fp16.safetensors`` (variant "fp16", the repository's names) or
-  ``diffusion_pytorch_model.safetensors`` (variant "fp32", the name DiffSynth's downloader uses);
+  disk). The repository's own ``model_index.json`` (it names the original release's ``StableDiffusionXLPipeline``
+  and a ``kolors`` library, so ``KolorsPipeline.from_pretrained`` cannot read this layout: load it part by part);
+  ``unet/`` and ``vae/`` with ``config.json`` and ``diffusion_pytorch_model.fp16.safetensors`` (variant "fp16", as
+  an fp16 download leaves it) or ``diffusion_pytorch_model.safetensors`` (variant "fp32", as DiffSynth's downloader
+  leaves it; the full repository holds both);
   ``scheduler/scheduler_config.json``; ``text_encoder/`` with ``config.json``, pickled
   ``pytorch_model-0000N-of-0000M.bin`` shards (``transformer.*`` keys, as ChatGLM3's own checkpoint),
   ``pytorch_model.bin.index.json`` and the tokenizer files (``tokenizer.model``, ``tokenizer_config.json``,
@@ -34,7 +36,7 @@ from pathlib import Path
 from harness.factories import _cached
 
 # bump when a Kolors factory changes, so stale cached folders are rebuilt
-KOLORS_FACTORY_VERSION = "1"
+KOLORS_FACTORY_VERSION = "2"
 SEED = 0
 
 # the recipe's prompt and negative list, plus some English, so the tokenizer covers what the tests type
@@ -67,12 +69,6 @@ TINY_VAE = dict(
     block_out_channels=(32, 32, 64, 64),
     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
     norm_num_groups=32, sample_size=64, scaling_factor=0.13025, force_upcast=True, act_fn="silu",
-)
-# Kolors's scheduler/scheduler_config.json (tests/fixtures/kolors/scheduler_config.json is the full file)
-KOLORS_SCHEDULER = dict(
-    num_train_timesteps=1100, beta_start=0.00085, beta_end=0.014, beta_schedule="scaled_linear",
-    prediction_type="epsilon", interpolation_type="linear", timestep_spacing="leading", steps_offset=1,
-    use_karras_sigmas=False, clip_sample=False, sample_max_value=1.0, set_alpha_to_one=False, skip_prk_steps=True,
 )
 TEXT_ENCODER_SHARDS = 2  # the real repository has 7; any M >= 2 exercises the index
 
@@ -224,9 +220,12 @@ def build_vae(seed: int = SEED):
 
 
 def build_scheduler():
+    """Kolors's own scheduler (tests/fixtures/kolors/scheduler_config.json): Euler, 1100 training steps,
+    scaled_linear betas 0.00085..0.014, epsilon prediction."""
     from diffusers import EulerDiscreteScheduler
 
-    return EulerDiscreteScheduler.from_config(KOLORS_SCHEDULER)
+    config = json.loads((FIXTURES / "scheduler_config.json").read_text(encoding="utf-8"))
+    return EulerDiscreteScheduler.from_config({k: v for k, v in config.items() if not k.startswith("_")})
 
 
 def build_components(folder: Path, seed: int = SEED) -> dict:
