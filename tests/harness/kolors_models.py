@@ -5,9 +5,11 @@ AutoencoderKL, EulerDiscreteScheduler, the ChatGLM3 model and tokenizer under di
 fixed seed, and laid out on disk as the real model is distributed:
 
 - layout "kolors": the ``Kwai-Kolors/Kolors`` weights repository (what ModelScope, Hugging Face and DiffSynth leave on
-  disk). ``model_index.json``; ``unet/`` and ``vae/`` with ``config.json`` and
-  ``diffusion_pytorch_model.fp16.safetensors`` (variant "fp16", the repository's names) or
-  ``diffusion_pytorch_model.safetensors`` (variant "fp32", the name DiffSynth's downloader uses);
+  disk). The repository's own ``model_index.json`` (it names the original release's ``StableDiffusionXLPipeline``
+  and a ``kolors`` library, so ``KolorsPipeline.from_pretrained`` cannot read this layout: load it part by part);
+  ``unet/`` and ``vae/`` with ``config.json`` and ``diffusion_pytorch_model.fp16.safetensors`` (variant "fp16", as
+  an fp16 download leaves it) or ``diffusion_pytorch_model.safetensors`` (variant "fp32", as DiffSynth's downloader
+  leaves it; the full repository holds both);
   ``scheduler/scheduler_config.json``; ``text_encoder/`` with ``config.json``, pickled
   ``pytorch_model-0000N-of-0000M.bin`` shards (``transformer.*`` keys, as ChatGLM3's own checkpoint),
   ``pytorch_model.bin.index.json`` and the tokenizer files (``tokenizer.model``, ``tokenizer_config.json``,
@@ -34,18 +36,16 @@ from pathlib import Path
 from harness.factories import _cached
 
 # bump when a Kolors factory changes, so stale cached folders are rebuilt
-KOLORS_FACTORY_VERSION = "1"
+KOLORS_FACTORY_VERSION = "2"
 SEED = 0
 
 # the recipe's prompt and negative list, plus some English, so the tokenizer covers what the tests type
 RECIPE_PROMPT = "二次元，genshin，genshin impact，ganyu，蓝发少女，白色背景"
 
-TINY_CHATGLM = dict(num_layers=2, hidden_size=64, ffn_hidden_size=128, kv_channels=16, num_attention_heads=4,
-                    multi_query_group_num=2, seq_length=256, original_rope=True, add_qkv_bias=True,
-                    multi_query_attention=True, use_cache=False, add_bias_linear=False, apply_residual_connection_post_layernorm=False,
-                    apply_query_key_layer_scaling=True, attention_softmax_in_fp32=True, bias_dropout_fusion=True,
-                    fp32_residual_connection=False, layernorm_epsilon=1e-5, post_layer_norm=True, rmsnorm=True,
-                    torch_dtype="float16")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "kolors"
+# the real ChatGLM3 config (tests/fixtures/kolors/text_encoder_config.json) with these sizes changed; every other field
+# (multi-query attention with 2 groups, qkv bias, original rope, RMSNorm, post-layer norm, seq_length) stays real
+TINY_CHATGLM = dict(num_layers=2, hidden_size=64, ffn_hidden_size=128, kv_channels=16, num_attention_heads=4)
 TINY_UNET = dict(
     sample_size=16, in_channels=4, out_channels=4, layers_per_block=2,
     block_out_channels=(32, 64),
@@ -69,12 +69,6 @@ TINY_VAE = dict(
     block_out_channels=(32, 32, 64, 64),
     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
     norm_num_groups=32, sample_size=64, scaling_factor=0.13025, force_upcast=True, act_fn="silu",
-)
-# Kolors's scheduler/scheduler_config.json (tests/fixtures/kolors/scheduler_config.json is the full file)
-KOLORS_SCHEDULER = dict(
-    num_train_timesteps=1100, beta_start=0.00085, beta_end=0.014, beta_schedule="scaled_linear",
-    prediction_type="epsilon", interpolation_type="linear", timestep_spacing="leading", steps_offset=1,
-    use_karras_sigmas=False, clip_sample=False, sample_max_value=1.0, set_alpha_to_one=False, skip_prk_steps=True,
 )
 TEXT_ENCODER_SHARDS = 2  # the real repository has 7; any M >= 2 exercises the index
 
@@ -177,14 +171,24 @@ def _spread(model, seed: int) -> None:
                 p.copy_(1.0 + torch.randn(p.shape, generator=gen) * 0.05)
 
 
+def tiny_text_encoder_config(vocab_size: int, variant: str = "fp32") -> dict:
+    """The real text_encoder/config.json (same keys, same order) at the tiny size; ``padded_vocab_size`` is the
+    tokenizer's vocabulary (special tokens included) plus 8 unused rows, as ChatGLM3 pads 64794 to 65024."""
+    config = json.loads((FIXTURES / "text_encoder_config.json").read_text(encoding="utf-8"))
+    config.update(TINY_CHATGLM, padded_vocab_size=vocab_size + 8,
+                  torch_dtype="float16" if variant == "fp16" else "float32")
+    return config
+
+
 def build_text_encoder(vocab_size: int, seed: int = SEED):
-    """ChatGLM3 (diffusers' ChatGLMModel) at the tiny size. The class does not initialise its weights: matrices get
-    normal(0.02), norm scales 1 + normal(0.05), biases normal(0.02), all from a fixed seed."""
+    """ChatGLM3 (diffusers' ChatGLMModel) at the tiny size, fp32. The class does not initialise its weights: matrices
+    and biases get normal(0.02), norm scales 1 + normal(0.05), all from a fixed seed (no bias or norm is left at
+    zero or one, so a loader that drops one gives different numbers). The rope frequencies (``inv_freq``, a
+    persistent buffer that ChatGLM3's checkpoints carry) are the constructor's own."""
     import torch
     from diffusers.pipelines.kolors.text_encoder import ChatGLMConfig, ChatGLMModel
 
-    config = ChatGLMConfig(padded_vocab_size=vocab_size + 8, **TINY_CHATGLM)
-    model = ChatGLMModel(config).float()
+    model = ChatGLMModel(ChatGLMConfig(**tiny_text_encoder_config(vocab_size))).float()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
@@ -192,7 +196,6 @@ def build_text_encoder(vocab_size: int, seed: int = SEED):
                 p.copy_(1.0 + torch.randn(p.shape, generator=gen) * 0.05)
             else:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
-        # the rope frequencies are a persistent buffer that the constructor computes; keep them as ChatGLM3 does
     return model.eval()
 
 
@@ -217,9 +220,12 @@ def build_vae(seed: int = SEED):
 
 
 def build_scheduler():
+    """Kolors's own scheduler (tests/fixtures/kolors/scheduler_config.json): Euler, 1100 training steps,
+    scaled_linear betas 0.00085..0.014, epsilon prediction."""
     from diffusers import EulerDiscreteScheduler
 
-    return EulerDiscreteScheduler.from_config(KOLORS_SCHEDULER)
+    config = json.loads((FIXTURES / "scheduler_config.json").read_text(encoding="utf-8"))
+    return EulerDiscreteScheduler.from_config({k: v for k, v in config.items() if not k.startswith("_")})
 
 
 def build_components(folder: Path, seed: int = SEED) -> dict:
@@ -271,41 +277,140 @@ def _save_shards(folder: Path, state: dict, shards: int) -> None:
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
 
 
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def _save_kolors_layout(folder: Path, variant: str) -> None:
     from safetensors.torch import save_file
 
     dtype = _dtype(variant)
-    tok_dir = folder / "text_encoder"
-    parts = build_components(tok_dir)
-    suffix = ".fp16.safetensors" if variant == "fp16" else ".safetensors"
+    te_dir = folder / "text_encoder"
+    parts = build_components(te_dir)
+    # unet/ and vae/: the real repository holds diffusion_pytorch_model.safetensors (fp32) and
+    # diffusion_pytorch_model.fp16.safetensors; an fp16 download keeps the second, DiffSynth's the first
+    weights_name = "diffusion_pytorch_model.fp16.safetensors" if variant == "fp16" else "diffusion_pytorch_model.safetensors"
     for name in ("unet", "vae"):
-        model = parts[name]
-        (folder / name).mkdir()
-        model.save_config(folder / name)
-        save_file({k: v.to(dtype).contiguous() for k, v in model.state_dict().items()},
-                  folder / name / f"diffusion_pytorch_model{suffix}", metadata={"format": "pt"})
+        parts[name].save_config(folder / name)
+        save_file({k: v.to(dtype).contiguous() for k, v in parts[name].state_dict().items()},
+                  folder / name / weights_name, metadata={"format": "pt"})
     parts["scheduler"].save_config(folder / "scheduler")
-    # text_encoder/: config.json, pickled shards + index, the tokenizer files (tokenizer.model is already there)
-    encoder = parts["text_encoder"]
-    encoder.config.torch_dtype = "float16" if variant == "fp16" else "float32"
-    encoder.config.save_pretrained(tok_dir)
-    _save_shards(tok_dir, text_encoder_state_dict(encoder, dtype), TEXT_ENCODER_SHARDS)
-    parts["tokenizer"].save_pretrained(tok_dir)
-    shutil.copyfile(tok_dir / "tokenizer.model", tok_dir / "vocab.txt")  # the real repository ships this copy too
-    shutil.copytree(tok_dir, folder / "tokenizer",
-                    ignore=lambda d, names: [n for n in names if n not in ("tokenizer.model", "tokenizer_config.json",
-                                                                           "vocab.txt")])
-    (folder / "model_index.json").write_text(json.dumps(KOLORS_MODEL_INDEX, indent=2) + "\n")
+    # text_encoder/: the real config.json at the tiny size, pickled shards + index, the tokenizer files
+    # (tokenizer.model is already there; vocab.txt is the real repository's byte copy of it)
+    _write_json(te_dir / "config.json", tiny_text_encoder_config(parts["tokenizer"].vocab_size, variant))
+    _save_shards(te_dir, text_encoder_state_dict(parts["text_encoder"], dtype), TEXT_ENCODER_SHARDS)
+    shutil.copyfile(FIXTURES / "tokenizer_config.json", te_dir / "tokenizer_config.json")
+    shutil.copyfile(te_dir / "tokenizer.model", te_dir / "vocab.txt")
+    for name in TOKENIZER_FILES:  # the real repository has a tokenizer/ folder too
+        (folder / "tokenizer").mkdir(exist_ok=True)
+        shutil.copyfile(te_dir / name, folder / "tokenizer" / name)
+    shutil.copyfile(FIXTURES / "model_index.json", folder / "model_index.json")
 
 
-# the real repository's model_index.json (its classes, as diffusers resolves them)
-KOLORS_MODEL_INDEX = {
-    "_class_name": "KolorsPipeline",
-    "_diffusers_version": "0.30.0.dev0",
-    "force_zeros_for_empty_prompt": False,
-    "scheduler": ["diffusers", "EulerDiscreteScheduler"],
-    "text_encoder": ["kolors", "ChatGLMModel"],
-    "tokenizer": ["kolors", "ChatGLMTokenizer"],
-    "unet": ["diffusers", "UNet2DConditionModel"],
-    "vae": ["diffusers", "AutoencoderKL"],
-}
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "vocab.txt")
+
+
+# --- single files, as ComfyUI users keep them -------------------------------------------------------------------
+
+def tiny_kolors_single_files() -> dict[str, Path]:
+    """The tiny Kolors as separate files, with the same weights as ``tiny_kolors("kolors", "fp16")``:
+
+    - ``unet``: ``kolors_unet_fp16.safetensors`` for models/unet: the repository's
+      ``unet/diffusion_pytorch_model.fp16.safetensors`` as is (diffusers key names, fp16), renamed as users do;
+    - ``chatglm3``: ``chatglm3-fp16.safetensors`` for models/text_encoders (or models/LLM), like the widely shared
+      single file: fp16, ChatGLMModel's own key names WITHOUT the ``transformer.`` prefix of the shards
+      (``embedding.word_embeddings.weight``, ``rotary_pos_emb.inv_freq``, ``encoder.layers.N.…``,
+      ``encoder.final_layernorm.weight``, ``output_layer.weight``): the wrappers that read it load it strictly into
+      ChatGLMModel;
+    - ``tokenizer``: a folder with ``tokenizer.model`` and ``tokenizer_config.json``. The single file holds no
+      tokenizer: the wrappers ship ChatGLM3's tokenizer in their own ``configs/tokenizer`` folder;
+    - ``text_encoder_config``: the tiny text encoder's config.json (the single file has no config either; the
+      wrappers ship the real one);
+    - ``vae``: ``kolors_vae_fp16.safetensors`` for models/vae: the repository's VAE file (diffusers key names)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    source = tiny_kolors("kolors", "fp16")
+    path = _kolors_cached("kolors-single-files")
+    names = dict(unet="kolors_unet_fp16.safetensors", chatglm3="chatglm3-fp16.safetensors", tokenizer="tokenizer",
+                 text_encoder_config="text_encoder_config.json", vae="kolors_vae_fp16.safetensors")
+    if not (path / names["chatglm3"]).exists():
+        with _building(path) as tmp:
+            shutil.copyfile(source / "unet" / "diffusion_pytorch_model.fp16.safetensors", tmp / names["unet"])
+            shutil.copyfile(source / "vae" / "diffusion_pytorch_model.fp16.safetensors", tmp / names["vae"])
+            state = {}
+            for shard in sorted((source / "text_encoder").glob("pytorch_model-*.bin")):
+                state.update(torch.load(shard, map_location="cpu", weights_only=True))
+            save_file({k.removeprefix("transformer."): v.to(torch.float16).contiguous() for k, v in state.items()},
+                      tmp / names["chatglm3"], metadata={"format": "pt"})
+            (tmp / names["tokenizer"]).mkdir()
+            for name in ("tokenizer.model", "tokenizer_config.json"):
+                shutil.copyfile(source / "text_encoder" / name, tmp / names["tokenizer"] / name)
+            shutil.copyfile(source / "text_encoder" / "config.json", tmp / names["text_encoder_config"])
+            assert load_file(tmp / names["chatglm3"]).keys() == {k.removeprefix("transformer.") for k in state}
+    return {kind: path / name for kind, name in names.items()}
+
+
+# --- bad input ----------------------------------------------------------------------------------------------------
+
+BAD_KINDS = ("truncated-shard", "no-text-encoder", "no-tokenizer", "malicious-shard")
+MALICIOUS_MARKER = "MALICIOUS_CODE_RAN"
+
+
+def bad_kolors(kind: str) -> Path:
+    """A broken copy of ``tiny_kolors("kolors", "fp16")``:
+
+    - "truncated-shard": the last text encoder shard cut to half its bytes (an interrupted download);
+    - "no-text-encoder": no ``text_encoder/`` folder (the ``tokenizer/`` folder is still there);
+    - "no-tokenizer": no ``tokenizer.model`` anywhere (nor ``vocab.txt``, the repository's copy of it);
+    - "malicious-shard": the first shard is a pickle whose unpickling would run code: a ``__reduce__`` payload
+      that creates ``text_encoder/MALICIOUS_CODE_RAN`` (see ``malicious_marker``). ``torch.load(...,
+      weights_only=True)`` refuses it; only a full unpickle would run it. Never load it any other way."""
+    if kind not in BAD_KINDS:
+        raise ValueError(f"unknown bad Kolors kind {kind!r}; pick one of {BAD_KINDS}")
+    source = tiny_kolors("kolors", "fp16")
+    path = _kolors_cached(f"kolors-bad-{kind}")
+    if path.exists():
+        return path
+    with _building(path) as tmp:
+        shutil.rmtree(tmp)
+        shutil.copytree(source, tmp)
+        te_dir = tmp / "text_encoder"
+        shards = sorted(te_dir.glob("pytorch_model-*.bin"))
+        if kind == "truncated-shard":
+            data = shards[-1].read_bytes()
+            shards[-1].write_bytes(data[:len(data) // 2])
+        elif kind == "no-text-encoder":
+            shutil.rmtree(te_dir)
+        elif kind == "no-tokenizer":
+            for folder in (te_dir, tmp / "tokenizer"):
+                for name in ("tokenizer.model", "vocab.txt"):
+                    (folder / name).unlink()
+        else:
+            write_malicious_pickle(shards[0], malicious_marker(path))
+    return path
+
+
+def malicious_marker(folder: Path) -> Path:
+    """The file that the malicious shard of ``folder`` would create if its pickle were ever fully unpickled."""
+    return Path(folder) / "text_encoder" / MALICIOUS_MARKER
+
+
+class _CreatesFileWhenUnpickled:
+    """Pickles as a call to ``pathlib.Path.touch(marker)``: harmless here, but code that a weights-only load must
+    never run. Pickling it only records the call; nothing runs until a full unpickle."""
+
+    def __init__(self, marker: Path):
+        self.marker = Path(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def write_malicious_pickle(path: Path, marker: Path) -> None:
+    """A torch.save file that looks like a ChatGLM3 shard (a real tensor under a real key) but carries the payload."""
+    import torch
+
+    torch.save({"transformer.embedding.word_embeddings.weight": torch.zeros(4, 4, dtype=torch.float16),
+                "transformer.encoder.layers.0.input_layernorm.weight": _CreatesFileWhenUnpickled(marker)}, path)

@@ -86,13 +86,70 @@ def unet_eps(pipe, latent: torch.Tensor, timestep, prompt_embeds: torch.Tensor, 
 
 
 def scheduler_sigmas(pipe) -> torch.Tensor:
-    """The 1100 training sigmas, ascending: sqrt((1 - alphas_cumprod) / alphas_cumprod) of Kolors's scaled_linear
-    betas (0.00085..0.014); ComfyUI's model_sampling holds the same table."""
+    """The 1100 training sigmas, ascending (index = timestep): sqrt((1 - alphas_cumprod) / alphas_cumprod) of
+    Kolors's scaled_linear betas (sqrt-linear from 0.00085 to 0.014). This is the table ComfyUI's ModelSamplingDiscrete
+    holds (its "linear" schedule is the same sqrt-linear betas); sigma_min ~ 0.0292, sigma_max ~ 29.06 (SDXL's
+    1000 steps to 0.012 end at 14.6)."""
     ac = pipe.scheduler.alphas_cumprod.to(torch.float64)
     return ((1 - ac) / ac).sqrt().to(torch.float32)
+
+
+@torch.no_grad()
+def one_step_euler(pipe, noise: torch.Tensor, prompt: str | list[str], width: int, height: int) -> torch.Tensor:
+    """The latent that ComfyUI's KSampler saves (SaveLatent, unscaled) after 1 step, sampler "euler", scheduler
+    "normal", cfg 1.0, denoise 1.0, from ``noise`` ([B, 4, height/8, width/8], standard normal) on an empty latent:
+
+        sigma = sigma_max = scheduler_sigmas(pipe)[-1]          (timestep 1099, the highest)
+        x     = noise * sqrt(1 + sigma^2)                       (KSampler's noise scaling at full denoise)
+        eps   = unet(x / sqrt(1 + sigma^2), t=1099, cond)      (= unet(noise, ...): the EPS input scaling)
+        x0    = x - sigma * eps                                 (one Euler step from sigma_max down to 0)
+        saved = x0 / vae.scaling_factor                         (ComfyUI keeps latents unscaled: 0.13025)
+
+    ``cond`` is ``encode(pipe, prompt)`` with add_time_ids [h, w, 0, 0, h, w] (the image size in pixels). The same
+    step is what KolorsPipeline does for ``timesteps=[1099], guidance_scale=1.0, output_type="latent"`` (its result
+    is x0, before the division); tests/unit/test_kolors_fixtures.py checks that."""
+    sigma = scheduler_sigmas(pipe)[-1].to(torch.float64)
+    timestep = pipe.scheduler.config.num_train_timesteps - 1
+    embeds, pooled = encode(pipe, prompt)
+    batch = noise.shape[0]
+    if embeds.shape[0] != batch:
+        embeds, pooled = embeds.repeat(batch, 1, 1), pooled.repeat(batch, 1)
+    scale = float((1 + sigma ** 2).sqrt())
+    x = noise.to(torch.float32) * scale
+    eps = unet_eps(pipe, x / scale, timestep, embeds, pooled, height, width).to(torch.float32)
+    x0 = x - float(sigma) * eps
+    return x0 / pipe.vae.config.scaling_factor
 
 
 def fixture_config(name: str) -> dict:
     """One of the real Kolors configs in tests/fixtures/kolors (unet_config.json, text_encoder_config.json,
     vae_config.json, scheduler_config.json)."""
     return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
+
+
+def _real_unet_config() -> dict:
+    return {k: v for k, v in fixture_config("unet_config.json").items() if not k.startswith("_")}
+
+
+def real_kolors_unet_keys() -> dict[str, tuple[int, ...]]:
+    """{diffusers key: shape} of the real Kolors UNet (2.6 B parameters), built from the real unet/config.json on
+    the meta device: no memory, no weights. These are the key names of ``unet/diffusion_pytorch_model*.safetensors``
+    and of the single UNet file users keep in models/unet."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(_real_unet_config())
+    return {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+
+
+def real_chatglm3_keys(prefix: str = "transformer.") -> dict[str, tuple[int, ...]]:
+    """{key: shape} of the real ChatGLM3-6B text encoder (real text_encoder/config.json, meta device). With the
+    default prefix these are the keys of the repository's pickled shards (ChatGLM3's own checkpoint naming); with
+    ``prefix=""`` those of ChatGLMModel's state dict, which is how ``chatglm3-fp16.safetensors`` names them."""
+    from diffusers.pipelines.kolors.text_encoder import ChatGLMConfig, ChatGLMModel
+
+    config = ChatGLMConfig(**{k: v for k, v in fixture_config("text_encoder_config.json").items()
+                              if k not in ("auto_map", "architectures", "_name_or_path")})
+    with torch.device("meta"):
+        model = ChatGLMModel(config)
+    return {f"{prefix}{k}": tuple(v.shape) for k, v in model.state_dict().items()}
