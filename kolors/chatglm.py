@@ -243,7 +243,8 @@ class ChatGLM3(nn.Module):
                 position_ids: torch.Tensor | None = None, intermediate_output: int = -2,
                 embeds: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """input_ids, attention_mask (1 = token, 0 = padding), position_ids: [B, L] as
-        :meth:`ChatGLM3Tokenizer.batch` makes them (None: no padding, positions 0..L-1). ``embeds`` [B, L, H]
+        :meth:`ChatGLM3Tokenizer.batch` makes them (attention_mask None: no padding; position_ids None: counted
+        from the attention mask as the tokenizer counts them with left padding). ``embeds`` [B, L, H]
         replaces the embedding lookup; ``dtype`` is the compute dtype (default: the embedding's).
 
         Returns (context [B, L, H], pooled [B, H]): context = hidden state ``intermediate_output`` of the
@@ -259,7 +260,10 @@ class ChatGLM3(nn.Module):
         if not 0 <= wanted <= n:
             raise ValueError(f"intermediate_output {intermediate_output}: ChatGLM3 has hidden states 0..{n} "
                              f"(or -{n + 1}..-1)")
-        if position_ids is None:
+        if position_ids is None and attention_mask is not None:
+            # what the tokenizer gives with left padding: 0 on the padding, 0, 1, 2... on the tokens
+            position_ids = (attention_mask.to(x.device).long().cumsum(-1) - 1).clamp(min=0)
+        elif position_ids is None:
             position_ids = torch.arange(length, device=x.device).expand(b, length)
         rope = _rope(position_ids.to(x.device), self.config.head_dim, self.config.rope_base, x.dtype)
         # like the reference: no padding -> plain causal attention
