@@ -142,7 +142,8 @@ def find_kolors_folder(root: str | os.PathLike, prefer_fp16: bool = True) -> Kol
     if tokenizer is None:
         raise KolorsFolderError(f"{root}: no {TOKENIZER_FILE} in tokenizer/ or text_encoder/; put the ChatGLM3 "
                                 f"tokenizer file of Kwai-Kolors/Kolors (text_encoder/{TOKENIZER_FILE}) there")
-    layout = "diffusers" if (root / "tokenizer").is_dir() and (root / "model_index.json").is_file() else "kolors"
+    # the repository keeps ChatGLM3 as pickled shards; diffusers' save_pretrained writes safetensors
+    layout = "kolors" if all(f.suffix == ".bin" for f in te) else "diffusers"
     return KolorsFolder(root, layout, unet, vae, te, tokenizer, configs)
 
 
@@ -231,7 +232,7 @@ def chatglm_config_for_file(path: Path, sd: dict[str, torch.Tensor]) -> dict:
 
 def find_tokenizer_for_file(path: Path, kolors_folders: list[Path]) -> Path:
     """ChatGLM3's tokenizer.model for a single text-encoder file: beside it, else in a Kolors folder."""
-    candidates = [Path(path).parent / TOKENIZER_FILE]
+    candidates = [Path(path).parent / TOKENIZER_FILE, Path(path).parent / "tokenizer" / TOKENIZER_FILE]
     for folder in kolors_folders:
         candidates += [folder / "text_encoder" / TOKENIZER_FILE, folder / "tokenizer" / TOKENIZER_FILE]
     found = next((c for c in candidates if c.is_file()), None)

@@ -139,3 +139,47 @@ def test_prompt_past_256_tokens_warns_what_was_cut(comfy, comfy_server, kolors_f
     comfy.run(g.finalize())
     log = comfy_server.log_text()
     assert "Kolors prompt is" in log and "past ChatGLM3's 256: the end was cut" in log
+
+
+def _one_step_latent(comfy, comfy_server, model_source, clip_source, tag: str) -> torch.Tensor:
+    """One KSampler step (seed 5, cfg 1) from the given (node, output) MODEL and CLIP, saved by core SaveLatent."""
+    g = new_graph()
+    model_node = g.node(model_source[0], **model_source[1])
+    clip_node = model_node if clip_source is None else g.node(clip_source[0], **clip_source[1])
+    positive = g.node("CLIPTextEncode", text=RECIPE_PROMPT, clip=clip_node.out(1 if clip_source is None else 0))
+    latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=1)
+    sampler = g.node("KSampler", model=model_node.out(0), positive=positive.out(0), negative=positive.out(0),
+                     latent_image=latent.out(0), seed=5, steps=1, cfg=1.0, sampler_name="euler", scheduler="normal",
+                     denoise=1.0)
+    g.node("SaveLatent", samples=sampler.out(0), filename_prefix=f"latents/{tag}")
+    comfy.run(g.finalize())
+    return _latest_latent(comfy_server, tag)
+
+
+def test_single_files_give_the_folders_numbers(comfy, comfy_server, kolors_folders):
+    """The UNet file in models/diffusion_models (diffusers names, config.json beside it) and chatglm3-fp16.safetensors
+    in models/text_encoders (config.json and tokenizer.model beside it) give the folder's latent."""
+    import shutil
+
+    from harness.kolors_models import tiny_kolors_single_files
+
+    files = tiny_kolors_single_files()
+    folder = tiny_kolors("kolors", "fp16")
+    unet_dir = comfy_server.models_dir / "diffusion_models" / "kolors-single"
+    te_dir = comfy_server.models_dir / "text_encoders" / "kolors-single"
+    for d in (unet_dir, te_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(files["unet"], unet_dir / files["unet"].name)
+    shutil.copyfile(folder / "unet" / "config.json", unet_dir / "config.json")
+    shutil.copyfile(files["chatglm3"], te_dir / files["chatglm3"].name)
+    shutil.copyfile(files["text_encoder_config"], te_dir / "config.json")
+    shutil.copyfile(files["tokenizer"] / "tokenizer.model", te_dir / "tokenizer.model")
+
+    loader = ("AestheteKolorsLoader", dict(kolors=kolors_folders["kolors"], dtype="fp32", text_encoder_device="default"))
+    from_folder = _one_step_latent(comfy, comfy_server, loader, None, "kolors-folder")
+    singles = _one_step_latent(
+        comfy, comfy_server,
+        ("AestheteKolorsUNetLoader", dict(unet_name=f"kolors-single/{files['unet'].name}", dtype="fp32")),
+        ("AestheteChatGLM3Loader", dict(text_encoder=f"kolors-single/{files['chatglm3'].name}", dtype="fp32",
+                                        device="default")), "kolors-singles")
+    assert torch.allclose(singles, from_folder, atol=1e-5, rtol=1e-5)

@@ -84,3 +84,25 @@ def test_fp8_text_encoder_halves_the_weights_and_stays_close():
     fp16_bytes, fp8_bytes = result["bytes"]
     assert fp8_bytes * 2 <= fp16_bytes * 1.01
     assert result["rel_fp16"] < result["rel_fp8"] < 0.1
+
+
+def test_vae_decode_equals_the_reference():
+    """ComfyUI's VAE class, configured by our loader from vae/config.json, decodes as diffusers' AutoencoderKL does."""
+    folder = tiny_kolors("kolors", "fp32")
+    result = run_in_comfy(f"""
+        import sys, torch
+        sys.path.insert(0, {str(TESTS)!r})
+        from harness.kolors_reference import load_pipeline
+        from aesthete.kolors.folder import find_kolors_folder
+        from aesthete.nodes.kolors_model import kolors_vae
+        f = find_kolors_folder({str(folder)!r}, prefer_fp16=False)
+        vae = kolors_vae(f.vae_files, f.vae_config)
+        pipe = load_pipeline({str(folder)!r}, torch.float32)
+        latent = torch.randn(1, 4, 8, 12, generator=torch.manual_seed(5))
+        ours = vae.decode(latent)
+        with torch.no_grad():
+            ref = ((pipe.vae.decode(latent).sample + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+        answer({{"shape": list(ours.shape), "diff": (ours.float() - ref).abs().max().item()}})
+    """)
+    assert result["shape"] == [1, 64, 96, 3]
+    assert result["diff"] < 1e-4, result["diff"]

@@ -32,6 +32,7 @@ def test_both_layouts_are_found_with_their_weights_and_tokenizer(layout):
     assert found.tokenizer_model.name == "tokenizer.model"
     assert found.unet_files and found.vae_files and found.text_encoder_files
     assert found.unet_config["encoder_hid_dim_type"] == "text_proj"
+    assert found.layout == layout
     if layout == "kolors":
         assert all(f.suffix == ".bin" for f in found.text_encoder_files) and len(found.text_encoder_files) >= 2
 
