@@ -183,3 +183,34 @@ def test_single_files_give_the_folders_numbers(comfy, comfy_server, kolors_folde
         ("AestheteChatGLM3Loader", dict(text_encoder=f"kolors-single/{files['chatglm3'].name}", dtype="fp32",
                                         device="default")), "kolors-singles")
     assert torch.allclose(singles, from_folder, atol=1e-5, rtol=1e-5)
+
+
+def test_train_lora_takes_the_kolors_model_clip_and_vae(comfy, comfy_server, kolors_folders):
+    """Train LoRA on the Kolors loader's outputs, unchanged: captions encoded by ChatGLM3, the loss is finite, the
+    saved file loads in core LoraLoaderModelOnly on the Kolors MODEL with every key mapped."""
+    from harness.training_data import write_pattern_folder
+
+    write_pattern_folder(comfy_server.input_dir / "kolors_pattern", count=2)
+    g = new_graph()
+    loader = g.node("AestheteKolorsLoader", kolors=kolors_folders["kolors"], dtype="fp32",
+                    text_encoder_device="default")
+    data = g.node("AestheteLoraDataset", folder="kolors_pattern", resolution=64, crop_mode="center crop",
+                  trigger_word="ptn", keep_first_tags=1, shuffle_tags=False, caption_dropout=0.0, repeats=1,
+                  require_captions=True, allow_outside_input=False, seed=0)
+    train = g.node("AestheteTrainLora", model=loader.out(0), clip=loader.out(1), vae=loader.out(2),
+                   dataset=data.out(0), epochs=2, rank=4, alpha=4.0, learning_rate=1e-3, batch_size=2,
+                   grad_accumulation=1, optimizer="AdamW", lr_schedule="constant", warmup_steps=0, seed=0,
+                   precision="fp32", gradient_checkpointing=False, target_layers="attention q,k,v,out",
+                   save_every_n_epochs=0, checkpoint_name="kolors_test/checkpoint", resume_from="[None]")
+    g.node("AestheteSaveLora", lora=train.out(1), name_prefix="kolors_test/pattern", precision="fp32",
+           diffsynth_copy=False)
+    comfy.run(g.finalize(), timeout=480)
+    saved = comfy_server.models_dir / "loras" / "kolors_test" / "pattern_00001.safetensors"
+    assert saved.exists()
+    before = comfy_server.log_text().count("lora key not loaded")
+    g, nodes = sample_graph(kolors_folders["kolors"], RECIPE_PROMPT, steps=1, batch=1, prefix="k-trained")
+    lora = g.node("LoraLoaderModelOnly", model=g.lookup_node("1").out(0), lora_name="kolors_test/pattern_00001.safetensors",
+                  strength_model=1.0)
+    nodes["sampler"].set_input("model", lora.out(0))
+    comfy.run(g.finalize())
+    assert comfy_server.log_text().count("lora key not loaded") == before
