@@ -201,7 +201,7 @@ class _Transformer(nn.Module):
         self.encoder = _Encoder(cfg, device, dtype, ops)
 
 
-def _attention_mask(attention_mask: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+def _attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """The reference's mask (ChatGLMPreTrainedModel.get_masks), as bool [B, 1, Lq, L], True = may attend.
 
     A real token attends causally to the real tokens; a padding position attends to EVERY position, the
@@ -211,8 +211,6 @@ def _attention_mask(attention_mask: torch.Tensor, rows: slice | None = None) -> 
     length = valid.shape[-1]
     causal = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril_()
     mask = (causal[None] & valid[:, None, :]) | ~valid[:, :, None]
-    if rows is not None:
-        mask = mask[:, rows]
     return mask[:, None]
 
 
@@ -245,7 +243,8 @@ class ChatGLM3(nn.Module):
         """input_ids, attention_mask (1 = token, 0 = padding), position_ids: [B, L] as
         :meth:`ChatGLM3Tokenizer.batch` makes them (attention_mask None: no padding; position_ids None: counted
         from the attention mask as the tokenizer counts them with left padding). ``embeds`` [B, L, H]
-        replaces the embedding lookup; ``dtype`` is the compute dtype (default: the embedding's).
+        replaces the embedding lookup; ``dtype`` is the compute dtype (default: the embedding's; another one
+        needs operations that cast the weights, such as ``comfy.ops.manual_cast``).
 
         Returns (context [B, L, H], pooled [B, H]): context = hidden state ``intermediate_output`` of the
         reference's ``hidden_states`` tuple (embeddings, then each layer's output, all before the final
@@ -269,7 +268,7 @@ class ChatGLM3(nn.Module):
         # like the reference: no padding -> plain causal attention
         padded = attention_mask is not None and not bool(attention_mask.all())
         mask = _attention_mask(attention_mask.to(x.device)) if padded else None
-        last_mask = _attention_mask(attention_mask.to(x.device), slice(length - 1, length)) if padded else None
+        last_mask = mask[:, :, -1:] if padded else None
 
         context = x if wanted == 0 else None
         layers = self.transformer.encoder.layers

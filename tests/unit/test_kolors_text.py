@@ -299,3 +299,27 @@ def test_a_broken_tokenizer_file_is_named(tmp_path):
         ChatGLM3Tokenizer.from_file(bad)
     with pytest.raises(FileNotFoundError, match="missing.model"):
         ChatGLM3Tokenizer.from_file(tmp_path / "missing.model")
+
+
+# Kolors's text_encoder/config.json (ChatGLM3-6B-base), the fields that decide the weights' names and shapes
+KOLORS_TEXT_ENCODER_CONFIG = dict(num_layers=28, hidden_size=4096, ffn_hidden_size=13696, kv_channels=128,
+                                  num_attention_heads=32, multi_query_attention=True, multi_query_group_num=2,
+                                  padded_vocab_size=65024, seq_length=32768, add_qkv_bias=True, add_bias_linear=False,
+                                  rmsnorm=True, post_layer_norm=True, apply_residual_connection_post_layernorm=False,
+                                  layernorm_epsilon=1e-5, original_rope=True, use_cache=True)
+
+
+def test_the_full_size_key_and_shape_list_is_the_references():
+    """Built on the meta device: no weights, only names and shapes."""
+    from diffusers.pipelines.kolors.text_encoder import ChatGLMConfig, ChatGLMModel
+
+    with torch.device("meta"):
+        reference = ChatGLMModel(ChatGLMConfig(**KOLORS_TEXT_ENCODER_CONFIG))
+        ours = ChatGLM3(KOLORS_TEXT_ENCODER_CONFIG)
+    expected = {"transformer." + k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    assert {k: v for k, v in expected.items() if k not in IGNORED_KEYS} == shapes
+    assert len(shapes) == 2 + 28 * 7
+    assert expected["transformer.output_layer.weight"] == (65024, 4096)
+    # 5.98 B parameters: ChatGLM3-6B without its LM head (0.27 B)
+    assert 5.9e9 < sum(p.numel() for p in ours.parameters()) < 6.1e9
