@@ -214,3 +214,56 @@ def test_train_lora_takes_the_kolors_model_clip_and_vae(comfy, comfy_server, kol
     nodes["sampler"].set_input("model", lora.out(0))
     comfy.run(g.finalize())
     assert comfy_server.log_text().count("lora key not loaded") == before
+
+
+def test_sampler_custom_with_basic_scheduler_gives_the_ksampler_latent(comfy, comfy_server, kolors_folders):
+    g = new_graph()
+    loader = g.node("AestheteKolorsLoader", kolors=kolors_folders["kolors"], dtype="fp32",
+                    text_encoder_device="default")
+    positive = g.node("CLIPTextEncode", text=RECIPE_PROMPT, clip=loader.out(1))
+    latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=1)
+    sampler = g.node("KSampler", model=loader.out(0), positive=positive.out(0), negative=positive.out(0),
+                     latent_image=latent.out(0), seed=5, steps=2, cfg=1.0, sampler_name="euler", scheduler="normal",
+                     denoise=1.0)
+    g.node("SaveLatent", samples=sampler.out(0), filename_prefix="latents/kolors-ksampler")
+    sigmas = g.node("BasicScheduler", model=loader.out(0), scheduler="normal", steps=2, denoise=1.0)
+    select = g.node("KSamplerSelect", sampler_name="euler")
+    custom = g.node("SamplerCustom", model=loader.out(0), add_noise=True, noise_seed=5, cfg=1.0,
+                    positive=positive.out(0), negative=positive.out(0), sampler=select.out(0), sigmas=sigmas.out(0),
+                    latent_image=latent.out(0))
+    g.node("SaveLatent", samples=custom.out(0), filename_prefix="latents/kolors-custom")
+    comfy.run(g.finalize())
+    ksampler, custom_latent = _latest_latent(comfy_server, "kolors-ksampler"), _latest_latent(comfy_server,
+                                                                                              "kolors-custom")
+    assert torch.allclose(ksampler, custom_latent, atol=1e-5, rtol=1e-5)
+
+
+def test_prompt_weights_are_parsed_and_applied_as_clip_text_encode_does():
+    """``(ganyu:1.3)``: the weight reaches exactly the tokens of "ganyu", and their context rows move away from the
+    empty prompt's by that factor (ComfyUI's ClipTokenWeightEncoder rule); the unweighted rows stay. (Each weighted
+    segment is tokenized on its own, as ComfyUI's tokenizers do, so the same tokens at weight 1 are the baseline.)"""
+    from harness.in_comfy import run_in_comfy
+
+    folder = tiny_kolors("kolors", "fp32")
+    result = run_in_comfy(f"""
+        import torch
+        from aesthete.kolors.folder import find_kolors_folder
+        from aesthete.nodes.kolors_model import kolors_clip
+        f = find_kolors_folder({str(folder)!r}, prefer_fp16=False)
+        clip = kolors_clip(f.text_encoder_files, f.text_encoder_config, f.tokenizer_model, "fp32", "cpu")
+        tokens = clip.tokenize("blue hair, (ganyu:1.3)")
+        weighted = tokens["chatglm3"][0]
+        plain = [(t, 1.0) for t, _ in weighted]
+        c_plain = clip.encode_from_tokens({{"chatglm3": [plain]}})
+        c_weighted = clip.encode_from_tokens(tokens)
+        ganyu = clip.tokenize("ganyu")["chatglm3"][0][-len([w for _, w in weighted if w != 1.0]):]
+        c_empty = clip.encode_from_tokens(clip.tokenize(""))
+        rows = [i for i, (t, w) in enumerate(weighted) if w != 1.0]
+        others = [i for i in range(len(weighted)) if i not in rows]
+        expect = (c_plain[0, rows] - c_empty[0, rows]) * 1.3 + c_empty[0, rows]
+        answer({{"ids_equal": [t for t, _ in ganyu] == [t for t, w in weighted if w != 1.0], "rows": len(rows),
+                 "weighted": (c_weighted[0, rows] - expect).abs().max().item(),
+                 "others": (c_weighted[0, others] - c_plain[0, others]).abs().max().item()}})
+    """)
+    assert result["ids_equal"] and result["rows"] >= 1
+    assert result["weighted"] < 1e-5 and result["others"] < 1e-6
