@@ -1,9 +1,11 @@
 """Getting Kolors onto disk: ``Kwai-Kolors/Kolors`` from ModelScope first, Hugging Face second, only the files the
-loader reads, into a temporary folder that is renamed into place when complete (an interrupted download never
+loader reads, one file at a time (the node's progress bar counts them; each library shows its own byte progress in
+the console), into a temporary folder that is renamed into place when complete (an interrupted download never
 leaves half a model). Offline, a fast error names the files and the folder to put them in."""
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import shutil
@@ -31,24 +33,40 @@ Progress = Callable[[int, int, str], None]
 Fetcher = Callable[[Path, Progress], None]
 
 
+def wanted_files(names: list[str]) -> list[str]:
+    """The repository files the loader reads, in the order of FILE_PATTERNS."""
+    return [n for pattern in FILE_PATTERNS for n in sorted(names) if fnmatch.fnmatchcase(n, pattern)]
+
+
+def _download_each(files: list[str], download: Callable[[str], object], source: str, progress: Progress) -> None:
+    if not files:
+        raise FileNotFoundError(f"{source} lists none of the files the loader needs")
+    for i, name in enumerate(files):
+        progress(i, len(files), f"{source}: {name}")
+        download(name)
+    progress(len(files), len(files), source)
+
+
 def fetch_from_modelscope(dest: Path, progress: Progress) -> None:
     if offline_forced() or not host_reachable("www.modelscope.cn"):
         raise ConnectionError("ModelScope is not reachable")
-    from modelscope import snapshot_download
+    from modelscope.hub.api import HubApi
+    from modelscope.hub.file_download import model_file_download
 
-    progress(0, 1, f"ModelScope {KOLORS_REPO}")
-    snapshot_download(KOLORS_REPO, local_dir=str(dest), allow_patterns=FILE_PATTERNS)
-    progress(1, 1, f"ModelScope {KOLORS_REPO}")
+    files = wanted_files([f["Path"] for f in HubApi().get_model_files(KOLORS_REPO, recursive=True)
+                          if f.get("Type") != "tree"])
+    _download_each(files, lambda name: model_file_download(KOLORS_REPO, name, local_dir=str(dest)), "ModelScope",
+                   progress)
 
 
 def fetch_from_huggingface(dest: Path, progress: Progress) -> None:
     if offline_forced() or not host_reachable("huggingface.co"):
         raise ConnectionError("Hugging Face is not reachable")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, hf_hub_download
 
-    progress(0, 1, f"Hugging Face {KOLORS_REPO}")
-    snapshot_download(KOLORS_REPO, local_dir=str(dest), allow_patterns=FILE_PATTERNS)
-    progress(1, 1, f"Hugging Face {KOLORS_REPO}")
+    files = wanted_files(HfApi().list_repo_files(KOLORS_REPO))
+    _download_each(files, lambda name: hf_hub_download(KOLORS_REPO, name, local_dir=str(dest)), "Hugging Face",
+                   progress)
 
 
 DEFAULT_FETCHERS: list[tuple[str, Fetcher]] = [("ModelScope", fetch_from_modelscope),

@@ -14,7 +14,7 @@ import torch
 from harness.kolors_models import tiny_kolors
 
 from aesthete.kolors import configs
-from aesthete.kolors.download import FILE_PATTERNS, ensure_kolors
+from aesthete.kolors.download import FILE_PATTERNS, ensure_kolors, wanted_files
 from aesthete.kolors.folder import KolorsFolderError, chatglm_config_for_file, find_kolors_folder, read_weights
 
 
@@ -157,3 +157,16 @@ def test_single_chatglm_file_config_comes_from_its_weights(tmp_path):
     quantized = dict(sd, **{"transformer.encoder.layers.0.mlp.dense_4h_to_h.weight_scale": torch.ones(1)})
     with pytest.raises(KolorsFolderError, match="quantized"):
         chatglm_config_for_file(tmp_path / "chatglm3-8bit.safetensors", quantized)
+
+
+def test_only_the_files_the_loader_reads_are_downloaded():
+    listing = ["README.md", "imgs/demo.png", "model_index.json", "unet/config.json",
+               "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+               "vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors", "scheduler/scheduler_config.json",
+               "text_encoder/config.json", "text_encoder/modeling_chatglm.py", "text_encoder/tokenizer.model",
+               "text_encoder/tokenizer_config.json", "text_encoder/pytorch_model.bin.index.json",
+               *[f"text_encoder/pytorch_model-0000{i}-of-00007.bin" for i in range(1, 8)]]
+    files = wanted_files(listing)
+    assert "unet/diffusion_pytorch_model.safetensors" not in files  # the fp32 copy (10 GB) is not needed
+    assert not any(f.endswith(".py") or f.startswith("imgs/") or f == "README.md" for f in files)
+    assert len(files) == 9 + 7 and files[0] == "unet/config.json"
