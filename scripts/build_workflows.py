@@ -38,13 +38,18 @@ DOCS_IMAGES = REPO / "docs" / "images"
 
 PREDICTOR = "aesthetics-predictor-v2-sac-logos-ava1-l14-linearMSE"
 SD15 = "v1-5-pruned-emaonly.safetensors"
-SDXL = "sd_xl_base_1.0.safetensors"
-DIFFSYNTH_LORA = "diffsynth_sdxl_lora.ckpt"
+KOLORS = "Kolors"  # AestheteKolorsLoader's default: models/kolors/Kolors, downloaded on first use
+DIFFSYNTH_LORA = "diffsynth_kolors_lora.ckpt"
 SEED = 20241125
+# the recipe's own prompt, written through the Prompt Composer's fields in the recipe's order; joined with "，"
+# (the composer's choice for Chinese) it is exactly 二次元，genshin，genshin impact，ganyu，蓝发少女，白色背景
+RECIPE_FIELDS = {"style": "二次元", "character": "genshin，genshin impact，ganyu，蓝发少女", "scene": "白色背景"}
+KOLORS_CFG = 5.0  # KolorsPipeline's default guidance
 
 # output ids in declaration order, where the frontend shows only the type (for links by name)
 OUTPUT_IDS = {
     "CheckpointLoaderSimple": ["MODEL", "CLIP", "VAE"],
+    "AestheteKolorsLoader": ["MODEL", "CLIP", "VAE"],
     "AesthetePromptComposer": ["prompt", "fields", "token_report"],
     "AestheteNegativePrompt": ["negative"],
     "AestheteScore": ["scores", "mean", "summary"],
@@ -65,6 +70,13 @@ PREDICTOR_FILES = (
     f"  or https://modelscope.cn/models/AI-ModelScope/{PREDICTOR}\n"
     "  (downloaded there on the first run when ComfyUI is online)\n"
     f"  美学评分模型放在 models/aesthetic/{PREDICTOR}/（联网时首次运行自动下载）")
+
+KOLORS_FILES = (
+    f"• models/kolors/{KOLORS}/ : the Kwai-Kolors/Kolors repository's unet/, vae/, scheduler/ and text_encoder/ "
+    "(ChatGLM3 with its tokenizer files), as ModelScope, Hugging Face or DiffSynth-Studio leave it; downloaded "
+    "there on the first run when ComfyUI is online (about 18 GB). A Kolors-diffusers folder in models/diffusers "
+    "works too: pick it in the Kolors Loader\n"
+    f"  Kolors 模型放在 models/kolors/{KOLORS}/（unet、vae、scheduler、text_encoder；联网时首次运行自动下载）")
 
 
 class Builder:
@@ -95,13 +107,16 @@ def note(b: Builder, title: str, text: str) -> str:
     return b.add("note", "Note", {"text": text}, title=title, size=(520, 360))
 
 
-def prompt_nodes(b: Builder, clip_src: tuple[str, str]) -> None:
+EXAMPLE_FIELDS = {"style": "masterpiece, best quality, watercolor", "character": "a red fox", "view_angle": "from side",
+                  "shot": "full body", "pose": "sitting", "scene": "snowy birch forest", "time": "dusk",
+                  "weather": "light snow", "objects": "lanterns"}
+
+
+def prompt_nodes(b: Builder, clip_src: tuple[str, str], fields: dict | None = None,
+                 negative: str = "recipe-en") -> None:
     """Composer (recipe order) and negative preset, each into a CLIPTextEncode."""
-    b.add("composer", "AesthetePromptComposer", {
-        "style": "masterpiece, best quality, watercolor", "character": "a red fox", "view_angle": "from side",
-        "shot": "full body", "pose": "sitting", "scene": "snowy birch forest", "time": "dusk",
-        "weather": "light snow", "objects": "lanterns"})
-    b.add("negative", "AestheteNegativePrompt", {"preset": "recipe-en"})
+    b.add("composer", "AesthetePromptComposer", dict(fields or EXAMPLE_FIELDS))
+    b.add("negative", "AestheteNegativePrompt", {"preset": negative})
     b.add("positive_text", "CLIPTextEncode", title="Positive")
     b.add("negative_text", "CLIPTextEncode", title="Negative")
     b.link(*clip_src, "composer", "clip")  # shows the token count
@@ -111,8 +126,9 @@ def prompt_nodes(b: Builder, clip_src: tuple[str, str]) -> None:
     b.link("negative", "negative", "negative_text", "text")
 
 
-def sampler(b: Builder, key: str, model_src: tuple[str, str], latent: str, title: str | None = None) -> str:
-    b.add(key, "KSampler", {"seed": SEED, "control_after_generate": "fixed", "steps": 25, "cfg": 7.0,
+def sampler(b: Builder, key: str, model_src: tuple[str, str], latent: str, title: str | None = None,
+            cfg: float = 7.0) -> str:
+    b.add(key, "KSampler", {"seed": SEED, "control_after_generate": "fixed", "steps": 25, "cfg": cfg,
                             "sampler_name": "dpmpp_2m", "scheduler": "karras"}, title=title)
     b.link(*model_src, key, "model")
     b.link("positive_text", 0, key, "positive")
@@ -122,11 +138,11 @@ def sampler(b: Builder, key: str, model_src: tuple[str, str], latent: str, title
 
 
 def decode_and_score(b: Builder, sampler_key: str, decode: str = "decode", score: str = "score",
-                     title: str | None = None) -> None:
+                     title: str | None = None, vae_src: tuple[str, str] = ("checkpoint", "VAE")) -> None:
     """VAEDecode of a sampler's latent (the checkpoint's VAE), scored by the predictor node."""
     b.add(decode, "VAEDecode")
     b.link(sampler_key, 0, decode, "samples")
-    b.link("checkpoint", "VAE", decode, "vae")
+    b.link(*vae_src, decode, "vae")
     b.add(score, "AestheteScore", title=title)
     b.link("predictor", 0, score, "predictor")
     b.link(decode, 0, score, "images")
@@ -266,44 +282,91 @@ def train_then_compare() -> WorkflowSpec:
 def use_a_diffsynth_lora() -> WorkflowSpec:
     b = Builder("4-use-a-diffsynth-lora")
     note(b, "Models · 模型", (
-        "Aesthete 4 · Use a DiffSynth LoRA (使用 DiffSynth LoRA)\n\n"
+        "Aesthete 4 · Use a DiffSynth LoRA on Kolors (在 Kolors 上使用 DiffSynth LoRA)\n\n"
         "Put these files in place, then press R (refresh) and Queue:\n"
-        f"• models/checkpoints/{SDXL} : Stable Diffusion XL base 1.0\n"
-        f"• models/loras/{DIFFSYNTH_LORA} : a LoRA trained with DiffSynth-Studio 1.x for SDXL (its Lightning "
+        f"{KOLORS_FILES}\n"
+        f"• models/loras/{DIFFSYNTH_LORA} : a Kolors LoRA trained with DiffSynth-Studio 1.x (its Lightning "
         "checkpoint, e.g. lightning_logs/version_0/checkpoints/epoch=4-step=500.ckpt, renamed). DiffSynth stores no "
         "alpha: set the loader's alpha to the lora_alpha you trained with (the recipe: 4). The loader reads .ckpt "
-        "files without running pickled code and shows how many tensors it placed.\n"
-        "  A DiffSynth Kolors LoRA loads the same way on a Kolors model (its ChatGLM3 text encoder needs a Kolors "
-        "loader pack; core ComfyUI has none).\n"
+        "files without running pickled code and shows how many tensors it placed. An SDXL LoRA from DiffSynth loads "
+        "the same way on an SDXL checkpoint.\n"
         f"{PREDICTOR_FILES}\n"
-        "把 DiffSynth-Studio 1.x 训练的 SDXL LoRA（.ckpt）放进 models/loras，alpha 填训练时的 lora_alpha（配方为 4）。"))
-    b.add("checkpoint", "CheckpointLoaderSimple", {"ckpt_name": SDXL})
+        f"把 DiffSynth-Studio 1.x 训练的 Kolors LoRA（.ckpt）放进 models/loras，alpha 填训练时的 lora_alpha（配方为 4）。"))
+    b.add("kolors", "AestheteKolorsLoader", {"kolors": KOLORS, "dtype": "auto", "text_encoder_device": "default"})
     b.add("lora", "AestheteLoraLoader", {"lora_name": DIFFSYNTH_LORA, "strength_model": 1.0, "strength_clip": 1.0,
                                          "alpha": 4.0})
-    b.link("checkpoint", "MODEL", "lora", "model")
-    b.link("checkpoint", "CLIP", "lora", "clip")
+    b.link("kolors", "MODEL", "lora", "model")
+    b.link("kolors", "CLIP", "lora", "clip")
     b.add("predictor", "AesthetePredictorLoader", {"model": PREDICTOR})
     prompt_nodes(b, ("lora", "CLIP"))
     b.add("latent", "EmptyLatentImage", {"width": 1024, "height": 1024, "batch_size": 4}, title="Batch of 4")
-    sampler(b, "sampler", ("lora", "MODEL"), "latent")
-    decode_and_score(b, "sampler")
+    sampler(b, "sampler", ("lora", "MODEL"), "latent", cfg=KOLORS_CFG)
+    decode_and_score(b, "sampler", vae_src=("kolors", "VAE"))
     b.add("save", "AestheteSaveScored", {"mode": "save", "draw_score": True, "filename_prefix": "Aesthete/lora",
                                          "model_name": PREDICTOR}, title="Saved with scores")
     b.link("decode", 0, "save", "images")
     b.link("score", "scores", "save", "scores")
     groups = [
-        Group("Model, LoRA · 模型", ["checkpoint", "lora", "predictor"], COLORS["models"]),
+        Group("Kolors, LoRA · 模型", ["kolors", "lora", "predictor"], COLORS["models"]),
         Group("Prompt · 提示词", ["composer", "negative"], COLORS["prompt"]),
         Group("Generate · 生成", ["positive_text", "negative_text", "latent", "sampler", "decode"],
               COLORS["generate"]),
         Group("Score, save · 评分", ["score", "save"], COLORS["score"]),
     ]
-    columns = [["note", 120, "checkpoint", "lora", "predictor"], ["composer", "negative"],
+    columns = [["note", 120, "kolors", "lora", "predictor"], ["composer", "negative"],
                ["positive_text", "negative_text", "latent"], ["sampler", "decode"], ["score", "save"]]
     return b.spec(columns, groups)
 
 
-SPECS = (generate_score_rank, score_a_folder, train_then_compare, use_a_diffsynth_lora)
+def kolors_generate_score_rank() -> WorkflowSpec:
+    b = Builder("5-kolors-generate-score-rank")
+    note(b, "Models · 模型", (
+        "Aesthete 5 · Kolors: generate, score, rank (Kolors 生成、评分、排序)\n\n"
+        "Put these files in place, then press R (refresh) and Queue:\n"
+        f"{KOLORS_FILES}\n"
+        f"{PREDICTOR_FILES}\n\n"
+        "The recipe's own Chinese prompt, written field by field in the Prompt Composer (style, character, scene: "
+        "二次元，genshin，genshin impact，ganyu，蓝发少女，白色背景), and its Chinese negative list go through "
+        "Kolors's ChatGLM3 (256 tokens; the composer shows the count). 4 images are scored 1-10 and ranked; the best "
+        "goes to output/Aesthete/kolors_best_*_<score>_.png with the score in the file name and the PNG metadata, "
+        "and every image is previewed with its score drawn on it.\n"
+        "配方自己的中文提示词按字段写进提示词组合器，配方的中文负面词，经 Kolors 的 ChatGLM3 编码；一次生成 4 张，"
+        "逐张打分（1-10）并排序，最好的一张连同分数保存，所有图的预览都标出分数。"))
+    b.add("kolors", "AestheteKolorsLoader", {"kolors": KOLORS, "dtype": "auto", "text_encoder_device": "default"})
+    b.add("predictor", "AesthetePredictorLoader", {"model": PREDICTOR})
+    prompt_nodes(b, ("kolors", "CLIP"), RECIPE_FIELDS, negative="recipe-zh")
+    b.add("latent", "EmptyLatentImage", {"width": 1024, "height": 1024, "batch_size": 4}, title="Batch of 4")
+    sampler(b, "sampler", ("kolors", "MODEL"), "latent", cfg=KOLORS_CFG)
+    decode_and_score(b, "sampler", vae_src=("kolors", "VAE"))
+    b.add("rank", "AestheteRank", {"top_k": 1, "min_score": 0.0})
+    b.link("decode", 0, "rank", "images")
+    b.link("score", "scores", "rank", "scores")
+    b.add("previews", "AestheteSaveScored", {"mode": "preview", "draw_score": True,
+                                              "filename_prefix": "Aesthete/kolors_all"}, title="All 4, with scores")
+    b.link("decode", 0, "previews", "images")
+    b.link("score", "scores", "previews", "scores")
+    b.add("save_best", "AestheteSaveScored", {"mode": "save", "draw_score": True,
+                                               "filename_prefix": "Aesthete/kolors_best", "score_in_filename": True,
+                                               "score_in_metadata": True, "model_name": PREDICTOR},
+          title="Best, saved with its score")
+    b.link("rank", "kept_images", "save_best", "images")
+    b.link("rank", "kept_scores", "save_best", "scores")
+    groups = [
+        Group("Kolors · 模型", ["kolors", "predictor"], COLORS["models"]),
+        Group("Recipe prompt · 配方提示词", ["composer", "negative"], COLORS["prompt"]),
+        Group("Generate 4 · 生成", ["positive_text", "negative_text", "latent", "sampler", "decode"],
+              COLORS["generate"]),
+        Group("Score, rank · 评分排序", ["score", "rank"], COLORS["score"]),
+        Group("Keep the best · 保存最佳", ["previews", "save_best"], COLORS["save"]),
+    ]
+    columns = [["note", 120, "kolors", "predictor"], ["composer", "negative"],
+               ["positive_text", "negative_text", "latent"], ["sampler", "decode"], ["score", "rank"],
+               ["previews", "save_best"]]
+    return b.spec(columns, groups)
+
+
+SPECS = (generate_score_rank, score_a_folder, train_then_compare, use_a_diffsynth_lora,
+         kolors_generate_score_rank)
 
 
 def drop_absent_optional_widgets(spec: WorkflowSpec, object_info: dict) -> None:

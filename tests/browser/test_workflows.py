@@ -2,7 +2,8 @@
 them into exactly the committed API copies, and each API graph runs end to end on the test models.
 
 For the runs, the model names are swapped for the test models (the small random SD1.5 checkpoint, the tiny
-predictor, a DiffSynth LoRA fixture) and the graphs are made cheap for a CPU: 64x64 latents, 2 sampling steps, smaller
+predictor, the tiny Kolors folder, for the LoRA the small Kolors folder whose UNet has the SDXL block layout and
+DiffSynth's own Kolors LoRA fixture) and the graphs are made cheap for a CPU: 64x64 latents, 2 sampling steps, smaller
 batches where the workflow has 4, 64 px training. Everything else runs as committed: the batch of 8, the top 3, the
 dataset's bar of 6 (the tiny predictor is rescaled onto it), 5 epochs, alpha 4. Rebuild the workflows with
 scripts/build_workflows.py.
@@ -29,9 +30,12 @@ REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
 API_DIR = WORKFLOWS / "api"
 ARTIFACTS = Path(__file__).resolve().parents[1] / ".artifacts"
-DIFFSYNTH_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "diffsynth" / "tiny_sd_lora.ckpt"
+# a Kolors LoRA written by DiffSynth-Studio 1.x's own trainer code (scripts/make_diffsynth_fixtures.py): rank 4,
+# no alpha, blocks.7 attention of the SDXL layout at 320 channels with 2048-wide text, as small_kolors's UNet
+DIFFSYNTH_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "diffsynth" / "tiny_kolors_lora.ckpt"
 PACK = "comfyui-aesthete"
-NAMES = ["1-generate-score-rank", "2-score-a-folder", "3-train-then-compare", "4-use-a-diffsynth-lora"]
+NAMES = ["1-generate-score-rank", "2-score-a-folder", "3-train-then-compare", "4-use-a-diffsynth-lora",
+         "5-kolors-generate-score-rank"]
 DATASET = "lora_dataset"  # the folder workflows 2 and 3 read under ComfyUI's input directory
 # the frontend fetches from the internet, which CI machines may not reach: those failures are not the workflow's
 OFFLINE = re.compile(r"net::ERR_(NAME_NOT_RESOLVED|INTERNET_DISCONNECTED|CONNECTION_REFUSED|ADDRESS_UNREACHABLE)")
@@ -59,7 +63,7 @@ def one(graph: dict, class_type: str, title: str | None = None) -> str:
     return ids[0]
 
 
-def for_test_models(graph: dict, ckpt: str, predictor: str, lora: str | None = None) -> dict:
+def for_test_models(graph: dict, ckpt: str, predictor: str, lora: str | None = None, kolors: str | None = None) -> dict:
     """The graph with the user's model names swapped for the test models, and the sampling made CPU-cheap."""
     graph = json.loads(json.dumps(graph))
     for node in graph.values():
@@ -70,6 +74,8 @@ def for_test_models(graph: dict, ckpt: str, predictor: str, lora: str | None = N
             inputs["model"] = predictor
         elif kind == "AestheteLoraLoader":
             inputs["lora_name"] = lora
+        elif kind == "AestheteKolorsLoader":
+            inputs["kolors"] = kolors
         elif kind == "EmptyLatentImage":  # 64x64, and at most 2 images where the workflow makes 4
             inputs.update(width=64, height=64, batch_size=inputs["batch_size"] if inputs["batch_size"] == 8 else 2)
         elif kind == "KSampler":
@@ -122,7 +128,23 @@ def dataset(comfy_server) -> list[Path]:
     return write_dataset(comfy_server.input_dir / DATASET)
 
 
-def test_templates_api_lists_and_serves_the_four_workflows(comfy):
+@pytest.fixture(scope="module")
+def tiny_kolors_folder(comfy_server) -> str:
+    """The tiny Kolors (repository layout, fp16) as the Kolors Loader lists it under models/kolors."""
+    from harness.kolors_models import tiny_kolors
+
+    return comfy_server.link_model("kolors", tiny_kolors("kolors", "fp16"), "aesthete-tiny-kolors")
+
+
+@pytest.fixture(scope="module")
+def small_kolors_folder(comfy_server) -> str:
+    """The small Kolors whose UNet has the full SDXL block layout (DiffSynth Kolors LoRAs fit it)."""
+    from harness.kolors_models import small_kolors
+
+    return comfy_server.link_model("kolors", small_kolors(), "aesthete-small-kolors")
+
+
+def test_templates_api_lists_and_serves_the_workflows(comfy):
     listed = comfy.get("/api/workflow_templates").json()
     assert sorted(listed.get(PACK, [])) == NAMES  # the API copies in workflows/api/ are not templates
     for name in NAMES:
@@ -158,7 +180,8 @@ LAYOUT_JS = """
   notes: window.app.graph._nodes.filter(n => n.type === 'Note').map(n => n.widgets[0].value),
   groups: (window.app.graph._groups || window.app.graph.groups).map(g => [g.title, g.pos[0], g.pos[1]]),
   models: window.app.graph._nodes.flatMap(n => (n.widgets || [])
-    .filter(w => ['ckpt_name', 'lora_name'].includes(w.name) || (n.type === 'AesthetePredictorLoader' && w.name === 'model'))
+    .filter(w => ['ckpt_name', 'lora_name'].includes(w.name) || (n.type === 'AesthetePredictorLoader' && w.name === 'model')
+                 || (n.type === 'AestheteKolorsLoader' && w.name === 'kolors'))
     .map(w => w.value)),
   controls: window.app.graph._nodes.flatMap(n => (n.widgets || []).filter(w => w.name === 'control_after_generate')
                                                                .map(w => [n.type, w.value])),
@@ -308,24 +331,60 @@ def test_train_then_compare_runs(comfy, comfy_server, dataset, sd15_ckpt, predic
         assert len(result.node_output(one(graph, "AestheteSaveScored", f"Images {side}"))["images"]) == 2
 
 
-def test_use_a_diffsynth_lora_runs(comfy, comfy_server, sd15_ckpt, tiny_predictor):
-    lora = f"aesthete-test-diffsynth-{uuid.uuid4().hex[:8]}.ckpt"  # DiffSynth 1.x's own Lightning checkpoint
+def test_use_a_diffsynth_lora_runs(comfy, comfy_server, small_kolors_folder, tiny_predictor):
+    lora = f"aesthete-test-diffsynth-kolors-{uuid.uuid4().hex[:8]}.ckpt"  # DiffSynth 1.x's own Lightning checkpoint
     (comfy_server.models_dir / "loras").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(DIFFSYNTH_FIXTURE, comfy_server.models_dir / "loras" / lora)
-    graph = for_test_models(api_workflow("4-use-a-diffsynth-lora"), sd15_ckpt, tiny_predictor, lora)
+    graph = for_test_models(api_workflow("4-use-a-diffsynth-lora"), "", tiny_predictor, lora, small_kolors_folder)
     lora_id, save_id = one(graph, "AestheteLoraLoader"), one(graph, "AestheteSaveScored")
     assert graph[lora_id]["inputs"]["alpha"] == 4.0
+    assert graph[lora_id]["inputs"]["model"][0] == one(graph, "AestheteKolorsLoader")
     prefix = f"wf4-{uuid.uuid4().hex[:8]}/lora"
     graph[save_id]["inputs"]["filename_prefix"] = prefix
+    # one image: the small Kolors UNet has SDXL's 70 transformer blocks, each reading 256 context tokens
+    graph[one(graph, "EmptyLatentImage")]["inputs"]["batch_size"] = 1
 
-    result = run_everything(comfy, graph, timeout=300)
+    result = run_everything(comfy, graph, timeout=400)
 
+    import torch
+
+    tensors = len(torch.load(DIFFSYNTH_FIXTURE, map_location="cpu", weights_only=True))
     report = ui_text(result, lora_id)
-    applied = re.search(r"Applied (\d+) of (\d+) tensors", report)
-    assert "DiffSynth" in report and applied and applied[1] == applied[2] != "0", report
+    assert "DiffSynth" in report and f"Applied {tensors} of {tensors} tensors" in report, report  # every one placed
     scores = summary_scores(ui_text(result, one(graph, "AestheteScore")))
-    assert len(scores) == 2
+    assert len(scores) == 1 and all(math.isfinite(s) for s in scores)
     from aesthete.scoring.annotate import read_score
 
     saved = sorted((comfy_server.output_dir / prefix).parent.glob("lora_*.png"))
     assert [read_score(p) for p in saved] == pytest.approx(scores, abs=1e-3)
+
+
+def test_kolors_generate_score_rank_runs(comfy, comfy_server, tiny_kolors_folder, tiny_predictor):
+    from harness.kolors_models import RECIPE_PROMPT
+
+    graph = for_test_models(api_workflow("5-kolors-generate-score-rank"), "", tiny_predictor, kolors=tiny_kolors_folder)
+    save_id, composer_id = one(graph, "AestheteSaveScored", "Best"), one(graph, "AesthetePromptComposer")
+    prefix = f"wf5-{uuid.uuid4().hex[:8]}/best"
+    graph[save_id]["inputs"]["filename_prefix"] = prefix
+    assert graph[one(graph, "AestheteNegativePrompt")]["inputs"]["preset"] == "recipe-zh"
+    assert graph[one(graph, "AestheteRank")]["inputs"]["top_k"] == 1
+    assert graph[one(graph, "EmptyLatentImage")]["inputs"]["batch_size"] == 2  # the workflow's 4, made cheap
+
+    result = run_everything(comfy, graph, timeout=300)
+
+    # the composer writes the recipe's prompt exactly and counts its tokens with Kolors's own tokenizer
+    composed = ui_text(result, composer_id)
+    assert composed.split("\n")[0] == RECIPE_PROMPT, composed
+    assert re.search(r"chatglm3: \d+ tokens", composed), composed
+    negative = one(graph, "CLIPTextEncode", "Negative")
+    assert graph[negative]["inputs"]["text"][0] == one(graph, "AestheteNegativePrompt")
+    assert graph[one(graph, "KSampler")]["inputs"]["model"][0] == one(graph, "AestheteKolorsLoader")
+    scores = summary_scores(ui_text(result, one(graph, "AestheteScore")))
+    assert len(scores) == 2 and all(math.isfinite(s) for s in scores)
+    previews = result.node_output(one(graph, "AestheteSaveScored", "All"))["images"]
+    assert len(previews) == 2 and all(p["type"] == "temp" for p in previews)
+    saved = sorted((comfy_server.output_dir / prefix).parent.glob("best_*.png"))
+    assert len(saved) == 1 and len(result.node_output(save_id)["images"]) == 1
+    from aesthete.scoring.annotate import read_score
+
+    assert read_score(saved[0]) == pytest.approx(max(scores), abs=1e-3)
