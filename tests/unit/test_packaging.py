@@ -87,3 +87,19 @@ def test_predictor_package_works_on_installed_transformers():
 
     out = model(pixel_values=torch.zeros(2, 3, 32, 32))
     assert out.logits.shape == (2, 1)
+
+
+def _install_commands(readme: str, heading: str) -> list[list[str]]:
+    """The commands of each code block in a README's install section, without comments."""
+    text = (ROOT / readme).read_text()
+    section = text[text.index(heading):]
+    section = section[:section.index("\n## ", 1)]
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", section, re.DOTALL)
+    return [[re.sub(r"\s+#.*$", "", line).strip() for line in block.splitlines()] for block in blocks]
+
+
+def test_chinese_readme_gives_the_same_install_commands():
+    english = _install_commands("README.md", "## Install into an existing ComfyUI")
+    chinese = _install_commands("README_zh.md", "## 安装到已有的 ComfyUI")
+    assert len(english) >= 5  # venv, portable, desktop, pip check, undo
+    assert [[line.replace("<文件夹>", "<folder>") for line in block] for block in chinese] == english
