@@ -10,6 +10,7 @@ the environment as it was. About 2 minutes and 6 GB of temporary disk (torch com
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ from harness.comfy_cli import pack
 from harness.comfy_server import COMFY_DIR, PACK_FOLDER_NAME, REPO, ComfyServer
 
 pytestmark = pytest.mark.install
+log = logging.getLogger("aesthete.tests.install")
 
 README = (REPO / "README.md").read_text()
 CLONE = "git clone https://github.com/aesthete-comfyui/comfyui-aesthete"
@@ -53,8 +55,10 @@ def users_comfyui_venv(venv: Path, env: dict[str, str]) -> Path:
     reqs.write_text("\n".join(comfy_reqs) + "\n")
     run([sys.executable, "-m", "venv", str(venv)], venv.parent, env)
     python = venv / "bin" / "python"
-    # requests: ComfyUI's frontend manager imports it, and transformers 5 no longer brings it
-    run([str(python), "-m", "pip", "install", "-q", *torch_pins, "-r", str(reqs), "requests"], venv.parent, env)
+    # requests: ComfyUI's frontend manager imports it, and transformers 5 no longer brings it. --no-compile: Python
+    # compiles what ComfyUI imports when it imports it; compiling all of torch up front took most of the time here.
+    run([str(python), "-m", "pip", "install", "-q", "--no-compile", *torch_pins, "-r", str(reqs), "requests"],
+        venv.parent, env)
     return python
 
 
@@ -69,6 +73,7 @@ def test_venv_install_as_the_readme_says(tmp_path):
     (comfyui / "custom_nodes").mkdir(parents=True)
     python = users_comfyui_venv(comfyui / "venv", env)
     before = freeze(python, env)
+    log.info("the user's ComfyUI venv is ready")
 
     # the README's venv steps, with the published archive unpacked where `git clone` would put the pack
     steps = readme_block("the venv steps")
@@ -78,6 +83,7 @@ def test_venv_install_as_the_readme_says(tmp_path):
         archive.extractall(pack_dir)
     run("set -euo pipefail\n" + steps.replace(CLONE, "test -f comfyui-aesthete/install.py"), tmp_path, env)
     added = sorted(set(freeze(python, env)) - set(before))
+    log.info("the README's venv steps added %s", added)
 
     # ComfyUI started with that venv's Python lists every node and workflow of the pack
     node_ids = set(json.loads((pack_dir / "locales" / "en" / "nodeDefs.json").read_text()))
@@ -89,6 +95,7 @@ def test_venv_install_as_the_readme_says(tmp_path):
         templates = requests.get(server.url + "/api/workflow_templates", timeout=60).json()
     finally:
         server.stop()
+    log.info("ComfyUI ran with the installed pack")
     assert len(node_ids) >= 14
     missing = node_ids - set(listed)
     assert not missing, f"not listed at /object_info: {sorted(missing)}\n{server.log_tail()}"
