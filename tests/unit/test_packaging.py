@@ -53,12 +53,21 @@ def _installed_version(name: str) -> str | None:
         return None
 
 
+def _installed_versions(name: str) -> set[str]:
+    """Every version of ``name`` found on sys.path, shadowed copies included."""
+    key = name.lower().replace("_", "-")
+    return {d.version for d in metadata.distributions() if (d.metadata["Name"] or "").lower().replace("_", "-") == key}
+
+
 def test_installing_requirements_changes_nothing_already_installed():
     """In this environment (transformers 5, torch 2.14) the pack's requirements are already met: pip would
     install nothing, in particular no other transformers or torch."""
     would_install = _dry_run("-r", str(ROOT / "requirements.txt"))
+    # a version that is already on sys.path is no change: a development venv layered over another (a .pth file
+    # naming the other's site-packages) can shadow a package with an older copy, and pip then plans the newer one
     changed = [(i["metadata"]["name"], _installed_version(i["metadata"]["name"]), i["metadata"]["version"])
-               for i in would_install if _installed_version(i["metadata"]["name"]) is not None]
+               for i in would_install if _installed_version(i["metadata"]["name"]) is not None
+               and i["metadata"]["version"] not in _installed_versions(i["metadata"]["name"])]
     assert changed == [], f"installing requirements.txt would replace installed packages: {changed}"
 
 
