@@ -66,7 +66,15 @@ def freeze(python: Path, env: dict[str, str]) -> list[str]:
     return run([str(python), "-m", "pip", "freeze"], python.parent, env).splitlines()
 
 
-def test_venv_install_as_the_readme_says(tmp_path):
+@pytest.fixture
+def workdir(tmp_path):
+    """tmp_path, minus the 6 GB venv afterwards (pytest keeps the last runs' tmp_path folders; ComfyUI's log stays)."""
+    yield tmp_path
+    shutil.rmtree(tmp_path / "ComfyUI" / "venv", ignore_errors=True)
+
+
+def test_venv_install_as_the_readme_says(workdir):
+    tmp_path = workdir
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
     env.update(PIP_DISABLE_PIP_VERSION_CHECK="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     comfyui = tmp_path / "ComfyUI"  # the user's ComfyUI folder; its code is the embedded ComfyUI
