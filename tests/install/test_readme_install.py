@@ -74,10 +74,9 @@ def workdir(tmp_path):
 
 
 def test_venv_install_as_the_readme_says(workdir):
-    tmp_path = workdir
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
     env.update(PIP_DISABLE_PIP_VERSION_CHECK="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    comfyui = tmp_path / "ComfyUI"  # the user's ComfyUI folder; its code is the embedded ComfyUI
+    comfyui = workdir / "ComfyUI"  # the user's ComfyUI folder; its code is the embedded ComfyUI
     (comfyui / "custom_nodes").mkdir(parents=True)
     python = users_comfyui_venv(comfyui / "venv", env)
     before = freeze(python, env)
@@ -87,9 +86,9 @@ def test_venv_install_as_the_readme_says(workdir):
     steps = readme_block("the venv steps")
     assert CLONE in steps and "python -m pip install -r requirements.txt" in steps and "python install.py" in steps
     pack_dir = comfyui / "custom_nodes" / PACK_FOLDER_NAME
-    with zipfile.ZipFile(pack(tmp_path / "node.zip")) as archive:
+    with zipfile.ZipFile(pack(workdir / "node.zip")) as archive:
         archive.extractall(pack_dir)
-    run("set -euo pipefail\n" + steps.replace(CLONE, "test -f comfyui-aesthete/install.py"), tmp_path, env)
+    run("set -euo pipefail\n" + steps.replace(CLONE, "test -f comfyui-aesthete/install.py"), workdir, env)
     added = sorted(set(freeze(python, env)) - set(before))
     log.info("the README's venv steps added %s", added)
 
@@ -120,7 +119,7 @@ def test_venv_install_as_the_readme_says(workdir):
 
     # the README's undo leaves the environment as it was before the pack came
     shutil.rmtree(pack_dir)  # the README has the folder deleted by hand
-    run("set -euo pipefail\nsource ComfyUI/venv/bin/activate\n" + readme_block("undoing the venv steps"), tmp_path,
+    run("set -euo pipefail\nsource ComfyUI/venv/bin/activate\n" + readme_block("undoing the venv steps"), workdir,
         env)
     after = freeze(python, env)
     assert after == before, (f"the pack added {added}; the README's undo leaves "
