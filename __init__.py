@@ -4,7 +4,7 @@ ComfyUI imports this file; it stays light. The nodes are imported only when Comf
 ``comfy_entrypoint``; the domain packages (``scoring``, ``prompts``, ``lora``, ``training``) never import ComfyUI.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # frontend extensions (web/*.js), served by ComfyUI
 WEB_DIRECTORY = "./web"

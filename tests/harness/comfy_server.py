@@ -34,10 +34,13 @@ def free_port() -> int:
 
 @dataclass
 class ComfyServer:
-    """A ComfyUI process with its own base directory; the pack is registered via --extra-model-paths-config."""
+    """A ComfyUI process with its own base directory; the pack is registered via --extra-model-paths-config, unless
+    ``link_pack`` is False (then ComfyUI finds what is in ``base_dir/custom_nodes``). ``python`` runs main.py."""
 
     base_dir: Path
     port: int = field(default_factory=free_port)
+    python: str = sys.executable
+    link_pack: bool = True
     process: subprocess.Popen | None = None
     log_path: Path | None = None
 
@@ -86,20 +89,22 @@ class ComfyServer:
         settings = self.user_dir / "default" / "comfy.settings.json"
         if not settings.exists():  # else a Templates dialog covers the canvas on first load
             settings.write_text('{"Comfy.TutorialCompleted": true}')
-        # the pack goes in a folder of its own, under the name a user's clone would have
-        nodes_parent = self.base_dir / "extra_custom_nodes"
-        nodes_parent.mkdir(exist_ok=True)
-        link = nodes_parent / PACK_FOLDER_NAME
-        if not link.exists():
-            link.symlink_to(REPO, target_is_directory=True)
-        yaml_path = self.base_dir / "extra_model_paths.yaml"
-        yaml_path.write_text(f"aesthete_tests:\n    custom_nodes: {nodes_parent}\n")
+        pack_args = []
+        if self.link_pack:
+            # the pack goes in a folder of its own, under the name a user's clone would have
+            nodes_parent = self.base_dir / "extra_custom_nodes"
+            nodes_parent.mkdir(exist_ok=True)
+            link = nodes_parent / PACK_FOLDER_NAME
+            if not link.exists():
+                link.symlink_to(REPO, target_is_directory=True)
+            yaml_path = self.base_dir / "extra_model_paths.yaml"
+            yaml_path.write_text(f"aesthete_tests:\n    custom_nodes: {nodes_parent}\n")
+            pack_args = ["--extra-model-paths-config", str(yaml_path)]
         self.log_path = self.base_dir / "comfyui.log"
         cmd = [
-            sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
             "--disable-auto-launch", "--base-directory", str(self.base_dir),
-            "--database-url", "sqlite:///:memory:", "--extra-model-paths-config", str(yaml_path),
-            *(extra_args or []),
+            "--database-url", "sqlite:///:memory:", *pack_args, *(extra_args or []),
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         logf = open(self.log_path, "wb")

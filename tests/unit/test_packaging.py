@@ -53,12 +53,21 @@ def _installed_version(name: str) -> str | None:
         return None
 
 
+def _installed_versions(name: str) -> set[str]:
+    """Every version of ``name`` found on sys.path, shadowed copies included."""
+    key = name.lower().replace("_", "-")
+    return {d.version for d in metadata.distributions() if (d.metadata["Name"] or "").lower().replace("_", "-") == key}
+
+
 def test_installing_requirements_changes_nothing_already_installed():
     """In this environment (transformers 5, torch 2.14) the pack's requirements are already met: pip would
     install nothing, in particular no other transformers or torch."""
     would_install = _dry_run("-r", str(ROOT / "requirements.txt"))
+    # a version that is already on sys.path is no change: a development venv layered over another (a .pth file
+    # naming the other's site-packages) can shadow a package with an older copy, and pip then plans the newer one
     changed = [(i["metadata"]["name"], _installed_version(i["metadata"]["name"]), i["metadata"]["version"])
-               for i in would_install if _installed_version(i["metadata"]["name"]) is not None]
+               for i in would_install if _installed_version(i["metadata"]["name"]) is not None
+               and i["metadata"]["version"] not in _installed_versions(i["metadata"]["name"])]
     assert changed == [], f"installing requirements.txt would replace installed packages: {changed}"
 
 
@@ -87,3 +96,19 @@ def test_predictor_package_works_on_installed_transformers():
 
     out = model(pixel_values=torch.zeros(2, 3, 32, 32))
     assert out.logits.shape == (2, 1)
+
+
+def _install_commands(readme: str, heading: str) -> list[list[str]]:
+    """The commands of each code block in a README's install section, without comments."""
+    text = (ROOT / readme).read_text()
+    section = text[text.index(heading):]
+    section = section[:section.index("\n## ", 1)]
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", section, re.DOTALL)
+    return [[re.sub(r"\s+#.*$", "", line).strip() for line in block.splitlines()] for block in blocks]
+
+
+def test_chinese_readme_gives_the_same_install_commands():
+    english = _install_commands("README.md", "## Install into an existing ComfyUI")
+    chinese = _install_commands("README_zh.md", "## 安装到已有的 ComfyUI")
+    assert len(english) >= 5  # venv, portable, desktop, pip check, undo
+    assert [[line.replace("<文件夹>", "<folder>") for line in block] for block in chinese] == english
