@@ -3,6 +3,7 @@ ComfyUI needs and nothing else, and [tool.comfy] points at real things."""
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import subprocess
 import tomllib
@@ -106,16 +107,18 @@ def test_models_list_the_default_aesthetic_predictor():
         assert url == f"https://huggingface.co/{known.huggingface_id}/resolve/main/{name}"
 
 
-def test_models_list_kolors_in_diffsynths_layout():
+def test_models_list_the_kolors_files_the_loader_downloads():
+    """The registry's Kolors entries are exactly what kolors/download.py fetches (one list of files)."""
+    from aesthete.kolors.download import FILE_PATTERNS, KOLORS_REPO, wanted_files
+
     files = _models_under("/kolors/Kolors/")
     for name, url in files.items():
-        assert url == f"https://huggingface.co/Kwai-Kolors/Kolors/resolve/main/{name}"
-    assert {name.split("/")[0] for name in files} == {"unet", "vae", "scheduler", "text_encoder"}
+        assert url == f"https://huggingface.co/{KOLORS_REPO}/resolve/main/{name}"
+    assert sorted(wanted_files(list(files))) == sorted(files)
+    for pattern in FILE_PATTERNS:
+        assert any(fnmatch.fnmatchcase(name, pattern) for name in files), pattern
     shards = [n for n in files if re.fullmatch(r"text_encoder/pytorch_model-0000\d-of-00007\.bin", n)]
     assert len(shards) == 7
-    for needed in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
-                   "text_encoder/pytorch_model.bin.index.json", "text_encoder/tokenizer.model"):
-        assert needed in files
     assert all(m["location"].startswith(("/aesthetic/", "/kolors/")) for m in TOOL_COMFY["Models"])
 
 
