@@ -7,17 +7,17 @@ crafted to run code when unpickled is rejected instead of run.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
+
+from ..common.files import write_safetensors  # noqa: F401 - the LoRA area's writer is the pack's one
 
 log = logging.getLogger("aesthete.lora")
 
@@ -86,20 +86,3 @@ def _find_tensors(obj) -> dict[str, torch.Tensor]:
             if found:
                 return found
     return {}
-
-
-def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    """Write ``tensors`` with string ``metadata`` to ``path`` atomically (temp file in the same folder, then
-    os.replace), so a crash never leaves a half-written LoRA under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
-                  metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -19,13 +19,13 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
 import folder_paths
-import numpy as np
 import torch
 from comfy.cli_args import args
 from comfy_api.latest import io, ui
 from comfy_execution.graph import ExecutionBlocker
-from PIL import Image
 
+from ..common.images import tensor_to_pil
+from ..common.paths import path_inside
 from ..scoring import annotate, folder as folder_scoring, registry
 from ..scoring.images import list_image_files
 from ..scoring.predictor import AestheticPredictor, finite_mean, load_predictor, resolve_dtype
@@ -47,15 +47,15 @@ def predictor_choices() -> list[str]:
     for base in folder_paths.get_folder_paths(AESTHETIC_FOLDER):
         if os.path.isdir(base):
             for entry in sorted(os.listdir(base)):
-                if not entry.startswith(".") and entry not in names and registry.is_complete(Path(base) / entry):
+                if not entry.startswith(".") and entry not in names and registry.is_predictor_folder(Path(base) / entry):
                     names.append(entry)
     return names
 
 
 def find_predictor_folder(name: str, progress: comfy.utils.ProgressBar | None = None) -> Path:
     for base in folder_paths.get_folder_paths(AESTHETIC_FOLDER):
-        candidate = registry.safe_child(Path(base), name)
-        if registry.is_complete(candidate):
+        candidate = path_inside(base, name, what="predictor")
+        if registry.is_predictor_folder(candidate):
             return candidate
     report = (lambda done, total, what: progress.update_absolute(done, max(total, 1))) if progress else None
     return registry.ensure_predictor(name, Path(DEFAULT_AESTHETIC_DIR), report)
@@ -284,12 +284,9 @@ class AestheteScoreFolder(io.ComfyNode):
 
     @classmethod
     def resolve_folder(cls, folder: str, allow_outside_input: bool) -> Path:
-        base = Path(folder_paths.get_input_directory()).resolve()
-        path = (base / folder.strip()).resolve()  # an absolute folder replaces the base
-        if not allow_outside_input and not path.is_relative_to(base):
-            raise ValueError(f"folder {folder!r} is outside ComfyUI's input directory; give a path inside it or "
-                             f"turn on allow_outside_input")
-        return path
+        return path_inside(folder_paths.get_input_directory(), folder, what="folder",
+                           where="ComfyUI's input directory", hint="turn on allow_outside_input",
+                           allow_outside=allow_outside_input)
 
     @classmethod
     def fingerprint_inputs(cls, predictor, folder, recursive, allow_outside_input, batch_size, threshold=6.0):
@@ -369,7 +366,7 @@ class AestheteSaveScored(io.ComfyNode):
         model = first(model_name) or ""
         shown, saved = [], []
         for image, score in zip(singles, scores):
-            pil = Image.fromarray(np.clip(255.0 * image[0].cpu().numpy(), 0, 255).astype(np.uint8))
+            pil = tensor_to_pil(image)
             name = annotate.score_filename(stem, counter, score) if first(score_in_filename) else \
                 f"{stem}_{counter:05}_.png"
             info = annotate.png_info(score, model, extra) if first(score_in_metadata) else None

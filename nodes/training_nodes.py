@@ -14,12 +14,14 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io, ui
 
+from ..common.images import pil_to_tensor
+from ..common.paths import path_inside
 from ..training.captions import CaptionRecipe
-from ..training.dataset import CROP_MODES, DatasetError, LoraDataset, load_dataset, to_tensor
+from ..training.dataset import CROP_MODES, LoraDataset, load_dataset
 from ..training.lora_network import TARGET_PRESETS, LoraNetwork
 from ..training.loop import OPTIMIZERS, PRECISIONS, SCHEDULES, NonFiniteLossError, TrainSettings
 from ..training.loss_graph import draw_loss_graph
-from ..training.save import (SaveError, TrainedLora, build_metadata, numbered_path, read_lora, resolve_inside,
+from ..training.save import (SaveError, TrainedLora, build_metadata, numbered_path, read_lora,
                              save_diffsynth_copy, save_lora)
 from ..training.trainer import build_cache, run_training
 from .scoring_nodes import AestheticModel, LoadedPredictor
@@ -35,15 +37,8 @@ SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloa
 
 def resolve_dataset_folder(folder: str, allow_outside: bool) -> Path:
     """``folder`` inside ComfyUI's input directory; an absolute or escaping path only when ``allow_outside``."""
-    input_dir = Path(folder_paths.get_input_directory()).resolve()
-    folder = folder.strip()
-    if not folder:
-        raise DatasetError("folder: give the name of a folder of training images under ComfyUI's input directory")
-    path = (input_dir / folder).resolve()
-    if not path.is_relative_to(input_dir) and not allow_outside:
-        raise DatasetError(f"folder {folder!r} is outside ComfyUI's input directory ({input_dir}); move the images "
-                           "there, or turn on allow_outside_input")
-    return path
+    return path_inside(folder_paths.get_input_directory(), folder, what="folder", where="ComfyUI's input directory",
+                       hint="move the images there, or turn on allow_outside_input", allow_outside=allow_outside)
 
 
 def aesthetic_scorer(aesthetic_model: LoadedPredictor):
@@ -215,7 +210,7 @@ class AestheteTrainLora(io.ComfyNode):
                                  warmup_steps=warmup_steps, seed=seed, precision=precision,
                                  gradient_checkpointing=gradient_checkpointing, save_every_n_epochs=save_every_n_epochs)
         settings.check()
-        resolve_inside(loras_root(), checkpoint_name)  # a bad name fails now, not after training
+        path_inside(loras_root(), checkpoint_name, what="save name")  # a bad name fails now, not after training
         resume, resume_epochs = None, 0
         if resume_from and resume_from != NO_LORA:
             previous = read_lora(folder_paths.get_full_path_or_raise("loras", resume_from))
@@ -240,7 +235,7 @@ class AestheteTrainLora(io.ComfyNode):
                                              "aesthete.resumed_from": resume_from if resume else ""})
 
             def save_checkpoint(network: LoraNetwork, run_epochs: int, steps: int, tag: str) -> Path:
-                path = resolve_inside(loras_root(), f"{checkpoint_name}_{tag}.safetensors")
+                path = path_inside(loras_root(), f"{checkpoint_name}_{tag}.safetensors", what="save name")
                 return save_lora(TrainedLora(network.comfy_state_dict(), metadata(run_epochs, steps, network)), path)
 
             losses: list[float] = []
@@ -311,7 +306,7 @@ class AestheteLossGraph(io.ComfyNode):
     def execute(cls, loss, smoothing) -> io.NodeOutput:
         values = loss.get("loss", []) if isinstance(loss, dict) else list(loss)
         img = draw_loss_graph(values, smoothing)
-        tensor = to_tensor(img.convert("RGB"))[None]
+        tensor = pil_to_tensor(img)
         return io.NodeOutput(tensor, ui=ui.PreviewImage(tensor, cls=cls))
 
 

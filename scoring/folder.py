@@ -7,12 +7,11 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..common.files import write_atomic
 from .images import DEFAULT_MAX_PIXELS, list_image_files, open_image
 from .predictor import AestheticPredictor, Progress
 
@@ -128,21 +127,11 @@ def score_folder(predictor: AestheticPredictor, folder: Path, recursive: bool = 
     return score_files(predictor, list_image_files(folder, recursive), root=folder, **kwargs)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+# the scoring area's older name for the pack's one atomic writer
+write_text_atomic = write_atomic
 
 
 def write_report(report: FolderReport, path: Path, fmt: str) -> None:
     """Write the per-file scores as ``json`` or ``csv`` (atomically)."""
     text = (json.dumps(report.as_dict(), indent=2, ensure_ascii=False) + "\n") if fmt == "json" else report.csv_text()
-    write_text_atomic(path, text)
+    write_atomic(path, text)

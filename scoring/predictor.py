@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from .images import finite_mask, tensor_to_uint8
-from .registry import WEIGHT_FILES
+from .registry import PROCESSOR_FILES, WEIGHT_FILES
 
 log = logging.getLogger("aesthete.scoring")
 
@@ -149,12 +149,12 @@ class AestheticPredictor:
         dt = resolve_dtype(dtype, dev)
         model = head_class(head).from_pretrained(str(folder), dtype=dt)
         model.to(dev)
-        if (folder / "preprocessor_config.json").is_file():
+        if any((folder / f).is_file() for f in PROCESSOR_FILES):
             processor = CLIPImageProcessor.from_pretrained(str(folder))
         else:  # CLIP's own preprocessing at the model's input size
             size = model.config.image_size
             processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-            log.warning("%s: no preprocessor_config.json; using CLIP's preprocessing at %d px", folder, size)
+            log.warning("%s: no preprocessor_config.json or processor_config.json; using CLIP's preprocessing at %d px", folder, size)
         log.info("loaded aesthetic predictor %s (%s, %s, %s)", folder.name, head, dev, dt)
         return cls(model, processor, folder.name, head, folder)
 

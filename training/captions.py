@@ -11,6 +11,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..common.tags import split_tags
+
 log = logging.getLogger("aesthete.training")
 
 METADATA_CSV = "metadata.csv"
@@ -18,11 +20,6 @@ METADATA_CSV = "metadata.csv"
 
 class CaptionError(ValueError):
     """A caption file exists but cannot be read; the message names the file."""
-
-
-def split_tags(text: str) -> list[str]:
-    """Comma-separated tags, stripped, empty ones dropped (``"1girl, solo,"`` -> ``["1girl", "solo"]``)."""
-    return [t.strip() for t in text.replace("\n", ",").split(",") if t.strip()]
 
 
 def read_metadata_csv(folder: Path) -> dict[str, str]:

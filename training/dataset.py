@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from ..common.images import list_images, open_image, pil_to_uint8
 from .captions import CaptionError, CaptionRecipe, find_caption, read_metadata_csv
 
 log = logging.getLogger("aesthete.training")
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 CROP_MODES = ("buckets", "center crop", "random crop")
 ScoreFn = Callable[[list[Image.Image]], Sequence[float]]
 
@@ -144,21 +144,6 @@ def fit_image(image: Image.Image, size: tuple[int, int], crop: str, rng: random.
     return image.crop((left, top, left + w, top + h))
 
 
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """[H, W, 3] float32 0..1."""
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
-
-
-def to_uint8(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.array(image, dtype=np.uint8))
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (subfolders included, hidden ones not), sorted by path."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-
-
 def load_dataset(folder: str | Path, *, resolution: int = 512, crop_mode: str = "buckets",
                  recipe: CaptionRecipe | None = None, repeats: int = 1, require_captions: bool = False,
                  score: ScoreFn | None = None, min_score: float = 0.0, seed: int = 0,
@@ -193,17 +178,16 @@ def load_dataset(folder: str | Path, *, resolution: int = 512, crop_mode: str = 
                 skipped.append((str(path.relative_to(folder)), f"aesthetic score {s:.2f} < {min_score:.2f}"))
                 continue
             size = nearest_bucket(image.width, image.height, sizes)
-            images.append(TrainingImage(path, tags, source, to_uint8(fit_image(image, size, crop_mode, rng)), s))
+            images.append(TrainingImage(path, tags, source, pil_to_uint8(fit_image(image, size, crop_mode, rng)), s))
         pending.clear()
 
-    for path in list_images(folder):
+    for path in list_images(folder, recursive=True):
         name = str(path.relative_to(folder))
-        try:
-            with Image.open(path) as opened:
-                image = ImageOps.exif_transpose(opened).convert("RGB")
-        except (OSError, UnidentifiedImageError) as e:
-            skipped.append((name, f"unreadable image ({e})"))
+        opened = open_image(path)  # the same rule as Score Folder: bombs, transparency, 16-bit, EXIF
+        if opened.skipped:
+            skipped.append((name, opened.reason))
             continue
+        image = opened.image
         try:
             tags, source = find_caption(path, metadata, path.relative_to(folder).as_posix())
         except CaptionError as e:
@@ -219,6 +203,6 @@ def load_dataset(folder: str | Path, *, resolution: int = 512, crop_mode: str = 
     for name, why in skipped:
         log.info("Aesthete dataset %s: skipped %s: %s", folder, name, why)
     if not images:
-        reasons = "; ".join(f"{n}: {w}" for n, w in skipped[:5]) or "no image files (.png, .jpg, .webp, .bmp)"
+        reasons = "; ".join(f"{n}: {w}" for n, w in skipped[:5]) or "no image files"
         raise DatasetError(f"{folder}: no usable training image ({reasons})")
     return LoraDataset(folder, images, recipe, max(1, repeats), resolution, crop_mode, skipped)

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+
+from ..common.files import write_safetensors
+from ..common.paths import path_inside
 
 log = logging.getLogger("aesthete.training")
 
@@ -56,39 +56,13 @@ def build_metadata(*, base_model: str, rank: int, alpha: float, epochs: int, ste
     return meta
 
 
-def resolve_inside(root: str | Path, name: str) -> Path:
-    """``root/name`` resolved; refuses a name that is empty, absolute or leads outside ``root``."""
-    root = Path(root).resolve()
-    if not name or not name.strip() or os.path.isabs(name) or "\x00" in name:
-        raise SaveError(f"save name {name!r}: give a relative name such as 'my_style' or 'styles/my_style'")
-    path = (root / name.strip()).resolve()
-    if not path.is_relative_to(root) or path == root:
-        raise SaveError(f"save name {name!r} leads outside {root}; use a name inside that folder")
-    return path
-
-
 def numbered_path(root: str | Path, prefix: str, suffix: str = SUFFIX) -> Path:
     """The first free ``<prefix>_NNNNN<suffix>`` inside ``root`` (the folders of the prefix are created)."""
-    base = resolve_inside(root, prefix)
+    base = path_inside(root, prefix, what="save name")
     base.parent.mkdir(parents=True, exist_ok=True)
     pattern = re.compile(re.escape(base.name) + r"_(\d{5})" + re.escape(suffix) + "$")
     taken = [int(m[1]) for p in base.parent.iterdir() if (m := pattern.match(p.name))]
     return base.with_name(f"{base.name}_{max(taken, default=0) + 1:05d}{suffix}")
-
-
-def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    """Write atomically: a temporary file in the same folder, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_lora(lora: TrainedLora, path: str | Path, dtype: torch.dtype | None = None) -> Path:

@@ -68,7 +68,7 @@ def test_unknown_names_and_escaping_names_are_refused(tmp_path):
         ensure_predictor("no-such-model", tmp_path)
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.json").write_text("{}")
-    with pytest.raises(PredictorUnavailable, match="missing preprocessor_config.json, model.safetensors"):
+    with pytest.raises(PredictorUnavailable, match="missing preprocessor_config.json or processor_config.json, model.safetensors"):
         ensure_predictor("half", tmp_path)
     for bad in ("../x", "/etc", "..", "a/../../b"):
         with pytest.raises(ValueError):
