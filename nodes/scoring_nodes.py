@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import random
-import weakref
 from pathlib import Path
 
 import comfy.model_management
@@ -70,25 +69,18 @@ class _PatcherModel(torch.nn.Module):
         self.device = device
 
 
-# one ModelPatcher per loaded predictor, so ComfyUI tracks it as one model across runs
-_PATCHERS: weakref.WeakKeyDictionary[AestheticPredictor, comfy.model_patcher.ModelPatcher] = \
-    weakref.WeakKeyDictionary()
-
-
 class LoadedPredictor:
-    """The AESTHETIC_MODEL value: the predictor and the device ComfyUI loads it to before each use."""
+    """The AESTHETIC_MODEL value: the predictor, wrapped in the ModelPatcher through which ComfyUI's model management
+    loads it to ``load_device`` before each use and offloads it when memory is needed. It is the only owner of the
+    predictor in the server: when ComfyUI drops the loader's output (POST /free, another workflow), the weights go."""
 
     def __init__(self, predictor: AestheticPredictor, load_device: torch.device):
         self.predictor = predictor
         self.load_device = load_device
-        patcher = _PATCHERS.get(predictor.base)  # a compiled view shares the model, so the patcher too
-        if patcher is None or patcher.load_device != load_device:
-            holder = _PatcherModel(predictor.model, predictor.device)
-            patcher = comfy.model_patcher.ModelPatcher(
-                holder, load_device=load_device, offload_device=predictor.device,
-                size=comfy.model_management.module_size(holder))
-            _PATCHERS[predictor.base] = patcher
-        self.patcher = patcher
+        holder = _PatcherModel(predictor.model, predictor.device)
+        self.patcher = comfy.model_patcher.ModelPatcher(holder, load_device=load_device,
+                                                        offload_device=predictor.device,
+                                                        size=comfy.model_management.module_size(holder))
 
     def ready(self) -> AestheticPredictor:
         """Let ComfyUI's memory management move the model to its device (freeing others if it must)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -13,9 +12,8 @@ from pathlib import Path
 
 from ..common.files import write_atomic
 from .images import DEFAULT_MAX_PIXELS, list_image_files, open_image
-from .predictor import AestheticPredictor, Progress
+from .predictor import AestheticPredictor, ScoreProgress
 
-log = logging.getLogger("aesthete.scoring")
 
 
 class NothingScorable(ValueError):
@@ -83,7 +81,7 @@ def collect_files(paths: Iterable[Path], recursive: bool = False) -> list[Path]:
 
 def score_files(predictor: AestheticPredictor, files: Sequence[Path], batch_size: int = 16,
                 max_pixels: int = DEFAULT_MAX_PIXELS, background: tuple[int, int, int] | None = (255, 255, 255),
-                progress: Progress | None = None, interrupt: Callable[[], None] | None = None,
+                progress: ScoreProgress | None = None, interrupt: Callable[[], None] | None = None,
                 root: Path | None = None) -> FolderReport:
     """Score ``files`` in batches of ``batch_size`` decoded images (only one batch is held in memory). Bad files
     are skipped with a logged reason; raises NothingScorable when no file could be scored."""
