@@ -7,9 +7,9 @@ crafted to run code when unpickled is rejected instead of run.
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -17,9 +17,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open
 
-from ..common.files import write_safetensors  # noqa: F401 - the LoRA area's writer is the pack's one
+from ..common.files import write_safetensors
+from ..common.paths import path_inside
 
-log = logging.getLogger("aesthete.lora")
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -86,3 +86,33 @@ def _find_tensors(obj) -> dict[str, torch.Tensor]:
             if found:
                 return found
     return {}
+
+
+def numbered_path(root: str | os.PathLike, prefix: str, suffix: str = ".safetensors") -> Path:
+    """The first free ``<prefix>_NNNNN<suffix>`` inside ``root`` (the folders of the prefix are created); a prefix
+    that leaves ``root`` is refused (``common.paths.path_inside``)."""
+    base = path_inside(root, prefix, what="save name")
+    base.parent.mkdir(parents=True, exist_ok=True)
+    pattern = re.compile(re.escape(base.name) + r"_(\d{5})" + re.escape(suffix) + "$")
+    taken = [int(m[1]) for p in base.parent.iterdir() if (m := pattern.match(p.name))]
+    return base.with_name(f"{base.name}_{max(taken, default=0) + 1:05d}{suffix}")
+
+
+def diffsynth_base(base_model: str) -> str | None:
+    """The converter's base name for ComfyUI's model config name (Kolors is SDXL-architecture)."""
+    name = base_model.lower()
+    if "sdxl" in name or "kolors" in name:
+        return "sdxl"
+    return "sd15" if name in ("sd15", "sd15_instructpix2pix") else None
+
+
+def write_diffsynth_copy(tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+                         path: str | os.PathLike) -> tuple[Path, dict[str, str]]:
+    """A copy of a ComfyUI-format LoRA in DiffSynth's key format at ``path`` (atomically). Returns the path and the
+    metadata written (the converter's ``aesthete.dropped_keys`` counts what DiffSynth's layout cannot hold)."""
+    from .convert import convert_lora  # imported late: the conversion is optional
+
+    base = diffsynth_base(metadata.get("aesthete.base_model", ""))
+    converted, extra = convert_lora(dict(tensors), to="diffsynth", base=base)
+    meta = {**metadata, **{k: str(v) for k, v in (extra or {}).items()}}
+    return write_safetensors(path, converted, meta), meta

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.tags import split_tags
 
-log = logging.getLogger("aesthete.training")
 
 METADATA_CSV = "metadata.csv"
 

@@ -10,8 +10,8 @@ from PIL import Image
 
 from aesthete.common.paths import OutsideRootError, path_inside
 from aesthete.training.loss_graph import draw_loss_graph, smooth
-from aesthete.training.save import (TrainedLora, build_metadata, numbered_path, read_lora,
-                                    save_diffsynth_copy, save_lora)
+from aesthete.lora.files import numbered_path
+from aesthete.training.save import TrainedLora, build_metadata, read_lora, save_diffsynth_copy, save_lora
 
 SD15_KEY = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q"
 
