@@ -31,7 +31,6 @@ REQUIRED_FILES = (CONFIG_FILE, PROCESSOR_FILES[0])  # what a download fetches an
 @dataclass(frozen=True)
 class KnownPredictor:
     name: str  # folder name under models/aesthetic
-    head: str  # v1, v2-linear, v2-relu
     huggingface_id: str
     modelscope_id: str | None = None
 
@@ -39,24 +38,24 @@ class KnownPredictor:
 DEFAULT_PREDICTOR = "aesthetics-predictor-v2-sac-logos-ava1-l14-linearMSE"
 
 KNOWN_PREDICTORS: dict[str, KnownPredictor] = {p.name: p for p in (
-    KnownPredictor(DEFAULT_PREDICTOR, "v2-linear", f"shunk031/{DEFAULT_PREDICTOR}",
+    KnownPredictor(DEFAULT_PREDICTOR, f"shunk031/{DEFAULT_PREDICTOR}",
                    f"AI-ModelScope/{DEFAULT_PREDICTOR}"),
-    KnownPredictor("aesthetics-predictor-v2-ava-logos-l14-linearMSE", "v2-linear",
+    KnownPredictor("aesthetics-predictor-v2-ava-logos-l14-linearMSE",
                    "shunk031/aesthetics-predictor-v2-ava-logos-l14-linearMSE"),
-    KnownPredictor("aesthetics-predictor-v2-ava-logos-l14-reluMSE", "v2-relu",
+    KnownPredictor("aesthetics-predictor-v2-ava-logos-l14-reluMSE",
                    "shunk031/aesthetics-predictor-v2-ava-logos-l14-reluMSE"),
-    KnownPredictor("aesthetics-predictor-v1-vit-large-patch14", "v1",
+    KnownPredictor("aesthetics-predictor-v1-vit-large-patch14",
                    "shunk031/aesthetics-predictor-v1-vit-large-patch14"),
-    KnownPredictor("aesthetics-predictor-v1-vit-base-patch16", "v1",
+    KnownPredictor("aesthetics-predictor-v1-vit-base-patch16",
                    "shunk031/aesthetics-predictor-v1-vit-base-patch16"),
-    KnownPredictor("aesthetics-predictor-v1-vit-base-patch32", "v1",
+    KnownPredictor("aesthetics-predictor-v1-vit-base-patch32",
                    "shunk031/aesthetics-predictor-v1-vit-base-patch32"),
 )}
 
 # (done, total, what) -> None; called as files arrive
-Progress = Callable[[int, int, str], None]
+DownloadProgress = Callable[[int, int, str], None]
 # (model id, destination folder, progress) -> None; raises when it cannot fetch
-Fetcher = Callable[[str, Path, Progress], None]
+Fetcher = Callable[[str, Path, DownloadProgress], None]
 
 
 class PredictorUnavailable(RuntimeError):
@@ -98,7 +97,7 @@ def offline_forced() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("AESTHETE_OFFLINE", "HF_HUB_OFFLINE"))
 
 
-def fetch_from_modelscope(model_id: str, dest: Path, progress: Progress) -> None:
+def fetch_from_modelscope(model_id: str, dest: Path, progress: DownloadProgress) -> None:
     if offline_forced() or not host_reachable("www.modelscope.cn"):
         raise ConnectionError("ModelScope is not reachable")
     from modelscope import snapshot_download
@@ -108,7 +107,7 @@ def fetch_from_modelscope(model_id: str, dest: Path, progress: Progress) -> None
     progress(1, 1, f"ModelScope {model_id}")
 
 
-def fetch_from_huggingface(repo_id: str, dest: Path, progress: Progress) -> None:
+def fetch_from_huggingface(repo_id: str, dest: Path, progress: DownloadProgress) -> None:
     if offline_forced() or not host_reachable("huggingface.co"):
         raise ConnectionError("Hugging Face is not reachable")
     from huggingface_hub import HfApi, hf_hub_download
@@ -122,7 +121,7 @@ def fetch_from_huggingface(repo_id: str, dest: Path, progress: Progress) -> None
     progress(len(files), len(files), repo_id)
 
 
-def ensure_predictor(name: str, aesthetic_dir: Path, progress: Progress | None = None,
+def ensure_predictor(name: str, aesthetic_dir: Path, progress: DownloadProgress | None = None,
                      fetchers: list[tuple[str, Fetcher]] | None = None) -> Path:
     """The folder of predictor ``name`` under ``aesthetic_dir``, downloading a known one if it is missing.
 

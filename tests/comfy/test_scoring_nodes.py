@@ -12,7 +12,6 @@ from harness.factories import aesthetic_predictor
 from harness.scoring_files import write_mixed_folder
 from PIL import Image
 
-pytestmark = pytest.mark.comfy
 
 
 def generation_graph(ckpt: str, predictor: str, min_score: float, top_k: int, tag: str) -> dict:

@@ -15,7 +15,6 @@ from safetensors import safe_open
 
 from harness.training_data import write_pattern_folder
 
-pytestmark = pytest.mark.comfy
 
 DATASET = "aesthete_train_pattern"
 # 30 optimizer steps of 4 images at 64x64; lr 1e-2 (scale alpha/rank = 1) makes the loss fall by more than half
