@@ -9,6 +9,8 @@ parser is the code CLIPTextEncode calls, so a weight that ComfyUI would not read
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -151,3 +153,11 @@ def test_preset_name_never_writes_outside_the_user_folder(comfy, comfy_server, n
     base = comfy_server.base_dir
     assert not list(base.rglob("escaped.json")) and not list(base.rglob("dir.json"))
     assert not list(base.rglob(".hidden.json"))
+
+
+def test_the_readme_names_the_categories_the_nodes_are_in(comfy):
+    """The Add Node menu's folders are the README's (it said Aesthete/prompts where the code said Aesthete/prompt)."""
+    categories = {v["category"] for k, v in comfy.object_info().items() if k.startswith("Aesthete")}
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"\| (Aesthete/\w+) \|", readme))
+    assert listed and listed <= categories, f"README lists {sorted(listed)}, the nodes are in {sorted(categories)}"
