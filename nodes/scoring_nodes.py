@@ -112,11 +112,13 @@ class AesthetePredictorLoader(io.ComfyNode):
             category="Aesthete/scoring",
             description="Loads a LAION aesthetic predictor (CLIP vision model plus a score head, 1-10 scale). A "
                         "listed predictor missing from models/aesthetic is downloaded on first use (ModelScope, "
-                        "then Hugging Face). The loaded model is kept between runs.",
+                        "then Hugging Face). ComfyUI keeps the loaded model between runs and frees it with its other "
+                        "models.",
             inputs=[
                 io.Combo.Input("model", options=predictor_choices(), default=registry.DEFAULT_PREDICTOR,
                                tooltip="A published predictor (downloaded if missing) or a folder under "
-                                       "models/aesthetic holding config.json, preprocessor_config.json and weights"),
+                                       "models/aesthetic holding config.json, preprocessor_config.json (or "
+                                       "processor_config.json) and weights"),
                 io.Combo.Input("device", options=["auto", "cuda", "cpu"], default="auto",
                                tooltip="Where to run it; auto follows ComfyUI (the GPU unless started with --cpu)"),
                 io.Combo.Input("dtype", options=["auto", "fp32", "fp16", "bf16"], default="auto",
@@ -254,8 +256,8 @@ class AestheteScoreFolder(io.ComfyNode):
             is_output_node=True,  # a dataset check on its own
             inputs=[
                 AestheticModel.Input("predictor", tooltip="From Aesthetic Predictor Loader"),
-                io.String.Input("folder", default="",
-                                tooltip="Folder relative to ComfyUI's input directory (empty: the input directory)"),
+                io.String.Input("folder", default="lora_dataset",
+                                tooltip="Folder relative to ComfyUI's input directory"),
                 io.Boolean.Input("recursive", default=False, tooltip="Also score images in sub-folders"),
                 io.Boolean.Input("allow_outside_input", default=False,
                                  tooltip="Allow an absolute path or one leading outside the input directory"),

@@ -126,6 +126,7 @@ def test_folder_with_bad_files_is_scored_with_reasons(comfy, comfy_server, tiny_
 
 @pytest.mark.parametrize("folder, message", [
     ("../", "outside ComfyUI's input directory"),
+    ("", "give the name of something inside ComfyUI's input directory"),  # the one rule: an empty name names nothing
     ("/etc", "outside ComfyUI's input directory"),
     ("no_such_folder", "no such folder"),
     ("empty_for_scoring", "no image could be scored"),
