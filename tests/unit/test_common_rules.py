@@ -178,3 +178,26 @@ def test_write_safetensors_stores_metadata_as_strings(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_safetensors(tmp_path / "y.safetensors", {"w": torch.ones(1)})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors"]
+
+
+def test_a_transformers_5_processor_folder_loads_with_its_own_preprocessing(tmp_path):
+    """processor_config.json holds the image processor nested; it is read, not replaced by CLIP's defaults."""
+    import shutil
+
+    from aesthete.scoring.predictor import load_predictor
+    from harness.factories import aesthetic_predictor
+
+    original = aesthetic_predictor("tiny")
+    settings = {**json.loads((original / "preprocessor_config.json").read_text()),
+                "image_mean": [0.2, 0.3, 0.4], "image_std": [0.9, 0.8, 0.7]}  # not CLIP's defaults
+    v4, v5 = tmp_path / "v4", tmp_path / "v5"
+    for folder in (v4, v5):
+        shutil.copytree(original, folder)
+        (folder / "preprocessor_config.json").unlink()
+    (v4 / "preprocessor_config.json").write_text(json.dumps(settings))
+    (v5 / "processor_config.json").write_text(json.dumps({"image_processor": settings,
+                                                          "processor_class": "CLIPProcessor"}))
+    images = [pattern_image(), pattern_image((50, 80), seed=1)]
+    expected = load_predictor(v4, "cpu", "fp32").score_images(images)
+    assert expected != pytest.approx(load_predictor(original, "cpu", "fp32").score_images(images), abs=1e-4)
+    assert load_predictor(v5, "cpu", "fp32").score_images(images) == pytest.approx(expected, abs=1e-6)
