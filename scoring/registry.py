@@ -70,8 +70,6 @@ def is_predictor_folder(folder: Path) -> bool:
             and any((folder / f).is_file() for f in WEIGHT_FILES))
 
 
-is_complete = is_predictor_folder
-
 
 def missing_files_message(name: str, folder: Path, reasons: list[str]) -> str:
     known = KNOWN_PREDICTORS.get(name)

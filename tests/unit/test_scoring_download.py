@@ -35,7 +35,7 @@ def test_first_working_source_wins_and_lands_atomically(tmp_path):
     folder = ensure_predictor(DEFAULT_PREDICTOR, tmp_path, lambda d, t, w: seen.append(w),
                               fetchers=[("ModelScope", broken), ("Hugging Face", working)])
     assert calls == ["modelscope", "huggingface"] and seen
-    assert folder == tmp_path / DEFAULT_PREDICTOR and registry.is_complete(folder)
+    assert folder == tmp_path / DEFAULT_PREDICTOR and registry.is_predictor_folder(folder)
     assert detect_head(folder) == "v2-linear"
     assert [p.name for p in tmp_path.iterdir()] == [DEFAULT_PREDICTOR]  # no partial folders left
     # present now: no source is asked again
