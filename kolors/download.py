@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ..scoring.registry import host_reachable, offline_forced
+from ..common.downloads import (DownloadFailed, DownloadProgress, Fetcher, download_into_place, host_reachable,
+                               offline_forced)
 from .folder import KolorsFolderError, find_kolors_folder
 
 log = logging.getLogger("aesthete.kolors")
@@ -29,8 +27,6 @@ FILE_PATTERNS = [
     "text_encoder/pytorch_model-*.bin", "text_encoder/pytorch_model.bin.index.json",
 ]
 
-Progress = Callable[[int, int, str], None]
-Fetcher = Callable[[Path, Progress], None]
 
 
 def wanted_files(names: list[str]) -> list[str]:
@@ -38,7 +34,7 @@ def wanted_files(names: list[str]) -> list[str]:
     return [n for pattern in FILE_PATTERNS for n in sorted(names) if fnmatch.fnmatchcase(n, pattern)]
 
 
-def _download_each(files: list[str], download: Callable[[str], object], source: str, progress: Progress) -> None:
+def _download_each(files: list[str], download: Callable[[str], object], source: str, progress: DownloadProgress) -> None:
     if not files:
         raise FileNotFoundError(f"{source} lists none of the files the loader needs")
     for i, name in enumerate(files):
@@ -47,7 +43,7 @@ def _download_each(files: list[str], download: Callable[[str], object], source: 
     progress(len(files), len(files), source)
 
 
-def fetch_from_modelscope(dest: Path, progress: Progress) -> None:
+def fetch_from_modelscope(dest: Path, progress: DownloadProgress) -> None:
     if offline_forced() or not host_reachable("www.modelscope.cn"):
         raise ConnectionError("ModelScope is not reachable")
     from modelscope.hub.api import HubApi
@@ -59,7 +55,7 @@ def fetch_from_modelscope(dest: Path, progress: Progress) -> None:
                    progress)
 
 
-def fetch_from_huggingface(dest: Path, progress: Progress) -> None:
+def fetch_from_huggingface(dest: Path, progress: DownloadProgress) -> None:
     if offline_forced() or not host_reachable("huggingface.co"):
         raise ConnectionError("Hugging Face is not reachable")
     from huggingface_hub import HfApi, hf_hub_download
@@ -73,7 +69,7 @@ DEFAULT_FETCHERS: list[tuple[str, Fetcher]] = [("ModelScope", fetch_from_modelsc
                                                ("Hugging Face", fetch_from_huggingface)]
 
 
-def ensure_kolors(kolors_dir: Path, name: str = DEFAULT_NAME, progress: Progress | None = None,
+def ensure_kolors(kolors_dir: Path, name: str = DEFAULT_NAME, progress: DownloadProgress | None = None,
                   fetchers: list[tuple[str, Fetcher]] | None = None) -> Path:
     """``kolors_dir/name``, downloading Kwai-Kolors/Kolors into it when it is not a complete Kolors folder."""
     kolors_dir = Path(kolors_dir)
@@ -84,25 +80,9 @@ def ensure_kolors(kolors_dir: Path, name: str = DEFAULT_NAME, progress: Progress
     except KolorsFolderError as e:
         if folder.exists():
             log.info("Kolors folder %s is incomplete (%s); downloading", folder, e)
-    progress = progress or (lambda done, total, what: None)
-    kolors_dir.mkdir(parents=True, exist_ok=True)
-    reasons = []
-    for label, fetch in fetchers or DEFAULT_FETCHERS:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=kolors_dir))
-        try:
-            log.info("downloading %s from %s into %s", KOLORS_REPO, label, folder)
-            fetch(tmp, progress)
-            find_kolors_folder(tmp)
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-            return folder
-        except Exception as e:  # noqa: BLE001 - every failure falls through to the next source
-            log.warning("Kolors: %s failed: %s", label, e)
-            reasons.append(f"{label}: {e}")
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    raise KolorsFolderError(
-        f"Kolors is not in {folder} and could not be downloaded ({'; '.join(reasons)}). Put the files of "
-        f"{KOLORS_REPO} (ModelScope or Hugging Face) there: {', '.join(FILE_PATTERNS)}")
+    try:
+        return download_into_place(folder, fetchers or DEFAULT_FETCHERS, find_kolors_folder, progress)
+    except DownloadFailed as e:
+        raise KolorsFolderError(
+            f"Kolors is not in {folder} and could not be downloaded ({e}). Put the files of {KOLORS_REPO} "
+            f"(ModelScope or Hugging Face) there: {', '.join(FILE_PATTERNS)}") from None

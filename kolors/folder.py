@@ -17,14 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+
+from ..common.tensors import SAFETENSORS_SUFFIXES, TensorFileError, load_pickle, read_safetensors
 
 log = logging.getLogger("aesthete.kolors")
 
@@ -168,31 +166,17 @@ def read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
 
 def read_weight_file(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
-    if path.suffix in (".safetensors", ".sft"):
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError) as e:
-            raise KolorsFolderError(f"{path}: not a readable safetensors file ({e}); it may be truncated, "
-                                    f"download it again") from e
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=_is_zip(path))
-    except pickle.UnpicklingError as e:
-        raise KolorsFolderError(
-            f"{path}: refused to unpickle: the file holds objects other than tensors, and loading them could run "
-            f"code ({str(e).splitlines()[0]}). Download the file again from Kwai-Kolors/Kolors") from e
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise KolorsFolderError(f"{path}: cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__});"
-                                f" it may be truncated, download it again") from e
+        if path.suffix in SAFETENSORS_SUFFIXES:
+            return read_safetensors(path, "it may be truncated, download it again")
+        obj = load_pickle(path, "Download the file again from Kwai-Kolors/Kolors",
+                          "it may be truncated, download it again")
+    except TensorFileError as e:
+        raise KolorsFolderError(str(e)) from e
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise KolorsFolderError(f"{path}: expected a dictionary of tensors")
     return obj
 
-
-def _is_zip(path: Path) -> bool:
-    try:
-        return zipfile.is_zipfile(path)
-    except OSError:
-        return False
 
 
 # ChatGLM3-6B as Kolors ships it: what a single text-encoder file needs beyond the sizes its weights show

@@ -8,21 +8,18 @@ crafted to run code when unpickled is rejected instead of run.
 from __future__ import annotations
 
 import os
-import pickle
 import re
-import zipfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open
+from safetensors.torch import safe_open
 
 from ..common.files import write_safetensors
+from ..common.tensors import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, TensorFileError, load_pickle, read_safetensors
 from ..common.paths import path_inside
 
 
-SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 LORA_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
 # containers that training frameworks wrap the tensors in (Lightning, DeepSpeed, older trainers)
 _WRAPPER_KEYS = ("state_dict", "module", "model", "lora", "params")
@@ -42,9 +39,10 @@ def read_lora_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], di
         try:
             with safe_open(str(path), framework="pt") as f:
                 metadata = dict(f.metadata() or {})
-            return load_file(str(path)), metadata
-        except (SafetensorError, OSError) as e:
-            raise LoraFileError(f"{path}: not a readable safetensors file ({e})") from e
+            return read_safetensors(path, "save it again with the tool that made it"), metadata
+        except (TensorFileError, SafetensorError, OSError) as e:
+            raise LoraFileError(str(e) if isinstance(e, TensorFileError) else
+                                f"{path}: not a readable safetensors file ({e})") from e
     if suffix in PICKLE_SUFFIXES:
         return _read_pickle(path), {}
     raise LoraFileError(f"{path}: unsupported extension {suffix!r}; use one of {', '.join(LORA_SUFFIXES)}")
@@ -52,25 +50,14 @@ def read_lora_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], di
 
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     try:
-        obj = _torch_load(path)
-    except pickle.UnpicklingError as e:
-        raise LoraFileError(
-            f"{path}: refused to unpickle: the file holds objects other than tensors and plain containers, and "
-            f"loading them could run code ({str(e).splitlines()[0]}). Convert it to .safetensors with the tool "
-            f"that made it, or with `aesthete convert-lora` on a machine where you trust the file.") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise LoraFileError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
+        obj = load_pickle(path, "Convert it to .safetensors with the tool that made it, or with `aesthete convert-lora` "
+                                "on a machine where you trust the file.", "it is not a readable PyTorch checkpoint")
+    except TensorFileError as e:
+        raise LoraFileError(str(e)) from e
     tensors = _find_tensors(obj)
     if not tensors:
         raise LoraFileError(f"{path}: the checkpoint holds no tensors")
     return tensors
-
-
-def _torch_load(path: Path):
-    """weights_only loading; memory-mapped for torch's zip format (no copy of the tensors), plain for legacy files."""
-    if zipfile.is_zipfile(path):
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
 def _find_tensors(obj) -> dict[str, torch.Tensor]:

@@ -8,14 +8,11 @@ first, Hugging Face second, into a temporary folder beside it that is renamed in
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import socket
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..common.downloads import (DownloadFailed, DownloadProgress, Fetcher, download_into_place, host_reachable,
+                               offline_forced)
 from ..common.paths import path_inside
 
 log = logging.getLogger("aesthete.scoring")
@@ -52,11 +49,6 @@ KNOWN_PREDICTORS: dict[str, KnownPredictor] = {p.name: p for p in (
                    "shunk031/aesthetics-predictor-v1-vit-base-patch32"),
 )}
 
-# (done, total, what) -> None; called as files arrive
-DownloadProgress = Callable[[int, int, str], None]
-# (model id, destination folder, progress) -> None; raises when it cannot fetch
-Fetcher = Callable[[str, Path, DownloadProgress], None]
-
 
 class PredictorUnavailable(RuntimeError):
     """The predictor is neither on disk nor downloadable; the message says which files to put where."""
@@ -80,19 +72,6 @@ def missing_files_message(name: str, folder: Path, reasons: list[str]) -> str:
     return (f"aesthetic predictor {name!r} is not in {folder} and could not be downloaded ({why}). "
             f"Put config.json, preprocessor_config.json and model.safetensors (or pytorch_model.bin){source} "
             f"into {folder}, or pick a predictor folder that is already there.")
-
-
-def host_reachable(host: str, timeout: float = 3.0) -> bool:
-    """A quick TCP probe so that an offline machine fails in seconds, not after a minute of download retries."""
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def offline_forced() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("AESTHETE_OFFLINE", "HF_HUB_OFFLINE"))
 
 
 def fetch_from_modelscope(model_id: str, dest: Path, progress: DownloadProgress) -> None:
@@ -147,24 +126,11 @@ def ensure_predictor(name: str, aesthetic_dir: Path, progress: DownloadProgress 
         if known.modelscope_id:
             fetchers.append(("ModelScope", lambda d, p, m=known.modelscope_id: fetch_from_modelscope(m, d, p)))
         fetchers.append(("Hugging Face", lambda d, p, h=known.huggingface_id: fetch_from_huggingface(h, d, p)))
-    progress = progress or (lambda done, total, what: None)
-    aesthetic_dir.mkdir(parents=True, exist_ok=True)
-    reasons = []
-    for label, fetch in fetchers:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=aesthetic_dir))
-        try:
-            log.info("downloading aesthetic predictor %s from %s into %s", name, label, folder)
-            fetch(tmp, progress)
-            if not is_predictor_folder(tmp):
-                raise FileNotFoundError(f"the download lacks {', '.join(REQUIRED_FILES)} or the weights")
-            if folder.exists():  # an incomplete folder from before: replace it whole
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-            return folder
-        except Exception as e:  # noqa: BLE001 - every failure falls through to the next source
-            log.warning("aesthetic predictor %s: %s failed: %s", name, label, e)
-            reasons.append(f"{label}: {e}")
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    raise PredictorUnavailable(missing_files_message(name, folder, reasons))
+    def check(tmp: Path) -> None:
+        if not is_predictor_folder(tmp):
+            raise FileNotFoundError(f"the download lacks {', '.join(REQUIRED_FILES)} or the weights")
+
+    try:
+        return download_into_place(folder, fetchers, check, progress)
+    except DownloadFailed as e:
+        raise PredictorUnavailable(missing_files_message(name, folder, e.reasons)) from None
