@@ -24,10 +24,10 @@ lint: setup-test
 
 # speed and memory, each against a baseline measured in the same run (prints ratios)
 bench: setup-test
-	@$(PY) benchmarks/bench_scoring.py
-	@$(PY) benchmarks/bench_lora.py
-	@$(PY) benchmarks/bench_training.py
-	@$(PY) benchmarks/bench_kolors_text.py
+	@$(PY) -m benchmarks.bench_scoring
+	@$(PY) -m benchmarks.bench_lora
+	@$(PY) -m benchmarks.bench_training
+	@$(PY) -m benchmarks.bench_kolors_text
 
 clean:
 	rm -rf .venv .comfyui .cache tests/.models tests/.artifacts

@@ -19,13 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
     for module, func in SUBCOMMANDS:
-        try:
-            mod = importlib.import_module(f".{module}", __package__)
-        except ModuleNotFoundError as e:
-            if e.name and e.name.endswith(module):  # the area has not landed its command line yet
-                continue
-            raise
-        getattr(mod, func)(sub)
+        getattr(importlib.import_module(f".{module}", __package__), func)(sub)
     return parser
 
 

@@ -1,6 +1,6 @@
 """Benchmark: applying a full-size DiffSynth 1.x Kolors LoRA with AestheteLoraLoader against core ComfyUI.
 
-    .venv/bin/python benchmarks/bench_lora.py [--repeats 7]
+    .venv/bin/python -m benchmarks.bench_lora [--repeats 7]
 
 What is timed, in one process and one run, alternating the contenders:
 - the LoRA file: the complete DiffSynth 1.x Kolors key list (tests/fixtures/diffsynth/kolors_lora_keys.json,

@@ -13,7 +13,7 @@ reported separately (an empty inductor cache: a first session; later ones reuse 
 and compile faster), and images/s both without it (a ComfyUI session or a long folder, where it is paid once) and
 with it (a one-off run).
 
-  .venv/bin/python benchmarks/bench_scoring.py [--images 64] [--size 512] [--batch-size 16] [--device cpu]
+  .venv/bin/python -m benchmarks.bench_scoring [--images 64] [--size 512] [--batch-size 16] [--device cpu]
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the model factories
 
 log = logging.getLogger("aesthete.bench")
 PHASES = ("reference", "transformers", "forward", "cli", "node", "forward+compile", "cli+compile", "node+compile")
@@ -79,19 +78,21 @@ def run_phase(phase: str, model: Path, files: list[Path], batch_size: int, devic
                 scores.append(predictor(**inputs).logits.tolist()[0][0])
         seconds = time.perf_counter() - start
     else:
-        from aesthete.scoring.predictor import load_predictor
+        from aesthete.scoring import predictor as predictor_module
+        from aesthete.scoring.predictor import ModelForward, load_predictor
 
         phase, _, compiled = phase.partition("+")
-        # the CLI below gets this same cached object, so the same compiled code
         predictor = load_predictor(model, device, "fp32", compile=bool(compiled))
+        # the CLI below gets this same object (so the same compiled code): loading is not what is compared
+        predictor_module.load_predictor = lambda *args, **kwargs: predictor
         warm_up = 0.0
         if compiled:
             first = predictor.preprocess([Image.open(p).convert("RGB") for p in files[:batch_size]])
             start = time.perf_counter()
             predictor.forward(first)
             warm_up = time.perf_counter() - start
-            if predictor.speed.failed:
-                raise SystemExit(f"compiling failed: {predictor.speed.failed}")
+            if predictor.scorer.failed:
+                raise SystemExit(f"compiling failed: {predictor.scorer.failed}")
         forward_seconds = [0.0]
         plain_forward = predictor.forward
 
@@ -107,7 +108,7 @@ def run_phase(phase: str, model: Path, files: list[Path], batch_size: int, devic
             pixels = [predictor.preprocess([Image.open(p).convert("RGB") for p in files[i:i + batch_size]])
                       for i in range(0, len(files), batch_size)]
             if phase == "transformers":  # the model's own forward (what the reference calls), batched
-                predictor.fast = None
+                predictor.scorer = ModelForward(predictor.model)
             start = time.perf_counter()
             scores = [s for px in pixels for s in predictor.forward(px).tolist()]
             seconds = time.perf_counter() - start
@@ -158,19 +159,19 @@ def main() -> int:
         sys.stdout.write(json.dumps(run_phase(args.phase, args.model, files, args.batch_size, args.device)) + "\n")
         return 0
 
-    from harness.factories import aesthetic_predictor
+    from tests.harness.factories import aesthetic_predictor
 
     model = aesthetic_predictor("full")
     with tempfile.TemporaryDirectory(prefix="aesthete-bench-") as tmp:
         make_images(Path(tmp), args.images, args.size)
         results = {}
         for phase in PHASES:
-            cmd = [sys.executable, __file__, "--phase", phase, "--model", str(model), "--folder", tmp,
+            cmd = [sys.executable, "-m", __spec__.name, "--phase", phase, "--model", str(model), "--folder", tmp,
                    "--batch-size", str(args.batch_size), "--device", args.device]
             env = dict(os.environ, HF_HUB_OFFLINE="1")
             if "+" in phase:  # an empty inductor cache: the compile time of a first session, not a cached one
                 env["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / f"inductor-{phase}")
-            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
             if done.returncode != 0:
                 log.error("%s failed:\n%s", phase, done.stderr[-3000:])
                 return 1

@@ -6,7 +6,7 @@ batch 1, 20 steps, AdamW, fp32, no gradient checkpointing, alpha/rank 1/4 for bo
 difference is the time of 20 steps (so model loading and set-up count for neither). TrainLoraNode gets one LATENT
 per image, because in ComfyUI 0.3.75 a single LATENT batch crashes it (``UnboundLocalError: multi_res``).
 
-    .venv/bin/python benchmarks/bench_training.py [--steps 20]
+    .venv/bin/python -m benchmarks.bench_training [--steps 20]
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-log = logging.getLogger("aesthete.bench")
 
 
 def rss_mib() -> float:
@@ -37,8 +36,7 @@ def peak_rss_mib() -> float:
 
 
 def comfy_setup():
-    sys.path.insert(0, str(REPO / "tests"))
-    from harness.comfy_server import COMFY_DIR
+    from tests.harness.comfy_server import COMFY_DIR
 
     sys.path.insert(0, str(COMFY_DIR))
     os.chdir(COMFY_DIR)
@@ -49,7 +47,7 @@ def comfy_setup():
 
     args.cpu = True
     import comfy.sd
-    from harness.factories import small_sd15_checkpoint
+    from tests.harness.factories import small_sd15_checkpoint
 
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(small_sd15_checkpoint()), output_vae=True,
                                                                 output_clip=True)
@@ -59,7 +57,7 @@ def comfy_setup():
 def dataset(folder: Path):
     from aesthete.training.captions import CaptionRecipe
     from aesthete.training.dataset import load_dataset
-    from harness.training_data import write_pattern_folder
+    from tests.harness.training_data import write_pattern_folder
 
     write_pattern_folder(folder, count=4)
     return load_dataset(folder, resolution=64, crop_mode="center crop", recipe=CaptionRecipe("ptn"))
@@ -121,8 +119,8 @@ def worker(kind: str, steps: int, folder: Path) -> dict:
 
 
 def run_worker(kind: str, steps: int, folder: Path) -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind, "--steps", str(steps), "--folder", str(folder)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    cmd = [sys.executable, "-m", __spec__.name, "--worker", kind, "--steps", str(steps), "--folder", str(folder)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=REPO)
     if proc.returncode != 0:
         raise SystemExit(f"{kind} worker failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,7 +1,2 @@
 """LoRA files of every common format: read safely, recognise, place on SD1.5/SDXL/Kolors UNet modules and convert
 between ComfyUI's and DiffSynth-Studio's layouts. No ComfyUI imports (nodes/lora_nodes.py adapts this)."""
-
-from .convert import convert_lora, convert_lora_with_report
-from .files import read_lora_file, write_safetensors
-
-__all__ = ["convert_lora", "convert_lora_with_report", "read_lora_file", "write_safetensors"]

@@ -7,19 +7,19 @@ crafted to run code when unpickled is rejected instead of run.
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import pickle
-import tempfile
+import re
 import zipfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 
-log = logging.getLogger("aesthete.lora")
+from ..common.files import write_safetensors
+from ..common.paths import path_inside
+
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -88,18 +88,31 @@ def _find_tensors(obj) -> dict[str, torch.Tensor]:
     return {}
 
 
-def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    """Write ``tensors`` with string ``metadata`` to ``path`` atomically (temp file in the same folder, then
-    os.replace), so a crash never leaves a half-written LoRA under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
-                  metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def numbered_path(root: str | os.PathLike, prefix: str, suffix: str = ".safetensors") -> Path:
+    """The first free ``<prefix>_NNNNN<suffix>`` inside ``root`` (the folders of the prefix are created); a prefix
+    that leaves ``root`` is refused (``common.paths.path_inside``)."""
+    base = path_inside(root, prefix, what="save name")
+    base.parent.mkdir(parents=True, exist_ok=True)
+    pattern = re.compile(re.escape(base.name) + r"_(\d{5})" + re.escape(suffix) + "$")
+    taken = [int(m[1]) for p in base.parent.iterdir() if (m := pattern.match(p.name))]
+    return base.with_name(f"{base.name}_{max(taken, default=0) + 1:05d}{suffix}")
+
+
+def diffsynth_base(base_model: str) -> str | None:
+    """The converter's base name for ComfyUI's model config name (Kolors is SDXL-architecture)."""
+    name = base_model.lower()
+    if "sdxl" in name or "kolors" in name:
+        return "sdxl"
+    return "sd15" if name in ("sd15", "sd15_instructpix2pix") else None
+
+
+def write_diffsynth_copy(tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+                         path: str | os.PathLike) -> tuple[Path, dict[str, str]]:
+    """A copy of a ComfyUI-format LoRA in DiffSynth's key format at ``path`` (atomically). Returns the path and the
+    metadata written (the converter's ``aesthete.dropped_keys`` counts what DiffSynth's layout cannot hold)."""
+    from .convert import convert_lora  # imported late: the conversion is optional
+
+    base = diffsynth_base(metadata.get("aesthete.base_model", ""))
+    converted, extra = convert_lora(dict(tensors), to="diffsynth", base=base)
+    meta = {**metadata, **{k: str(v) for k, v in (extra or {}).items()}}
+    return write_safetensors(path, converted, meta), meta

@@ -13,7 +13,9 @@ from ..prompts import composer, negative, presets, tokens
 
 log = logging.getLogger("aesthete.prompts")
 
-CATEGORY = "Aesthete/prompt"
+# the domain folder's name, as Aesthete/scoring, /training and /lora are. Only the Add Node menu shows it: saved
+# workflows name nodes by their node_id, so renaming it (from "Aesthete/prompt") breaks none
+CATEGORY = "Aesthete/prompts"
 # the composition a composer holds (fields, weights, switches, separator), for saving and loading presets
 PromptFields = io.Custom("AESTHETE_PROMPT_FIELDS")
 

@@ -12,20 +12,19 @@ import logging
 import math
 import os
 import random
-import weakref
 from pathlib import Path
 
 import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
 import folder_paths
-import numpy as np
 import torch
 from comfy.cli_args import args
 from comfy_api.latest import io, ui
 from comfy_execution.graph import ExecutionBlocker
-from PIL import Image
 
+from ..common.images import tensor_to_pil
+from ..common.paths import path_inside
 from ..scoring import annotate, folder as folder_scoring, registry
 from ..scoring.images import list_image_files
 from ..scoring.predictor import AestheticPredictor, finite_mean, load_predictor, resolve_dtype
@@ -47,15 +46,15 @@ def predictor_choices() -> list[str]:
     for base in folder_paths.get_folder_paths(AESTHETIC_FOLDER):
         if os.path.isdir(base):
             for entry in sorted(os.listdir(base)):
-                if not entry.startswith(".") and entry not in names and registry.is_complete(Path(base) / entry):
+                if not entry.startswith(".") and entry not in names and registry.is_predictor_folder(Path(base) / entry):
                     names.append(entry)
     return names
 
 
 def find_predictor_folder(name: str, progress: comfy.utils.ProgressBar | None = None) -> Path:
     for base in folder_paths.get_folder_paths(AESTHETIC_FOLDER):
-        candidate = registry.safe_child(Path(base), name)
-        if registry.is_complete(candidate):
+        candidate = path_inside(base, name, what="predictor")
+        if registry.is_predictor_folder(candidate):
             return candidate
     report = (lambda done, total, what: progress.update_absolute(done, max(total, 1))) if progress else None
     return registry.ensure_predictor(name, Path(DEFAULT_AESTHETIC_DIR), report)
@@ -70,25 +69,18 @@ class _PatcherModel(torch.nn.Module):
         self.device = device
 
 
-# one ModelPatcher per loaded predictor, so ComfyUI tracks it as one model across runs
-_PATCHERS: weakref.WeakKeyDictionary[AestheticPredictor, comfy.model_patcher.ModelPatcher] = \
-    weakref.WeakKeyDictionary()
-
-
 class LoadedPredictor:
-    """The AESTHETIC_MODEL value: the predictor and the device ComfyUI loads it to before each use."""
+    """The AESTHETIC_MODEL value: the predictor, wrapped in the ModelPatcher through which ComfyUI's model management
+    loads it to ``load_device`` before each use and offloads it when memory is needed. It is the only owner of the
+    predictor in the server: when ComfyUI drops the loader's output (POST /free, another workflow), the weights go."""
 
     def __init__(self, predictor: AestheticPredictor, load_device: torch.device):
         self.predictor = predictor
         self.load_device = load_device
-        patcher = _PATCHERS.get(predictor.base)  # a compiled view shares the model, so the patcher too
-        if patcher is None or patcher.load_device != load_device:
-            holder = _PatcherModel(predictor.model, predictor.device)
-            patcher = comfy.model_patcher.ModelPatcher(
-                holder, load_device=load_device, offload_device=predictor.device,
-                size=comfy.model_management.module_size(holder))
-            _PATCHERS[predictor.base] = patcher
-        self.patcher = patcher
+        holder = _PatcherModel(predictor.model, predictor.device)
+        self.patcher = comfy.model_patcher.ModelPatcher(holder, load_device=load_device,
+                                                        offload_device=predictor.device,
+                                                        size=comfy.model_management.module_size(holder))
 
     def ready(self) -> AestheticPredictor:
         """Let ComfyUI's memory management move the model to its device (freeing others if it must)."""
@@ -120,11 +112,13 @@ class AesthetePredictorLoader(io.ComfyNode):
             category="Aesthete/scoring",
             description="Loads a LAION aesthetic predictor (CLIP vision model plus a score head, 1-10 scale). A "
                         "listed predictor missing from models/aesthetic is downloaded on first use (ModelScope, "
-                        "then Hugging Face). The loaded model is kept between runs.",
+                        "then Hugging Face). ComfyUI keeps the loaded model between runs and frees it with its other "
+                        "models.",
             inputs=[
                 io.Combo.Input("model", options=predictor_choices(), default=registry.DEFAULT_PREDICTOR,
                                tooltip="A published predictor (downloaded if missing) or a folder under "
-                                       "models/aesthetic holding config.json, preprocessor_config.json and weights"),
+                                       "models/aesthetic holding config.json, preprocessor_config.json (or "
+                                       "processor_config.json) and weights"),
                 io.Combo.Input("device", options=["auto", "cuda", "cpu"], default="auto",
                                tooltip="Where to run it; auto follows ComfyUI (the GPU unless started with --cpu)"),
                 io.Combo.Input("dtype", options=["auto", "fp32", "fp16", "bf16"], default="auto",
@@ -262,8 +256,8 @@ class AestheteScoreFolder(io.ComfyNode):
             is_output_node=True,  # a dataset check on its own
             inputs=[
                 AestheticModel.Input("predictor", tooltip="From Aesthetic Predictor Loader"),
-                io.String.Input("folder", default="",
-                                tooltip="Folder relative to ComfyUI's input directory (empty: the input directory)"),
+                io.String.Input("folder", default="lora_dataset",
+                                tooltip="Folder relative to ComfyUI's input directory"),
                 io.Boolean.Input("recursive", default=False, tooltip="Also score images in sub-folders"),
                 io.Boolean.Input("allow_outside_input", default=False,
                                  tooltip="Allow an absolute path or one leading outside the input directory"),
@@ -284,12 +278,9 @@ class AestheteScoreFolder(io.ComfyNode):
 
     @classmethod
     def resolve_folder(cls, folder: str, allow_outside_input: bool) -> Path:
-        base = Path(folder_paths.get_input_directory()).resolve()
-        path = (base / folder.strip()).resolve()  # an absolute folder replaces the base
-        if not allow_outside_input and not path.is_relative_to(base):
-            raise ValueError(f"folder {folder!r} is outside ComfyUI's input directory; give a path inside it or "
-                             f"turn on allow_outside_input")
-        return path
+        return path_inside(folder_paths.get_input_directory(), folder, what="folder",
+                           where="ComfyUI's input directory", hint="turn on allow_outside_input",
+                           allow_outside=allow_outside_input)
 
     @classmethod
     def fingerprint_inputs(cls, predictor, folder, recursive, allow_outside_input, batch_size, threshold=6.0):
@@ -369,7 +360,7 @@ class AestheteSaveScored(io.ComfyNode):
         model = first(model_name) or ""
         shown, saved = [], []
         for image, score in zip(singles, scores):
-            pil = Image.fromarray(np.clip(255.0 * image[0].cpu().numpy(), 0, 255).astype(np.uint8))
+            pil = tensor_to_pil(image)
             name = annotate.score_filename(stem, counter, score) if first(score_in_filename) else \
                 f"{stem}_{counter:05}_.png"
             info = annotate.png_info(score, model, extra) if first(score_in_metadata) else None

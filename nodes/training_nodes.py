@@ -4,6 +4,7 @@ the save node. The work is done by ``aesthete.training``; these classes adapt it
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -14,13 +15,16 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io, ui
 
+from ..common.images import pil_to_tensor
+from ..common.paths import path_inside
+from ..lora.files import numbered_path
 from ..training.captions import CaptionRecipe
-from ..training.dataset import CROP_MODES, DatasetError, LoraDataset, load_dataset, to_tensor
-from ..training.lora_network import TARGET_PRESETS, LoraNetwork
+from ..training.dataset import CROP_MODES, LoraDataset, load_dataset
+from ..training.job import TrainingJob
+from ..training.lora_network import TARGET_PRESETS
 from ..training.loop import OPTIMIZERS, PRECISIONS, SCHEDULES, NonFiniteLossError, TrainSettings
 from ..training.loss_graph import draw_loss_graph
-from ..training.save import (SaveError, TrainedLora, build_metadata, numbered_path, read_lora, resolve_inside,
-                             save_diffsynth_copy, save_lora)
+from ..training.save import SaveError, TrainedLora, save_diffsynth_copy, save_lora
 from ..training.trainer import build_cache, run_training
 from .scoring_nodes import AestheticModel, LoadedPredictor
 
@@ -35,15 +39,8 @@ SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloa
 
 def resolve_dataset_folder(folder: str, allow_outside: bool) -> Path:
     """``folder`` inside ComfyUI's input directory; an absolute or escaping path only when ``allow_outside``."""
-    input_dir = Path(folder_paths.get_input_directory()).resolve()
-    folder = folder.strip()
-    if not folder:
-        raise DatasetError("folder: give the name of a folder of training images under ComfyUI's input directory")
-    path = (input_dir / folder).resolve()
-    if not path.is_relative_to(input_dir) and not allow_outside:
-        raise DatasetError(f"folder {folder!r} is outside ComfyUI's input directory ({input_dir}); move the images "
-                           "there, or turn on allow_outside_input")
-    return path
+    return path_inside(folder_paths.get_input_directory(), folder, what="folder", where="ComfyUI's input directory",
+                       hint="move the images there, or turn on allow_outside_input", allow_outside=allow_outside)
 
 
 def aesthetic_scorer(aesthetic_model: LoadedPredictor):
@@ -215,71 +212,29 @@ class AestheteTrainLora(io.ComfyNode):
                                  warmup_steps=warmup_steps, seed=seed, precision=precision,
                                  gradient_checkpointing=gradient_checkpointing, save_every_n_epochs=save_every_n_epochs)
         settings.check()
-        resolve_inside(loras_root(), checkpoint_name)  # a bad name fails now, not after training
-        resume, resume_epochs = None, 0
+        job = TrainingJob(dataset, settings, TARGET_PRESETS[target_layers], type(model.model.model_config).__name__,
+                          loras_root(), checkpoint_name)
         if resume_from and resume_from != NO_LORA:
-            previous = read_lora(folder_paths.get_full_path_or_raise("loras", resume_from))
-            resume, resume_epochs = previous.tensors, int(previous.metadata.get("aesthete.epochs", "0") or 0)
-        targets = TARGET_PRESETS[target_layers]
-        node_id = cls.hidden.unique_id
+            job.resume_from(resume_from, folder_paths.get_full_path_or_raise("loras", resume_from))
         with torch.inference_mode(False), torch.enable_grad():
             patcher = model.clone()
-            base = patcher.model
-            device = patcher.load_device
+            base, device = patcher.model, patcher.load_device
             encode_images, encode_caption = model_encoders(base, clip, vae, device)
-            cache = build_cache(dataset, settings, encode_images, encode_caption, resume_epochs,
+            cache = build_cache(dataset, settings, encode_images, encode_caption, job.resume_epochs,
                                 encoders=(vae, clip, base))
             log.info("Aesthete trainer: %s", cache.describe())
             comfy.model_management.load_models_gpu([patcher], memory_required=1e20, force_full_load=True)
-
-            def metadata(run_epochs: int, steps: int, network: LoraNetwork) -> dict[str, str]:
-                return build_metadata(base_model=type(base.model_config).__name__, rank=network.rank,
-                                      alpha=network.alpha, epochs=run_epochs, steps=steps,
-                                      dataset_size=len(dataset), settings=settings.as_dict(), targets=targets,
-                                      extra={"aesthete.dataset": dataset.folder.name,
-                                             "aesthete.resumed_from": resume_from if resume else ""})
-
-            def save_checkpoint(network: LoraNetwork, run_epochs: int, steps: int, tag: str) -> Path:
-                path = resolve_inside(loras_root(), f"{checkpoint_name}_{tag}.safetensors")
-                return save_lora(TrainedLora(network.comfy_state_dict(), metadata(run_epochs, steps, network)), path)
-
-            losses: list[float] = []
-            pbar = comfy.utils.ProgressBar(1, node_id=node_id)
-            preview_every = max(1, settings.epochs * dataset.steps_per_epoch(batch_size) // grad_accumulation // 25)
-
-            def on_step(step: int, total: int, loss: float) -> None:
-                losses.append(loss)
-                preview = None
-                if step % preview_every == 0 or step == total:
-                    preview = ("PNG", draw_loss_graph(losses, width=512, height=320,
-                                                      title=f"step {step}/{total}  loss {loss:.4f}"), 512)
-                pbar.update_absolute(step, total, preview)
-
-            def on_epoch_end(epoch: int, network: LoraNetwork, result) -> None:
-                if save_every_n_epochs and epoch % save_every_n_epochs == 0 and epoch < resume_epochs + epochs:
-                    save_checkpoint(network, epoch, result.steps, f"epoch{epoch:04d}")
-
-            try:
+            progress = LossProgress(cls.hidden.unique_id, settings, dataset)
+            with clear_training_errors():
                 run = run_training(base.diffusion_model, base, dataset, cache, settings, rank=rank, alpha=alpha,
-                                   targets=targets, resume=resume, device=device, on_step=on_step,
+                                   targets=job.targets, resume=job.resume or None, device=device,
+                                   on_step=progress.on_step,
                                    should_stop=comfy.model_management.processing_interrupted,
-                                   on_epoch_end=on_epoch_end)
-            except NonFiniteLossError as e:
-                raise NonFiniteLossError(f"{e}. This run's LoRA is not output (checkpoints saved every N epochs "
-                                         "stay in models/loras)") from None
-            except torch.cuda.OutOfMemoryError as e:
-                raise MemoryError(f"training ran out of memory ({e}). Lower batch_size (use grad_accumulation "
-                                  "for the same effective batch), turn on gradient_checkpointing, choose bf16, or "
-                                  "lower the dataset's resolution") from None
-            result = run.result
-            done_epochs = resume_epochs + result.epochs_done
-            if result.cancelled:
-                if result.steps:
-                    path = save_checkpoint(run.network, done_epochs, result.steps, "interrupted")
-                    log.warning("Aesthete trainer: cancelled after %d steps; kept what was trained in %s (continue "
-                                "with resume_from)", result.steps, path)
+                                   on_epoch_end=job.on_epoch_end)
+            lora = job.finish(run)
+            if run.result.cancelled:
                 comfy.model_management.throw_exception_if_processing_interrupted()
-            lora = TrainedLora(run.network.comfy_state_dict(), metadata(done_epochs, result.steps, run.network))
+        result = run.result
         summary = (f"{result.steps} steps in {result.seconds:.1f}s ({result.steps / max(result.seconds, 1e-9):.2f} "
                    f"steps/s), loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}; {cache.describe()}")
         log.info("Aesthete trainer: %s", summary)
@@ -287,6 +242,39 @@ class AestheteTrainLora(io.ComfyNode):
         trained_model, _ = comfy.sd.load_lora_for_models(model, None, lora.tensors, 1.0, 0)
         return io.NodeOutput(trained_model, lora, {"loss": list(result.losses)},
                              ui={"text": [summary], "loss": list(result.losses)})
+
+
+class LossProgress:
+    """The node's progress bar: one tick per optimizer step, with the loss graph so far as its preview (about 25
+    previews a run, and the last step's)."""
+
+    def __init__(self, node_id: str, settings: TrainSettings, dataset: LoraDataset):
+        self.losses: list[float] = []
+        self.bar = comfy.utils.ProgressBar(1, node_id=node_id)
+        steps = settings.epochs * dataset.steps_per_epoch(settings.batch_size) // settings.grad_accumulation
+        self.preview_every = max(1, steps // 25)
+
+    def on_step(self, step: int, total: int, loss: float) -> None:
+        self.losses.append(loss)
+        preview = None
+        if step % self.preview_every == 0 or step == total:
+            preview = ("PNG", draw_loss_graph(self.losses, width=512, height=320,
+                                              title=f"step {step}/{total}  loss {loss:.4f}"), 512)
+        self.bar.update_absolute(step, total, preview)
+
+
+@contextmanager
+def clear_training_errors():
+    """A NaN loss or running out of memory, told in words that say what to change."""
+    try:
+        yield
+    except NonFiniteLossError as e:
+        raise NonFiniteLossError(f"{e}. This run's LoRA is not output (checkpoints saved every N epochs stay in "
+                                 "models/loras)") from None
+    except torch.cuda.OutOfMemoryError as e:
+        raise MemoryError(f"training ran out of memory ({e}). Lower batch_size (use grad_accumulation for the same "
+                          "effective batch), turn on gradient_checkpointing, choose bf16, or lower the dataset's "
+                          "resolution") from None
 
 
 class AestheteLossGraph(io.ComfyNode):
@@ -311,7 +299,7 @@ class AestheteLossGraph(io.ComfyNode):
     def execute(cls, loss, smoothing) -> io.NodeOutput:
         values = loss.get("loss", []) if isinstance(loss, dict) else list(loss)
         img = draw_loss_graph(values, smoothing)
-        tensor = to_tensor(img.convert("RGB"))[None]
+        tensor = pil_to_tensor(img)
         return io.NodeOutput(tensor, ui=ui.PreviewImage(tensor, cls=cls))
 
 

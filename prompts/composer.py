@@ -13,6 +13,8 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
+from ..common.tags import split_tags
+
 
 @dataclass(frozen=True)
 class FieldSpec:
@@ -50,8 +52,6 @@ SEPARATOR_CHOICES: tuple[str, ...] = (SEPARATOR_AUTO, CHINESE_SEPARATOR, LATIN_S
 WEIGHT_MIN, WEIGHT_MAX = 0.0, 3.0
 
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]")
-# tag boundaries: ASCII and full-width commas, and line breaks
-_TAG_BOUNDARY = {",", "，", "\n", "\r"}
 
 
 @dataclass
@@ -144,32 +144,6 @@ def check_separator(sep: str, source: str = "composer") -> None:
 
 def has_chinese(text: str) -> bool:
     return bool(_HAN.search(text))
-
-
-def split_tags(text: str) -> list[str]:
-    """Split a field into tags at commas (ASCII or full-width) and line breaks, but not inside parentheses, so
-    ``ganyu (genshin impact, cosplay)`` stays one tag. Whitespace around tags is dropped, empty tags vanish."""
-    tags, current, depth, escaped = [], [], 0, False
-    for ch in text:
-        if escaped:
-            current.append(ch)
-            escaped = False
-            continue
-        if ch == "\\":
-            escaped = True
-            current.append(ch)
-            continue
-        if ch == "(":
-            depth += 1
-        elif ch == ")" and depth > 0:
-            depth -= 1
-        if ch in _TAG_BOUNDARY and depth == 0:
-            tags.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    tags.append("".join(current))
-    return [" ".join(t.split()) for t in tags if t.strip()]
 
 
 def escape_parentheses(tag: str) -> str:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
+from ..common.files import write_atomic
+from ..common.paths import path_inside
 from .composer import Composition
 
 log = logging.getLogger("aesthete.prompts")
@@ -37,11 +37,8 @@ def check_name(name: str) -> str:
 
 def preset_path(folder: Path, name: str) -> Path:
     """Where preset ``name`` lives in ``folder``; never outside it."""
-    folder = Path(folder).resolve()
-    path = (folder / f"{check_name(name)}.json").resolve()
-    if not path.is_relative_to(folder) or path.parent != folder:
-        raise ValueError(f"preset name {name!r} would write outside {folder}")
-    return path
+    # check_name refuses separators and leading dots, so the file is directly in ``folder``
+    return path_inside(folder, f"{check_name(name)}.json", what="preset name")
 
 
 def list_presets(folder: Path | None) -> list[str]:
@@ -79,17 +76,8 @@ def save_preset(folder: Path, name: str, comp: Composition, overwrite: bool = Tr
     if path.exists() and not overwrite:
         raise FileExistsError(f"composer preset {name!r} already exists ({path}); switch overwrite on or pick "
                               "another name")
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, "version": VERSION, "name": check_name(name), **comp.to_dict()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
     log.info("saved composer preset %r to %s", name, path)
     return path
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
+
+from ..common.files import write_atomic
 
 SCORE_KEY = "aesthetic_score"
 MODEL_KEY = "aesthetic_model"
@@ -44,16 +44,7 @@ def read_score(path: Path) -> float | None:
 
 def save_png(image: Image.Image, path: Path, info: PngInfo | None = None, compress_level: int = 4) -> None:
     """Write a PNG atomically (a temporary file in the same folder, then renamed)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG", pnginfo=info, compress_level=compress_level)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info, compress_level=compress_level))
 
 
 def draw_score(image: Image.Image, score: float, label: str = "") -> Image.Image:

@@ -5,18 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..common.files import write_atomic
 from .images import DEFAULT_MAX_PIXELS, list_image_files, open_image
-from .predictor import AestheticPredictor, Progress
+from .predictor import AestheticPredictor, ScoreProgress
 
-log = logging.getLogger("aesthete.scoring")
 
 
 class NothingScorable(ValueError):
@@ -84,7 +81,7 @@ def collect_files(paths: Iterable[Path], recursive: bool = False) -> list[Path]:
 
 def score_files(predictor: AestheticPredictor, files: Sequence[Path], batch_size: int = 16,
                 max_pixels: int = DEFAULT_MAX_PIXELS, background: tuple[int, int, int] | None = (255, 255, 255),
-                progress: Progress | None = None, interrupt: Callable[[], None] | None = None,
+                progress: ScoreProgress | None = None, interrupt: Callable[[], None] | None = None,
                 root: Path | None = None) -> FolderReport:
     """Score ``files`` in batches of ``batch_size`` decoded images (only one batch is held in memory). Bad files
     are skipped with a logged reason; raises NothingScorable when no file could be scored."""
@@ -128,21 +125,11 @@ def score_folder(predictor: AestheticPredictor, folder: Path, recursive: bool = 
     return score_files(predictor, list_image_files(folder, recursive), root=folder, **kwargs)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+# the scoring area's older name for the pack's one atomic writer
+write_text_atomic = write_atomic
 
 
 def write_report(report: FolderReport, path: Path, fmt: str) -> None:
     """Write the per-file scores as ``json`` or ``csv`` (atomically)."""
     text = (json.dumps(report.as_dict(), indent=2, ensure_ascii=False) + "\n") if fmt == "json" else report.csv_text()
-    write_text_atomic(path, text)
+    write_atomic(path, text)

@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 from PIL import Image
 
 from .images import finite_mask, tensor_to_uint8
-from .registry import WEIGHT_FILES
+from .registry import PROCESSOR_FILES, WEIGHT_FILES
 
 log = logging.getLogger("aesthete.scoring")
 
@@ -29,7 +28,7 @@ HEAD_CLASSES = {"AestheticsPredictorV1": "v1", "AestheticsPredictorV2Linear": "v
                 "AestheticsPredictorV2ReLU": "v2-relu"}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # (done, total) -> None
-Progress = Callable[[int, int], None]
+ScoreProgress = Callable[[int, int], None]
 
 
 def head_class(head: str) -> type:
@@ -91,56 +90,53 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return DTYPES[dtype]
 
 
+class ModelForward:
+    """Scores with the model's own forward (``predictor(pixel_values).logits[:, 0]``, the reference code)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits[:, 0]
+
+
+def choose_scorer(model: torch.nn.Module, name: str, compile: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The one scorer a predictor uses, chosen at load: ``speed.FastScorer`` (the default), ``speed.CompiledScorer``
+    around it when ``compile`` (its eager fallback is that FastScorer, so packed weights are made once), or the
+    model's own forward when FastScorer cannot run this model (logged)."""
+    from .speed import CompiledScorer, FastScorer, unsupported_reason
+
+    reason = unsupported_reason(model)
+    if reason is not None:
+        log.warning("%s: scoring with the model's own forward (slower%s): %s", name,
+                    "; not compiled" if compile else "", reason)
+        return ModelForward(model)
+    fast = FastScorer(model)
+    return CompiledScorer(fast) if compile else fast
+
+
 class AestheticPredictor:
     """A loaded predictor: ``score_images`` (PIL) and ``score_tensor`` (ComfyUI IMAGE batches) give 1-10 scores."""
 
-    def __init__(self, model: torch.nn.Module, processor, name: str, head: str, folder: Path | None = None):
+    def __init__(self, model: torch.nn.Module, processor, name: str, head: str, folder: Path | None = None,
+                 compile: bool = False):
         self.model = model.eval()
         self.processor = processor
         self.name = name
         self.head = head
         self.folder = folder
-        self._lock = threading.Lock()  # one forward at a time: ComfyUI and the CLI may share a cached model
-        self.base = self  # the predictor owning the model; a compiled view shares it (see ``compiled``)
-        self.speed = None  # the compiled scorer of a compiled view
-        self._compiled_view: AestheticPredictor | None = None
-        self.fast = self._fast_scorer(model, name)
-
-    @staticmethod
-    def _fast_scorer(model: torch.nn.Module, name: str):
-        from .speed import FastScorer, unsupported_reason
-
-        reason = unsupported_reason(model)
-        if reason is None:
-            return FastScorer(model)
-        log.warning("%s: scoring with the model's own forward (slower): %s", name, reason)
-        return None
+        self._lock = threading.Lock()  # one forward at a time: nodes of one graph may share the predictor
+        self.scorer = choose_scorer(model, name, compile)
 
     @property
     def compile(self) -> bool:
-        return self.speed is not None
+        from .speed import CompiledScorer
 
-    def compiled(self) -> AestheticPredictor:
-        """This predictor with the opt-in speed path (``FastScorer`` under torch.compile, compiled on the first batch,
-        eager if compiling fails). It shares the model, processor and lock; the same view, and so the same compiled
-        code, is returned every time. A model ``FastScorer`` cannot run is not compiled (this predictor is returned)."""
-        base = self.base
-        if base.fast is None:
-            return base
-        with _VIEW_LOCK:
-            if base._compiled_view is None:
-                from .speed import CompiledScorer
-
-                view = AestheticPredictor.__new__(AestheticPredictor)
-                view.__dict__.update(base.__dict__)
-                view.speed = CompiledScorer(base.fast)
-                view._compiled_view = None
-                base._compiled_view = view
-            return base._compiled_view
+        return isinstance(self.scorer, CompiledScorer)
 
     @classmethod
-    def from_folder(cls, folder: Path, device: str | torch.device = "cpu",
-                    dtype: str | torch.dtype = "auto") -> AestheticPredictor:
+    def from_folder(cls, folder: Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto",
+                    compile: bool = False) -> AestheticPredictor:
         from transformers import CLIPImageProcessor
 
         folder = Path(folder)
@@ -149,14 +145,14 @@ class AestheticPredictor:
         dt = resolve_dtype(dtype, dev)
         model = head_class(head).from_pretrained(str(folder), dtype=dt)
         model.to(dev)
-        if (folder / "preprocessor_config.json").is_file():
+        if any((folder / f).is_file() for f in PROCESSOR_FILES):
             processor = CLIPImageProcessor.from_pretrained(str(folder))
         else:  # CLIP's own preprocessing at the model's input size
             size = model.config.image_size
             processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-            log.warning("%s: no preprocessor_config.json; using CLIP's preprocessing at %d px", folder, size)
+            log.warning("%s: no preprocessor_config.json or processor_config.json; using CLIP's preprocessing at %d px", folder, size)
         log.info("loaded aesthetic predictor %s (%s, %s, %s)", folder.name, head, dev, dt)
-        return cls(model, processor, folder.name, head, folder)
+        return cls(model, processor, folder.name, head, folder, compile)
 
     @property
     def device(self) -> torch.device:
@@ -174,16 +170,10 @@ class AestheticPredictor:
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[B] float32 scores on the CPU for preprocessed pixel values."""
         with self._lock, torch.inference_mode():
-            pixel_values = pixel_values.to(self.device, self.dtype)
-            if self.speed is not None:
-                return self.speed(pixel_values).float().cpu()
-            if self.fast is not None:
-                return self.fast(pixel_values).float().cpu()
-            out = self.model(pixel_values=pixel_values)
-            return out.logits[:, 0].float().cpu()
+            return self.scorer(pixel_values.to(self.device, self.dtype)).float().cpu()
 
     def score_images(self, images: Sequence[Image.Image | torch.Tensor], batch_size: int = 16,
-                     progress: Progress | None = None, interrupt: Callable[[], None] | None = None) -> list[float]:
+                     progress: ScoreProgress | None = None, interrupt: Callable[[], None] | None = None) -> list[float]:
         """One score per image, in order. ``interrupt`` is called between batches (it may raise to stop)."""
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -197,7 +187,7 @@ class AestheticPredictor:
                 progress(len(scores), len(images))
         return scores
 
-    def score_tensor(self, images: torch.Tensor, batch_size: int = 16, progress: Progress | None = None,
+    def score_tensor(self, images: torch.Tensor, batch_size: int = 16, progress: ScoreProgress | None = None,
                      interrupt: Callable[[], None] | None = None) -> list[float]:
         """Scores of a [B,H,W,C] 0..1 batch, equal to scoring the PNGs ComfyUI would save from it. An image with a
         NaN or infinity scores NaN (logged), the others are scored normally."""
@@ -213,39 +203,12 @@ class AestheticPredictor:
             scores[i] = s
         return scores
 
-    def to(self, device: torch.device | str) -> AestheticPredictor:
-        self.model.to(device)
-        return self
-
-
-_CACHE: OrderedDict[tuple, AestheticPredictor] = OrderedDict()
-_CACHE_LOCK = threading.Lock()
-_VIEW_LOCK = threading.Lock()
-CACHE_SIZE = 2
-
 
 def load_predictor(folder: Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
                    compile: bool = False) -> AestheticPredictor:
-    """A predictor from ``folder``, kept across calls: the same folder (unchanged on disk), device, dtype and
-    ``compile`` give the same object. The two most recently used models are kept; ``compile=True`` gives the
-    model's compiled view (``AestheticPredictor.compiled``), which shares it, so both never hold two copies."""
-    folder = Path(folder)
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    stamp = tuple((f, (folder / f).stat().st_mtime_ns) for f in ("config.json", *WEIGHT_FILES)
-                  if (folder / f).is_file())
-    key = (str(folder.resolve()), stamp, str(dev), str(dt))
-    with _CACHE_LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            predictor = _CACHE[key]
-            return predictor.compiled() if compile else predictor
-    predictor = AestheticPredictor.from_folder(folder, dev, dt)
-    with _CACHE_LOCK:
-        _CACHE[key] = predictor
-        while len(_CACHE) > CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return predictor.compiled() if compile else predictor
+    """A predictor from ``folder``, loaded now. Nothing is kept here: in the server the loader node's output, wrapped
+    in a ModelPatcher, is what ComfyUI's model management sees and frees; the command line loads one per run."""
+    return AestheticPredictor.from_folder(Path(folder), device, dtype, compile=compile)
 
 
 def finite_mean(scores: Sequence[float]) -> float:

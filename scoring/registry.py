@@ -16,16 +16,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..common.paths import path_inside
+
 log = logging.getLogger("aesthete.scoring")
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-REQUIRED_FILES = ("config.json", "preprocessor_config.json")
+CONFIG_FILE = "config.json"
+# the image processor's settings: transformers 4 saves preprocessor_config.json, a transformers 5 processor
+# saves processor_config.json (the image processor nested inside); either makes a predictor folder
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+REQUIRED_FILES = (CONFIG_FILE, PROCESSOR_FILES[0])  # what a download fetches and a message asks for
 
 
 @dataclass(frozen=True)
 class KnownPredictor:
     name: str  # folder name under models/aesthetic
-    head: str  # v1, v2-linear, v2-relu
     huggingface_id: str
     modelscope_id: str | None = None
 
@@ -33,32 +38,37 @@ class KnownPredictor:
 DEFAULT_PREDICTOR = "aesthetics-predictor-v2-sac-logos-ava1-l14-linearMSE"
 
 KNOWN_PREDICTORS: dict[str, KnownPredictor] = {p.name: p for p in (
-    KnownPredictor(DEFAULT_PREDICTOR, "v2-linear", f"shunk031/{DEFAULT_PREDICTOR}",
+    KnownPredictor(DEFAULT_PREDICTOR, f"shunk031/{DEFAULT_PREDICTOR}",
                    f"AI-ModelScope/{DEFAULT_PREDICTOR}"),
-    KnownPredictor("aesthetics-predictor-v2-ava-logos-l14-linearMSE", "v2-linear",
+    KnownPredictor("aesthetics-predictor-v2-ava-logos-l14-linearMSE",
                    "shunk031/aesthetics-predictor-v2-ava-logos-l14-linearMSE"),
-    KnownPredictor("aesthetics-predictor-v2-ava-logos-l14-reluMSE", "v2-relu",
+    KnownPredictor("aesthetics-predictor-v2-ava-logos-l14-reluMSE",
                    "shunk031/aesthetics-predictor-v2-ava-logos-l14-reluMSE"),
-    KnownPredictor("aesthetics-predictor-v1-vit-large-patch14", "v1",
+    KnownPredictor("aesthetics-predictor-v1-vit-large-patch14",
                    "shunk031/aesthetics-predictor-v1-vit-large-patch14"),
-    KnownPredictor("aesthetics-predictor-v1-vit-base-patch16", "v1",
+    KnownPredictor("aesthetics-predictor-v1-vit-base-patch16",
                    "shunk031/aesthetics-predictor-v1-vit-base-patch16"),
-    KnownPredictor("aesthetics-predictor-v1-vit-base-patch32", "v1",
+    KnownPredictor("aesthetics-predictor-v1-vit-base-patch32",
                    "shunk031/aesthetics-predictor-v1-vit-base-patch32"),
 )}
 
 # (done, total, what) -> None; called as files arrive
-Progress = Callable[[int, int, str], None]
+DownloadProgress = Callable[[int, int, str], None]
 # (model id, destination folder, progress) -> None; raises when it cannot fetch
-Fetcher = Callable[[str, Path, Progress], None]
+Fetcher = Callable[[str, Path, DownloadProgress], None]
 
 
 class PredictorUnavailable(RuntimeError):
     """The predictor is neither on disk nor downloadable; the message says which files to put where."""
 
 
-def is_complete(folder: Path) -> bool:
-    return all((folder / f).is_file() for f in REQUIRED_FILES) and any((folder / f).is_file() for f in WEIGHT_FILES)
+def is_predictor_folder(folder: Path) -> bool:
+    """The one rule for "this folder holds an aesthetic predictor": config.json, an image processor file
+    (PROCESSOR_FILES) and weights (WEIGHT_FILES). The loader lists and loads exactly these folders."""
+    folder = Path(folder)
+    return ((folder / CONFIG_FILE).is_file() and any((folder / f).is_file() for f in PROCESSOR_FILES)
+            and any((folder / f).is_file() for f in WEIGHT_FILES))
+
 
 
 def missing_files_message(name: str, folder: Path, reasons: list[str]) -> str:
@@ -85,7 +95,7 @@ def offline_forced() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("AESTHETE_OFFLINE", "HF_HUB_OFFLINE"))
 
 
-def fetch_from_modelscope(model_id: str, dest: Path, progress: Progress) -> None:
+def fetch_from_modelscope(model_id: str, dest: Path, progress: DownloadProgress) -> None:
     if offline_forced() or not host_reachable("www.modelscope.cn"):
         raise ConnectionError("ModelScope is not reachable")
     from modelscope import snapshot_download
@@ -95,7 +105,7 @@ def fetch_from_modelscope(model_id: str, dest: Path, progress: Progress) -> None
     progress(1, 1, f"ModelScope {model_id}")
 
 
-def fetch_from_huggingface(repo_id: str, dest: Path, progress: Progress) -> None:
+def fetch_from_huggingface(repo_id: str, dest: Path, progress: DownloadProgress) -> None:
     if offline_forced() or not host_reachable("huggingface.co"):
         raise ConnectionError("Hugging Face is not reachable")
     from huggingface_hub import HfApi, hf_hub_download
@@ -109,7 +119,7 @@ def fetch_from_huggingface(repo_id: str, dest: Path, progress: Progress) -> None
     progress(len(files), len(files), repo_id)
 
 
-def ensure_predictor(name: str, aesthetic_dir: Path, progress: Progress | None = None,
+def ensure_predictor(name: str, aesthetic_dir: Path, progress: DownloadProgress | None = None,
                      fetchers: list[tuple[str, Fetcher]] | None = None) -> Path:
     """The folder of predictor ``name`` under ``aesthetic_dir``, downloading a known one if it is missing.
 
@@ -117,13 +127,15 @@ def ensure_predictor(name: str, aesthetic_dir: Path, progress: Progress | None =
     ModelScope id), then Hugging Face. The files land in a temporary folder that is renamed into place only
     when complete, so an interrupted download never leaves a half model behind."""
     aesthetic_dir = Path(aesthetic_dir)
-    folder = safe_child(aesthetic_dir, name)
-    if is_complete(folder):
+    folder = path_inside(aesthetic_dir, name, what="predictor")
+    if is_predictor_folder(folder):
         return folder
     known = KNOWN_PREDICTORS.get(name)
     if known is None:
         if folder.is_dir():
-            missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
+            missing = [] if (folder / CONFIG_FILE).is_file() else [CONFIG_FILE]
+            if not any((folder / f).is_file() for f in PROCESSOR_FILES):
+                missing.append(" or ".join(PROCESSOR_FILES))
             if not any((folder / f).is_file() for f in WEIGHT_FILES):
                 missing.append("model.safetensors")
             raise PredictorUnavailable(f"{folder}: missing {', '.join(missing)}; put the files of a Hugging Face or "
@@ -143,7 +155,7 @@ def ensure_predictor(name: str, aesthetic_dir: Path, progress: Progress | None =
         try:
             log.info("downloading aesthetic predictor %s from %s into %s", name, label, folder)
             fetch(tmp, progress)
-            if not is_complete(tmp):
+            if not is_predictor_folder(tmp):
                 raise FileNotFoundError(f"the download lacks {', '.join(REQUIRED_FILES)} or the weights")
             if folder.exists():  # an incomplete folder from before: replace it whole
                 shutil.rmtree(folder)
@@ -156,14 +168,3 @@ def ensure_predictor(name: str, aesthetic_dir: Path, progress: Progress | None =
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     raise PredictorUnavailable(missing_files_message(name, folder, reasons))
-
-
-def safe_child(parent: Path, name: str) -> Path:
-    """``parent / name`` for a name typed by a user, refusing anything that leaves ``parent``."""
-    if not name or name in (".", "..") or Path(name).is_absolute():
-        raise ValueError(f"{name!r} is not a predictor folder name")
-    # lexical check: a predictor folder may be a symlink to a shared model store, which is fine
-    child = Path(os.path.normpath(Path(parent) / name))
-    if not child.is_relative_to(Path(os.path.normpath(parent))) or child == Path(os.path.normpath(parent)):
-        raise ValueError(f"{name!r} points outside {parent}")
-    return child

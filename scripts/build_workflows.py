@@ -6,7 +6,7 @@ Every file is made by the real frontend: this script starts the embedded ComfyUI
 Chromium, builds each workflow from the specs below (tests/harness/workflow_builder.py), loads the result back with
 app.loadGraphData and writes app.graphToPrompt(). Run it again whenever a node's inputs or outputs change:
 
-    .venv/bin/python scripts/build_workflows.py [--only NAME ...]
+    .venv/bin/python -m scripts.build_workflows [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -23,14 +23,12 @@ from pathlib import Path
 
 import requests
 
+from tests.harness.browser import Frontend
+from tests.harness.comfy_server import ComfyServer
+from tests.harness.workflow_builder import Group, Node, WorkflowSpec, build_in_frontend, screenshot_graph
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
-from harness.browser import Frontend  # noqa: E402
-from harness.comfy_server import ComfyServer  # noqa: E402
-from harness.workflow_builder import Group, Node, WorkflowSpec, build_in_frontend, screenshot_graph  # noqa: E402
-
-log = logging.getLogger("aesthete.workflows")
 
 WORKFLOWS_DIR = REPO / "workflows"
 API_DIR = WORKFLOWS_DIR / "api"

@@ -17,6 +17,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+# every test in these folders gets these marks, so `-m "not comfy"` starts no server and `-m "not browser"` no browser
+FOLDER_MARKS = {"comfy": ("comfy",), "browser": ("browser", "comfy")}
+
+
+def pytest_collection_modifyitems(config, items):
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        path = Path(str(item.fspath)).resolve()
+        folder = path.relative_to(tests).parts[0] if path.is_relative_to(tests) else ""
+        for mark in FOLDER_MARKS.get(folder, ()):
+            item.add_marker(mark)
+
+
 def fail_start(message: str) -> None:
     pytest.fail(message, pytrace=False)
 

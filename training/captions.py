@@ -6,23 +6,18 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger("aesthete.training")
+from ..common.tags import split_tags
+
 
 METADATA_CSV = "metadata.csv"
 
 
 class CaptionError(ValueError):
     """A caption file exists but cannot be read; the message names the file."""
-
-
-def split_tags(text: str) -> list[str]:
-    """Comma-separated tags, stripped, empty ones dropped (``"1girl, solo,"`` -> ``["1girl", "solo"]``)."""
-    return [t.strip() for t in text.replace("\n", ",").split(",") if t.strip()]
 
 
 def read_metadata_csv(folder: Path) -> dict[str, str]:

@@ -3,23 +3,24 @@ repeats, and the per-epoch plan of batches (each batch from one bucket, so its i
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import weakref
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from ..common.images import list_images, open_image, pil_to_uint8
 from .captions import CaptionError, CaptionRecipe, find_caption, read_metadata_csv
 
 log = logging.getLogger("aesthete.training")
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 CROP_MODES = ("buckets", "center crop", "random crop")
 ScoreFn = Callable[[list[Image.Image]], Sequence[float]]
 
@@ -144,21 +145,6 @@ def fit_image(image: Image.Image, size: tuple[int, int], crop: str, rng: random.
     return image.crop((left, top, left + w, top + h))
 
 
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """[H, W, 3] float32 0..1."""
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
-
-
-def to_uint8(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.array(image, dtype=np.uint8))
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (subfolders included, hidden ones not), sorted by path."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-
-
 def load_dataset(folder: str | Path, *, resolution: int = 512, crop_mode: str = "buckets",
                  recipe: CaptionRecipe | None = None, repeats: int = 1, require_captions: bool = False,
                  score: ScoreFn | None = None, min_score: float = 0.0, seed: int = 0,
@@ -174,35 +160,47 @@ def load_dataset(folder: str | Path, *, resolution: int = 512, crop_mode: str = 
     if not folder.is_dir():
         raise DatasetError(f"{folder}: not a folder; put the training images (with .txt/.json captions or a "
                            "metadata.csv) in a folder under ComfyUI's input directory and give its name")
-    recipe = recipe or CaptionRecipe()
-    metadata = read_metadata_csv(folder)
     sizes = bucket_sizes(resolution) if crop_mode == "buckets" else [(resolution, resolution)]
     rng = random.Random(seed)
-    pending: list[tuple[Path, list[str], str, Image.Image]] = []  # read, not yet scored (one scoring batch at most)
     skipped: list[tuple[str, str]] = []
     images: list[TrainingImage] = []
-
-    def flush() -> None:
-        scores: list[float | None] = [None] * len(pending)
-        if score is not None and pending:
-            scores = [float(s) for s in score([p[3] for p in pending])]
-            if len(scores) != len(pending):
-                raise DatasetError(f"the aesthetic scorer returned {len(scores)} scores for {len(pending)} images")
-        for (path, tags, source, image), s in zip(pending, scores):
+    candidates = captioned_images(folder, read_metadata_csv(folder), require_captions, skipped)
+    for chunk in iter(lambda: list(itertools.islice(candidates, score_batch)), []):  # one scoring batch in memory
+        for candidate, s in zip(chunk, aesthetic_scores(score, [c.image for c in chunk])):
             if s is not None and s < min_score:
-                skipped.append((str(path.relative_to(folder)), f"aesthetic score {s:.2f} < {min_score:.2f}"))
+                skipped.append((candidate.name, f"aesthetic score {s:.2f} < {min_score:.2f}"))
                 continue
-            size = nearest_bucket(image.width, image.height, sizes)
-            images.append(TrainingImage(path, tags, source, to_uint8(fit_image(image, size, crop_mode, rng)), s))
-        pending.clear()
+            size = nearest_bucket(candidate.image.width, candidate.image.height, sizes)
+            pixels = pil_to_uint8(fit_image(candidate.image, size, crop_mode, rng))
+            images.append(TrainingImage(candidate.path, candidate.tags, candidate.source, pixels, s))
+    for name, why in skipped:
+        log.info("Aesthete dataset %s: skipped %s: %s", folder, name, why)
+    if not images:
+        reasons = "; ".join(f"{n}: {w}" for n, w in skipped[:5]) or "no image files"
+        raise DatasetError(f"{folder}: no usable training image ({reasons})")
+    return LoraDataset(folder, images, recipe or CaptionRecipe(), max(1, repeats), resolution, crop_mode, skipped)
 
-    for path in list_images(folder):
+
+@dataclass
+class Candidate:
+    """An image of the folder, opened, with its caption; not yet scored or fitted to a bucket."""
+
+    path: Path
+    name: str  # relative to the dataset folder, as the report lists it
+    tags: list[str]
+    source: str
+    image: Image.Image
+
+
+def captioned_images(folder: Path, metadata: dict[str, str], require_captions: bool,
+                     skipped: list[tuple[str, str]]) -> Iterator[Candidate]:
+    """Every image of ``folder`` (subfolders too) that opens (``common.images.open_image``, the rule Score Folder
+    keeps) and has a readable caption, in order; the others go to ``skipped`` with the reason."""
+    for path in list_images(folder, recursive=True):
         name = str(path.relative_to(folder))
-        try:
-            with Image.open(path) as opened:
-                image = ImageOps.exif_transpose(opened).convert("RGB")
-        except (OSError, UnidentifiedImageError) as e:
-            skipped.append((name, f"unreadable image ({e})"))
+        opened = open_image(path)
+        if opened.skipped:
+            skipped.append((name, opened.reason))
             continue
         try:
             tags, source = find_caption(path, metadata, path.relative_to(folder).as_posix())
@@ -212,13 +210,14 @@ def load_dataset(folder: str | Path, *, resolution: int = 512, crop_mode: str = 
         if require_captions and not tags:
             skipped.append((name, "no caption (.txt, .json or metadata.csv)"))
             continue
-        pending.append((path, tags, source, image))
-        if len(pending) >= score_batch:
-            flush()
-    flush()
-    for name, why in skipped:
-        log.info("Aesthete dataset %s: skipped %s: %s", folder, name, why)
-    if not images:
-        reasons = "; ".join(f"{n}: {w}" for n, w in skipped[:5]) or "no image files (.png, .jpg, .webp, .bmp)"
-        raise DatasetError(f"{folder}: no usable training image ({reasons})")
-    return LoraDataset(folder, images, recipe, max(1, repeats), resolution, crop_mode, skipped)
+        yield Candidate(path, name, tags, source, opened.image)
+
+
+def aesthetic_scores(score: ScoreFn | None, images: list[Image.Image]) -> list[float | None]:
+    """One score per image from ``score`` (None each when there is no scorer)."""
+    if score is None or not images:
+        return [None] * len(images)
+    scores = [float(s) for s in score(images)]
+    if len(scores) != len(images):
+        raise DatasetError(f"the aesthetic scorer returned {len(scores)} scores for {len(images)} images")
+    return scores

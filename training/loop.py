@@ -3,7 +3,6 @@ fp16 autocast), a stop on a NaN/inf loss, cancel (returns what was trained so fa
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -11,7 +10,6 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-log = logging.getLogger("aesthete.training")
 
 OPTIMIZERS = ("AdamW", "Adam", "SGD", "RMSprop")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -96,6 +94,46 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16 autocast": torch.float16}[precision]
 
 
+class OptimizerSteps:
+    """Turns accumulated micro-batch losses into optimizer steps: the optimizer, the learning-rate schedule over
+    ``total`` steps, fp16 loss scaling, gradient clipping."""
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], settings: TrainSettings, device: torch.device,
+                 total: int):
+        self.params = list(params)
+        self.settings = settings
+        self.optimizer = make_optimizer(settings.optimizer, self.params, settings.learning_rate,
+                                        settings.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, total, settings.schedule, settings.warmup_steps))
+        self.device_type = device.type
+        self.autocast = autocast_dtype(settings.precision)  # the micro-batches' autocast dtype (None: fp32)
+        self.scaler = torch.amp.GradScaler(device.type) if self.autocast == torch.float16 else None
+        self.discard()
+
+    def backward(self, loss: torch.Tensor, share: int) -> None:
+        """Accumulate the gradient of ``loss / share`` (one of ``share`` micro-batches of a step)."""
+        scaled = loss / share
+        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+
+    def step(self) -> None:
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.settings.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.settings.max_grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.discard()
+
+    def discard(self) -> None:
+        """Drop the accumulated gradients (a cancel or a bad loss never reaches the parameters)."""
+        self.optimizer.zero_grad(set_to_none=True)
+
+
 def train(params: Sequence[torch.nn.Parameter], loss_of_batch: Callable[[Batch, torch.Generator], torch.Tensor],
           plan_epoch: Callable[[int], list[Batch]], settings: TrainSettings, device: torch.device | str = "cpu", *,
           on_step: Callable[[int, int, float], None] | None = None,
@@ -110,59 +148,53 @@ def train(params: Sequence[torch.nn.Parameter], loss_of_batch: Callable[[Batch, 
     A NaN or infinite loss raises :class:`NonFiniteLossError` before it reaches the parameters."""
     settings.check()
     device = torch.device(device)
-    params = [p for p in params if p.requires_grad]
-    optimizer = make_optimizer(settings.optimizer, params, settings.learning_rate, settings.weight_decay)
     plans = [plan_epoch(e) for e in range(start_epoch, start_epoch + settings.epochs)]
     accum = settings.grad_accumulation
     total = sum(math.ceil(len(p) / accum) for p in plans)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total, settings.schedule, settings.warmup_steps))
-    dtype = autocast_dtype(settings.precision)
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    steps = OptimizerSteps([p for p in params if p.requires_grad], settings, device, total)
     generator = torch.Generator().manual_seed(settings.seed)
     result = TrainResult()
     started = time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)
-    for epoch_index, batches in enumerate(plans):
-        epoch = start_epoch + epoch_index
-        for first in range(0, len(batches), accum):
-            group = batches[first:first + accum]
-            step_loss = 0.0
-            for batch in group:
-                if should_stop is not None and should_stop():
+    try:
+        for epoch_index, batches in enumerate(plans):
+            epoch = start_epoch + epoch_index
+            for first in range(0, len(batches), accum):
+                step_loss = _accumulate(batches[first:first + accum], loss_of_batch, generator, steps, should_stop,
+                                        f"step {result.steps + 1} of {total} (epoch {epoch + 1})")
+                if step_loss is None:
                     result.cancelled = True
-                    optimizer.zero_grad(set_to_none=True)
-                    result.seconds = time.perf_counter() - started
                     return result
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    loss = loss_of_batch(batch, generator)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    optimizer.zero_grad(set_to_none=True)
-                    raise NonFiniteLossError(
-                        f"the loss became {value} at step {result.steps + 1} of {total} (epoch {epoch + 1}); the "
-                        f"LoRA was not updated with it. Lower the learning rate ({settings.learning_rate:g}), or "
-                        "train in fp32 or bf16 instead of fp16")
-                scaled = loss / len(group)
-                (scaler.scale(scaled) if scaler else scaled).backward()
-                step_loss += value / len(group)
-            if scaler:
-                scaler.unscale_(optimizer)
-            if settings.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            result.steps += 1
-            result.losses.append(step_loss)
-            if on_step is not None:
-                on_step(result.steps, total, step_loss)
-        result.epochs_done = epoch_index + 1
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, result)
-    result.seconds = time.perf_counter() - started
-    return result
+                steps.step()
+                result.steps += 1
+                result.losses.append(step_loss)
+                if on_step is not None:
+                    on_step(result.steps, total, step_loss)
+            result.epochs_done = epoch_index + 1
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, result)
+        return result
+    finally:
+        result.seconds = time.perf_counter() - started
+
+
+def _accumulate(group: Sequence[Batch], loss_of_batch: Callable[[Batch, torch.Generator], torch.Tensor],
+                generator: torch.Generator, steps: OptimizerSteps, should_stop: Callable[[], bool] | None,
+                where: str) -> float | None:
+    """The gradients of one optimizer step's micro-batches; their mean loss, or None when ``should_stop`` says so
+    (the partial gradients are dropped)."""
+    step_loss = 0.0
+    for batch in group:
+        if should_stop is not None and should_stop():
+            steps.discard()
+            return None
+        with torch.autocast(steps.device_type, dtype=steps.autocast, enabled=steps.autocast is not None):
+            loss = loss_of_batch(batch, generator)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            steps.discard()
+            raise NonFiniteLossError(
+                f"the loss became {value} at {where}; the LoRA was not updated with it. Lower the learning rate "
+                f"({steps.settings.learning_rate:g}), or train in fp32 or bf16 instead of fp16")
+        steps.backward(loss, len(group))
+        step_loss += value / len(group)
+    return step_loss

@@ -4,7 +4,6 @@ and ``.alpha`` (what ComfyUI's LoRA loader maps with no ``lora key not loaded``)
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -13,7 +12,6 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-log = logging.getLogger("aesthete.training")
 
 # module-path suffixes of each choice; attention q, k, v and out is the recipe's (and DiffSynth's) default
 TARGET_PRESETS: dict[str, tuple[str, ...]] = {
@@ -28,7 +26,7 @@ class LoraError(ValueError):
     """A LoRA does not fit the model (or is not a LoRA); the message says which keys and what to do."""
 
 
-class LoraLayer(nn.Module):
+class TrainableLoraLayer(nn.Module):
     """``up(down(x)) * alpha / rank``, added to a Linear layer's output. ``up`` starts at zero so a new LoRA
     changes nothing until it is trained."""
 
@@ -55,7 +53,7 @@ def matches(path: str, suffixes: Iterable[str]) -> bool:
 class LoraNetwork(nn.Module):
     """The LoRA layers of one model, by module path (relative to the model given to :meth:`attach`)."""
 
-    def __init__(self, layers: dict[str, LoraLayer], prefix: str = "diffusion_model"):
+    def __init__(self, layers: dict[str, TrainableLoraLayer], prefix: str = "diffusion_model"):
         super().__init__()
         self.paths = list(layers)
         self.layers = nn.ModuleList(layers.values())
@@ -75,7 +73,7 @@ class LoraNetwork(nn.Module):
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
         try:
-            layers = {p: LoraLayer(m.in_features, m.out_features, min(rank, m.in_features, m.out_features), alpha)
+            layers = {p: TrainableLoraLayer(m.in_features, m.out_features, min(rank, m.in_features, m.out_features), alpha)
                       for p, m in found.items()}
         finally:
             torch.random.set_rng_state(gen_state)
@@ -105,7 +103,7 @@ class LoraNetwork(nn.Module):
                                 f"Linear({target.in_features}, {target.out_features})")
             rank = down.shape[0]
             alpha = float(parts["alpha"]) if "alpha" in parts else float(rank)
-            layer = LoraLayer(target.in_features, target.out_features, rank, alpha)
+            layer = TrainableLoraLayer(target.in_features, target.out_features, rank, alpha)
             with torch.no_grad():
                 layer.down.weight.copy_(down)
                 layer.up.weight.copy_(up)
@@ -146,7 +144,7 @@ class LoraNetwork(nn.Module):
         return out
 
 
-def _adder(layer: LoraLayer) -> Callable:
+def _adder(layer: TrainableLoraLayer) -> Callable:
     def hook(module, args, output):
         return output + layer(args[0]).to(output.dtype)
     return hook

@@ -1,24 +1,18 @@
-"""A trained LoRA (tensors in ComfyUI's key format plus metadata) and its atomic safetensors files under a folder
-that user-typed names never leave."""
+"""A trained LoRA (tensors in ComfyUI's key format plus metadata) and what the trainer writes into it. The files
+themselves (reading, atomic writing, numbering, the DiffSynth copy) are the LoRA area's: ``lora.files``."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+
+from ..lora.files import read_lora_file, write_diffsynth_copy, write_safetensors
 
 log = logging.getLogger("aesthete.training")
-
-SUFFIX = ".safetensors"
-
 
 class SaveError(ValueError):
     """A save name or file cannot be used; the message names it."""
@@ -56,41 +50,6 @@ def build_metadata(*, base_model: str, rank: int, alpha: float, epochs: int, ste
     return meta
 
 
-def resolve_inside(root: str | Path, name: str) -> Path:
-    """``root/name`` resolved; refuses a name that is empty, absolute or leads outside ``root``."""
-    root = Path(root).resolve()
-    if not name or not name.strip() or os.path.isabs(name) or "\x00" in name:
-        raise SaveError(f"save name {name!r}: give a relative name such as 'my_style' or 'styles/my_style'")
-    path = (root / name.strip()).resolve()
-    if not path.is_relative_to(root) or path == root:
-        raise SaveError(f"save name {name!r} leads outside {root}; use a name inside that folder")
-    return path
-
-
-def numbered_path(root: str | Path, prefix: str, suffix: str = SUFFIX) -> Path:
-    """The first free ``<prefix>_NNNNN<suffix>`` inside ``root`` (the folders of the prefix are created)."""
-    base = resolve_inside(root, prefix)
-    base.parent.mkdir(parents=True, exist_ok=True)
-    pattern = re.compile(re.escape(base.name) + r"_(\d{5})" + re.escape(suffix) + "$")
-    taken = [int(m[1]) for p in base.parent.iterdir() if (m := pattern.match(p.name))]
-    return base.with_name(f"{base.name}_{max(taken, default=0) + 1:05d}{suffix}")
-
-
-def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    """Write atomically: a temporary file in the same folder, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_lora(lora: TrainedLora, path: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Write ``lora`` to ``path`` (optionally cast to ``dtype``; ``.alpha`` scalars too)."""
     tensors = lora.tensors if dtype is None else {k: v.to(dtype) for k, v in lora.tensors.items()}
@@ -100,25 +59,11 @@ def save_lora(lora: TrainedLora, path: str | Path, dtype: torch.dtype | None = N
 
 
 def read_lora(path: str | Path) -> TrainedLora:
-    """A LoRA file back (tensors on the CPU; safetensors never runs code)."""
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        return TrainedLora({k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {}))
-
-
-def diffsynth_base(base_model: str) -> str | None:
-    """The converter's base name for ComfyUI's model config name (Kolors is SDXL-architecture)."""
-    name = base_model.lower()
-    if "sdxl" in name or "kolors" in name:
-        return "sdxl"
-    return "sd15" if name in ("sd15", "sd15_instructpix2pix") else None
+    """A LoRA file back, read by the LoRA area's reader (tensors on the CPU; safetensors never runs code)."""
+    tensors, metadata = read_lora_file(path)
+    return TrainedLora(tensors, metadata)
 
 
 def save_diffsynth_copy(lora: TrainedLora, path: str | Path) -> tuple[Path, dict[str, str]]:
-    """A copy in DiffSynth's key format (via the LoRA area's converter), beside the ComfyUI file. Returns the path
-    and the converter's metadata (``aesthete.dropped_keys`` counts what DiffSynth's layout cannot hold)."""
-    from ..lora.convert import convert_lora  # imported late: the conversion is optional
-
-    base = diffsynth_base(lora.metadata.get("aesthete.base_model", ""))
-    tensors, metadata = convert_lora(dict(lora.tensors), to="diffsynth", base=base)
-    meta = {**lora.metadata, **{k: str(v) for k, v in (metadata or {}).items()}}
-    return write_safetensors(path, tensors, meta), meta
+    """A copy of ``lora`` in DiffSynth's key format beside the ComfyUI file (``lora.files.write_diffsynth_copy``)."""
+    return write_diffsynth_copy(lora.tensors, lora.metadata, path)

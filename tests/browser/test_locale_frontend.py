@@ -19,7 +19,6 @@ REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(__file__).resolve().parents[1] / ".artifacts"
 NODES = ("AesthetePromptComposer", "AestheteNegativePrompt")
 
-pytestmark = pytest.mark.browser
 
 # creates our nodes as a click in the node library would, and reports what the canvas shows for them
 PLACE_NODES_JS = """(types) => {

@@ -6,27 +6,30 @@ import io
 
 from PIL import Image
 
+from harness.graph import new_graph
 
-def txt2img_graph(ckpt: str, batch: int = 1, steps: int = 1, seed: int = 1, prefix: str = "harness") -> dict:
-    return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red square", "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": batch}},
-        "5": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": seed,
-            "steps": steps, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
-        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}},
-    }
+
+def txt2img_graph(ckpt: str, batch: int = 1, steps: int = 1, seed: int = 1, prefix: str = "harness"):
+    """Checkpoint -> prompts -> KSampler -> VAEDecode -> SaveImage; returns the builder, the sampler and the save."""
+    g = new_graph()
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=ckpt)
+    positive = g.node("CLIPTextEncode", text="a red square", clip=ckpt.out(1))
+    negative = g.node("CLIPTextEncode", text="", clip=ckpt.out(1))
+    latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=batch)
+    sampler = g.node("KSampler", model=ckpt.out(0), positive=positive.out(0), negative=negative.out(0),
+                     latent_image=latent.out(0), seed=seed, steps=steps, cfg=5.0, sampler_name="euler",
+                     scheduler="normal", denoise=1.0)
+    decoded = g.node("VAEDecode", samples=sampler.out(0), vae=ckpt.out(2))
+    return g, sampler, g.node("SaveImage", images=decoded.out(0), filename_prefix=prefix)
 
 
 def test_small_sd15_checkpoint_generates(comfy, comfy_server, sd15_ckpt):
-    result = comfy.run(txt2img_graph(sd15_ckpt, batch=2, steps=2))
-    images = comfy.output_images(result, "7")
+    g, sampler, save = txt2img_graph(sd15_ckpt, batch=2, steps=2)
+    result = comfy.run(g.finalize())
+    images = comfy.output_images(result, save.id)
     assert len(images) == 2
     for data in images:
         img = Image.open(io.BytesIO(data))
         assert img.size == (64, 64)
-    assert result.progress_of("5")[-1] == (2, 2)  # the sampler reported its steps on the websocket
+    assert result.progress_of(sampler.id)[-1] == (2, 2)  # the sampler reported its steps on the websocket
     assert "model_type EPS" in comfy_server.log_text()  # detected as an SD1.x (eps-prediction) model

@@ -9,36 +9,41 @@ import pytest
 import torch
 from harness.client import ExecutionError
 from harness.factories import aesthetic_predictor
+from harness.graph import new_graph
 from harness.scoring_files import write_mixed_folder
 from PIL import Image
 
-pytestmark = pytest.mark.comfy
 
-
-def generation_graph(ckpt: str, predictor: str, min_score: float, top_k: int, tag: str) -> dict:
+def generation_graph(ckpt: str, predictor: str, min_score: float, top_k: int, tag: str):
     """SD1.5 batch of 4 at 64x64 -> all saved (for checking) -> scored -> ranked -> kept saved with score, rejected
-    saved plainly."""
-    return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse at dawn", "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 4}},
-        "5": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": 7,
-            "steps": 1, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
-        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "all"}},
-        "10": {"class_type": "AesthetePredictorLoader", "inputs": {"model": predictor, "device": "auto",
-                                                                    "dtype": "auto"}},
-        "11": {"class_type": "AestheteScore", "inputs": {"predictor": ["10", 0], "images": ["6", 0],
-                                                          "batch_size": 3}},
-        "12": {"class_type": "AestheteRank", "inputs": {"images": ["6", 0], "scores": ["11", 0], "top_k": top_k,
-                                                         "min_score": min_score}},
-        "13": {"class_type": "AestheteSaveScored", "inputs": {
-            "images": ["12", 0], "scores": ["12", 1], "filename_prefix": f"{tag}/best", "mode": "save",
-            "score_in_filename": True, "score_in_metadata": True, "draw_score": True, "model_name": predictor}},
-        "14": {"class_type": "SaveImage", "inputs": {"images": ["12", 3], "filename_prefix": f"{tag}/rejected"}},
-    }
+    saved plainly. Returns the graph builder and its nodes by role."""
+    g = new_graph()
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=ckpt)
+    positive = g.node("CLIPTextEncode", text="a lighthouse at dawn", clip=ckpt.out(1))
+    negative = g.node("CLIPTextEncode", text="blurry", clip=ckpt.out(1))
+    latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=4)
+    sampled = g.node("KSampler", model=ckpt.out(0), positive=positive.out(0), negative=negative.out(0),
+                     latent_image=latent.out(0), seed=7, steps=1, cfg=5.0, sampler_name="euler", scheduler="normal",
+                     denoise=1.0)
+    decoded = g.node("VAEDecode", samples=sampled.out(0), vae=ckpt.out(2))
+    nodes = {"all": g.node("SaveImage", images=decoded.out(0), filename_prefix="all")}
+    loader = g.node("AesthetePredictorLoader", model=predictor, device="auto", dtype="auto")
+    nodes["score"] = g.node("AestheteScore", predictor=loader.out(0), images=decoded.out(0), batch_size=3)
+    nodes["rank"] = rank = g.node("AestheteRank", images=decoded.out(0), scores=nodes["score"].out(0), top_k=top_k,
+                                  min_score=min_score)
+    nodes["best"] = g.node("AestheteSaveScored", images=rank.out(0), scores=rank.out(1),
+                           filename_prefix=f"{tag}/best", mode="save", score_in_filename=True,
+                           score_in_metadata=True, draw_score=True, model_name=predictor)
+    g.node("SaveImage", images=rank.out(3), filename_prefix=f"{tag}/rejected")
+    return g, {role: node.id for role, node in nodes.items()}
+
+
+def folder_graph(predictor: str, folder: str, batch_size: int = 4, **loader):
+    """Predictor loader -> Score Folder; returns the builder and the Score Folder node."""
+    g = new_graph()
+    load = g.node("AesthetePredictorLoader", model=predictor, device="cpu", dtype="fp32", **loader)
+    return g, g.node("AestheteScoreFolder", predictor=load.out(0), folder=folder, recursive=False,
+                     allow_outside_input=False, batch_size=batch_size)
 
 
 def reference_scores(images: list[Image.Image]) -> list[float]:
@@ -61,12 +66,13 @@ def load_outputs(comfy, result, node: str) -> list[tuple[dict, Image.Image]]:
 
 
 def test_generate_score_rank_and_save_the_best(comfy, comfy_server, sd15_ckpt, tiny_predictor):
-    result = comfy.run(generation_graph(sd15_ckpt, tiny_predictor, min_score=-1e3, top_k=1, tag="rank_best"))
-    generated = [im.convert("RGB") for _, im in load_outputs(comfy, result, "7")]
+    g, ids = generation_graph(sd15_ckpt, tiny_predictor, min_score=-1e3, top_k=1, tag="rank_best")
+    result = comfy.run(g.finalize())
+    generated = [im.convert("RGB") for _, im in load_outputs(comfy, result, ids["all"])]
     assert len(generated) == 4
     expected = reference_scores(generated)
     # the score node shows one line per image, equal to the reference on the saved PNGs
-    text = result.node_output("11")["text"][0]
+    text = result.node_output(ids["score"])["text"][0]
     shown = [float(v) for v in re.findall(r"^#\d+: (-?[\d.]+)$", text, re.M)]
     assert np.allclose(shown, expected, atol=2e-3), (shown, expected)
     assert len(set(round(s, 3) for s in expected)) > 1  # the images differ, so the ranking means something
@@ -81,31 +87,26 @@ def test_generate_score_rank_and_save_the_best(comfy, comfy_server, sd15_ckpt, t
     assert stored == pytest.approx(expected[best], abs=1e-3)
     assert f"_{stored:.2f}_.png" in files[0].name
     # the node showed the drawn previews, not the clean files
-    previews = result.node_output("13")["images"]
+    previews = result.node_output(ids["best"])["images"]
     assert len(previews) == 1 and previews[0]["type"] == "temp"
     assert len(list((comfy_server.output_dir / "rank_best").glob("rejected_*.png"))) == 3
 
 
 def test_rank_with_nothing_passing_blocks_the_kept_branch(comfy, comfy_server, sd15_ckpt, tiny_predictor):
-    result = comfy.run(generation_graph(sd15_ckpt, tiny_predictor, min_score=999.0, top_k=0, tag="rank_none"))
+    g, ids = generation_graph(sd15_ckpt, tiny_predictor, min_score=999.0, top_k=0, tag="rank_none")
+    result = comfy.run(g.finalize())
     assert result.events_of("execution_success") and not result.events_of("execution_error")
     assert not list((comfy_server.output_dir / "rank_none").glob("best_*"))
-    assert "13" not in result.outputs  # the save node was skipped, without error
+    assert ids["best"] not in result.outputs  # the save node was skipped, without error
     assert len(list((comfy_server.output_dir / "rank_none").glob("rejected_*.png"))) == 4
-    assert result.node_output("12")["text"][0].startswith("kept 0 of 4")
+    assert result.node_output(ids["rank"])["text"][0].startswith("kept 0 of 4")
 
 
 def test_folder_with_bad_files_is_scored_with_reasons(comfy, comfy_server, tiny_predictor):
     expected = write_mixed_folder(comfy_server.input_dir / "scoring_mixed")
-    graph = {
-        "1": {"class_type": "AesthetePredictorLoader", "inputs": {"model": tiny_predictor, "device": "cpu",
-                                                                   "dtype": "fp32"}},
-        "2": {"class_type": "AestheteScoreFolder", "inputs": {"predictor": ["1", 0], "folder": "scoring_mixed",
-                                                               "recursive": False, "allow_outside_input": False,
-                                                               "batch_size": 4}},
-    }
-    result = comfy.run(graph)
-    text = result.node_output("2")["text"][0]
+    g, score = folder_graph(tiny_predictor, "scoring_mixed")
+    result = comfy.run(g.finalize())
+    text = result.node_output(score.id)["text"][0]
     lines = text.splitlines()
     assert re.match(r"mean -?[\d.]+ over 8 image\(s\), 5 skipped", lines[0]), lines[0]
     scored = {ln.split("\t")[1]: float(ln.split("\t")[0]) for ln in lines if "\t" in ln}
@@ -120,40 +121,29 @@ def test_folder_with_bad_files_is_scored_with_reasons(comfy, comfy_server, tiny_
     assert "a_rgb.txt" not in text and "metadata.csv" not in text  # captions are not skips
     # the bar: the default 6, then one just above the mean
     assert lines[0].endswith(f"{'passes' if mean >= 6 else 'below'} the bar of 6"), lines[0]
-    graph["2"]["inputs"]["threshold"] = round(mean + 0.5, 1)
-    above = comfy.run(graph).node_output("2")["text"][0].splitlines()[0]
+    score.set_input("threshold", round(mean + 0.5, 1))
+    above = comfy.run(g.finalize()).node_output(score.id)["text"][0].splitlines()[0]
     assert above.endswith(f"below the bar of {round(mean + 0.5, 1):g}"), above
 
 
 @pytest.mark.parametrize("folder, message", [
     ("../", "outside ComfyUI's input directory"),
+    ("", "give the name of something inside ComfyUI's input directory"),  # the one rule: an empty name names nothing
     ("/etc", "outside ComfyUI's input directory"),
     ("no_such_folder", "no such folder"),
     ("empty_for_scoring", "no image could be scored"),
 ])
 def test_folder_errors_are_clear(comfy, comfy_server, tiny_predictor, folder, message):
     (comfy_server.input_dir / "empty_for_scoring").mkdir(exist_ok=True)
-    graph = {
-        "1": {"class_type": "AesthetePredictorLoader", "inputs": {"model": tiny_predictor, "device": "cpu",
-                                                                   "dtype": "fp32"}},
-        "2": {"class_type": "AestheteScoreFolder", "inputs": {"predictor": ["1", 0], "folder": folder,
-                                                               "recursive": False, "allow_outside_input": False,
-                                                               "batch_size": 4}},
-    }
+    g, _ = folder_graph(tiny_predictor, folder)
     with pytest.raises(ExecutionError, match=re.escape(message)):
-        comfy.run(graph)
+        comfy.run(g.finalize())
 
 
 def test_missing_predictor_fails_fast_offline_naming_the_files(comfy, comfy_server):
-    graph = {
-        "1": {"class_type": "AesthetePredictorLoader", "inputs": {
-            "model": "aesthetics-predictor-v1-vit-base-patch32", "device": "cpu", "dtype": "fp32"}},
-        "2": {"class_type": "AestheteScoreFolder", "inputs": {"predictor": ["1", 0], "folder": "",
-                                                               "recursive": False, "allow_outside_input": False,
-                                                               "batch_size": 4}},
-    }
+    g, _ = folder_graph("aesthetics-predictor-v1-vit-base-patch32", "lora_dataset")
     with pytest.raises(ExecutionError) as e:
-        comfy.run(graph, timeout=30)
+        comfy.run(g.finalize(), timeout=30)
     message = str(e.value)
     assert "preprocessor_config.json" in message and "aesthetic" in message
 
@@ -168,27 +158,23 @@ def test_nodes_are_listed_with_tooltips(comfy, tiny_predictor):
 
 
 def test_preview_mode_writes_no_output_files(comfy, comfy_server, sd15_ckpt, tiny_predictor):
-    graph = generation_graph(sd15_ckpt, tiny_predictor, min_score=-1e3, top_k=2, tag="preview_only")
-    graph["13"]["inputs"].update(mode="preview", draw_score=False)
-    result = comfy.run(graph)
-    shown = result.node_output("13")["images"]
+    g, ids = generation_graph(sd15_ckpt, tiny_predictor, min_score=-1e3, top_k=2, tag="preview_only")
+    best = g.lookup_node(ids["best"])
+    best.set_input("mode", "preview")
+    best.set_input("draw_score", False)
+    result = comfy.run(g.finalize())
+    shown = result.node_output(ids["best"])["images"]
     assert len(shown) == 2 and all(s["type"] == "temp" for s in shown)
     assert not list((comfy_server.output_dir / "preview_only").glob("best_*"))
-    for entry, image in load_outputs(comfy, result, "13"):
+    for entry, image in load_outputs(comfy, result, ids["best"]):
         assert "aesthetic_score" in image.text and f"_{float(image.text['aesthetic_score']):.2f}_" in entry["filename"]
 
 
 def test_compiled_predictor_scores_like_the_reference(comfy, comfy_server, tiny_predictor):
     """The loader's opt-in compile toggle (an optional input): the reference scores within 1e-3."""
     write_mixed_folder(comfy_server.input_dir / "scoring_compiled")
-    graph = {
-        "1": {"class_type": "AesthetePredictorLoader", "inputs": {"model": tiny_predictor, "device": "cpu",
-                                                                   "dtype": "fp32", "compile": True}},
-        "2": {"class_type": "AestheteScoreFolder", "inputs": {"predictor": ["1", 0], "folder": "scoring_compiled",
-                                                               "recursive": False, "allow_outside_input": False,
-                                                               "batch_size": 3}},
-    }
-    text = comfy.run(graph).node_output("2")["text"][0]
+    g, score = folder_graph(tiny_predictor, "scoring_compiled", batch_size=3, compile=True)
+    text = comfy.run(g.finalize()).node_output(score.id)["text"][0]
     scored = {ln.split("\t")[1]: float(ln.split("\t")[0]) for ln in text.splitlines() if "\t" in ln}
     assert len(scored) == 8
     plain = Image.open(comfy_server.input_dir / "scoring_compiled" / "a_rgb.png").convert("RGB")

@@ -6,6 +6,7 @@ are refused."""
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,9 +14,9 @@ import requests
 from PIL import Image
 from safetensors import safe_open
 
+from harness.graph import new_graph
 from harness.training_data import write_pattern_folder
 
-pytestmark = pytest.mark.comfy
 
 DATASET = "aesthete_train_pattern"
 # 30 optimizer steps of 4 images at 64x64; lr 1e-2 (scale alpha/rank = 1) makes the loss fall by more than half
@@ -26,52 +27,54 @@ TRAIN = {"epochs": 30, "rank": 4, "alpha": 4.0, "learning_rate": 1e-2, "batch_si
          "checkpoint_name": "aesthete_test/checkpoint", "resume_from": "[None]"}
 
 
-def base_graph(ckpt: str, **train) -> dict:
-    return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "2": {"class_type": "AestheteLoraDataset", "inputs": {
-            "folder": DATASET, "resolution": 64, "crop_mode": "center crop", "trigger_word": "ptn",
-            "keep_first_tags": 1, "shuffle_tags": False, "caption_dropout": 0.0, "repeats": 1,
-            "require_captions": True, "allow_outside_input": False, "seed": 0}},
-        "3": {"class_type": "AestheteTrainLora", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "dataset": ["2", 0], **TRAIN, **train}},
-    }
+DATASET_INPUTS = {"folder": DATASET, "resolution": 64, "crop_mode": "center crop", "trigger_word": "ptn",
+                  "keep_first_tags": 1, "shuffle_tags": False, "caption_dropout": 0.0, "repeats": 1,
+                  "require_captions": True, "allow_outside_input": False, "seed": 0}
 
 
-def sample_nodes(prefix: str, model: list, node: int) -> dict:
-    """KSampler (fixed seed) -> VAEDecode -> SaveImage, ids node..node+4, sharing the prompt nodes 90/91."""
-    return {
-        str(node): {"class_type": "KSampler", "inputs": {
-            "model": model, "seed": 7, "steps": 3, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
-            "positive": ["90", 0], "negative": ["91", 0], "latent_image": ["92", 0], "denoise": 1.0}},
-        str(node + 1): {"class_type": "VAEDecode", "inputs": {"samples": [str(node), 0], "vae": ["1", 2]}},
-        str(node + 2): {"class_type": "SaveImage", "inputs": {"images": [str(node + 1), 0], "filename_prefix": prefix}},
-    }
+def base_graph(ckpt: str, **train):
+    """Checkpoint -> dataset -> Train LoRA. The same arguments give the same graph (so ComfyUI's cache of the
+    training is reused by the tests that add nodes to it)."""
+    g = new_graph()
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=ckpt)
+    dataset = g.node("AestheteLoraDataset", **DATASET_INPUTS)
+    train = g.node("AestheteTrainLora", model=ckpt.out(0), clip=ckpt.out(1), vae=ckpt.out(2),
+                   dataset=dataset.out(0), **{**TRAIN, **train})
+    return g, SimpleNamespace(ckpt=ckpt, dataset=dataset, train=train)
+
+
+def sample(g, n, model: list, prefix: str):
+    """KSampler (fixed seed, the prompts of ``n``) -> VAEDecode -> SaveImage; returns the SaveImage node."""
+    sampled = g.node("KSampler", model=model, seed=7, steps=3, cfg=5.0, sampler_name="euler", scheduler="normal",
+                     positive=n.positive.out(0), negative=n.negative.out(0), latent_image=n.latent.out(0),
+                     denoise=1.0)
+    decoded = g.node("VAEDecode", samples=sampled.out(0), vae=n.ckpt.out(2))
+    return g.node("SaveImage", images=decoded.out(0), filename_prefix=prefix)
 
 
 @pytest.fixture(scope="module")
 def trained(comfy, comfy_server, sd15_ckpt):
     write_pattern_folder(comfy_server.input_dir / DATASET, count=4)
-    graph = base_graph(sd15_ckpt)
-    graph["4"] = {"class_type": "AestheteSaveLora", "inputs": {
-        "lora": ["3", 1], "name_prefix": "aesthete_test/pattern", "precision": "fp32", "diffsynth_copy": False}}
-    graph["5"] = {"class_type": "AestheteLossGraph", "inputs": {"loss": ["3", 2], "smoothing": 0.8}}
-    result = comfy.run(graph, timeout=480)
+    g, n = base_graph(sd15_ckpt)
+    g.node("AestheteSaveLora", lora=n.train.out(1), name_prefix="aesthete_test/pattern", precision="fp32",
+           diffsynth_copy=False)
+    n.loss_graph = g.node("AestheteLossGraph", loss=n.train.out(2), smoothing=0.8)
+    result = comfy.run(g.finalize(), timeout=480)
     saved = comfy_server.models_dir / "loras" / "aesthete_test" / "pattern_00001.safetensors"
-    return graph, result, saved
+    return n, result, saved
 
 
 def test_loss_falls_by_half_and_progress_is_reported(trained):
-    graph, result, _ = trained
-    losses = result.node_output("3")["loss"]
+    n, result, _ = trained
+    losses = result.node_output(n.train.id)["loss"]
     assert len(losses) == TRAIN["epochs"]  # 4 images, batch 4: one step per epoch
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
     assert last <= 0.5 * first, f"loss {first:.3f} -> {last:.3f}: {losses}"
-    progress = result.progress_of("3")
+    progress = result.progress_of(n.train.id)
     assert progress and progress[-1] == (TRAIN["epochs"], TRAIN["epochs"])
-    report = result.node_output("2")["text"][0]
+    report = result.node_output(n.dataset.id)["text"][0]
     assert "4 images kept, 0 skipped" in report and "64x64: 4" in report
-    graph_images = result.node_output("5")["images"]
+    graph_images = result.node_output(n.loss_graph.id)["images"]
     assert len(graph_images) == 1
 
 
@@ -90,35 +93,31 @@ def test_saved_file_has_comfy_keys_alpha_and_metadata(trained):
     assert not list(saved.parent.glob(".*.tmp"))  # the atomic write left no temporary file
 
 
-def test_save_name_outside_models_loras_is_refused(trained, comfy, comfy_server):
-    graph, _, _ = trained
-    graph = {k: v for k, v in graph.items() if k in ("1", "2", "3")}  # cached: not trained again
-    graph["4"] = {"class_type": "AestheteSaveLora", "inputs": {
-        "lora": ["3", 1], "name_prefix": "../../escaped", "precision": "fp16", "diffsynth_copy": False}}
-    result = comfy.run(graph, expect_error=True)
+def test_save_name_outside_models_loras_is_refused(trained, comfy, comfy_server, sd15_ckpt):
+    g, n = base_graph(sd15_ckpt)  # cached: not trained again
+    g.node("AestheteSaveLora", lora=n.train.out(1), name_prefix="../../escaped", precision="fp16",
+           diffsynth_copy=False)
+    result = comfy.run(g.finalize(), expect_error=True)
     err = result.events_of("execution_error")[0]["data"]
     assert err["node_type"] == "AestheteSaveLora" and "leads outside" in err["exception_message"]
     assert not list(comfy_server.base_dir.glob("escaped*")) and not list(comfy_server.models_dir.glob("escaped*"))
 
 
 def test_core_loader_maps_every_key_and_weights_match_the_in_graph_model(trained, comfy, comfy_server, sd15_ckpt):
-    graph, _, saved = trained
-    graph = {k: v for k, v in graph.items() if k in ("1", "2", "3")}  # cached: not trained again
-    lora_name = "aesthete_test/" + saved.name
-    graph.update({
-        "10": {"class_type": "LoraLoaderModelOnly", "inputs": {
-            "model": ["1", 0], "lora_name": lora_name, "strength_model": 1.0}},
-        "11": {"class_type": "ModelSave", "inputs": {"model": ["3", 0], "filename_prefix": "aesthete_test/ingraph"}},
-        "12": {"class_type": "ModelSave", "inputs": {"model": ["10", 0], "filename_prefix": "aesthete_test/core"}},
-        "90": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "ptn, stripes"}},
-        "91": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
-        "92": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        **sample_nodes("aesthete_test/gen_ingraph", ["3", 0], 20),
-        **sample_nodes("aesthete_test/gen_core", ["10", 0], 30),
-        **sample_nodes("aesthete_test/gen_base", ["1", 0], 40),
-    })
+    _, _, saved = trained
+    g, n = base_graph(sd15_ckpt)  # cached: not trained again
+    core = g.node("LoraLoaderModelOnly", model=n.ckpt.out(0), lora_name="aesthete_test/" + saved.name,
+                  strength_model=1.0)
+    g.node("ModelSave", model=n.train.out(0), filename_prefix="aesthete_test/ingraph")
+    g.node("ModelSave", model=core.out(0), filename_prefix="aesthete_test/core")
+    n.positive = g.node("CLIPTextEncode", clip=n.ckpt.out(1), text="ptn, stripes")
+    n.negative = g.node("CLIPTextEncode", clip=n.ckpt.out(1), text="")
+    n.latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=1)
+    saves = {"ingraph": sample(g, n, n.train.out(0), "aesthete_test/gen_ingraph"),
+             "core": sample(g, n, core.out(0), "aesthete_test/gen_core"),
+             "base": sample(g, n, n.ckpt.out(0), "aesthete_test/gen_base")}
     log_start = len(comfy_server.log_text())
-    result = comfy.run(graph, timeout=300)
+    result = comfy.run(g.finalize(), timeout=300)
     log = comfy_server.log_text()[log_start:]
     assert "lora key not loaded" not in log and "NOT LOADED" not in log
 
@@ -129,37 +128,47 @@ def test_core_loader_maps_every_key_and_weights_match_the_in_graph_model(trained
         for k in a.keys():
             assert a.get_tensor(k).equal(b.get_tensor(k)), k
 
-    def image(node: int) -> np.ndarray:
-        return np.asarray(Image.open(io.BytesIO(comfy.output_images(result, str(node))[0])), dtype=np.int16)
+    def image(kind: str) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(comfy.output_images(result, saves[kind].id)[0])), dtype=np.int16)
 
-    with_ingraph, with_core, without = image(22), image(32), image(42)
+    with_ingraph, with_core, without = image("ingraph"), image("core"), image("base")
     assert np.array_equal(with_ingraph, with_core)
     assert np.abs(with_ingraph - without).mean() > 0.5, "generating with the LoRA looks the same as without"
 
 
-def test_folder_outside_input_is_refused(comfy):
-    graph = {"2": base_graph("unused")["2"]}
-    graph["2"]["inputs"]["folder"] = "../models"
-    graph["9"] = {"class_type": "PreviewAny", "inputs": {"source": ["2", 1]}}
-    result = comfy.run(graph, expect_error=True)
+def dataset_graph(**inputs):
+    """LoRA Dataset (Folder) alone, its report shown; returns the builder and the dataset node."""
+    g = new_graph()
+    dataset = g.node("AestheteLoraDataset", **{**DATASET_INPUTS, **inputs})
+    g.node("PreviewAny", source=dataset.out(1))
+    return g, dataset
+
+
+@pytest.mark.parametrize("folder, message", [
+    ("../models", "outside ComfyUI's input directory"),
+    ("", "give the name of something inside ComfyUI's input directory"),
+])
+def test_folder_outside_input_is_refused(comfy, folder, message):
+    g, _ = dataset_graph(folder=folder)
+    result = comfy.run(g.finalize(), expect_error=True)
     err = result.events_of("execution_error")[0]["data"]
-    assert err["node_type"] == "AestheteLoraDataset" and "outside ComfyUI's input directory" in err["exception_message"]
+    assert err["node_type"] == "AestheteLoraDataset" and message in err["exception_message"]
 
 
 def test_cancel_keeps_what_was_trained(comfy, comfy_server, sd15_ckpt):
     write_pattern_folder(comfy_server.input_dir / DATASET, count=4)
-    graph = base_graph(sd15_ckpt, epochs=500, seed=1, checkpoint_name="aesthete_test/cancelled",
-                       save_every_n_epochs=1)
-    graph["4"] = {"class_type": "AestheteLossGraph", "inputs": {"loss": ["3", 2], "smoothing": 0.9}}
+    g, n = base_graph(sd15_ckpt, epochs=500, seed=1, checkpoint_name="aesthete_test/cancelled",
+                      save_every_n_epochs=1)
+    g.node("AestheteLossGraph", loss=n.train.out(2), smoothing=0.9)
     sent = []
 
     def interrupt_after_two_steps(event: dict) -> None:
         data = event.get("data", {})
-        if event["type"] == "progress" and str(data.get("node")) == "3" and data["value"] >= 2 and not sent:
+        if event["type"] == "progress" and str(data.get("node")) == n.train.id and data["value"] >= 2 and not sent:
             requests.post(comfy.url + "/interrupt", timeout=30).raise_for_status()
             sent.append(True)
 
-    events = comfy.run(graph, timeout=300, on_event=interrupt_after_two_steps, expect_interrupted=True).events
+    events = comfy.run(g.finalize(), timeout=300, on_event=interrupt_after_two_steps, expect_interrupted=True).events
     assert events[-1]["type"] == "execution_interrupted", events[-1]
     kept = comfy_server.models_dir / "loras" / "aesthete_test" / "cancelled_interrupted.safetensors"
     assert kept.is_file()
@@ -178,13 +187,12 @@ def test_aesthetic_predictor_drops_low_scoring_images(comfy, comfy_server, tiny_
     write_pattern_folder(folder, count=6)
 
     def report(min_score: float) -> str:
-        dataset = dict(base_graph("unused")["2"])
-        dataset["inputs"] = {**dataset["inputs"], "folder": folder.name, "min_score": min_score,
-                             "aesthetic_model": ["8", 0]}
-        graph = {"8": {"class_type": "AesthetePredictorLoader",
-                       "inputs": {"model": tiny_predictor, "device": "cpu", "dtype": "fp32"}},
-                 "2": dataset, "9": {"class_type": "PreviewAny", "inputs": {"source": ["2", 1]}}}
-        return comfy.run(graph).node_output("2")["text"][0]
+        g = new_graph()
+        loader = g.node("AesthetePredictorLoader", model=tiny_predictor, device="cpu", dtype="fp32")
+        dataset = g.node("AestheteLoraDataset", **{**DATASET_INPUTS, "folder": folder.name, "min_score": min_score,
+                                                   "aesthetic_model": loader.out(0)})
+        g.node("PreviewAny", source=dataset.out(1))
+        return comfy.run(g.finalize()).node_output(dataset.id)["text"][0]
 
     everything = report(0.0)  # the tiny random predictor scores in a narrow band around its bias
     assert "6 images kept, 0 skipped" in everything

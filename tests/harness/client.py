@@ -110,6 +110,21 @@ class ComfyClient:
             raise AssertionError("the graph ran without the expected execution_error")
         return RunResult(prompt_id, events, history)
 
+    def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
+        """POST /free: what the frontend's "Unload models" / "Free model and node cache" buttons send."""
+        requests.post(self.url + "/free", json={"unload_models": unload_models, "free_memory": free_memory},
+                      timeout=30).raise_for_status()
+
+    def wait_idle(self, timeout: float = 300.0) -> None:
+        """Until nothing is running or pending in the queue."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            q = self.get("/queue").json()
+            if not q["queue_running"] and not q["queue_pending"]:
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"the queue did not empty within {timeout}s")
+
     def history(self, prompt_id: str) -> dict:
         for _ in range(50):
             h = self.get(f"/history/{prompt_id}").json()

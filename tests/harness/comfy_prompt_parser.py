@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 
-from harness.comfy_server import COMFY_DIR
+from .comfy_server import COMFY_DIR
 
 _SCRIPT = r"""
 import json, sys

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.comfy_server import COMFY_DIR
+from .comfy_server import COMFY_DIR
 
 MODELS_CACHE = Path(os.environ.get("AESTHETE_TEST_MODELS", Path(__file__).resolve().parents[1] / ".models"))
 # bump when a factory changes, so stale cached files are rebuilt
@@ -42,13 +42,16 @@ def small_sdxl_unet() -> Path:
 
 TINY_VISION_CONFIG = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                           image_size=32, patch_size=8, projection_dim=16)
+# big enough that the server's memory shows whether a predictor was freed (about 150 MB), quick to run (64 px)
+MEDIUM_VISION_CONFIG = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=3, num_attention_heads=8,
+                            image_size=64, patch_size=16, projection_dim=256)
 FULL_VISION_CONFIG = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                           image_size=224, patch_size=14, projection_dim=768)
 
 
 def aesthetic_predictor(kind: str = "tiny", head: str = "v2-linear", seed: int = 0) -> Path:
     """A random-weight LAION aesthetic predictor folder in the hub layout: config.json, model.safetensors,
-    preprocessor_config.json. ``kind`` is "tiny" (32 px) or "full" (ViT-L/14, 224 px, the real cost)."""
+    preprocessor_config.json. ``kind`` is "tiny" (32 px), "medium" (about 150 MB, 64 px) or "full" (ViT-L/14, 224 px, the real cost)."""
     path = _cached(f"aesthetic-{kind}-{head}-s{seed}-h2")  # h2: V1 heads spread too
     if (path / "config.json").exists():
         return path
@@ -58,7 +61,7 @@ def aesthetic_predictor(kind: str = "tiny", head: str = "v2-linear", seed: int =
 
     classes = {"v1": AestheticsPredictorV1, "v2-linear": AestheticsPredictorV2Linear,
                "v2-relu": AestheticsPredictorV2ReLU}
-    vision = TINY_VISION_CONFIG if kind == "tiny" else FULL_VISION_CONFIG
+    vision = {"tiny": TINY_VISION_CONFIG, "medium": MEDIUM_VISION_CONFIG, "full": FULL_VISION_CONFIG}[kind]
     torch.manual_seed(seed)
     model = classes[head](CLIPVisionConfig(**vision))
     with torch.no_grad():  # the heads start near zero; spread the scores so that images differ clearly

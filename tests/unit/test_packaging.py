@@ -53,26 +53,32 @@ def _installed_version(name: str) -> str | None:
         return None
 
 
-def test_installing_requirements_changes_nothing_already_installed():
-    """In this environment (transformers 5, torch 2.14) the pack's requirements are already met: pip would
-    install nothing, in particular no other transformers or torch."""
+def test_installing_requirements_downgrades_nothing_and_keeps_torch_and_transformers():
+    """Whatever this environment holds: pip would downgrade no installed package and would not replace torch or
+    transformers (a newer release of some unrelated tool pip may pick is not the pack's doing)."""
+    from packaging.version import Version
+
     would_install = _dry_run("-r", str(ROOT / "requirements.txt"))
-    changed = [(i["metadata"]["name"], _installed_version(i["metadata"]["name"]), i["metadata"]["version"])
-               for i in would_install if _installed_version(i["metadata"]["name"]) is not None]
-    assert changed == [], f"installing requirements.txt would replace installed packages: {changed}"
+    replaced = {i["metadata"]["name"].lower().replace("_", "-"): (_installed_version(i["metadata"]["name"]),
+                                                                   i["metadata"]["version"])
+                for i in would_install if _installed_version(i["metadata"]["name"]) is not None}
+    downgrades = {n: v for n, v in replaced.items() if Version(v[1]) < Version(v[0])}
+    assert downgrades == {}, f"installing requirements.txt would downgrade: {downgrades}"
+    assert not {"torch", "transformers"} & set(replaced), f"requirements.txt would replace {replaced}"
 
 
 def test_predictor_package_installs_without_touching_transformers():
-    transformers_major = int(metadata.version("transformers").split(".")[0])
-    assert transformers_major >= 5, "this test is about users on transformers 5"
+    if int(metadata.version("transformers").split(".")[0]) < 5:
+        pytest.skip("this test is about users on transformers 5")
     # what install.py runs: only the package itself
     names = [i["metadata"]["name"].lower() for i in _dry_run("--no-deps", "--force-reinstall",
                                                             "simple-aesthetics-predictor==0.1.2")]
     assert names == ["simple-aesthetics-predictor"]
     # and why: with its declared requirements, pip would downgrade transformers below 5
     with_deps = {i["metadata"]["name"].lower(): i["metadata"]["version"]
-                 for i in _dry_run("--force-reinstall", "simple-aesthetics-predictor==0.1.2", "torch==2.14.1",
-                                   "torchvision==0.29.1")}
+                 for i in _dry_run("--force-reinstall", "simple-aesthetics-predictor==0.1.2",
+                                   *(f"{name}=={_installed_version(name)}" for name in ("torch", "torchvision")
+                                     if _installed_version(name)))}
     assert int(with_deps["transformers"].split(".")[0]) < 5
 
 

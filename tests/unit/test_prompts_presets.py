@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from aesthete.common import files as common_files
 from aesthete.prompts import presets
 from aesthete.prompts.composer import compose, composition_from_values
 
@@ -65,10 +66,10 @@ def test_failed_write_leaves_the_old_file_whole(tmp_path, comp, monkeypatch):
     path = presets.save_preset(tmp_path, "p", comp)
     before = path.read_bytes()
 
-    def broken_dump(*args, **kwargs):
+    def broken_replace(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(presets.json, "dump", broken_dump)
+    monkeypatch.setattr(common_files.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         presets.save_preset(tmp_path, "p", composition_from_values({"character": "keqing"}))
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["p.json"]

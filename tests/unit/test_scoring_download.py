@@ -35,7 +35,7 @@ def test_first_working_source_wins_and_lands_atomically(tmp_path):
     folder = ensure_predictor(DEFAULT_PREDICTOR, tmp_path, lambda d, t, w: seen.append(w),
                               fetchers=[("ModelScope", broken), ("Hugging Face", working)])
     assert calls == ["modelscope", "huggingface"] and seen
-    assert folder == tmp_path / DEFAULT_PREDICTOR and registry.is_complete(folder)
+    assert folder == tmp_path / DEFAULT_PREDICTOR and registry.is_predictor_folder(folder)
     assert detect_head(folder) == "v2-linear"
     assert [p.name for p in tmp_path.iterdir()] == [DEFAULT_PREDICTOR]  # no partial folders left
     # present now: no source is asked again
@@ -68,7 +68,7 @@ def test_unknown_names_and_escaping_names_are_refused(tmp_path):
         ensure_predictor("no-such-model", tmp_path)
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.json").write_text("{}")
-    with pytest.raises(PredictorUnavailable, match="missing preprocessor_config.json, model.safetensors"):
+    with pytest.raises(PredictorUnavailable, match="missing preprocessor_config.json or processor_config.json, model.safetensors"):
         ensure_predictor("half", tmp_path)
     for bad in ("../x", "/etc", "..", "a/../../b"):
         with pytest.raises(ValueError):

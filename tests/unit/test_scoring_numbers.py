@@ -80,11 +80,19 @@ def test_nan_image_is_not_scored_and_others_are():
     assert scores[0] == pytest.approx(clean[0], abs=1e-5) and scores[2] == pytest.approx(clean[2], abs=1e-5)
 
 
-def test_loaded_predictor_is_cached_by_folder_device_dtype():
+def test_loading_keeps_nothing_behind():
+    """No module-level cache: the caller's reference is the only one (the server's is ComfyUI's node output)."""
+    import gc
+    import weakref
+
     folder = aesthetic_predictor("tiny")
-    a = load_predictor(folder, "cpu", "fp32")
-    assert load_predictor(folder, "cpu", "auto") is a  # auto is fp32 on the CPU
-    assert load_predictor(folder, "cpu", "bf16") is not a
+    a = load_predictor(folder, "cpu", "auto")
+    assert a.dtype == torch.float32  # auto is fp32 on the CPU
+    assert load_predictor(folder, "cpu", "bf16").dtype == torch.bfloat16
+    model = weakref.ref(a.model)
+    del a
+    gc.collect()
+    assert model() is None
 
 
 @pytest.mark.slow

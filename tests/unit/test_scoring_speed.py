@@ -13,7 +13,7 @@ from harness.factories import aesthetic_predictor
 from PIL import Image
 
 from aesthete.scoring import speed
-from aesthete.scoring.predictor import AestheticPredictor, head_class, load_predictor
+from aesthete.scoring.predictor import AestheticPredictor, ModelForward, head_class, load_predictor
 from aesthete.scoring.speed import CompiledScorer, FastScorer
 
 SIZES = [(300, 200), (97, 131), (224, 224), (20, 50), (64, 64)]
@@ -35,7 +35,7 @@ def own_forward(predictor: AestheticPredictor, pixels: torch.Tensor) -> torch.Te
 def test_fast_scorer_equals_the_models_own_forward(head, onednn):
     folder = aesthetic_predictor("tiny", head=head)
     predictor = AestheticPredictor.from_folder(folder, "cpu", "fp32")
-    assert isinstance(predictor.fast, FastScorer) and predictor.fast.quick_gelu  # CLIP ViT-L/14's activation
+    assert isinstance(predictor.scorer, FastScorer) and predictor.scorer.quick_gelu  # CLIP ViT-L/14's activation
     pixels = predictor.preprocess(random_images())
     expected = own_forward(predictor, pixels)
     with torch.inference_mode():
@@ -51,7 +51,7 @@ def test_other_activations_run_unfused():
     model = head_class("v2-linear").from_pretrained(str(aesthetic_predictor("tiny")), hidden_act="gelu").eval()
     predictor = AestheticPredictor(model, AestheticPredictor.from_folder(aesthetic_predictor("tiny")).processor,
                                    "gelu", "v2-linear")
-    assert not predictor.fast.quick_gelu
+    assert not predictor.scorer.quick_gelu
     pixels = predictor.preprocess(random_images())
     assert (predictor.forward(pixels) - own_forward(predictor, pixels)).abs().max().item() < 1e-3
 
@@ -78,8 +78,9 @@ def test_a_model_the_fast_scorer_cannot_run_uses_its_own_forward(monkeypatch, ca
     monkeypatch.setattr(speed, "LAYER_PARTS", (*speed.LAYER_PARTS, "mlp.fc3"))
     with caplog.at_level(logging.WARNING, logger="aesthete.scoring"):
         predictor = AestheticPredictor.from_folder(aesthetic_predictor("tiny"), "cpu", "fp32")
-    assert predictor.fast is None and "no mlp.fc3 in encoder layer 0" in caplog.text
-    assert predictor.compiled() is predictor  # nothing to compile: the plain predictor
+    assert isinstance(predictor.scorer, ModelForward) and "no mlp.fc3 in encoder layer 0" in caplog.text
+    compiled = AestheticPredictor.from_folder(aesthetic_predictor("tiny"), "cpu", "fp32", compile=True)
+    assert isinstance(compiled.scorer, ModelForward) and not compiled.compile  # nothing to compile
     pixels = predictor.preprocess(random_images())
     assert torch.equal(predictor.forward(pixels), own_forward(predictor, pixels))
 
@@ -89,14 +90,14 @@ def test_compiled_scores_equal_eager_scores_for_any_batch_size():
     folder = aesthetic_predictor("tiny")
     eager = load_predictor(folder, "cpu", "fp32")
     fast = load_predictor(folder, "cpu", "fp32", compile=True)
-    assert fast is load_predictor(folder, "cpu", "fp32", compile=True) and fast is eager.compiled()
-    assert fast.model is eager.model and fast.compile and not eager.compile
-    assert fast.speed.eager is eager.fast  # its eager fallback is the predictor's scorer: one set of packed weights
+    assert fast.compile and not eager.compile and isinstance(fast.scorer, CompiledScorer)
+    # its eager fallback is a FastScorer of the same model: one set of packed weights
+    assert isinstance(fast.scorer.eager, FastScorer) and fast.scorer.eager.model is fast.model
     images = random_images() + random_images(1)  # 10 images: batches of 4, 4, 2
     expected = eager.score_images(images, batch_size=4)
     ours = fast.score_images(images, batch_size=4)
-    assert fast.speed.failed is None, fast.speed.failed
-    assert fast.speed.compile_seconds is not None
+    assert fast.scorer.failed is None, fast.scorer.failed
+    assert fast.scorer.compile_seconds is not None
     assert np.abs(np.array(ours) - np.array(expected)).max() < 1e-3, (ours, expected)
 
 
@@ -114,7 +115,7 @@ def test_a_failing_compiler_falls_back_to_eager_with_a_warning(caplog):
         raise RuntimeError("dynamo is not supported on this Python")
 
     for compiler in (broken_at_run, broken_at_wrap):
-        scorer = CompiledScorer(predictor.fast, compiler)
+        scorer = CompiledScorer(predictor.scorer, compiler)
         with caplog.at_level(logging.WARNING, logger="aesthete.scoring"), torch.inference_mode():
             first, second = scorer(pixels), scorer(pixels)  # the second call goes straight to eager
         assert "torch.compile of the aesthetic predictor failed" in caplog.text and scorer.failed.startswith("RuntimeError")

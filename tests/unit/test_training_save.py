@@ -8,9 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+from aesthete.common.paths import OutsideRootError, path_inside
 from aesthete.training.loss_graph import draw_loss_graph, smooth
-from aesthete.training.save import (SaveError, TrainedLora, build_metadata, numbered_path, read_lora,
-                                    resolve_inside, save_diffsynth_copy, save_lora)
+from aesthete.lora.files import numbered_path
+from aesthete.training.save import TrainedLora, build_metadata, read_lora, save_diffsynth_copy, save_lora
 
 SD15_KEY = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q"
 
@@ -27,8 +28,8 @@ def lora(rank: int = 4, dim: int = 320) -> TrainedLora:
 
 @pytest.mark.parametrize("name", ["../x", "a/../../x", "/abs/x", "", "  "])
 def test_names_never_leave_the_folder(tmp_path, name):
-    with pytest.raises(SaveError):
-        resolve_inside(tmp_path / "loras", name)
+    with pytest.raises(OutsideRootError):
+        path_inside(tmp_path / "loras", name, what="save name")
 
 
 def test_numbered_names_and_atomic_round_trip(tmp_path):

@@ -1,0 +1,203 @@
+"""The pack's one rule for each small job (``aesthete.common``), and that scoring, the training dataset, the composer
+and the predictor loader keep it alike: which files are images, how one is opened, how a caption is split, which
+folders hold a predictor, which names stay inside their folder, atomic writes. No ComfyUI."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aesthete.common import files as common_files
+from aesthete.common.files import write_atomic, write_safetensors
+from aesthete.common.images import list_images, open_image, pil_to_tensor, tensor_to_pil
+from aesthete.common.paths import OutsideRootError, path_inside
+from aesthete.common.tags import split_tags
+from aesthete.prompts import composer
+from aesthete.scoring import registry
+from aesthete.training import captions
+from aesthete.training.dataset import load_dataset
+from harness.training_data import pattern_image
+
+
+# --- which files are images, how one is opened -------------------------------------------------------------------
+
+def test_dataset_reads_gif_tiff_and_jfif_like_score_folder(tmp_path):
+    for name, fmt in (("a.gif", "GIF"), ("b.tif", "TIFF"), ("c.tiff", "TIFF"), ("d.jfif", "JPEG")):
+        pattern_image().save(tmp_path / name, format=fmt)
+        (tmp_path / name).with_suffix(".txt").write_text("stripes")
+    ds = load_dataset(tmp_path, resolution=64)
+    assert sorted(img.path.name for img in ds.images) == ["a.gif", "b.tif", "c.tiff", "d.jfif"]
+    assert [p.name for p in list_images(tmp_path)] == ["a.gif", "b.tif", "c.tiff", "d.jfif"]
+
+
+def test_dataset_lists_a_non_image_as_skipped_with_its_reason(tmp_path):
+    pattern_image().save(tmp_path / "a.png")
+    (tmp_path / "notes.md").write_text("not a picture")
+    ds = load_dataset(tmp_path, resolution=64)
+    assert ds.skipped == [("notes.md", "not an image (unknown format)")]
+
+
+def test_decompression_bomb_in_a_training_folder_is_a_skip_not_a_traceback(tmp_path, monkeypatch):
+    pattern_image().save(tmp_path / "a.png")
+    Image.new("RGB", (200, 200)).save(tmp_path / "bomb.png")
+    # Pillow raises DecompressionBombError (not an OSError) above twice its limit
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    ds = load_dataset(tmp_path, resolution=64)
+    assert [img.path.name for img in ds.images] == ["a.png"]
+    assert ds.skipped[0][0] == "bomb.png" and "decompression bomb" in ds.skipped[0][1]
+
+
+def test_dataset_lays_transparency_over_white_as_scoring_does(tmp_path):
+    Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    ds = load_dataset(tmp_path, resolution=64, crop_mode="center crop")
+    assert ds.images[0].image[0, 0].tolist() == [255, 255, 255]
+    assert np.asarray(open_image(tmp_path / "clear.png").image)[0, 0].tolist() == [255, 255, 255]
+
+
+def test_dataset_scales_16_bit_images_as_scoring_does(tmp_path):
+    Image.fromarray(np.full((64, 64), 32896, dtype=np.uint16)).save(tmp_path / "grey16.png")
+    ds = load_dataset(tmp_path, resolution=64, crop_mode="center crop")
+    assert ds.images[0].image[0, 0].tolist() == [128, 128, 128]  # scaled, not clipped to white
+
+
+def test_the_aesthetic_filter_sees_the_pixels_score_folder_sees(tmp_path):
+    Image.new("LA", (64, 64), (0, 0)).save(tmp_path / "clear.png")
+    seen = []
+
+    def score(images):
+        seen.extend(np.asarray(im).copy() for im in images)
+        return [9.0] * len(images)
+
+    load_dataset(tmp_path, resolution=64, score=score, min_score=1.0)
+    assert np.array_equal(seen[0], np.asarray(open_image(tmp_path / "clear.png").image))
+
+
+def test_tensor_and_pil_convert_once_and_round_trip():
+    image = pattern_image()
+    tensor = pil_to_tensor(image)
+    assert tensor.shape == (1, image.height, image.width, 3) and tensor.dtype == torch.float32
+    assert np.array_equal(np.asarray(tensor_to_pil(tensor)), np.asarray(image))
+    # quantised as ComfyUI's Save Image: clip(255 * x) then truncation
+    assert np.asarray(tensor_to_pil(torch.full((2, 2, 3), 0.999)))[0, 0].tolist() == [254, 254, 254]
+
+
+# --- how a caption is split into tags ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, tags", [
+    ("red，方块", ["red", "方块"]),
+    ("ganyu (genshin impact, cosplay), smile", ["ganyu (genshin impact, cosplay)", "smile"]),
+    ("1girl,\nsolo ,  ", ["1girl", "solo"]),
+])
+def test_training_captions_split_tags_as_the_composer_does(tmp_path, text, tags):
+    assert split_tags(text) == tags
+    assert composer.split_tags is split_tags and captions.split_tags is split_tags
+    pattern_image().save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text(text, encoding="utf-8")
+    assert captions.find_caption(tmp_path / "a.png", {}) == (tags, "txt")
+
+
+def test_keep_first_tag_keeps_a_chinese_tag_not_the_whole_caption(tmp_path):
+    pattern_image().save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("红发，微笑，户外", encoding="utf-8")
+    recipe = captions.CaptionRecipe(keep_first_tags=1, shuffle_tags=True)
+    ds = load_dataset(tmp_path, resolution=64, recipe=recipe)
+    assert ds.images[0].tags == ["红发", "微笑", "户外"]
+
+
+# --- which folders hold a predictor -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("processor_file", ["preprocessor_config.json", "processor_config.json"])
+def test_a_transformers_5_processor_folder_is_a_predictor(tmp_path, processor_file):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert not registry.is_predictor_folder(tmp_path)
+    (tmp_path / processor_file).write_text(json.dumps({"image_processor": {}}))
+    assert registry.is_predictor_folder(tmp_path)
+
+
+# --- which names may leave their folder -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["", "  ", ".", "../x", "a/../../x", "/etc", "..", "x\x00"])
+def test_names_that_are_empty_or_leave_the_root_are_refused(tmp_path, name):
+    with pytest.raises(OutsideRootError):
+        path_inside(tmp_path, name, what="folder")
+
+
+def test_names_inside_the_root(tmp_path):
+    assert path_inside(tmp_path, " styles/mine ") == tmp_path / "styles" / "mine"
+    assert path_inside(tmp_path, "a/../b") == tmp_path / "b"
+    assert path_inside(tmp_path, str(tmp_path / "c")) == tmp_path / "c"  # absolute, but inside
+
+
+def test_a_symlink_placed_inside_the_root_is_followed(tmp_path):
+    store, root = tmp_path / "store", tmp_path / "models"
+    store.mkdir()
+    root.mkdir()
+    os.symlink(store, root / "shared")
+    assert path_inside(root, "shared/model") == root / "shared" / "model"
+
+
+def test_allow_outside_accepts_any_name_but_the_empty_one(tmp_path):
+    assert path_inside(tmp_path / "input", "../elsewhere", allow_outside=True) == tmp_path / "elsewhere"
+    with pytest.raises(OutsideRootError):
+        path_inside(tmp_path, "", allow_outside=True)
+
+
+def test_the_error_names_the_input_the_root_and_what_to_do(tmp_path):
+    with pytest.raises(OutsideRootError, match=r"folder '\.\./x' leads outside ComfyUI's input directory .*, or turn"):
+        path_inside(tmp_path, "../x", what="folder", where="ComfyUI's input directory", hint="turn on the switch")
+
+
+# --- writing files --------------------------------------------------------------------------------------------
+
+def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = write_atomic(tmp_path / "sub" / "a.txt", "old")
+
+    def broken(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(path, broken)
+    assert path.read_text() == "old" and [p.name for p in path.parent.iterdir()] == ["a.txt"]
+    assert write_atomic(path, b"\x00new").read_bytes() == b"\x00new"
+
+
+def test_write_safetensors_stores_metadata_as_strings(tmp_path, monkeypatch):
+    from safetensors import safe_open
+
+    path = write_safetensors(tmp_path / "x.safetensors", {"w": torch.ones(2, 2).t()}, {"a": "b", "n": 3})
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata() == {"a": "b", "n": "3"} and f.get_tensor("w").tolist() == [[1, 1], [1, 1]]
+    monkeypatch.setattr(common_files.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        write_safetensors(tmp_path / "y.safetensors", {"w": torch.ones(1)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors"]
+
+
+def test_a_transformers_5_processor_folder_loads_with_its_own_preprocessing(tmp_path):
+    """processor_config.json holds the image processor nested; it is read, not replaced by CLIP's defaults."""
+    import shutil
+
+    from aesthete.scoring.predictor import load_predictor
+    from harness.factories import aesthetic_predictor
+
+    original = aesthetic_predictor("tiny")
+    settings = {**json.loads((original / "preprocessor_config.json").read_text()),
+                "image_mean": [0.2, 0.3, 0.4], "image_std": [0.9, 0.8, 0.7]}  # not CLIP's defaults
+    v4, v5 = tmp_path / "v4", tmp_path / "v5"
+    for folder in (v4, v5):
+        shutil.copytree(original, folder)
+        (folder / "preprocessor_config.json").unlink()
+    (v4 / "preprocessor_config.json").write_text(json.dumps(settings))
+    (v5 / "processor_config.json").write_text(json.dumps({"image_processor": settings,
+                                                          "processor_class": "CLIPProcessor"}))
+    images = [pattern_image(), pattern_image((50, 80), seed=1)]
+    expected = load_predictor(v4, "cpu", "fp32").score_images(images)
+    assert expected != pytest.approx(load_predictor(original, "cpu", "fp32").score_images(images), abs=1e-4)
+    assert load_predictor(v5, "cpu", "fp32").score_images(images) == pytest.approx(expected, abs=1e-6)

@@ -1,0 +1,80 @@
+"""One Train LoRA run's bookkeeping, apart from ComfyUI: what every saved file says about the run (metadata), the
+checkpoints saved every N epochs and on cancel, and the LoRA it continues from. The node (nodes/training_nodes.py)
+adds only what needs ComfyUI: the models, the progress bar with the loss preview, the interrupt."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..common.paths import path_inside
+from .dataset import LoraDataset
+from .lora_network import LoraNetwork
+from .loop import TrainResult, TrainSettings
+from .save import TrainedLora, build_metadata, read_lora, save_lora
+from .trainer import TrainingRun
+
+log = logging.getLogger("aesthete.training")
+
+
+@dataclass
+class TrainingJob:
+    """A run of ``settings`` on ``dataset``: its checkpoints are ``<checkpoint_name>_<tag>.safetensors`` under
+    ``loras_root`` (a name that leaves it is refused when the job is made, not after training)."""
+
+    dataset: LoraDataset
+    settings: TrainSettings
+    targets: tuple[str, ...]
+    base_model: str  # ComfyUI's model config name (SD15, SDXL, Kolors...)
+    loras_root: Path
+    checkpoint_name: str
+    resumed_from: str = ""  # the LoRA file name continued from, "" for a new LoRA
+    resume: dict = field(default_factory=dict)  # its tensors (ComfyUI format)
+    resume_epochs: int = 0  # the epochs it was trained for already
+    saved: list[Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        path_inside(self.loras_root, self.checkpoint_name, what="save name")
+
+    def resume_from(self, name: str, path: str | Path) -> TrainingJob:
+        """Continue the LoRA file ``path`` (listed as ``name``): its weights, and its epochs counted on."""
+        previous = read_lora(path)
+        self.resumed_from, self.resume = name, previous.tensors
+        self.resume_epochs = int(previous.metadata.get("aesthete.epochs", "0") or 0)
+        return self
+
+    @property
+    def last_epoch(self) -> int:
+        return self.resume_epochs + self.settings.epochs
+
+    def metadata(self, epochs: int, steps: int, network: LoraNetwork) -> dict[str, str]:
+        return build_metadata(base_model=self.base_model, rank=network.rank, alpha=network.alpha, epochs=epochs,
+                              steps=steps, dataset_size=len(self.dataset), settings=self.settings.as_dict(),
+                              targets=self.targets, extra={"aesthete.dataset": self.dataset.folder.name,
+                                                           "aesthete.resumed_from": self.resumed_from})
+
+    def trained_lora(self, network: LoraNetwork, epochs: int, steps: int) -> TrainedLora:
+        return TrainedLora(network.comfy_state_dict(), self.metadata(epochs, steps, network))
+
+    def save_checkpoint(self, network: LoraNetwork, epochs: int, steps: int, tag: str) -> Path:
+        path = path_inside(self.loras_root, f"{self.checkpoint_name}_{tag}.safetensors", what="save name")
+        self.saved.append(save_lora(self.trained_lora(network, epochs, steps), path))
+        return path
+
+    def on_epoch_end(self, epoch: int, network: LoraNetwork, result: TrainResult) -> None:
+        """Save every ``save_every_n_epochs`` epochs, except the last (that one is the run's own output)."""
+        every = self.settings.save_every_n_epochs
+        if every and epoch % every == 0 and epoch < self.last_epoch:
+            self.save_checkpoint(network, epoch, result.steps, f"epoch{epoch:04d}")
+
+    def finish(self, run: TrainingRun) -> TrainedLora:
+        """The run's LoRA. A cancelled run that trained at least one step is also saved as ``_interrupted``, so
+        what was trained is kept (continue it with resume_from)."""
+        result = run.result
+        epochs = self.resume_epochs + result.epochs_done
+        if result.cancelled and result.steps:
+            path = self.save_checkpoint(run.network, epochs, result.steps, "interrupted")
+            log.warning("Aesthete trainer: cancelled after %d steps; kept what was trained in %s (continue with "
+                        "resume_from)", result.steps, path)
+        return self.trained_lora(run.network, epochs, result.steps)
