@@ -50,7 +50,7 @@ def bases(comfy_server, sd15_ckpt):
 def _eligible(kind: str, shape: tuple[int, ...]) -> bool:
     conv3 = len(shape) == 4 and shape[2:] != (1, 1)
     if kind in CONV_KINDS:
-        return conv3 or (kind == "locon" and len(shape) == 2)
+        return conv3  # LoRA on a 3x3 convolution is what makes a LoCon
     if kind == "lora":
         return len(shape) == 2 or (len(shape) == 4 and not conv3)
     return len(shape) in (2, 4)
@@ -64,7 +64,8 @@ def _unet_layers(kind: str, names: dict[str, str], shapes: dict) -> list[tuple[s
     for name, weight in sorted(names.items()):
         if weight in shapes and _eligible(kind, shapes[weight]):
             by_weight.setdefault(weight, []).append(name)
-    chosen = sorted(by_weight.items())[3::13]
+    items = sorted(by_weight.items())
+    chosen = items[1::max(1, len(items) // 12)]
     return [(spellings[i % len(spellings)], weight) for i, (weight, spellings) in enumerate(chosen)]
 
 
