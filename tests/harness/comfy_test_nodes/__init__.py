@@ -59,3 +59,34 @@ class TestOnlyCompareWeights:
 
 
 NODE_CLASS_MAPPINGS = {"TestOnlyCompareWeights": TestOnlyCompareWeights}
+
+
+class TestOnlySavePatchedWeights:
+    """Writes output/<name>.safetensors with every weight the MODEL patches, as ComfyUI computes it (float32):
+    a few MB where ModelSave would write the whole model."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "name": ("STRING", {"default": "patched"})}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    CATEGORY = "testing"
+
+    def save(self, model, name):
+        import os
+
+        import folder_paths
+        from safetensors.torch import save_file
+
+        tensors = {}
+        for key in model.patches:
+            original = _original(model, key)
+            tensors[key] = comfy.lora.calculate_weight(model.patches[key], original, key).contiguous()
+        path = os.path.join(folder_paths.get_output_directory(), f"{name}.safetensors")
+        save_file(tensors, path)
+        return {"ui": {"text": [path]}}
+
+
+NODE_CLASS_MAPPINGS["TestOnlySavePatchedWeights"] = TestOnlySavePatchedWeights
