@@ -77,13 +77,15 @@ def to_diffsynth(parsed: ParsedLora, alpha: float | None = None) -> tuple[dict[s
     not plain low-rank (LoHa, LoKr, DoRA, Tucker LoCon, full differences): DiffSynth cannot express them."""
     if parsed.base is None:
         raise LoraConversionError("cannot tell whether this LoRA is for SD1.5 or SDXL: pass base='sd15' or 'sdxl'")
-    other = [layer for layer in parsed.layers if layer.kind not in PLAIN_KINDS or set(layer.tensors) - {
-        ".lora_up.weight", ".lora_down.weight", ".alpha"}]
+    plain = {".lora_up.weight", ".lora_down.weight", ".alpha"}
+    other = [layer for layer in parsed.layers if layer.kind not in PLAIN_KINDS or set(layer.tensors) - plain]
     if other:
+        extras = sorted(s.strip(".") for s in set(other[0].tensors) - plain)
+        what = f"a {other[0].label} layer" + (f" with {', '.join(extras)}" if extras else "")
         raise LoraConversionError(
-            f"{other[0].source} is a {other[0].label} layer ({len(other)} such layers): a DiffSynth 1.x LoRA holds "
-            f"only plain low-rank layers, so it cannot carry this file without changing it; use the file in ComfyUI "
-            f"as it is (Load LoRA (any format) or core LoraLoader)")
+            f"{other[0].source} is {what} ({len(other)} such layers): a DiffSynth 1.x LoRA holds only plain "
+            f"low-rank layers, so it cannot carry this file without changing it; use the file in ComfyUI as it is "
+            f"(Load LoRA (any format) or core LoraLoader)")
     train_alpha = DEFAULT_TRAINING_ALPHA if alpha is None or alpha <= 0 else float(alpha)
     to_diffsynth_name = layout.name_tables(parsed.base)["ldm_to_diffsynth"]
     tensors: dict[str, torch.Tensor] = {}

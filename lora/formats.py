@@ -300,9 +300,9 @@ def parse_lora(state_dict: dict[str, torch.Tensor], key_map: dict | None = None,
         if base is None:
             base = infer_base(state_dict)
         key_map = layout.standard_key_map(base, kolors=base == "sdxl")
-    groups, unplaced = _group(state_dict, key_map, clip_key_map or {}, base)
+    groups, unplaced, namings = _group(state_dict, key_map, clip_key_map or {}, base)
     layers = _complete_layers(groups, unplaced)
-    return ParsedLora(_file_format(state_dict, layers, groups), base, layers, len(state_dict), unplaced)
+    return ParsedLora(_file_format(state_dict, namings, groups), base, layers, len(state_dict), unplaced)
 
 
 @dataclass
@@ -311,17 +311,22 @@ class _Group:
     conflict: str | None = None  # why the whole layer cannot be placed
 
 
-def _group(state_dict, key_map, clip_key_map, base) -> tuple[dict[str, _Group], dict[str, str]]:
-    """Tensors grouped by the key-map name of their module; the names of tensors no layer takes, with why."""
+def _group(state_dict, key_map, clip_key_map, base) -> tuple[dict[str, _Group], dict[str, str], list[str]]:
+    """Tensors grouped by the key-map name of their module; the names of tensors no layer takes, with why; the
+    naming of every UNet tensor's module."""
     groups: dict[str, _Group] = {}
     unplaced: dict[str, str] = {}
+    namings: list[str] = []
     claimed: dict[object, str] = {}  # weight key -> key-map name of the first layer that patches it
     for key, tensor in state_dict.items():
         placed = _place_key(key, key_map, clip_key_map, base)
-        if isinstance(placed, str):
-            unplaced[key] = placed
+        if len(placed) == 2:
+            unplaced[key], naming = placed
+            namings += [naming] if naming not in ("unknown", "text-encoder") else []
             continue
         name, suffix, weight_key, part, naming, source = placed
+        if part == "unet":
+            namings.append(naming)
         group = groups.get(name)
         if group is None:
             group = groups[name] = _Group(ParsedLayer(name, weight_key, part, naming, source))
@@ -334,11 +339,31 @@ def _group(state_dict, key_map, clip_key_map, base) -> tuple[dict[str, _Group], 
             continue
         group.layer.tensors[canonical] = tensor
         group.layer.keys[canonical] = key
-    return groups, unplaced
+    _attach_unknown(state_dict, groups, unplaced)
+    return groups, unplaced, namings
+
+
+def _attach_unknown(state_dict, groups: dict[str, _Group], unplaced: dict[str, str]) -> None:
+    """A tensor of unknown kind named after a placed layer goes with that layer: ComfyUI's loader may know it,
+    and if it does not, the layer must not be applied without it (see ``unread_tensors``)."""
+    unknown = [key for key, why in unplaced.items() if why.startswith("not a tensor kind")]
+    if not unknown:
+        return
+    by_source = {g.layer.source: g for g in groups.values()}
+    for key in unknown:
+        for i in range(len(key) - 1, 0, -1):
+            group = by_source.get(key[:i]) if key[i] in "._" else None
+            if group is not None:
+                suffix = key[i:]
+                group.layer.tensors[suffix] = state_dict[key]
+                group.layer.keys[suffix] = key
+                del unplaced[key]
+                break
 
 
 def _place_key(key, key_map, clip_key_map, base):
-    """(name, suffix, weight key, part, naming, module in file), or the reason the key cannot be placed."""
+    """(name, suffix, weight key, part, naming, module in file), or (the reason the key cannot be placed,
+    the naming its module looks like)."""
     for part, kmap in (("unet", key_map), ("clip", clip_key_map)):
         split = _split_by_key_map(key, kmap)
         if split is not None:
@@ -346,23 +371,26 @@ def _place_key(key, key_map, clip_key_map, base):
             return module, suffix, kmap[module], part, _naming_in_key_map(module), module
     split = _split_known(key)
     if split is None:
-        return "not a tensor kind of any LoRA format ComfyUI or this pack knows"
+        return "not a tensor kind of any LoRA format ComfyUI or this pack knows", "unknown"
     module, suffix = split
     if module.startswith(_TEXT_ENCODER_PREFIXES):
         if clip_key_map:
-            return "the connected CLIP has no such layer"
+            return "the connected CLIP has no such layer", "text-encoder"
         return module, suffix, None, "clip", "text-encoder", module
     stripped = _strip_unet_prefix(module)
     naming = _naming_of(stripped)
     name = _rename(stripped, naming, base, key_map)
     if name is None:
-        return _unrenamed_reason(module, stripped, naming, base)
+        return _unrenamed_reason(module, stripped, naming, base), naming
     return name, suffix, key_map[name], "unet", naming, module
 
 
 # which tensors a layer of each kind needs before ComfyUI can apply it
 _REQUIRED = {"LoRA": (_UP, _DOWN), "LoCon": (_UP, _DOWN), "LoCon (Tucker)": (_UP, _DOWN), "DoRA": (_UP, _DOWN),
              "LoHa": (".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b")}
+
+
+_MATRIX_NAMES = {_UP: "up/B matrix (lora_up)", _DOWN: "down/A matrix (lora_down)"}
 
 
 def _complete_layers(groups: dict[str, _Group], unplaced: dict[str, str]) -> list[ParsedLayer]:
@@ -379,7 +407,7 @@ def _complete_layers(groups: dict[str, _Group], unplaced: dict[str, str]) -> lis
                                        and {".lokr_w2", ".lokr_w2_a"} & set(layer.tensors)):
                 missing = ["lokr_w1/lokr_w2"]
             if missing:
-                reason = f"{layer.source} has no {' or '.join(m.strip('.') for m in missing)}"
+                reason = f"{layer.source} has no {' or '.join(_MATRIX_NAMES.get(m, m.strip('.')) for m in missing)}"
         if reason is not None:
             unplaced.update({key: reason for key in layer.keys.values()})
         else:
@@ -387,8 +415,7 @@ def _complete_layers(groups: dict[str, _Group], unplaced: dict[str, str]) -> lis
     return layers
 
 
-def _file_format(state_dict, layers: list[ParsedLayer], groups: dict[str, _Group]) -> str:
-    namings = [g.layer.naming for g in groups.values() if g.layer.part == "unet"]
+def _file_format(state_dict, namings: list[str], groups: dict[str, _Group]) -> str:
     main = max(set(namings), key=namings.count) if namings else "unknown"
     peft = any(_PEFT_SUFFIX.search(k) for k in state_dict)
     fmt = {"ldm": "comfyui", "comfyui": "comfyui", "kohya": "kohya", "lycoris": "lycoris", "diffusers": "diffusers",
@@ -406,7 +433,7 @@ def infer_base(state_dict: dict[str, torch.Tensor]) -> str:
     counts = {}
     for base in layout.BASES:
         key_map = layout.standard_key_map(base, kolors=base == "sdxl")
-        groups, _ = _group(state_dict, key_map, {}, base)
+        groups, _, _ = _group(state_dict, key_map, {}, base)
         counts[base] = sum(1 for g in groups.values() if g.layer.part == "unet" and not g.conflict)
     best = max(counts.values())
     leaders = [b for b, c in counts.items() if c == best]
