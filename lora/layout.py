@@ -1,4 +1,4 @@
-"""Module names of the SD1.5 and SDXL UNets in the three namings LoRA files use.
+"""Module names of the standard SD1.5 and SDXL UNets in the three namings LoRA files use.
 
 - ``ldm``: the original Stable Diffusion / ComfyUI naming (``input_blocks.4.1.transformer_blocks.0.attn1.to_q``);
   ComfyUI's MODEL holds these under ``diffusion_model.``.
@@ -141,19 +141,13 @@ def module_names(base: str) -> tuple[ModuleName, ...]:
 
 @lru_cache(maxsize=None)
 def name_tables(base: str) -> dict[str, dict[str, str]]:
-    """Lookups to the ldm name: {"ldm", "diffusers", "diffsynth", "kohya"} -> {name in that naming: ldm name}.
-
-    "kohya" holds both ldm and diffusers names with dots replaced by underscores, as kohya's scripts write them.
-    "ldm_to_diffsynth" maps the other way."""
-    rows = module_names(base)
-    tables: dict[str, dict[str, str]] = {"ldm": {}, "diffusers": {}, "diffsynth": {}, "kohya": {},
-                                         "ldm_to_diffsynth": {}}
-    for row in rows:
+    """Lookups for DiffSynth 1.x names: {"ldm": {ldm: ldm}, "diffsynth": {DiffSynth name: ldm name},
+    "ldm_to_diffsynth": the other way}. Every other naming is placed by a key map (``standard_key_map`` here,
+    the loaded model's own in ComfyUI)."""
+    tables: dict[str, dict[str, str]] = {"ldm": {}, "diffsynth": {}, "ldm_to_diffsynth": {}}
+    for row in module_names(base):
         tables["ldm"][row.ldm] = row.ldm
-        tables["diffusers"][row.diffusers] = row.ldm
         tables["diffsynth"][row.diffsynth] = row.ldm
-        tables["kohya"][row.ldm.replace(".", "_")] = row.ldm
-        tables["kohya"][row.diffusers.replace(".", "_")] = row.ldm
         tables["ldm_to_diffsynth"][row.ldm] = row.diffsynth
     if base == "sdxl":  # Kolors: the text projection has the same name in ldm and diffusers layouts
         tables["diffsynth"][KOLORS_TEXT_PROJECTION[1]] = KOLORS_TEXT_PROJECTION[0]

@@ -89,10 +89,12 @@ class AestheteLoraLoader(io.ComfyNode):
             node_id="AestheteLoraLoader",
             display_name="Load LoRA (any format)",
             category="Aesthete/lora",
-            description="Applies a LoRA of any common format to a model and, optionally, its CLIP: ComfyUI and "
-                        "kohya files, diffusers and peft names, DiffSynth-Studio 1.x Kolors/SDXL checkpoints and "
-                        "DiffSynth 2.x SDXL files. Works on SD1.5, SDXL and Kolors (SDXL-architecture) models. "
-                        "Reports the format it found and every tensor it could not place.",
+            description="Applies a LoRA of any common format to a model and, optionally, its CLIP: every file core "
+                        "Load LoRA applies (kohya and ComfyUI LoRA, LoCon, LoHa, LoKr, DoRA, full differences), "
+                        "applied by ComfyUI's own code the same way, plus diffusers and peft names, "
+                        "DiffSynth-Studio 1.x Kolors/SDXL checkpoints and DiffSynth 2.x SDXL files. Works on SD1.5, "
+                        "SDXL and Kolors (SDXL-architecture) models. Reports the format, the kinds of layers, and "
+                        "every tensor it could not place.",
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (SD1.5, SDXL or Kolors) to apply the LoRA to."),
                 io.Combo.Input("lora_name", options=lora_choices(),
@@ -103,10 +105,11 @@ class AestheteLoraLoader(io.ComfyNode):
                 io.Float.Input("strength_clip", default=1.0, min=-100.0, max=100.0, step=0.01,
                                tooltip="How strongly to apply the LoRA's text-encoder layers to the CLIP."),
                 io.Float.Input("alpha", default=DEFAULT_TRAINING_ALPHA, min=0.0, max=1024.0, step=0.5,
-                               tooltip="The training alpha, used only for files that store none (DiffSynth, most "
-                                       "peft/diffusers files): the update is scaled by alpha/rank. DiffSynth 1.x's "
-                                       "recipe trains with 4. 0 = automatic: 4 for DiffSynth 1.x files, the rank "
-                                       "(scale 1.0) for others, e.g. DiffSynth 2.x, which trains with alpha = rank."),
+                               tooltip="The training alpha, used only for low-rank layers of files that store none "
+                                       "(DiffSynth, most peft/diffusers files): the update is scaled by alpha/rank. "
+                                       "DiffSynth 1.x's recipe trains with 4. 0 = automatic: 4 for DiffSynth 1.x "
+                                       "files, the rank (scale 1.0, as core Load LoRA) for others, e.g. DiffSynth "
+                                       "2.x, which trains with alpha = rank."),
                 io.Clip.Input("clip", optional=True,
                               tooltip="Optional CLIP model for the LoRA's text-encoder layers."),
             ],
@@ -115,8 +118,8 @@ class AestheteLoraLoader(io.ComfyNode):
                 io.Clip.Output(display_name="CLIP",
                                tooltip="The CLIP with the LoRA's text-encoder layers applied (None if none given)."),
                 io.String.Output(display_name="report",
-                                 tooltip="Format detected, tensors applied out of tensors found, and examples of "
-                                         "any tensor that could not be placed."),
+                                 tooltip="Format detected, tensors applied out of tensors found, layers by kind "
+                                         "(e.g. kohya LoHa), and examples of any tensor that could not be placed."),
             ],
         )
 
