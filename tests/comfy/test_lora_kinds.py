@@ -21,6 +21,8 @@ from harness.lora_models import CONV_KINDS, KINDS, comfy_lora_key_names, lycoris
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from aesthete.lora import layout
+
 CHECKPOINT_UNET = "model.diffusion_model."
 CLIP_PREFIX = "cond_stage_model.transformer.text_model.encoder.layers."
 LABELS = {"lora": "kohya LoRA", "locon": "kohya LoCon", "locon-tucker": "kohya LoCon (Tucker)",
@@ -100,6 +102,10 @@ def test_kind_applies_as_core_does(comfy, comfy_server, bases, kind, base):
     with_clip = base == "sd15" and kind not in CONV_KINDS
     clip_layers = _clip_layers(shapes) if with_clip else []
     assert len(unet_layers) >= 8
+    if base == "sd15":  # the small SD1.5 UNet is laid out differently from standard SD1.5 (one res block per level)
+        standard = layout.standard_key_map("sd15")
+        moved = [n for n, weight in unet_layers if n in standard and "model." + standard[n] != weight]
+        assert moved, "no layer whose kohya name a fixed SD1.5 table would put on another module"
     sd = _build_file(kind, unet_layers + clip_layers, shapes, seed=KINDS.index(kind))
     name = f"aesthete-kind-{kind}-{base}.safetensors"
     loras = comfy_server.models_dir / "loras"
