@@ -21,7 +21,7 @@ from comfy_api.latest import io, ui
 
 from ..lora.alpha import DEFAULT_TRAINING_ALPHA
 from ..lora.files import LORA_SUFFIXES, read_lora_file
-from ..lora.formats import loader_tensors, parse_lora, restrict_to_model, unread_tensors
+from ..lora.formats import ParsedLora, loader_tensors, parse_lora, restrict_to_model, unread_tensors
 from ..lora.report import LoraApplyError, nothing_placed_message, report_text, unread_message
 
 log = logging.getLogger("aesthete.lora")
@@ -125,37 +125,19 @@ class AestheteLoraLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, lora_name, strength_model, strength_clip, alpha, clip=None) -> io.NodeOutput:
+        where = f"models/loras/{lora_name}"
         tensors, _metadata = read_lora_file(lora_path(lora_name))
-        tensors = comfy.lora_convert.convert_lora(tensors)  # what core LoraLoader does first
-        unet_keys = comfy.lora.model_lora_keys_unet(model.model, {})
-        clip_keys = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {}) if clip is not None else None
-        parsed = parse_lora(tensors, unet_keys, clip_keys, base=model_base(model))
-        unet_weights = [layer.weight_key for layer in parsed.layers if layer.is_unet]
-        shapes = weight_shapes(model.model, unet_weights)
-        if clip is not None:
-            shapes |= weight_shapes(clip.cond_stage_model, [layer.weight_key for layer in parsed.layers
-                                                            if not layer.is_unet and layer.weight_key is not None])
-        parsed = restrict_to_model(parsed, shapes, clip_connected=clip is not None)
+        parsed = parse_for_model(comfy.lora_convert.convert_lora(tensors), model, clip)  # core converts first too
         if not parsed.layers:
-            raise ValueError(nothing_placed_message(f"models/loras/{lora_name}", parsed))
+            raise ValueError(nothing_placed_message(where, parsed))
 
         handed, to_load = loader_tensors(parsed, alpha)
         handed = _ReadLog(handed)
         patches = comfy.lora.load_lora(handed, to_load, log_missing=False)
         unread = unread_tensors(parsed, handed.read)
         if unread:  # a scale or mid matrix left out would apply its layer wrongly: apply nothing
-            raise LoraApplyError(unread_message(f"models/loras/{lora_name}", unread))
-        unet_patches = {k: v for k, v in patches.items()
-                        if (k[0] if isinstance(k, tuple) else k).startswith("diffusion_model.")}
-        clip_patches = {k: v for k, v in patches.items() if k not in unet_patches}
-
-        new_model = model.clone()
-        applied = set(new_model.add_patches(unet_patches, strength_model))
-        new_clip = None
-        if clip is not None:
-            new_clip = clip.clone()
-            applied |= set(new_clip.add_patches(clip_patches, strength_clip))
-        missed = [k for k in patches if k not in applied]
+            raise LoraApplyError(unread_message(where, unread))
+        new_model, new_clip, missed = add_patches(model, clip, patches, strength_model, strength_clip)
         if missed:  # ComfyUI refused a patch we placed: never let that pass silently
             log.warning("Aesthete LoRA %s: ComfyUI did not apply %d patches, e.g. %s", lora_name, len(missed),
                         missed[:3])
@@ -166,6 +148,33 @@ class AestheteLoraLoader(io.ComfyNode):
                         parsed.total_keys, list(parsed.unplaced.items())[:3])
         log.info("Aesthete LoRA %s: %s", lora_name, report.splitlines()[3])
         return io.NodeOutput(new_model, new_clip, report, ui=ui.PreviewText(report))
+
+
+def parse_for_model(tensors: dict, model, clip) -> ParsedLora:
+    """The file's layers named by the loaded model's (and CLIP's) own LoRA key maps, kept where the model has a
+    weight of the update's size."""
+    unet_keys = comfy.lora.model_lora_keys_unet(model.model, {})
+    clip_keys = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {}) if clip is not None else None
+    parsed = parse_lora(tensors, unet_keys, clip_keys, base=model_base(model))
+    shapes = weight_shapes(model.model, [layer.weight_key for layer in parsed.layers if layer.is_unet])
+    if clip is not None:
+        shapes |= weight_shapes(clip.cond_stage_model, [layer.weight_key for layer in parsed.layers
+                                                        if not layer.is_unet and layer.weight_key is not None])
+    return restrict_to_model(parsed, shapes, clip_connected=clip is not None)
+
+
+def add_patches(model, clip, patches: dict, strength_model: float, strength_clip: float):
+    """(patched model clone, patched CLIP clone or None, the patches neither took), as core LoraLoader adds them."""
+    unet_patches = {k: v for k, v in patches.items()
+                    if (k[0] if isinstance(k, tuple) else k).startswith("diffusion_model.")}
+    new_model = model.clone()
+    applied = set(new_model.add_patches(unet_patches, strength_model))
+    new_clip = None
+    if clip is not None:
+        new_clip = clip.clone()
+        applied |= set(new_clip.add_patches({k: v for k, v in patches.items() if k not in unet_patches},
+                                            strength_clip))
+    return new_model, new_clip, [k for k in patches if k not in applied]
 
 
 NODES = [AestheteLoraLoader]

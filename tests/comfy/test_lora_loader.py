@@ -228,7 +228,12 @@ def test_bad_files_are_clear_errors(comfy, comfy_server, sdxl_unet, tmp_path):
     torch.save({"transformer.single_blocks.0.linear1.lora_A.weight": torch.zeros(4, 8),
                 "transformer.single_blocks.0.linear1.lora_B.weight": torch.zeros(8, 4)},
                loras / "aesthete-flux.pt")
-    for name, message in (("aesthete-evil.ckpt", "refused to unpickle"), ("aesthete-flux.pt", "none of its 2 tensors")):
+    # peft's DoRA magnitude: no ComfyUI adapter reads it, and the layer must not be applied without it
+    d = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    save_file({f"{d}.lora_A.weight": torch.zeros(4, 320), f"{d}.lora_B.weight": torch.zeros(320, 4),
+               f"{d}.lora_magnitude_vector.weight": torch.ones(320)}, str(loras / "aesthete-peft-dora.safetensors"))
+    for name, message in (("aesthete-evil.ckpt", "refused to unpickle"), ("aesthete-flux.pt", "none of its 2 tensors"),
+                          ("aesthete-peft-dora.safetensors", "lora_magnitude_vector.weight .*has no use for it")):
         graph = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": unet_name, "weight_dtype": "default"}},
                  "2": {"class_type": "AestheteLoraLoader", "inputs": {
                      "model": ["1", 0], "lora_name": name, "strength_model": 1.0, "strength_clip": 1.0, "alpha": 4.0}},
