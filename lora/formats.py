@@ -202,12 +202,11 @@ def _split_known(key: str) -> tuple[str, str] | None:
     return None
 
 
-def _split_by_key_map(key: str, key_map: dict) -> tuple[str, str] | None:
-    """(module, suffix) where module is the longest proper prefix of ``key`` that the key map knows, cut at a
-    ``.`` or ``_`` (the diffusers processor spelling is ``<module>_lora.up.weight``)."""
-    known = _split_known(key)
-    if known is not None and known[0] in key_map:
-        return known
+def _scan_key_map(key: str, key_map: dict) -> tuple[str, str] | None:
+    """(module, suffix) for a key of unknown suffix: the longest proper prefix the key map knows, cut at a ``.``
+    or ``_`` (ComfyUI may know a suffix this pack does not)."""
+    if not key_map:
+        return None
     for i in range(len(key) - 1, 0, -1):
         if key[i] in "._" and key[:i] in key_map:
             return key[:i], key[i:]
@@ -364,15 +363,18 @@ def _attach_unknown(state_dict, groups: dict[str, _Group], unplaced: dict[str, s
 def _place_key(key, key_map, clip_key_map, base):
     """(name, suffix, weight key, part, naming, module in file), or (the reason the key cannot be placed,
     the naming its module looks like)."""
-    for part, kmap in (("unet", key_map), ("clip", clip_key_map)):
-        split = _split_by_key_map(key, kmap)
-        if split is not None:
-            module, suffix = split
-            return module, suffix, kmap[module], part, _naming_in_key_map(module), module
+    maps = (("unet", key_map), ("clip", clip_key_map))
     split = _split_known(key)
     if split is None:
+        for part, kmap in maps:
+            scanned = _scan_key_map(key, kmap)
+            if scanned is not None:
+                return scanned[0], scanned[1], kmap[scanned[0]], part, _naming_in_key_map(scanned[0]), scanned[0]
         return "not a tensor kind of any LoRA format ComfyUI or this pack knows", "unknown"
     module, suffix = split
+    for part, kmap in maps:  # ComfyUI's loader reads a known suffix after exactly this module name
+        if module in kmap:
+            return module, suffix, kmap[module], part, _naming_in_key_map(module), module
     if module.startswith(_TEXT_ENCODER_PREFIXES):
         if clip_key_map:
             return "the connected CLIP has no such layer", "text-encoder"
@@ -523,13 +525,14 @@ def loader_tensors(parsed: ParsedLora, alpha: float | None) -> tuple[dict[str, t
     Low-rank layers whose file stores no alpha get one by this pack's rule (``alpha``; see
     ``alpha.resolve_alpha``), because ComfyUI would apply them at scale 1.0."""
     alphas = with_alphas(parsed, alpha)
+    alpha_tensors = {a: torch.tensor(a) for a in set(alphas.values())}  # read-only: one per value will do
     tensors: dict[str, torch.Tensor] = {}
     to_load: dict[str, object] = {}
     for layer in parsed.layers:
         for suffix, tensor in layer.tensors.items():
             tensors[layer.name + suffix] = tensor
         if layer.name in alphas:
-            tensors[layer.name + ".alpha"] = torch.tensor(alphas[layer.name])
+            tensors[layer.name + ".alpha"] = alpha_tensors[alphas[layer.name]]
         to_load[layer.name] = layer.weight_key
     return tensors, to_load
 

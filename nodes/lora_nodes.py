@@ -15,7 +15,6 @@ from pathlib import Path
 
 import comfy.lora
 import comfy.lora_convert
-import comfy.utils
 import folder_paths
 from comfy_api.latest import io, ui
 
@@ -71,14 +70,22 @@ def model_base(model) -> str | None:
 
 
 def weight_shapes(module, keys) -> dict[str, tuple[int, ...]]:
-    """Shapes of the named weights of ``module`` (the model or the CLIP), without building its whole state dict."""
+    """Shapes of the named weights of ``module`` (the model or the CLIP), without building its whole state dict
+    (walks the submodule dicts: nn.Module.__getattr__ would cost as much as ComfyUI's key map itself)."""
     shapes = {}
     for key in keys:
         name = key[0] if isinstance(key, tuple) else key
+        *path, leaf = name.split(".")
+        m = module
         try:
-            shapes[name] = tuple(comfy.utils.get_attr(module, name).shape)
-        except AttributeError:
-            pass
+            for part in path:
+                m = m._modules[part]
+        except KeyError:
+            continue
+        tensor = m._parameters.get(leaf)
+        tensor = m._buffers.get(leaf) if tensor is None else tensor
+        if tensor is not None:
+            shapes[name] = tuple(tensor.shape)
     return shapes
 
 
