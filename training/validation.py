@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
@@ -84,6 +85,7 @@ class EpochValidation:
     images: list[Image.Image]
     scores: list[float] | None = None
     lora_name: str = ""
+    path: Path | None = None  # the saved LoRA file
 
     @property
     def mean_score(self) -> float:
@@ -98,12 +100,12 @@ class ValidationHistory:
     _losses_seen: int = 0
 
     def add(self, epoch: int, losses_so_far: Sequence[float], images: Sequence[Image.Image],
-            scores: Sequence[float] | None, lora_name: str = "") -> EpochValidation:
+            scores: Sequence[float] | None, lora_name: str = "", path: Path | None = None) -> EpochValidation:
         """Record ``epoch``; its mean loss is that of the losses added since the previous epoch."""
         new = [float(v) for v in losses_so_far[self._losses_seen:]]
         self._losses_seen = len(losses_so_far)
         entry = EpochValidation(epoch, finite_mean(new) if new else math.nan, list(images),
-                                None if scores is None else [float(s) for s in scores], lora_name)
+                                None if scores is None else [float(s) for s in scores], lora_name, path)
         self.epochs.append(entry)
         return entry
 
