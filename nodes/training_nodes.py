@@ -4,6 +4,7 @@ the save node. The work is done by ``aesthete.training``; these classes adapt it
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -156,7 +157,9 @@ class AestheteTrainLora(io.ComfyNode):
             description="Trains a LoRA on the loaded MODEL from a dataset: latents and captions are encoded once, "
                         "then the LoRA layers (attention q, k, v, out by default) learn to denoise. Shows the loss "
                         "as it goes; cancel keeps what was trained (saved under models/loras). Outputs the MODEL "
-                        "with the LoRA applied, the LoRA for Save LoRA, and the loss history.",
+                        "with the LoRA applied, the LoRA for Save LoRA, and the loss history. With Validation "
+                        "Settings connected, every epoch's LoRA generates and scores images, every epoch is saved "
+                        "and the best-scoring one is output.",
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model to train on (SD1.5 or SDXL architecture, "
                                                 "Kolors included)"),
@@ -254,6 +257,7 @@ class AestheteTrainLora(io.ComfyNode):
                     if validation is not None else None
             # only the trained model stays loaded: the text encoder and the VAE are offloaded by ComfyUI
             comfy.model_management.load_models_gpu([patcher], memory_required=1e20, force_full_load=True)
+            encoder_state = text_encoder_state(clip, device)
 
             def on_epoch_end(epoch, network, result):
                 job.on_epoch_end(epoch, network, result)
@@ -271,28 +275,41 @@ class AestheteTrainLora(io.ComfyNode):
             if run.result.cancelled:
                 comfy.model_management.throw_exception_if_processing_interrupted()
         result = run.result
-        lines = [f"{result.steps} steps in {result.seconds:.1f}s ({result.steps / max(result.seconds, 1e-9):.2f} "
-                 f"steps/s), loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}; {cache.describe()}"]
+        validating = sum(validator.seconds) if validator is not None else 0.0
+        training = max(result.seconds - validating, 1e-9)
+        lines = [f"{result.steps} steps in {training:.1f}s ({result.steps / training:.2f} steps/s), loss "
+                 f"{result.losses[0]:.4f} -> {result.losses[-1]:.4f}; {cache.describe()}"]
         grid = graph = ExecutionBlocker(None)
         ui_extra = {}
         if validator is not None:
             history, output = validator.history, validation.output
             chosen = history.choose(output)
             lora = read_lora(chosen.path)  # the chosen epoch's file, as saved
-            lines += [f"output: {history.why(output)}", history.table(output)]
+            lines += [f"validation: {validation.images_per_epoch} image(s) per epoch, "
+                      f"{validating / max(1, len(validator.seconds)):.1f}s per epoch; output: {history.why(output)}",
+                      history.table(output)]
             grid = pil_to_tensor(draw_validation_grid(history, output))
             graph = pil_to_tensor(draw_score_graph(history, result.losses, output))
             ui_extra["validation"] = [{"epoch": e.epoch, "mean_loss": e.mean_loss, "scores": e.scores,
                                        "lora": e.lora_name} for e in history.epochs]
         else:
             graph = pil_to_tensor(draw_loss_graph(result.losses))
-        lines.append(meter.describe() + "; the text encoder was offloaded after encoding (ComfyUI's model management)")
+        lines.append(f"{meter.describe()}; {encoder_state}")
         report = "\n".join(lines)
         log.info("Aesthete trainer: %s", report)
         # the same loader as core LoraLoaderModelOnly, so the output MODEL equals loading the saved file
         trained_model, _ = comfy.sd.load_lora_for_models(model, None, lora.tensors, 1.0, 0)
         return io.NodeOutput(trained_model, lora, {"loss": list(result.losses)}, grid, graph, report,
                              ui={"text": [report], "loss": list(result.losses), **ui_extra})
+
+
+def text_encoder_state(clip, device: torch.device) -> str:
+    """Whether ComfyUI's model management still holds the text encoder loaded, said for the report."""
+    if clip.patcher in comfy.model_management.loaded_models():
+        if device.type == "cpu":
+            return "the text encoder stays in RAM (on the CPU there is no other memory to offload it to)"
+        return "the text encoder is still loaded beside the trained model (there was room for both)"
+    return "the text encoder was offloaded after encoding (ComfyUI's model management)"
 
 
 def encode_text(clip, text: str):
@@ -314,6 +331,7 @@ class EpochValidator:
             self.negative = encode_text(clip, spec.negative)
         self.history = ValidationHistory()
         self.epoch = 0  # the epoch being validated, 0 outside validation
+        self.seconds: list[float] = []  # each epoch's validation time
 
     def generate(self, model, positive) -> torch.Tensor:
         spec = self.spec
@@ -328,6 +346,7 @@ class EpochValidator:
 
     def __call__(self, epoch: int, network, result) -> None:
         self.epoch = epoch
+        started = time.perf_counter()
         unet = self.training_patcher.model.diffusion_model
         network.detach()  # the patched clone carries the LoRA; the training hooks would add it twice
         try:
@@ -344,6 +363,7 @@ class EpochValidator:
                                                    force_full_load=True)
             network.attach(unet)
         self.epoch = 0  # left set when a cancel ends the validation, for the log line
+        self.seconds.append(time.perf_counter() - started)
         saved = self.job.saved[-1] if self.job.saved else None
         name = saved.relative_to(self.job.loras_root.resolve()).as_posix() if saved else ""
         entry = self.history.add(epoch, result.losses, [tensor_to_pil(im) for im in images], scores, name, saved)

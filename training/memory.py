@@ -29,6 +29,17 @@ def resident_peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux; never reset
 
 
+def resident_now() -> int:
+    """This process's resident memory now, in bytes (0 where /proc is missing)."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def reset_resident_peak() -> bool:
     """Start VmHWM again from the current resident size (Linux: ``5`` into clear_refs); False where it cannot."""
     try:
@@ -46,6 +57,7 @@ class PhaseMemory:
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda" and torch.cuda.is_available()
         self.peaks: dict[str, int] = {}
+        self.starts: dict[str, int] = {}  # the memory in use when each phase first began
         self._active: list[str] = []
         self.resettable = True
 
@@ -54,6 +66,9 @@ class PhaseMemory:
             torch.cuda.synchronize(self.device)
             return torch.cuda.max_memory_allocated(self.device)
         return resident_peak()
+
+    def _now(self) -> int:
+        return torch.cuda.memory_allocated(self.device) if self.cuda else resident_now()
 
     def _reset(self) -> None:
         if self.cuda:
@@ -71,6 +86,7 @@ class PhaseMemory:
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         self._fold()
+        self.starts.setdefault(name, self._now())
         self._active.append(name)
         try:
             yield
@@ -79,9 +95,11 @@ class PhaseMemory:
             self._active.pop()
 
     def describe(self) -> str:
-        """``memory (CUDA peak allocated): encoding 1.20 GiB, training 3.40 GiB``."""
+        """``memory (CUDA peak allocated): encoding 1.20 GiB (+0.80), training 3.40 GiB (+0.20)``: each phase's
+        peak, and in brackets its rise over the memory in use when the phase began."""
         what = "CUDA peak allocated" if self.cuda else "peak resident, whole process"
         if not self.cuda and not self.resettable:
             what += ", since start: the peak could not be reset per phase"
-        parts = ", ".join(f"{name} {peak / GIB:.2f} GiB" for name, peak in self.peaks.items())
+        parts = ", ".join(f"{name} {peak / GIB:.2f} GiB (+{max(0, peak - self.starts.get(name, peak)) / GIB:.2f})"
+                          for name, peak in self.peaks.items())
         return f"memory ({what}): {parts}"

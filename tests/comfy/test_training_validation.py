@@ -54,8 +54,7 @@ def train_graph(kolors: str, checkpoint: str, predictor: str | None = None, vali
     save = g.node("AestheteSaveLora", lora=train.out(1), name_prefix=checkpoint + "_out", precision="fp32",
                   diffsynth_copy=False)
     nodes = {"loader": loader, "train": train, "save": save}
-    if validate:
-        nodes["grid"] = g.node("PreviewImage", images=train.out(3))
+    nodes["grid"] = g.node("PreviewImage", images=train.out(3))  # blocked (skipped, no error) without validation
     nodes["graph"] = g.node("PreviewImage", images=train.out(4))
     return g, nodes
 
@@ -130,8 +129,10 @@ def test_each_epoch_is_ksampler_from_the_same_seed_and_scores_as_the_score_node(
 def test_validation_leaves_training_unchanged(validated, comfy, comfy_server, kolors):
     """The same run without validation trains the same LoRA as the validated run's last epoch: generating between
     epochs leaves the model's weights as they were."""
-    g, _ = train_graph(kolors, "validation_test/plain", validate=False)
-    comfy.run(g.finalize(), timeout=480)
+    g, nodes = train_graph(kolors, "validation_test/plain", validate=False)
+    result = comfy.run(g.finalize(), timeout=480)
+    assert not result.node_output(nodes["grid"].id).get("images")  # no grid without validation, and no error
+    assert "validation" not in result.node_output(nodes["train"].id)
     folder = comfy_server.models_dir / "loras" / "validation_test"
     plain, _ = tensors(folder / "plain_out_00001.safetensors")
     validated_last, _ = tensors(folder / "scored_epoch0002.safetensors")
