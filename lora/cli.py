@@ -6,11 +6,14 @@ import argparse
 import logging
 from pathlib import Path
 
-from .convert import TARGETS, LoraConversionError, convert_lora_with_report
+from .convert import TARGETS, LoraAlreadyLoadable, LoraConversionError, convert_lora_with_report
 from .files import LoraFileError, read_lora_file, write_safetensors
 from .layout import BASES
 
 log = logging.getLogger("aesthete.lora")
+
+# exit status when nothing was written because ComfyUI loads the file as it is
+ALREADY_LOADABLE = 3
 
 
 def add_subcommand(subparsers) -> None:
@@ -19,7 +22,9 @@ def add_subcommand(subparsers) -> None:
                              "DiffSynth's format",
         description="Read a LoRA of any supported format (.safetensors, or .ckpt/.pt/.bin loaded without running "
                     "pickled code) and write it as a safetensors file that ComfyUI's core LoraLoader (--to comfyui) "
-                    "or DiffSynth-Studio 1.x (--to diffsynth) loads with the same strength.")
+                    "or DiffSynth-Studio 1.x (--to diffsynth) loads with the same strength. LyCORIS files (LoHa, "
+                    "LoKr, DoRA, LoCon with a mid matrix, full differences) in kohya or ComfyUI naming already load "
+                    f"in ComfyUI as they are: nothing is written and the exit status is {ALREADY_LOADABLE}.")
     parser.add_argument("input", type=Path, help="the LoRA file to read")
     parser.add_argument("output", type=Path, help="the .safetensors file to write (replaced atomically)")
     parser.add_argument("--to", choices=TARGETS, default="comfyui", help="output format (default: comfyui)")
@@ -42,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         tensors, metadata = read_lora_file(args.input)
         result = convert_lora_with_report(tensors, args.to, alpha=args.alpha, base=args.base)
+    except LoraAlreadyLoadable as e:
+        log.warning("%s: %s", args.input, e)
+        return ALREADY_LOADABLE
     except (LoraFileError, LoraConversionError, ValueError) as e:
         log.error("%s", e)
         return 1

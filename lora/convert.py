@@ -17,15 +17,25 @@ from dataclasses import dataclass
 import torch
 
 from . import layout
-from .formats import DEFAULT_TRAINING_ALPHA, LoraLayer, ParsedLora, parse_lora
+from .alpha import DEFAULT_TRAINING_ALPHA, resolve_alpha
+from .formats import ParsedLayer, ParsedLora, parse_lora
 
 log = logging.getLogger("aesthete.lora")
 
 TARGETS = ("comfyui", "diffsynth")
+# the kinds a plain low-rank file (ComfyUI's lora_up/lora_down/alpha, DiffSynth's lora_A/lora_B) holds
+PLAIN_KINDS = ("LoRA", "LoCon")
+
+__all__ = ["TARGETS", "Conversion", "LoraAlreadyLoadable", "LoraConversionError", "convert_lora",
+           "convert_lora_with_report", "resolve_alpha", "to_comfyui", "to_diffsynth"]
 
 
 class LoraConversionError(ValueError):
     """Nothing of the LoRA could be placed, or the target format cannot hold it."""
+
+
+class LoraAlreadyLoadable(LoraConversionError):
+    """The file is in a format ComfyUI's own LoraLoader applies as it is; a converted copy would be no better."""
 
 
 @dataclass
@@ -36,39 +46,26 @@ class Conversion:
     dropped: dict[str, str]  # key in the file -> why it is not in the output (unplaced, or not expressible)
 
 
-def resolve_alpha(layer: LoraLayer, alpha: float | None, fmt: str) -> tuple[float, str]:
-    """(alpha to use, where it came from) for a layer of a file in format ``fmt``.
-
-    A stored alpha wins; else ``alpha`` when > 0; else the format's own convention ("automatic"): DiffSynth 1.x
-    files were trained by peft at lora_alpha 4 (the recipe's), every other alpha-less file is applied at scale 1.0
-    (alpha = rank) as ComfyUI, diffusers and DiffSynth 2.x (which trains with lora_alpha = rank) apply them."""
-    if layer.alpha is not None:
-        return layer.alpha, "file"
-    if alpha is not None and alpha > 0:
-        return float(alpha), "given"
-    if fmt == "diffsynth":
-        return DEFAULT_TRAINING_ALPHA, "diffsynth-recipe"
-    return float(layer.rank), "rank"
-
-
-def _ranks(layers: list[LoraLayer]) -> str:
-    ranks = sorted({layer.rank for layer in layers})
-    return str(ranks[0]) if len(ranks) == 1 else ",".join(map(str, ranks))
+def _ranks(layers: list[ParsedLayer]) -> str:
+    ranks = sorted({layer.rank for layer in layers if layer.rank})
+    return ",".join(map(str, ranks))
 
 
 def to_comfyui(parsed: ParsedLora, alpha: float | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """ComfyUI/kohya-style tensors: ``<target>.lora_up.weight``, ``.lora_down.weight``, ``.alpha`` for every
-    layer (UNet targets are ``diffusion_model.<ldm module>``; text-encoder targets keep their file names)."""
+    """ComfyUI-style tensors named ``<target><suffix>`` (UNet targets are ``diffusion_model.<ldm module>``,
+    text-encoder targets keep their file names), every tensor of every layer with the suffix ComfyUI's loader
+    reads; low-rank layers always carry ``.alpha`` (``resolve_alpha`` where the file stores none)."""
     tensors: dict[str, torch.Tensor] = {}
     alphas: set[float] = set()
     sources: set[str] = set()
     for layer in parsed.layers:
-        a, source = resolve_alpha(layer, alpha, parsed.format)
-        alphas.add(a)
-        sources.add(source)
-        tensors[f"{layer.target}.lora_up.weight"] = layer.up
-        tensors[f"{layer.target}.lora_down.weight"] = layer.down
-        tensors[f"{layer.target}.alpha"] = torch.tensor(a, dtype=torch.float32)
+        for suffix, tensor in layer.tensors.items():
+            tensors[layer.target + suffix] = tensor
+        if layer.rank:
+            a, source = resolve_alpha(layer, alpha, parsed.format)
+            alphas.add(a)
+            sources.add(source)
+            tensors[f"{layer.target}.alpha"] = torch.tensor(a, dtype=torch.float32)
     return tensors, _metadata(parsed, "comfyui", alphas, sources)
 
 
@@ -76,21 +73,32 @@ def to_diffsynth(parsed: ParsedLora, alpha: float | None = None) -> tuple[dict[s
                                                                          dict[str, str]]:
     """DiffSynth 1.x tensors (``blocks.N.<module>.lora_A.default.weight`` / ``lora_B``), for training alpha
     ``alpha`` (default 4): each ``up`` is multiplied by (its alpha / ``alpha``). Returns tensors, metadata and
-    the layers that DiffSynth's UNet cannot hold (text encoders)."""
+    the layers that DiffSynth's UNet cannot hold (text encoders). Raises LoraConversionError for layers that are
+    not plain low-rank (LoHa, LoKr, DoRA, Tucker LoCon, full differences): DiffSynth cannot express them."""
     if parsed.base is None:
         raise LoraConversionError("cannot tell whether this LoRA is for SD1.5 or SDXL: pass base='sd15' or 'sdxl'")
+    plain = {".lora_up.weight", ".lora_down.weight", ".alpha"}
+    other = [layer for layer in parsed.layers if layer.kind not in PLAIN_KINDS or set(layer.tensors) - plain]
+    if other:
+        extras = sorted(s.strip(".") for s in set(other[0].tensors) - plain)
+        what = f"a {other[0].label} layer" + (f" with {', '.join(extras)}" if extras else "")
+        raise LoraConversionError(
+            f"{other[0].source} is {what} ({len(other)} such layers): a DiffSynth 1.x LoRA holds only plain "
+            f"low-rank layers, so it cannot carry this file without changing it; use the file in ComfyUI as it is "
+            f"(Load LoRA (any format) or core LoraLoader)")
     train_alpha = DEFAULT_TRAINING_ALPHA if alpha is None or alpha <= 0 else float(alpha)
     to_diffsynth_name = layout.name_tables(parsed.base)["ldm_to_diffsynth"]
     tensors: dict[str, torch.Tensor] = {}
     dropped: dict[str, str] = {}
     sources: set[str] = set()
     for layer in parsed.layers:
-        if not layer.is_unet:
-            dropped[layer.source] = "text-encoder layer: a DiffSynth UNet LoRA cannot hold it"
+        name = to_diffsynth_name.get(layer.target.removeprefix("diffusion_model.")) if layer.is_unet else None
+        if name is None:
+            dropped[layer.source] = ("text-encoder layer: a DiffSynth UNet LoRA cannot hold it" if not layer.is_unet
+                                     else f"DiffSynth's {parsed.base} UNet has no {layer.target}")
             continue
         a, source = resolve_alpha(layer, alpha, parsed.format)
         sources.add(source)
-        name = to_diffsynth_name[layer.target[len("diffusion_model."):]]
         up = layer.up
         if a != train_alpha:  # peft will scale by train_alpha/rank; fold the difference into up
             up = (up.float() * (a / train_alpha)).to(layer.up.dtype)
@@ -127,6 +135,8 @@ def convert_lora_with_report(state_dict: dict[str, torch.Tensor], to: str, alpha
     if to not in TARGETS:
         raise ValueError(f"unknown target format {to!r}: use one of {', '.join(TARGETS)}")
     parsed = parse_lora(state_dict, base=base)
+    if to == "comfyui":
+        _refuse_if_already_loadable(parsed)
     if not parsed.layers:
         examples = ", ".join(list(parsed.unplaced)[:3])
         raise LoraConversionError(
@@ -139,12 +149,24 @@ def convert_lora_with_report(state_dict: dict[str, torch.Tensor], to: str, alpha
         tensors, metadata, not_expressible = to_diffsynth(parsed, alpha)
         for layer in parsed.layers:
             if layer.source in not_expressible:
-                dropped.update({k: not_expressible[layer.source] for k in layer.keys})
+                dropped.update({k: not_expressible[layer.source] for k in layer.keys.values()})
     if dropped:
         log.warning("LoRA conversion to %s left out %d of %d tensors, e.g. %s", to, len(dropped),
                     parsed.total_keys, "; ".join(f"{k}: {v}" for k, v in list(dropped.items())[:3]))
     metadata["aesthete.dropped_keys"] = str(len(dropped))
     return Conversion(tensors, metadata, parsed, dropped)
+
+
+def _refuse_if_already_loadable(parsed: ParsedLora) -> None:
+    """LyCORIS kinds (LoHa, LoKr, DoRA, Tucker LoCon, full differences) named as ComfyUI's key map names them
+    are applied by ComfyUI as they are: say so instead of writing a copy that could only lose something."""
+    kinds = parsed.kinds()
+    if parsed.layers and all(layer.as_written for layer in parsed.layers) and any(
+            layer.kind not in PLAIN_KINDS for layer in parsed.layers):
+        found = ", ".join(f"{kind} ({n} layers)" for kind, n in kinds.items())
+        raise LoraAlreadyLoadable(
+            f"this file is already in a format ComfyUI loads as it is ({found}): use it directly with core "
+            f"LoraLoader or Load LoRA (any format); nothing was written")
 
 
 def convert_lora(state_dict: dict[str, torch.Tensor], to: str, alpha: float | None = None,

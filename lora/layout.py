@@ -1,11 +1,12 @@
-"""Module names of the SD1.5 and SDXL UNets in the three namings LoRA files use.
+"""Module names of the standard SD1.5 and SDXL UNets in the three namings LoRA files use.
 
 - ``ldm``: the original Stable Diffusion / ComfyUI naming (``input_blocks.4.1.transformer_blocks.0.attn1.to_q``);
   ComfyUI's MODEL holds these under ``diffusion_model.``.
 - ``diffusers``: ``down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q`` (diffusers, peft, DiffSynth 2.x).
 - ``diffsynth``: DiffSynth-Studio 1.x's flat block list, ``blocks.7.transformer_blocks.0.attn1.to_q``, with
   ``to_out`` (no ``.0``), ``act_fn.proj`` and ``ff`` for the feed-forward, ``norm1/conv1/time_emb_proj`` in resnets.
-  Kolors uses the SDXL layout (plus a ``text_intermediate_proj`` that ComfyUI's SDXL UNet does not have).
+  Kolors uses the SDXL layout plus its text projection, ``text_intermediate_proj`` in DiffSynth 1.x and
+  ``encoder_hid_proj`` in diffusers and in ComfyUI's Kolors UNet.
 
 Only weight-bearing modules are listed. The tables are computed from the architecture (levels, res blocks,
 transformer depths) by walking the UNet the way each library builds it, so both bases come from one walk.
@@ -31,6 +32,8 @@ ARCHITECTURES = {
     "sdxl": UNetArchitecture("sdxl", num_res_blocks=2, level_depth=(0, 2, 10), middle_depth=10),
 }
 BASES = tuple(ARCHITECTURES)
+# (ldm and diffusers name, DiffSynth 1.x name) of the Linear 4096->2048 on Kolors' ChatGLM text features
+KOLORS_TEXT_PROJECTION = ("encoder_hid_proj", "text_intermediate_proj")
 
 # ldm sub-module -> (diffusers, diffsynth) inside one resnet
 _RESNET_PARTS = {
@@ -138,18 +141,40 @@ def module_names(base: str) -> tuple[ModuleName, ...]:
 
 @lru_cache(maxsize=None)
 def name_tables(base: str) -> dict[str, dict[str, str]]:
-    """Lookups to the ldm name: {"ldm", "diffusers", "diffsynth", "kohya"} -> {name in that naming: ldm name}.
-
-    "kohya" holds both ldm and diffusers names with dots replaced by underscores, as kohya's scripts write them.
-    "ldm_to_diffsynth" maps the other way."""
-    rows = module_names(base)
-    tables: dict[str, dict[str, str]] = {"ldm": {}, "diffusers": {}, "diffsynth": {}, "kohya": {},
-                                         "ldm_to_diffsynth": {}}
-    for row in rows:
+    """Lookups for DiffSynth 1.x names: {"ldm": {ldm: ldm}, "diffsynth": {DiffSynth name: ldm name},
+    "ldm_to_diffsynth": the other way}. Every other naming is placed by a key map (``standard_key_map`` here,
+    the loaded model's own in ComfyUI)."""
+    tables: dict[str, dict[str, str]] = {"ldm": {}, "diffsynth": {}, "ldm_to_diffsynth": {}}
+    for row in module_names(base):
         tables["ldm"][row.ldm] = row.ldm
-        tables["diffusers"][row.diffusers] = row.ldm
         tables["diffsynth"][row.diffsynth] = row.ldm
-        tables["kohya"][row.ldm.replace(".", "_")] = row.ldm
-        tables["kohya"][row.diffusers.replace(".", "_")] = row.ldm
         tables["ldm_to_diffsynth"][row.ldm] = row.diffsynth
+    if base == "sdxl":  # Kolors: the text projection has the same name in ldm and diffusers layouts
+        tables["diffsynth"][KOLORS_TEXT_PROJECTION[1]] = KOLORS_TEXT_PROJECTION[0]
+        tables["ldm_to_diffsynth"][KOLORS_TEXT_PROJECTION[0]] = KOLORS_TEXT_PROJECTION[1]
     return tables
+
+
+@lru_cache(maxsize=None)
+def standard_key_map(base: str, kolors: bool = False) -> dict[str, str]:
+    """The LoRA key map ComfyUI builds for a standard ``base`` UNet (``comfy.lora.model_lora_keys_unet``: module
+    names in ComfyUI's, kohya's and diffusers' spellings -> ``diffusion_model.<ldm>.weight``), for use without
+    ComfyUI (the command line); ``kolors`` adds Kolors' text projection. In ComfyUI, the loaded model's own map
+    is used instead: it follows that model's layout."""
+    key_map: dict[str, str] = {}
+    rows = list(module_names(base))
+    if kolors:
+        ldm, diffsynth = KOLORS_TEXT_PROJECTION
+        rows.append(ModuleName(ldm=ldm, diffusers=ldm, diffsynth=diffsynth))
+    for row in rows:
+        weight = f"diffusion_model.{row.ldm}.weight"
+        key_map[f"lora_unet_{row.ldm.replace('.', '_')}"] = weight
+        key_map[f"diffusion_model.{row.ldm}"] = weight
+        diffusers = row.diffusers.replace(".", "_")
+        key_map[f"lora_unet_{diffusers}"] = weight
+        key_map[f"lycoris_{diffusers}"] = weight
+        processor = row.diffusers.replace(".to_", ".processor.to_")
+        processor = processor.removesuffix(".0") if processor.endswith(".to_out.0") else processor
+        for prefix in ("", "unet."):
+            key_map[prefix + processor] = weight
+    return key_map

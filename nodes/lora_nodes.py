@@ -1,8 +1,10 @@
-"""LoRA loader for every common format (ComfyUI, kohya, diffusers, peft, DiffSynth-Studio 1.x and 2.x).
+"""LoRA loader for every format ComfyUI loads, plus DiffSynth-Studio 1.x/2.x, diffusers and peft names.
 
-The work is done by ``aesthete.lora``: it reads the file safely, places each layer on a UNet module and
-converts it to ComfyUI's own LoRA layout; this node hands the result to ComfyUI's patcher, exactly as core
-LoraLoader does, and reports what it placed and what it could not.
+ComfyUI's own machinery does the work: its key map of the loaded model (``comfy.lora.model_lora_keys_unet`` /
+``_clip``) places every module it knows, ``aesthete.lora`` renames the modules only this pack knows to names of
+that map, and ``comfy.lora.load_lora`` builds the patches with ComfyUI's weight adapters (LoRA, LoCon, LoHa, LoKr,
+DoRA, full differences...). So a file core LoraLoader applies is applied the same way; the node adds the other
+formats, the alpha of files that store none, and a report of what it placed and what it could not.
 """
 
 from __future__ import annotations
@@ -12,17 +14,34 @@ import os
 from pathlib import Path
 
 import comfy.lora
+import comfy.lora_convert
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..lora.convert import resolve_alpha, to_comfyui
+from ..lora.alpha import DEFAULT_TRAINING_ALPHA
 from ..lora.files import LORA_SUFFIXES, read_lora_file
-from ..lora.formats import DEFAULT_TRAINING_ALPHA, ParsedLora, parse_lora, restrict_to_model
+from ..lora.formats import ParsedLora, loader_tensors, parse_lora, restrict_to_model, unread_tensors
+from ..lora.report import LoraApplyError, nothing_placed_message, report_text, unread_message
 
 log = logging.getLogger("aesthete.lora")
 
-UNET_PREFIX = "diffusion_model."
-REPORT_EXAMPLES = 5
+
+class _ReadLog(dict):
+    """The tensors handed to ComfyUI's loader, remembering which of them it read."""
+
+    def __init__(self, tensors):
+        super().__init__(tensors)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        self.read.add(key)
+        return value
+
+    def get(self, key, default=None):
+        if key in self:
+            return self[key]
+        return default
 
 
 def lora_choices() -> list[str]:
@@ -50,16 +69,24 @@ def model_base(model) -> str | None:
     return "sdxl" if unet_config.get("adm_in_channels") else "sd15"
 
 
-def report_text(name: str, parsed: ParsedLora, alpha_note: str, unet_layers: int, clip_layers: int) -> str:
-    lines = [f"LoRA: {name}",
-             f"Format: {parsed.describe()}",
-             f"Base: {parsed.base or 'unknown'}",
-             f"Applied {parsed.placed_keys} of {parsed.total_keys} tensors: {unet_layers} UNet layers, "
-             f"{clip_layers} text-encoder layers; {alpha_note}"]
-    if parsed.unplaced:
-        lines.append(f"Not placed: {len(parsed.unplaced)} tensors, for example:")
-        lines += [f"  {key}: {why}" for key, why in list(parsed.unplaced.items())[:REPORT_EXAMPLES]]
-    return "\n".join(lines)
+def weight_shapes(module, keys) -> dict[str, tuple[int, ...]]:
+    """Shapes of the named weights of ``module`` (the model or the CLIP), without building its whole state dict
+    (walks the submodule dicts: nn.Module.__getattr__ would cost as much as ComfyUI's key map itself)."""
+    shapes = {}
+    for key in keys:
+        name = key[0] if isinstance(key, tuple) else key
+        *path, leaf = name.split(".")
+        m = module
+        try:
+            for part in path:
+                m = m._modules[part]
+        except KeyError:
+            continue
+        tensor = m._parameters.get(leaf)
+        tensor = m._buffers.get(leaf) if tensor is None else tensor
+        if tensor is not None:
+            shapes[name] = tuple(tensor.shape)
+    return shapes
 
 
 class AestheteLoraLoader(io.ComfyNode):
@@ -69,10 +96,12 @@ class AestheteLoraLoader(io.ComfyNode):
             node_id="AestheteLoraLoader",
             display_name="Load LoRA (any format)",
             category="Aesthete/lora",
-            description="Applies a LoRA of any common format to a model and, optionally, its CLIP: ComfyUI and "
-                        "kohya files, diffusers and peft names, DiffSynth-Studio 1.x Kolors/SDXL checkpoints and "
-                        "DiffSynth 2.x SDXL files. Works on SD1.5, SDXL and Kolors (SDXL-architecture) models. "
-                        "Reports the format it found and every tensor it could not place.",
+            description="Applies a LoRA of any common format to a model and, optionally, its CLIP: every file core "
+                        "Load LoRA applies (kohya and ComfyUI LoRA, LoCon, LoHa, LoKr, DoRA, full differences), "
+                        "applied by ComfyUI's own code the same way, plus diffusers and peft names, "
+                        "DiffSynth-Studio 1.x Kolors/SDXL checkpoints and DiffSynth 2.x SDXL files. Works on SD1.5, "
+                        "SDXL and Kolors (SDXL-architecture) models. Reports the format, the kinds of layers, and "
+                        "every tensor it could not place.",
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (SD1.5, SDXL or Kolors) to apply the LoRA to."),
                 io.Combo.Input("lora_name", options=lora_choices(),
@@ -83,10 +112,11 @@ class AestheteLoraLoader(io.ComfyNode):
                 io.Float.Input("strength_clip", default=1.0, min=-100.0, max=100.0, step=0.01,
                                tooltip="How strongly to apply the LoRA's text-encoder layers to the CLIP."),
                 io.Float.Input("alpha", default=DEFAULT_TRAINING_ALPHA, min=0.0, max=1024.0, step=0.5,
-                               tooltip="The training alpha, used only for files that store none (DiffSynth, most "
-                                       "peft/diffusers files): the update is scaled by alpha/rank. DiffSynth 1.x's "
-                                       "recipe trains with 4. 0 = automatic: 4 for DiffSynth 1.x files, the rank "
-                                       "(scale 1.0) for others, e.g. DiffSynth 2.x, which trains with alpha = rank."),
+                               tooltip="The training alpha, used only for low-rank layers of files that store none "
+                                       "(DiffSynth, most peft/diffusers files): the update is scaled by alpha/rank. "
+                                       "DiffSynth 1.x's recipe trains with 4. 0 = automatic: 4 for DiffSynth 1.x "
+                                       "files, the rank (scale 1.0, as core Load LoRA) for others, e.g. DiffSynth "
+                                       "2.x, which trains with alpha = rank."),
                 io.Clip.Input("clip", optional=True,
                               tooltip="Optional CLIP model for the LoRA's text-encoder layers."),
             ],
@@ -95,68 +125,63 @@ class AestheteLoraLoader(io.ComfyNode):
                 io.Clip.Output(display_name="CLIP",
                                tooltip="The CLIP with the LoRA's text-encoder layers applied (None if none given)."),
                 io.String.Output(display_name="report",
-                                 tooltip="Format detected, tensors applied out of tensors found, and examples of "
-                                         "any tensor that could not be placed."),
+                                 tooltip="Format detected, tensors applied out of tensors found, layers by kind "
+                                         "(e.g. kohya LoHa), and examples of any tensor that could not be placed."),
             ],
         )
 
     @classmethod
     def execute(cls, model, lora_name, strength_model, strength_clip, alpha, clip=None) -> io.NodeOutput:
+        where = f"models/loras/{lora_name}"
         tensors, _metadata = read_lora_file(lora_path(lora_name))
-        parsed = parse_lora(tensors, base=model_base(model))
-
-        shapes = {key[:-len(".weight")]: tuple(value.shape) for key, value in model.model.state_dict().items()
-                  if key.startswith(UNET_PREFIX) and key.endswith(".weight")}
-        clip_keys: dict[str, str] = {}
-        if clip is not None:
-            clip_keys = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {})
-            clip_sd = clip.cond_stage_model.state_dict()
-            shapes.update({name: tuple(clip_sd[key].shape) for name, key in clip_keys.items() if key in clip_sd})
-        parsed = restrict_to_model(parsed, shapes, clip_connected=clip is not None)
+        parsed = parse_for_model(comfy.lora_convert.convert_lora(tensors), model, clip)  # core converts first too
         if not parsed.layers:
-            examples = "; ".join(f"{k}: {v}" for k, v in list(parsed.unplaced.items())[:3])
-            raise ValueError(f"models/loras/{lora_name}: none of its {parsed.total_keys} tensors fits this model "
-                             f"(the file looks like {parsed.describe()}, base {parsed.base or 'unknown'}). "
-                             f"For example {examples}")
+            raise ValueError(nothing_placed_message(where, parsed))
 
-        lora_sd, _ = to_comfyui(parsed, alpha)
-        to_load = {layer.target: layer.target + ".weight" if layer.is_unet else clip_keys[layer.target]
-                   for layer in parsed.layers}
-        patches = comfy.lora.load_lora(lora_sd, to_load, log_missing=False)
-        unet_patches = {k: v for k, v in patches.items() if isinstance(k, str) and k.startswith(UNET_PREFIX)}
-        clip_patches = {k: v for k, v in patches.items() if k not in unet_patches}
-
-        new_model = model.clone()
-        applied = set(new_model.add_patches(unet_patches, strength_model))
-        new_clip = None
-        if clip is not None:
-            new_clip = clip.clone()
-            applied |= set(new_clip.add_patches(clip_patches, strength_clip))
-        missed = [k for k in patches if k not in applied]
+        handed, to_load = loader_tensors(parsed, alpha)
+        handed = _ReadLog(handed)
+        patches = comfy.lora.load_lora(handed, to_load, log_missing=False)
+        unread = unread_tensors(parsed, handed.read)
+        if unread:  # a scale or mid matrix left out would apply its layer wrongly: apply nothing
+            raise LoraApplyError(unread_message(where, unread))
+        new_model, new_clip, missed = add_patches(model, clip, patches, strength_model, strength_clip)
         if missed:  # ComfyUI refused a patch we placed: never let that pass silently
             log.warning("Aesthete LoRA %s: ComfyUI did not apply %d patches, e.g. %s", lora_name, len(missed),
                         missed[:3])
 
-        resolved = {resolve_alpha(layer, alpha, parsed.format) for layer in parsed.layers}
-        sources = {source for _, source in resolved}
-        assumed = ", ".join(f"{a:g}" for a in sorted({a for a, source in resolved if source != "file"}))
-        assumed = f"alpha {assumed}" + (" (automatic)" if alpha <= 0 else "")
-        alpha_note = ("alpha from the file" if sources == {"file"} else
-                      f"{assumed} (the file stores none)" if "file" not in sources else
-                      f"alpha from the file where stored, else {assumed}")
-        ranks = sorted({layer.rank for layer in parsed.layers})
-        alpha_note = f"rank {','.join(map(str, ranks))}, {alpha_note}"
-        report = report_text(lora_name, parsed, alpha_note, len(unet_patches), len(clip_patches))
-        if "given" in sources and parsed.format != "diffsynth":
-            report += ("\nNote: this file stores no alpha and is not a DiffSynth 1.x file; its trainers (diffusers, "
-                       "peft, DiffSynth 2.x) usually train with alpha = rank: set alpha to 0 (automatic) for that.")
-        if missed:
-            report += f"\nComfyUI did not apply {len(missed)} placed layers, e.g. {missed[:3]}"
+        report = report_text(lora_name, parsed, alpha, missed)
         if parsed.unplaced:
             log.warning("Aesthete LoRA %s: %d of %d tensors not placed, e.g. %s", lora_name, len(parsed.unplaced),
                         parsed.total_keys, list(parsed.unplaced.items())[:3])
         log.info("Aesthete LoRA %s: %s", lora_name, report.splitlines()[3])
         return io.NodeOutput(new_model, new_clip, report, ui=ui.PreviewText(report))
+
+
+def parse_for_model(tensors: dict, model, clip) -> ParsedLora:
+    """The file's layers named by the loaded model's (and CLIP's) own LoRA key maps, kept where the model has a
+    weight of the update's size."""
+    unet_keys = comfy.lora.model_lora_keys_unet(model.model, {})
+    clip_keys = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {}) if clip is not None else None
+    parsed = parse_lora(tensors, unet_keys, clip_keys, base=model_base(model))
+    shapes = weight_shapes(model.model, [layer.weight_key for layer in parsed.layers if layer.is_unet])
+    if clip is not None:
+        shapes |= weight_shapes(clip.cond_stage_model, [layer.weight_key for layer in parsed.layers
+                                                        if not layer.is_unet and layer.weight_key is not None])
+    return restrict_to_model(parsed, shapes, clip_connected=clip is not None)
+
+
+def add_patches(model, clip, patches: dict, strength_model: float, strength_clip: float):
+    """(patched model clone, patched CLIP clone or None, the patches neither took), as core LoraLoader adds them."""
+    unet_patches = {k: v for k, v in patches.items()
+                    if (k[0] if isinstance(k, tuple) else k).startswith("diffusion_model.")}
+    new_model = model.clone()
+    applied = set(new_model.add_patches(unet_patches, strength_model))
+    new_clip = None
+    if clip is not None:
+        new_clip = clip.clone()
+        applied |= set(new_clip.add_patches({k: v for k, v in patches.items() if k not in unet_patches},
+                                            strength_clip))
+    return new_model, new_clip, [k for k in patches if k not in applied]
 
 
 NODES = [AestheteLoraLoader]

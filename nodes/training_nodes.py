@@ -4,18 +4,22 @@ the save node. The work is done by ``aesthete.training``; these classes adapt it
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 import comfy.model_management
+import comfy.sample
+import comfy.samplers
 import comfy.sd
 import comfy.utils
 import folder_paths
 from comfy_api.latest import io, ui
+from comfy_execution.graph import ExecutionBlocker
 
-from ..common.images import pil_to_tensor
+from ..common.images import pil_to_tensor, tensor_to_pil
 from ..common.paths import path_inside
 from ..lora.files import numbered_path
 from ..training.captions import CaptionRecipe
@@ -24,14 +28,18 @@ from ..training.job import TrainingJob
 from ..training.lora_network import TARGET_PRESETS
 from ..training.loop import OPTIMIZERS, PRECISIONS, SCHEDULES, NonFiniteLossError, TrainSettings
 from ..training.loss_graph import draw_loss_graph
-from ..training.save import SaveError, TrainedLora, save_diffsynth_copy, save_lora
+from ..training.memory import PhaseMemory
+from ..training.save import SaveError, TrainedLora, read_lora, save_diffsynth_copy, save_lora
 from ..training.trainer import build_cache, run_training
+from ..training.validation import (OUTPUT_CHOICES, RECIPE_NEGATIVE, RECIPE_TEST_PROMPT, ValidationHistory,
+                                   ValidationSpec, draw_score_graph, draw_validation_grid, parse_prompts)
 from .scoring_nodes import AestheticModel, LoadedPredictor
 
 log = logging.getLogger("aesthete.training")
 
 Dataset = io.Custom("AESTHETE_DATASET")
 Lora = io.Custom("AESTHETE_LORA")
+Validation = io.Custom("AESTHETE_VALIDATION")
 LossMap = io.Custom("LOSS_MAP")  # the type of ComfyUI's own trainer: {"loss": [...]}, so both graph nodes accept both
 NO_LORA = "[None]"
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -149,7 +157,9 @@ class AestheteTrainLora(io.ComfyNode):
             description="Trains a LoRA on the loaded MODEL from a dataset: latents and captions are encoded once, "
                         "then the LoRA layers (attention q, k, v, out by default) learn to denoise. Shows the loss "
                         "as it goes; cancel keeps what was trained (saved under models/loras). Outputs the MODEL "
-                        "with the LoRA applied, the LoRA for Save LoRA, and the loss history.",
+                        "with the LoRA applied, the LoRA for Save LoRA, and the loss history. With Validation "
+                        "Settings connected, every epoch's LoRA generates and scores images, every epoch is saved "
+                        "and the best-scoring one is output.",
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model to train on (SD1.5 or SDXL architecture, "
                                                 "Kolors included)"),
@@ -194,11 +204,25 @@ class AestheteTrainLora(io.ComfyNode):
                 io.Combo.Input("resume_from", options=lora_choices(), default=NO_LORA,
                                tooltip="Continue training a LoRA saved by Aesthete (models/loras) for `epochs` "
                                        "more epochs; its rank and alpha are kept"),
+                Validation.Input("validation", optional=True,
+                                 tooltip="From Validation Settings: after every epoch, generate images with the "
+                                         "epoch's LoRA and score them; every epoch's LoRA is saved and the "
+                                         "best-scoring one is output"),
             ],
             outputs=[
-                io.Model.Output(display_name="model", tooltip="The MODEL with the trained LoRA applied"),
-                Lora.Output(display_name="lora", tooltip="The trained LoRA, for Save LoRA"),
+                io.Model.Output(display_name="model", tooltip="The MODEL with the trained LoRA applied (with "
+                                                             "validation: the output epoch's LoRA)"),
+                Lora.Output(display_name="lora", tooltip="The trained LoRA, for Save LoRA (with validation: the "
+                                                         "best-scoring epoch's, or the last as the settings say)"),
                 LossMap.Output(display_name="loss", tooltip="Loss per optimizer step, for the loss graph"),
+                io.Image.Output(display_name="validation_grid",
+                                tooltip="The validation images, one row per epoch, scores drawn on (nothing runs "
+                                        "from it without validation)"),
+                io.Image.Output(display_name="score_graph",
+                                tooltip="The loss curve with the mean validation score per epoch beside it"),
+                io.String.Output(display_name="report",
+                                 tooltip="Epoch, mean loss, mean score and saved LoRA per epoch; the epoch output; "
+                                         "the memory encoding and training took"),
             ],
             hidden=[io.Hidden.unique_id],
         )
@@ -206,42 +230,160 @@ class AestheteTrainLora(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, dataset: LoraDataset, epochs, rank, alpha, learning_rate, batch_size,
                 grad_accumulation, optimizer, lr_schedule, warmup_steps, seed, precision, gradient_checkpointing,
-                target_layers, save_every_n_epochs, checkpoint_name, resume_from) -> io.NodeOutput:
+                target_layers, save_every_n_epochs, checkpoint_name, resume_from,
+                validation: ValidationSpec | None = None) -> io.NodeOutput:
         settings = TrainSettings(epochs=epochs, batch_size=batch_size, grad_accumulation=grad_accumulation,
                                  learning_rate=learning_rate, optimizer=optimizer, schedule=lr_schedule,
                                  warmup_steps=warmup_steps, seed=seed, precision=precision,
                                  gradient_checkpointing=gradient_checkpointing, save_every_n_epochs=save_every_n_epochs)
         settings.check()
+        if validation is not None:
+            validation.check()
         job = TrainingJob(dataset, settings, TARGET_PRESETS[target_layers], type(model.model.model_config).__name__,
-                          loras_root(), checkpoint_name)
+                          loras_root(), checkpoint_name, keep_every_epoch=validation is not None)
         if resume_from and resume_from != NO_LORA:
             job.resume_from(resume_from, folder_paths.get_full_path_or_raise("loras", resume_from))
         with torch.inference_mode(False), torch.enable_grad():
             patcher = model.clone()
             base, device = patcher.model, patcher.load_device
+            meter = PhaseMemory(device)
             encode_images, encode_caption = model_encoders(base, clip, vae, device)
-            cache = build_cache(dataset, settings, encode_images, encode_caption, job.resume_epochs,
-                                encoders=(vae, clip, base))
-            log.info("Aesthete trainer: %s", cache.describe())
+            with meter.phase("encoding"):
+                cache = build_cache(dataset, settings, encode_images, encode_caption, job.resume_epochs,
+                                    encoders=(vae, clip, base))
+                log.info("Aesthete trainer: %s", cache.describe())
+                progress = LossProgress(cls.hidden.unique_id, settings, dataset)
+                validator = EpochValidator(validation, model, clip, vae, patcher, job, progress) \
+                    if validation is not None else None
+            # only the trained model stays loaded: the text encoder and the VAE are offloaded by ComfyUI
             comfy.model_management.load_models_gpu([patcher], memory_required=1e20, force_full_load=True)
-            progress = LossProgress(cls.hidden.unique_id, settings, dataset)
-            with clear_training_errors():
+            encoder_state = text_encoder_state(clip, device)
+
+            def on_epoch_end(epoch, network, result):
+                job.on_epoch_end(epoch, network, result)
+                if validator is not None:
+                    with meter.phase("validation"):
+                        validator(epoch, network, result)
+
+            with meter.phase("training"), clear_training_errors(), cancelled_during_validation(job, validator):
                 run = run_training(base.diffusion_model, base, dataset, cache, settings, rank=rank, alpha=alpha,
                                    targets=job.targets, resume=job.resume or None, device=device,
                                    on_step=progress.on_step,
                                    should_stop=comfy.model_management.processing_interrupted,
-                                   on_epoch_end=job.on_epoch_end)
+                                   on_epoch_end=on_epoch_end)
             lora = job.finish(run)
             if run.result.cancelled:
                 comfy.model_management.throw_exception_if_processing_interrupted()
         result = run.result
-        summary = (f"{result.steps} steps in {result.seconds:.1f}s ({result.steps / max(result.seconds, 1e-9):.2f} "
-                   f"steps/s), loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}; {cache.describe()}")
-        log.info("Aesthete trainer: %s", summary)
+        validating = sum(validator.seconds) if validator is not None else 0.0
+        training = max(result.seconds - validating, 1e-9)
+        lines = [f"{result.steps} steps in {training:.1f}s ({result.steps / training:.2f} steps/s), loss "
+                 f"{result.losses[0]:.4f} -> {result.losses[-1]:.4f}; {cache.describe()}"]
+        grid = graph = ExecutionBlocker(None)
+        ui_extra = {}
+        if validator is not None:
+            history, output = validator.history, validation.output
+            chosen = history.choose(output)
+            lora = read_lora(chosen.path)  # the chosen epoch's file, as saved
+            lines += [f"validation: {validation.images_per_epoch} image(s) per epoch, "
+                      f"{validating / max(1, len(validator.seconds)):.1f}s per epoch; output: {history.why(output)}",
+                      history.table(output)]
+            grid = pil_to_tensor(draw_validation_grid(history, output))
+            graph = pil_to_tensor(draw_score_graph(history, result.losses, output))
+            ui_extra["validation"] = [{"epoch": e.epoch, "mean_loss": e.mean_loss, "scores": e.scores,
+                                       "lora": e.lora_name} for e in history.epochs]
+        else:
+            graph = pil_to_tensor(draw_loss_graph(result.losses))
+        lines.append(f"{meter.describe()}; {encoder_state}")
+        report = "\n".join(lines)
+        log.info("Aesthete trainer: %s", report)
         # the same loader as core LoraLoaderModelOnly, so the output MODEL equals loading the saved file
         trained_model, _ = comfy.sd.load_lora_for_models(model, None, lora.tensors, 1.0, 0)
-        return io.NodeOutput(trained_model, lora, {"loss": list(result.losses)},
-                             ui={"text": [summary], "loss": list(result.losses)})
+        return io.NodeOutput(trained_model, lora, {"loss": list(result.losses)}, grid, graph, report,
+                             ui={"text": [report], "loss": list(result.losses), **ui_extra})
+
+
+def text_encoder_state(clip, device: torch.device) -> str:
+    """Whether ComfyUI's model management still holds the text encoder loaded, said for the report."""
+    if clip.patcher in comfy.model_management.loaded_models():
+        if device.type == "cpu":
+            return "the text encoder stays in RAM (on the CPU there is no other memory to offload it to)"
+        return "the text encoder is still loaded beside the trained model (there was room for both)"
+    return "the text encoder was offloaded after encoding (ComfyUI's model management)"
+
+
+def encode_text(clip, text: str):
+    """CONDITIONING of ``text``, as CLIPTextEncode makes it."""
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+class EpochValidator:
+    """After an epoch: the validation images generated by ComfyUI's own sampling (KSampler's noise and sampler) on a
+    clone of the MODEL patched with the epoch's LoRA, exactly as the trainer's MODEL output is made, decoded by the
+    VAE and scored by the Aesthetic Score node's code. The prompts are encoded once, before training."""
+
+    def __init__(self, spec: ValidationSpec, model, clip, vae, training_patcher, job: TrainingJob,
+                 progress: LossProgress):
+        self.spec, self.model, self.vae, self.training_patcher = spec, model, vae, training_patcher
+        self.job, self.progress = job, progress
+        with torch.no_grad():
+            self.positive = [encode_text(clip, p) for p in spec.prompts]
+            self.negative = encode_text(clip, spec.negative)
+        self.history = ValidationHistory()
+        self.epoch = 0  # the epoch being validated, 0 outside validation
+        self.seconds: list[float] = []  # each epoch's validation time
+
+    def generate(self, model, positive) -> torch.Tensor:
+        spec = self.spec
+        latent = torch.zeros([spec.images_per_prompt, 4, spec.height // 8, spec.width // 8],
+                             device=comfy.model_management.intermediate_device())  # EmptyLatentImage
+        latent = comfy.sample.fix_empty_latent_channels(model, latent)
+        noise = comfy.sample.prepare_noise(latent, spec.seed)  # the same noise every epoch
+        samples = comfy.sample.sample(model, noise, spec.steps, spec.cfg, spec.sampler, spec.scheduler, positive,
+                                      self.negative, latent, denoise=1.0, disable_pbar=True, seed=spec.seed)
+        images = self.vae.decode(samples)
+        return images.reshape(-1, *images.shape[-3:]) if images.ndim == 5 else images
+
+    def __call__(self, epoch: int, network, result) -> None:
+        self.epoch = epoch
+        started = time.perf_counter()
+        unet = self.training_patcher.model.diffusion_model
+        network.detach()  # the patched clone carries the LoRA; the training hooks would add it twice
+        try:
+            with torch.no_grad():
+                patched, _ = comfy.sd.load_lora_for_models(self.model, None, network.comfy_state_dict(), 1.0, 0)
+                images = torch.cat([self.generate(patched, positive) for positive in self.positive])
+                scores = None
+                if self.spec.predictor is not None:  # the Aesthetic Score node's path
+                    scores = self.spec.predictor.ready().score_tensor(
+                        images, interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
+        finally:
+            # back to training: reloading the training patcher unpatches the shared weights (ComfyUI's rule)
+            comfy.model_management.load_models_gpu([self.training_patcher], memory_required=1e20,
+                                                   force_full_load=True)
+            network.attach(unet)
+        self.epoch = 0  # left set when a cancel ends the validation, for the log line
+        self.seconds.append(time.perf_counter() - started)
+        saved = self.job.saved[-1] if self.job.saved else None
+        name = saved.relative_to(self.job.loras_root.resolve()).as_posix() if saved else ""
+        entry = self.history.add(epoch, result.losses, [tensor_to_pil(im) for im in images], scores, name, saved)
+        score = f", mean score {entry.mean_score:.3f}" if scores else " (no predictor: not scored)"
+        line = f"epoch {epoch}: mean loss {entry.mean_loss:.4f}{score}; saved {name}"
+        log.info("Aesthete validation: %s", line)
+        self.progress.on_epoch(line)
+
+
+@contextmanager
+def cancelled_during_validation(job: TrainingJob, validator: EpochValidator | None):
+    """A cancel while an epoch's images are generated: every epoch saved so far stays (the validated one
+    included), said in the log; ComfyUI then reports the interrupt."""
+    try:
+        yield
+    except comfy.model_management.InterruptProcessingException:
+        if validator is not None and validator.epoch:
+            log.warning("Aesthete trainer: cancelled while validating epoch %d; kept every epoch saved so far: %s",
+                        validator.epoch, ", ".join(p.name for p in job.saved) or "none")
+        raise
 
 
 class LossProgress:
@@ -249,18 +391,38 @@ class LossProgress:
     previews a run, and the last step's)."""
 
     def __init__(self, node_id: str, settings: TrainSettings, dataset: LoraDataset):
+        self.node_id = node_id
         self.losses: list[float] = []
         self.bar = comfy.utils.ProgressBar(1, node_id=node_id)
-        steps = settings.epochs * dataset.steps_per_epoch(settings.batch_size) // settings.grad_accumulation
-        self.preview_every = max(1, steps // 25)
+        self.epochs = settings.epochs
+        self.steps_per_epoch = -(-dataset.steps_per_epoch(settings.batch_size) // settings.grad_accumulation)
+        self.preview_every = max(1, settings.epochs * self.steps_per_epoch // 25)
+        self.total = 1
+        self.last_validation = ""
+
+    def title(self, step: int, loss: float) -> str:
+        epoch = min(self.epochs, (step - 1) // max(1, self.steps_per_epoch) + 1)
+        return f"epoch {epoch}/{self.epochs}  step {step}/{self.total}  loss {loss:.4f}"
 
     def on_step(self, step: int, total: int, loss: float) -> None:
         self.losses.append(loss)
+        self.total = total
         preview = None
         if step % self.preview_every == 0 or step == total:
-            preview = ("PNG", draw_loss_graph(self.losses, width=512, height=320,
-                                              title=f"step {step}/{total}  loss {loss:.4f}"), 512)
+            preview = ("PNG", draw_loss_graph(self.losses, width=512, height=320, title=self.title(step, loss)), 512)
         self.bar.update_absolute(step, total, preview)
+
+    def on_epoch(self, line: str) -> None:
+        """After an epoch's validation: its score on the preview and as the node's text."""
+        self.last_validation = line
+        step = len(self.losses)
+        if step:
+            preview = ("PNG", draw_loss_graph(self.losses, width=512, height=320, title=line), 512)
+            self.bar.update_absolute(step, self.total, preview)
+        from server import PromptServer  # here: the server module imports only inside a running ComfyUI
+
+        if getattr(PromptServer, "instance", None) is not None and self.node_id is not None:
+            PromptServer.instance.send_progress_text(line, self.node_id)
 
 
 @contextmanager
@@ -275,6 +437,59 @@ def clear_training_errors():
         raise MemoryError(f"training ran out of memory ({e}). Lower batch_size (use grad_accumulation for the same "
                           "effective batch), turn on gradient_checkpointing, choose bf16, or lower the dataset's "
                           "resolution") from None
+
+
+class AestheteValidationSettings(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AestheteValidationSettings",
+            display_name="Validation Settings (Aesthete)",
+            category="Aesthete/training",
+            description="What Train LoRA generates after every epoch to judge it: the prompts, the same seed and "
+                        "noise every epoch, the sampler settings, and the aesthetic predictor that scores the images. "
+                        "Connect it to Train LoRA's validation input; the best-scoring epoch's LoRA is output and "
+                        "every epoch's is saved.",
+            inputs=[
+                io.String.Input("prompts", default=RECIPE_TEST_PROMPT, multiline=True,
+                                tooltip="One prompt per line (the recipe's test prompt by default)"),
+                io.String.Input("negative", default=RECIPE_NEGATIVE, multiline=True,
+                                tooltip="Negative prompt of every validation image (the recipe's list by default)"),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                             tooltip="Seed of the validation noise: the same every epoch, so the images change "
+                                     "only because the LoRA did"),
+                io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Sampling steps per image"),
+                io.Int.Input("width", default=1024, min=16, max=8192, step=8, tooltip="Image width"),
+                io.Int.Input("height", default=1024, min=16, max=8192, step=8, tooltip="Image height"),
+                io.Int.Input("images_per_prompt", default=1, min=1, max=64,
+                             tooltip="Images per prompt (one batch, as KSampler with this batch size)"),
+                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale"),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
+                               tooltip="The sampler, as in KSampler"),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal",
+                               tooltip="The scheduler, as in KSampler"),
+                io.Combo.Input("output_lora", options=list(OUTPUT_CHOICES), default="best score",
+                               tooltip="Which epoch's LoRA Train LoRA outputs: the best mean score, or the last "
+                                       "epoch (every epoch stays saved either way)"),
+                AestheticModel.Input("predictor", optional=True,
+                                     tooltip="From Aesthetic Predictor Loader. Without one the images are shown "
+                                             "unscored and the last epoch is output"),
+            ],
+            outputs=[Validation.Output(display_name="validation", tooltip="For Train LoRA's validation input")],
+        )
+
+    @classmethod
+    def execute(cls, prompts, negative, seed, steps, width, height, images_per_prompt, cfg, sampler_name, scheduler,
+                output_lora, predictor: LoadedPredictor | None = None) -> io.NodeOutput:
+        spec = ValidationSpec(prompts=parse_prompts(prompts), negative=negative, seed=seed, steps=steps, width=width,
+                              height=height, images_per_prompt=images_per_prompt, cfg=cfg, sampler=sampler_name,
+                              scheduler=scheduler, output=output_lora, predictor=predictor)
+        spec.check()
+        if predictor is None:
+            log.warning("Validation Settings: no aesthetic predictor; the images are shown unscored and Train LoRA "
+                        "outputs the last epoch")
+        return io.NodeOutput(spec)
 
 
 class AestheteLossGraph(io.ComfyNode):
@@ -345,4 +560,4 @@ class AestheteSaveLora(io.ComfyNode):
         return io.NodeOutput(name, ui=ui.PreviewText("\n".join(lines)))
 
 
-NODES = [AestheteLoraDataset, AestheteTrainLora, AestheteLossGraph, AestheteSaveLora]
+NODES = [AestheteLoraDataset, AestheteValidationSettings, AestheteTrainLora, AestheteLossGraph, AestheteSaveLora]

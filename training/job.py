@@ -33,6 +33,7 @@ class TrainingJob:
     resume: dict = field(default_factory=dict)  # its tensors (ComfyUI format)
     resume_epochs: int = 0  # the epochs it was trained for already
     saved: list[Path] = field(default_factory=list)
+    keep_every_epoch: bool = False  # save each epoch's LoRA (validation outputs the best one, the others stay)
 
     def __post_init__(self) -> None:
         path_inside(self.loras_root, self.checkpoint_name, what="save name")
@@ -62,11 +63,13 @@ class TrainingJob:
         self.saved.append(save_lora(self.trained_lora(network, epochs, steps), path))
         return path
 
-    def on_epoch_end(self, epoch: int, network: LoraNetwork, result: TrainResult) -> None:
-        """Save every ``save_every_n_epochs`` epochs, except the last (that one is the run's own output)."""
+    def on_epoch_end(self, epoch: int, network: LoraNetwork, result: TrainResult) -> Path | None:
+        """Save every ``save_every_n_epochs`` epochs, except the last (that one is the run's own output); every
+        epoch, the last included, when ``keep_every_epoch`` (validation chooses among them). Returns the file."""
         every = self.settings.save_every_n_epochs
-        if every and epoch % every == 0 and epoch < self.last_epoch:
-            self.save_checkpoint(network, epoch, result.steps, f"epoch{epoch:04d}")
+        if self.keep_every_epoch or (every and epoch % every == 0 and epoch < self.last_epoch):
+            return self.save_checkpoint(network, epoch, result.steps, f"epoch{epoch:04d}")
+        return None
 
     def finish(self, run: TrainingRun) -> TrainedLora:
         """The run's LoRA. A cancelled run that trained at least one step is also saved as ``_interrupted``, so

@@ -19,19 +19,36 @@ def smooth(values: Sequence[float], weight: float = 0.9) -> list[float]:
     return out
 
 
+LEFT, RIGHT, TOP, BOTTOM = 64, 16, 28, 36  # the plot's margins: value labels left, title above, x label below
+
+
+def _scale(values: Sequence[float]) -> tuple[float, float]:
+    lo, hi = min(values), max(values)
+    if hi - lo < 1e-12:  # a flat line still needs a scale
+        lo, hi = lo - 0.5 * abs(lo) - 1e-6, hi + 0.5 * abs(hi) + 1e-6
+    return lo, hi
+
+
+def _axes(draw: ImageDraw.ImageDraw, font, width: int, lo: float, hi: float, plot_h: int) -> None:
+    """Horizontal grid lines with their values, and the two axes."""
+    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
+        y = TOP + plot_h * frac
+        draw.line([(LEFT, y), (width - RIGHT, y)], fill=(230, 230, 230))
+        draw.text((4, y - 6), f"{hi - (hi - lo) * frac:.4g}", fill="black", font=font)
+    draw.line([(LEFT, TOP), (LEFT, TOP + plot_h), (width - RIGHT, TOP + plot_h)], fill="black", width=2)
+
+
 def draw_loss_graph(losses: Sequence[float], smoothing: float = 0.9, width: int = 800, height: int = 480,
                     title: str = "") -> Image.Image:
     """A line chart of ``losses`` per step with axes, min/max labels and the smoothed curve."""
     losses = [float(v) for v in losses if math.isfinite(float(v))]
     if not losses:
         raise ValueError("no finite loss value to draw; train first")
-    left, right, top, bottom = 64, 16, 28, 36
+    left, right, top, bottom = LEFT, RIGHT, TOP, BOTTOM
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default()
-    lo, hi = min(losses), max(losses)
-    if hi - lo < 1e-12:  # a flat line still needs a scale
-        lo, hi = lo - 0.5 * abs(lo) - 1e-6, hi + 0.5 * abs(hi) + 1e-6
+    lo, hi = _scale(losses)
     plot_w, plot_h = width - left - right, height - top - bottom
     n = len(losses)
 
@@ -39,11 +56,7 @@ def draw_loss_graph(losses: Sequence[float], smoothing: float = 0.9, width: int 
         x = left + (plot_w * i / (n - 1) if n > 1 else plot_w / 2)
         return x, top + plot_h * (1 - (v - lo) / (hi - lo))
 
-    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):  # grid with values
-        y = top + plot_h * frac
-        draw.line([(left, y), (width - right, y)], fill=(230, 230, 230))
-        draw.text((4, y - 6), f"{hi - (hi - lo) * frac:.4g}", fill="black", font=font)
-    draw.line([(left, top), (left, top + plot_h), (width - right, top + plot_h)], fill="black", width=2)
+    _axes(draw, font, width, lo, hi, plot_h)
     for series, colour, w in ((losses, (150, 180, 235), 1), (smooth(losses, smoothing), (20, 60, 170), 3)):
         pts = [point(i, v) for i, v in enumerate(series)]
         if len(pts) > 1:
@@ -54,4 +67,37 @@ def draw_loss_graph(losses: Sequence[float], smoothing: float = 0.9, width: int 
     draw.text((left, height - bottom + 8), f"step 1 .. {n}", fill="black", font=font)
     label = title or f"loss: first {losses[0]:.4g}, last {losses[-1]:.4g}, min {min(losses):.4g}"
     draw.text((left, 8), label + f"  (smoothed {smoothing:g})", fill="black", font=font)
+    return img
+
+
+def draw_epoch_graph(values: Sequence[float], width: int = 480, height: int = 480, title: str = "",
+                     highlight: int | None = None) -> Image.Image:
+    """One value per epoch (mean validation score, say) as dots joined by a line, in the loss graph's style;
+    epochs without a value (NaN) are left out and ``highlight`` (an index) is circled."""
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    known = [(i, float(v)) for i, v in enumerate(values) if math.isfinite(float(v))]
+    draw.text((LEFT, 8), title, fill="black", font=font)
+    if not known:
+        draw.text((LEFT, height // 2), "no score (no aesthetic predictor)", fill="black", font=font)
+        return img
+    lo, hi = _scale([v for _, v in known])
+    plot_w, plot_h = width - LEFT - RIGHT, height - TOP - BOTTOM
+    n = len(values)
+
+    def point(i: int, v: float) -> tuple[float, float]:
+        x = LEFT + (plot_w * i / (n - 1) if n > 1 else plot_w / 2)
+        return x, TOP + plot_h * (1 - (v - lo) / (hi - lo))
+
+    _axes(draw, font, width, lo, hi, plot_h)
+    pts = [point(i, v) for i, v in known]
+    if len(pts) > 1:
+        draw.line(pts, fill=(20, 60, 170), width=3)
+    for (i, _), (x, y) in zip(known, pts):
+        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(20, 60, 170))
+        if i == highlight:
+            draw.ellipse([x - 8, y - 8, x + 8, y + 8], outline=(200, 30, 30), width=2)
+        draw.text((x - 3, height - BOTTOM + 8), str(i + 1), fill="black", font=font)
+    draw.text((width - RIGHT - 40, height - BOTTOM + 20), "epoch", fill="black", font=font)
     return img

@@ -1,11 +1,11 @@
 """AestheteLoraLoader in a real ComfyUI server.
 
 Numbers: a small SDXL-architecture UNet (full SDXL block layout, 320 channels everywhere; see
-harness/build_models.py) loaded with core UNETLoader, eight LoRA files of different formats applied in one chain
+harness/build_models.py) loaded with core UNETLoader, eight LoRA files of different formats, one test case each
 (among them a DiffSynth 1.x Kolors-layout checkpoint with all 1,120 tensors, and a Kolors-named checkpoint
-written by DiffSynth's own trainer code), the patched model saved with core
-ModelSave, and every targeted weight compared with W + sum(strength * alpha/rank * B @ A). The same files,
-converted by the command line and applied with core LoraLoaderModelOnly, must give the same weights, and
+written by DiffSynth's own trainer code), the patched weights written by a test-only node as ComfyUI computes them
+(harness/comfy_test_nodes), and every targeted weight compared with W + strength * alpha/rank * B @ A. The same
+file, converted by the command line and applied with core LoraLoaderModelOnly, must give the same weights, and
 ComfyUI must log no `lora key not loaded`. The file names of each format come from outside this pack: ComfyUI's
 unet_to_diffusers and DiffSynth's own converter table.
 """
@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from aesthete.cli import main as aesthete_cli
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "diffsynth"
-PREFIX = "model.diffusion_model."
+PREFIX = "diffusion_model."
 
 
 @pytest.fixture(scope="module")
@@ -114,97 +114,100 @@ def _read(path: Path, keys) -> dict[str, torch.Tensor]:
         return {k: f.get_tensor(k) for k in keys}
 
 
-def test_every_format_patches_exact_weights_and_matches_core(comfy, comfy_server, sdxl_unet):
-    unet_name, unet_path = sdxl_unet
+@pytest.fixture(scope="module")
+def sdxl_modules(sdxl_unet):
+    """(weight shapes of the small SDXL UNet, its LoRA-able modules with their three names, DiffSynth's names)"""
+    _, unet_path = sdxl_unet
     with safe_open(str(unet_path), framework="pt") as f:
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    diffusers = comfy_diffusers_names()
     diffsynth = json.loads((FIXTURES / "unet_names.json").read_text())["sdxl"]
-    modules = _modules(shapes, diffusers, diffsynth)
-    attention = [row for row in modules if ".attn" in row[0] and ".to_" in row[0]]
-    assert len(attention) == 560 and len(modules) > 700
+    modules = _modules(shapes, comfy_diffusers_names(), diffsynth)
+    assert len([row for row in modules if ".attn" in row[0] and ".to_" in row[0]]) == 560 and len(modules) > 700
+    return shapes, modules, diffsynth
 
+
+def _case_file(case, i: int, modules, diffsynth, loras: Path) -> tuple[str, dict, int]:
+    """Writes the LoRA file of ``case`` to ``loras``; returns (file name, {ldm module: (up, down)}, rank)."""
+    fmt, rank, _strength, stored_alpha, _node_alpha, suffix = case
+    name = f"aesthete-{fmt}{suffix}"
+    if fmt == "diffsynth-trained":
+        sd = torch.load(FIXTURES / "tiny_kolors_lora.ckpt", weights_only=True)
+        to_ldm = {v.removesuffix(".weight"): k.removesuffix(".weight") for k, v in diffsynth.items()}
+        mats = {to_ldm[k.split(".lora_B.")[0]]: (v, sd[k.replace(".lora_B.", ".lora_A.")])
+                for k, v in sd.items() if ".lora_B." in k}
+        assert len(mats) == 16
+        shutil.copyfile(FIXTURES / "tiny_kolors_lora.ckpt", loras / name)  # DiffSynth's bytes, as written
+        return name, mats, rank
+    if fmt == "diffsynth":
+        # the complete DiffSynth 1.x Kolors key list, shapes of this small UNet
+        kolors = json.loads((FIXTURES / "kolors_lora_keys.json").read_text())["keys"]
+        wanted = {k.split(".lora_")[0] for k in kolors}
+        chosen = [row for row in modules if row[2] in wanted]
+        assert len(chosen) == 560
+        rank = 16
+    elif fmt == "diffusers-processor":
+        chosen = [row for row in modules if ".attn" in row[0] and ".to_" in row[0]][i::40]
+    else:  # a spread of every kind of layer: convolutions, embeddings, projections, feed-forwards
+        chosen = modules[i::29]
+    sd, mats = _make_lora(fmt, rank, stored_alpha, chosen, seed=i)
+    if fmt == "diffsynth":
+        assert set(sd) == set(kolors)
+    _write(loras / name, sd)
+    return name, mats, rank
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_format_patches_exact_weights_and_matches_core(comfy, comfy_server, sdxl_unet, sdxl_modules, case):
+    unet_name, unet_path = sdxl_unet
+    shapes, modules, diffsynth = sdxl_modules
+    fmt, _, strength, stored_alpha, node_alpha, _ = case
     loras = comfy_server.models_dir / "loras"
     loras.mkdir(parents=True, exist_ok=True)
-    expected: dict[str, torch.Tensor] = {}  # ldm module -> summed update
-    graph = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": unet_name, "weight_dtype": "default"}}}
-    ours, core = ["1", 0], ["1", 0]
-    for i, (fmt, rank, strength, stored_alpha, node_alpha, suffix) in enumerate(CASES):
-        if fmt == "diffsynth-trained":
-            sd = torch.load(FIXTURES / "tiny_kolors_lora.ckpt", weights_only=True)
-            to_ldm = {v.removesuffix(".weight"): k.removesuffix(".weight") for k, v in diffsynth.items()}
-            mats = {to_ldm[k.split(".lora_B.")[0]]: (v, sd[k.replace(".lora_B.", ".lora_A.")])
-                    for k, v in sd.items() if ".lora_B." in k}
-            assert len(mats) == 16
-        elif fmt == "diffsynth":
-            # the complete DiffSynth 1.x Kolors key list, shapes of this small UNet
-            kolors = json.loads((FIXTURES / "kolors_lora_keys.json").read_text())["keys"]
-            wanted = {k.split(".lora_")[0] for k in kolors}
-            chosen = [row for row in modules if row[2] in wanted]
-            assert len(chosen) == 560
-            rank = 16
-        elif fmt == "diffusers-processor":
-            chosen = attention[i::40]
-        else:  # a spread of every kind of layer: convolutions, embeddings, projections, feed-forwards
-            chosen = modules[i::29]
-        if fmt != "diffsynth-trained":
-            sd, mats = _make_lora(fmt, rank, stored_alpha, chosen, seed=i)
-        if fmt == "diffsynth":
-            assert set(sd) == set(kolors)
-        name = f"aesthete-{fmt}{suffix}"
-        if fmt == "diffsynth-trained":
-            shutil.copyfile(FIXTURES / "tiny_kolors_lora.ckpt", loras / name)  # DiffSynth's bytes, as written
-        else:
-            _write(loras / name, sd)
-        alpha = stored_alpha if stored_alpha is not None else (node_alpha if node_alpha > 0 else rank)
-        for m, (up, down) in mats.items():
-            delta = strength * alpha / rank * (up.double().flatten(1) @ down.double().flatten(1))
-            expected[m] = expected.get(m, 0) + delta.reshape(shapes[m + ".weight"])
-        converted = f"converted-{fmt}.safetensors"
-        assert aesthete_cli(["convert-lora", str(loras / name), str(loras / converted), "--alpha",
-                             str(node_alpha)]) == 0
-        graph[f"{10 + i}"] = {"class_type": "AestheteLoraLoader", "inputs": {
-            "model": ours, "lora_name": name, "strength_model": strength, "strength_clip": 1.0, "alpha": node_alpha}}
-        graph[f"{30 + i}"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
-            "model": core, "lora_name": converted, "strength_model": strength}}
-        ours, core = [f"{10 + i}", 0], [f"{30 + i}", 0]
-    graph["20"] = {"class_type": "ModelSave", "inputs": {"model": ours, "filename_prefix": "aesthete_lora/ours"}}
-    graph["40"] = {"class_type": "ModelSave", "inputs": {"model": core, "filename_prefix": "aesthete_lora/core"}}
-    cases = [c[0] for c in CASES]
-    graph["50"] = {"class_type": "PreviewAny", "inputs": {"source": [f"{10 + cases.index('diffsynth')}", 2]}}
-    graph["51"] = {"class_type": "PreviewAny", "inputs": {"source": [f"{10 + cases.index('diffsynth-trained')}", 2]}}
+    name, mats, rank = _case_file(case, CASES.index(case), modules, diffsynth, loras)
+    alpha = stored_alpha if stored_alpha is not None else (node_alpha if node_alpha > 0 else rank)
+    expected = {m: strength * alpha / rank * (up.double().flatten(1) @ down.double().flatten(1))
+                for m, (up, down) in mats.items()}
+    converted = f"converted-{fmt}.safetensors"
+    assert aesthete_cli(["convert-lora", str(loras / name), str(loras / converted), "--alpha", str(node_alpha)]) == 0
 
+    graph = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": unet_name, "weight_dtype": "default"}},
+             "2": {"class_type": "AestheteLoraLoader", "inputs": {
+                 "model": ["1", 0], "lora_name": name, "strength_model": strength, "strength_clip": 1.0,
+                 "alpha": node_alpha}},
+             "3": {"class_type": "LoraLoaderModelOnly", "inputs": {
+                 "model": ["1", 0], "lora_name": converted, "strength_model": strength}},
+             "4": {"class_type": "TestOnlySavePatchedWeights", "inputs": {"model": ["2", 0], "name": f"ours-{fmt}"}},
+             "5": {"class_type": "TestOnlySavePatchedWeights", "inputs": {"model": ["3", 0], "name": f"core-{fmt}"}},
+             "6": {"class_type": "PreviewAny", "inputs": {"source": ["2", 2]}}}
     log_before = len(comfy_server.log_text())
     result = comfy.run(graph, timeout=600)
     log = comfy_server.log_text()[log_before:]
     assert "lora key not loaded" not in log and "NOT LOADED" not in log
 
-    report = result.node_output("50")["text"][0]
-    assert "DiffSynth-Studio 1.x" in report and "Applied 1120 of 1120 tensors: 560 UNet layers" in report
-    assert "Not placed" not in report
-    trained = result.node_output("51")["text"][0]
-    assert "Applied 32 of 32 tensors: 16 UNet layers" in trained and "alpha 4 (the file stores none)" in trained
+    report = result.node_output("6")["text"][0]
+    assert "Not placed" not in report, report
+    if fmt == "diffsynth":
+        assert "DiffSynth-Studio 1.x" in report and "Applied 1120 of 1120 tensors: 560 UNet layers" in report
+    if fmt == "diffsynth-trained":
+        assert "Applied 32 of 32 tensors: 16 UNet layers" in report and "alpha 4 (the file stores none)" in report
 
-    saved_ours = comfy_server.output_dir / "aesthete_lora" / "ours_00001_.safetensors"
-    saved_core = comfy_server.output_dir / "aesthete_lora" / "core_00001_.safetensors"
+    saved_ours = comfy_server.output_dir / f"ours-{fmt}.safetensors"
+    saved_core = comfy_server.output_dir / f"core-{fmt}.safetensors"
     weight_keys = [PREFIX + m + ".weight" for m in expected]
-    original = {PREFIX + k: v for k, v in _read(unet_path, [k[len(PREFIX):] for k in weight_keys]).items()}
+    with safe_open(str(saved_ours), framework="pt") as f:
+        assert set(f.keys()) == set(weight_keys)  # nothing else of the model is patched
+    original = _read(unet_path, [k[len(PREFIX):] for k in weight_keys])
     patched, patched_core = _read(saved_ours, weight_keys), _read(saved_core, weight_keys)
     for key in weight_keys:
         m = key[len(PREFIX):-len(".weight")]
-        want = original[key].double() + expected[m]
+        want = original[m + ".weight"].double() + expected[m].reshape(shapes[m + ".weight"])
         got = patched[key]
         assert got.dtype == torch.float32, key
         err = (got.double() - want).abs().max().item()
         scale = want.abs().max().item()
         assert err <= 4e-7 * scale + 1e-7, f"{key}: off by {err:g} (scale {scale:g})"
         assert torch.equal(got, patched_core[key]) or torch.allclose(got, patched_core[key], rtol=0, atol=1e-6), key
-    # the rest of the model is untouched
-    with safe_open(str(saved_ours), framework="pt") as f:
-        others = [k for k in f.keys() if k.startswith(PREFIX) and k not in patched][:200]
-        for key in others:
-            assert torch.equal(f.get_tensor(key), _read(unet_path, [key[len(PREFIX):]])[key[len(PREFIX):]].float())
-    for path in (saved_ours, saved_core):
+    for path in (saved_ours, saved_core, loras / name, loras / converted):
         path.unlink()
 
 
@@ -225,7 +228,12 @@ def test_bad_files_are_clear_errors(comfy, comfy_server, sdxl_unet, tmp_path):
     torch.save({"transformer.single_blocks.0.linear1.lora_A.weight": torch.zeros(4, 8),
                 "transformer.single_blocks.0.linear1.lora_B.weight": torch.zeros(8, 4)},
                loras / "aesthete-flux.pt")
-    for name, message in (("aesthete-evil.ckpt", "refused to unpickle"), ("aesthete-flux.pt", "none of its 2 tensors")):
+    # peft's DoRA magnitude: no ComfyUI adapter reads it, and the layer must not be applied without it
+    d = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    save_file({f"{d}.lora_A.weight": torch.zeros(4, 320), f"{d}.lora_B.weight": torch.zeros(320, 4),
+               f"{d}.lora_magnitude_vector.weight": torch.ones(320)}, str(loras / "aesthete-peft-dora.safetensors"))
+    for name, message in (("aesthete-evil.ckpt", "refused to unpickle"), ("aesthete-flux.pt", "none of its 2 tensors"),
+                          ("aesthete-peft-dora.safetensors", "lora_magnitude_vector.weight .*has no use for it")):
         graph = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": unet_name, "weight_dtype": "default"}},
                  "2": {"class_type": "AestheteLoraLoader", "inputs": {
                      "model": ["1", 0], "lora_name": name, "strength_model": 1.0, "strength_clip": 1.0, "alpha": 4.0}},

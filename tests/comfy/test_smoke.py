@@ -5,7 +5,8 @@ from __future__ import annotations
 EXPECTED_NODES = {
     "AesthetePromptComposer", "AestheteNegativePrompt", "AesthetePromptPresetSave", "AesthetePromptPresetLoad",
     "AesthetePredictorLoader", "AestheteScore", "AestheteRank", "AestheteScoreFolder", "AestheteSaveScored",
-    "AestheteLoraLoader", "AestheteLoraDataset", "AestheteTrainLora", "AestheteLossGraph", "AestheteSaveLora",
+    "AestheteLoraLoader", "AestheteLoraDataset", "AestheteValidationSettings", "AestheteTrainLora", "AestheteLossGraph",
+    "AestheteSaveLora",
 }
 
 

@@ -97,6 +97,9 @@ class ComfyServer:
             link = nodes_parent / PACK_FOLDER_NAME
             if not link.exists():
                 link.symlink_to(REPO, target_is_directory=True)
+            test_nodes = nodes_parent / "aesthete-test-nodes"  # nodes that let tests look inside MODEL/CLIP outputs
+            if not test_nodes.exists():
+                test_nodes.symlink_to(Path(__file__).with_name("comfy_test_nodes"), target_is_directory=True)
             yaml_path = self.base_dir / "extra_model_paths.yaml"
             yaml_path.write_text(f"aesthete_tests:\n    custom_nodes: {nodes_parent}\n")
             pack_args = ["--extra-model-paths-config", str(yaml_path)]
@@ -128,7 +131,8 @@ class ComfyServer:
     def check_pack_loaded(self) -> None:
         text = self.log_text()
         bad = [ln for ln in text.splitlines()
-               if PACK_FOLDER_NAME in ln and ("IMPORT FAILED" in ln or "Cannot import" in ln)]
+               if (PACK_FOLDER_NAME in ln or "aesthete-test-nodes" in ln)
+               and ("IMPORT FAILED" in ln or "Cannot import" in ln)]
         if bad or "Error while calling comfy_entrypoint" in text:
             raise RuntimeError("the Aesthete pack failed to import in ComfyUI:\n" + self.log_tail())
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
+
+import torch
 
 from harness.build_models import SMALL_SDXL_CONFIG
 from harness.comfy_server import COMFY_DIR
@@ -20,3 +23,67 @@ def comfy_diffusers_names(unet_config: dict = SMALL_SDXL_CONFIG) -> dict[str, st
     out = subprocess.run([sys.executable, "-c", code, json.dumps(unet_config)], cwd=COMFY_DIR, check=True,
                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(COMFY_DIR)))
     return json.loads(out.stdout)
+
+
+def comfy_lora_key_names(unet_config: dict, prefix: str = "") -> dict[str, str]:
+    """{kohya module name: weight name in the model file} from ComfyUI's own comfy.lora.model_lora_keys_unet logic
+    (``lora_unet_`` + the ldm name and + the diffusers name of ``unet_config``'s layout); ``prefix``: what the
+    model file puts in front of the UNet's weight names ("model.diffusion_model." in a checkpoint)."""
+    code = ("import json, sys, comfy.utils; cfg = json.loads(sys.argv[1]); "
+            "m = comfy.utils.unet_to_diffusers(cfg); "
+            "print(json.dumps({'lora_unet_' + k[:-7].replace('.', '_'): v for k, v in m.items() "
+            "if k.endswith('.weight')}))")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(unet_config)], cwd=COMFY_DIR, check=True,
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(COMFY_DIR)))
+    names = {name: prefix + ldm for name, ldm in json.loads(out.stdout).items()}
+    for ldm in set(json.loads(out.stdout).values()):
+        names["lora_unet_" + ldm[:-len(".weight")].replace(".", "_")] = prefix + ldm
+    return names
+
+
+# the LyCORIS/kohya kinds ComfyUI's weight adapters apply, and the layers each is built for
+KINDS = ("lora", "locon", "locon-tucker", "loha", "lokr", "dora", "diff")
+CONV_KINDS = ("locon", "locon-tucker")  # kinds made for 3x3 convolutions: no text-encoder part
+
+
+def lycoris_layer(kind: str, shape: tuple[int, ...], rank: int, alpha: float | None, g: torch.Generator,
+                  bias: int | None = None) -> dict[str, torch.Tensor]:
+    """The tensors (by suffix) of one layer of ``kind`` for a weight of ``shape``, named as kohya/LyCORIS write
+    them and as ComfyUI's comfy/weight_adapter reads them."""
+    out_dim, in_dim = shape[0], shape[1]
+    kernel = tuple(shape[2:])
+    in_total = in_dim * math.prod(kernel)
+
+    def rnd(*dims, scale=0.05):
+        return torch.randn(*dims, generator=g) * scale
+
+    t: dict[str, torch.Tensor] = {}
+    if kind in ("lora", "locon", "dora"):
+        t["lora_up.weight"] = rnd(out_dim, rank, *([1] * len(kernel)))
+        t["lora_down.weight"] = rnd(rank, in_dim, *kernel)
+        if kind == "dora":  # LyCORIS wd_on_out: one magnitude per output channel
+            t["dora_scale"] = 0.5 + torch.rand(out_dim, *([1] * (len(shape) - 1)), generator=g)
+    elif kind == "locon-tucker":
+        t["lora_up.weight"] = rnd(out_dim, rank, 1, 1)
+        t["lora_mid.weight"] = rnd(rank, rank, *kernel, scale=0.3)
+        t["lora_down.weight"] = rnd(rank, in_dim, 1, 1)
+    elif kind == "loha":
+        for w in ("w1", "w2"):
+            t[f"hada_{w}_a"] = rnd(out_dim, rank, scale=0.2)
+            t[f"hada_{w}_b"] = rnd(rank, in_total, scale=0.2)
+    elif kind == "lokr":
+        a = 4 if out_dim % 4 == 0 else 1
+        b = 2 if in_total % 2 == 0 else 1
+        t["lokr_w1"] = rnd(a, b, scale=0.3)
+        t["lokr_w2_a"] = rnd(out_dim // a, rank, scale=0.2)
+        t["lokr_w2_b"] = rnd(rank, in_total // b, scale=0.2)
+    elif kind == "diff":
+        t["diff"] = rnd(*shape, scale=0.01)
+        if bias is not None:
+            t["diff_b"] = rnd(bias, scale=0.01)
+        return t
+    else:
+        raise ValueError(kind)
+    if alpha is not None:
+        t["alpha"] = torch.tensor(float(alpha))
+    return t

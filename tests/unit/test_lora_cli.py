@@ -58,3 +58,20 @@ def test_console_entry_point(tmp_path):
                            str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "16 of 16 tensors placed" in proc.stderr and out.exists()
+
+
+def test_lycoris_file_is_already_loadable_and_not_copied(tmp_path, caplog):
+    from harness.lora_models import lycoris_layer
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    sd = {f"lora_unet_input_blocks_1_1_proj_in.{k}": v
+          for k, v in lycoris_layer("loha", (320, 320, 1, 1), 4, 2.0, g).items()}
+    path = tmp_path / "loha.safetensors"
+    save_file(sd, str(path))
+    out = tmp_path / "o.safetensors"
+    assert main(["convert-lora", str(path), str(out)]) == 3
+    assert "already in a format ComfyUI loads as it is (kohya LoHa (1 layers))" in caplog.text
+    assert main(["convert-lora", str(path), str(out), "--to", "diffsynth"]) == 1
+    assert "kohya LoHa layer" in caplog.text and "cannot carry" in caplog.text
+    assert not out.exists()

@@ -4,6 +4,7 @@ list, every format placed on the same modules with the same update, alpha rules,
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ import torch
 
 from aesthete.lora import layout
 from aesthete.lora.convert import LoraConversionError, convert_lora, convert_lora_with_report
-from aesthete.lora.formats import parse_lora, restrict_to_model
+from aesthete.lora.formats import loader_tensors, parse_lora, restrict_to_model, unread_tensors, update_numel
+from harness.lora_models import CONV_KINDS, KINDS, lycoris_layer
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "diffsynth"
 
@@ -205,17 +207,31 @@ def test_sd15_base_is_inferred_from_names_and_width():
 
 def test_unplaced_keys_are_reported_not_dropped(kolors_sd):
     sd = dict(kolors_sd)
-    sd["text_intermediate_proj.lora_A.default.weight"] = torch.zeros(16, 4096)
-    sd["text_intermediate_proj.lora_B.default.weight"] = torch.zeros(2048, 16)
-    sd["blocks.7.transformer_blocks.0.attn1.to_q.dora_scale"] = torch.zeros(1, 640)
     sd["blocks.99.transformer_blocks.0.attn1.to_q.lora_A.default.weight"] = torch.zeros(16, 640)
     sd["blocks.99.transformer_blocks.0.attn1.to_q.lora_B.default.weight"] = torch.zeros(640, 16)
+    sd["emb_params.weight"] = torch.zeros(2, 768)
     result = convert_lora_with_report(sd, "comfyui")
-    assert result.parsed.placed_keys == 1120 and result.parsed.total_keys == 1125
-    assert "Kolors text projection" in result.dropped["text_intermediate_proj.lora_A.default.weight"]
-    assert "DoRA" in result.dropped["blocks.7.transformer_blocks.0.attn1.to_q.dora_scale"]
+    assert result.parsed.placed_keys == 1120 and result.parsed.total_keys == 1123
     assert "blocks.99" in result.dropped["blocks.99.transformer_blocks.0.attn1.to_q.lora_B.default.weight"]
-    assert result.metadata["aesthete.dropped_keys"] == "5"
+    assert "not a tensor kind" in result.dropped["emb_params.weight"]
+    assert result.metadata["aesthete.dropped_keys"] == "3"
+
+
+def test_a_scale_beside_a_layer_goes_with_it(kolors_sd):
+    """A DoRA scale in DiffSynth naming makes its layer a DoRA layer (never a plain LoRA without its scale); an
+    unknown tensor named after a placed layer stays with that layer (the loader must use it or refuse)."""
+    sd = dict(kolors_sd)
+    sd["blocks.7.transformer_blocks.0.attn1.to_q.dora_scale"] = torch.ones(640, 1)
+    sd["blocks.7.transformer_blocks.0.attn1.to_k.some_new_scale"] = torch.ones(1)
+    parsed = parse_lora(sd)
+    assert parsed.unplaced == {}
+    layers = {layer.source: layer for layer in parsed.layers}
+    assert layers["blocks.7.transformer_blocks.0.attn1.to_q"].kind == "DoRA"
+    assert ".some_new_scale" in layers["blocks.7.transformer_blocks.0.attn1.to_k"].tensors
+    tensors, _ = convert_lora(sd, "comfyui")
+    assert "diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.dora_scale" in tensors
+    with pytest.raises(LoraConversionError, match="cannot carry this file"):
+        convert_lora(sd, "diffsynth")
 
 
 def test_half_a_layer_is_reported():
@@ -224,7 +240,7 @@ def test_half_a_layer_is_reported():
           "diffusion_model.middle_block.1.transformer_blocks.0.attn1.to_k.lora_down.weight": torch.zeros(4, 8)}
     parsed = parse_lora(sd, base="sdxl")
     assert len(parsed.layers) == 1
-    assert "no down/A" in parsed.unplaced["diffusion_model.middle_block.1.transformer_blocks.0.attn1.to_q.lora_up.weight"]
+    assert "no down/A matrix" in parsed.unplaced["diffusion_model.middle_block.1.transformer_blocks.0.attn1.to_q.lora_up.weight"]
 
 
 def test_nothing_placed_is_an_error_naming_the_format():
@@ -260,9 +276,79 @@ def test_text_encoder_layers_pass_to_comfyui_and_are_reported_for_diffsynth():
 def test_restrict_to_model_reports_missing_and_mismatched_layers():
     sd, _ = VARIANTS["comfyui"]
     parsed = parse_lora(sd)
-    shapes = {"diffusion_model." + MODULES[0][0]: (64, 2048), "diffusion_model." + MODULES[1][0]: (32, 2048)}
+    shapes = {f"diffusion_model.{MODULES[0][0]}.weight": (64, 2048),
+              f"diffusion_model.{MODULES[1][0]}.weight": (32, 2048)}
     kept = restrict_to_model(parsed, shapes, clip_connected=False)
     assert [layer.target for layer in kept.layers] == ["diffusion_model." + MODULES[0][0]]
     reasons = set(kept.unplaced.values())
     assert any("shape mismatch" in r for r in reasons) and any("has no" in r for r in reasons)
     assert kept.placed_keys == 3
+
+
+# --- the kinds ComfyUI's weight adapters apply, placed by a key map ---
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_kind_is_recognised_and_handed_over_whole(kind):
+    g = torch.Generator().manual_seed(3)
+    shape = (320, 320, 3, 3) if kind in CONV_KINDS else (320, 768)
+    module = "input_blocks.1.0.in_layers.2" if kind in CONV_KINDS else "input_blocks.1.1.transformer_blocks.0.attn2.to_k"
+    layer = lycoris_layer(kind, shape, 4, 2.0, g, bias=320)
+    sd = {f"lora_unet_{module.replace('.', '_')}.{suffix}": t for suffix, t in layer.items()}
+    parsed = parse_lora(sd, base="sd15")
+    assert parsed.format == "kohya" and parsed.unplaced == {}
+    (placed,) = parsed.layers
+    assert placed.label == {"lora": "kohya LoRA", "locon": "kohya LoCon", "locon-tucker": "kohya LoCon (Tucker)",
+                            "loha": "kohya LoHa", "lokr": "kohya LoKr", "dora": "kohya DoRA",
+                            "diff": "kohya full diff"}[kind]
+    assert placed.weight_key == f"diffusion_model.{module}.weight"
+    assert update_numel(placed) == math.prod(shape)
+    tensors, to_load = loader_tensors(parsed, alpha=4.0)
+    assert to_load == {placed.name: placed.weight_key}
+    assert {k[len(placed.name) + 1:] for k in tensors} == set(layer)  # every tensor, as ComfyUI reads it
+    assert unread_tensors(parsed, set(tensors)) == {}
+    missing = next(k for k in tensors if not k.endswith((".lora_up.weight", ".hada_w1_a", ".lokr_w1", ".diff")))
+    assert unread_tensors(parsed, set(tensors) - {missing}) == {missing: placed.source}
+
+
+def test_kohya_names_follow_the_models_own_key_map():
+    """A kohya name is placed where the loaded model's key map says, not where standard SD1.5 has that block."""
+    name = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
+    sd = {f"{name}.lora_up.weight": torch.zeros(640, 4), f"{name}.lora_down.weight": torch.zeros(4, 640)}
+    assert parse_lora(sd, base="sd15").layers[0].weight_key == \
+        "diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight"  # standard SD1.5
+    small = {name: "diffusion_model.input_blocks.3.1.transformer_blocks.0.attn1.to_q.weight"}  # one res block
+    (layer,) = parse_lora(sd, small, base="sd15").layers
+    assert layer.weight_key == small[name] and layer.as_written
+
+
+KOLORS_KEY_MAP = {**layout.standard_key_map("sdxl"), "diffusion_model.encoder_hid_proj":
+                  "diffusion_model.encoder_hid_proj.weight"}
+
+
+@pytest.mark.parametrize("names", [
+    ("text_intermediate_proj.lora_B.default.weight", "text_intermediate_proj.lora_A.default.weight"),  # DiffSynth 1.x
+    ("encoder_hid_proj.lora_B.weight", "encoder_hid_proj.lora_A.weight"),  # diffusers / peft
+    ("base_model.model.encoder_hid_proj.lora_B.default.weight", "base_model.model.encoder_hid_proj.lora_A.default.weight"),
+    ("unet.encoder_hid_proj.lora.up.weight", "unet.encoder_hid_proj.lora.down.weight"),
+])
+def test_kolors_text_projection_lands_on_encoder_hid_proj(names):
+    up, down = names
+    sd = {up: torch.zeros(2048, 8), down: torch.zeros(8, 4096),
+          "blocks.7.transformer_blocks.0.attn1.to_q.lora_B.default.weight": torch.zeros(640, 8),
+          "blocks.7.transformer_blocks.0.attn1.to_q.lora_A.default.weight": torch.zeros(8, 640)}
+    parsed = parse_lora(sd, KOLORS_KEY_MAP, base="sdxl")
+    assert parsed.unplaced == {}
+    assert "diffusion_model.encoder_hid_proj.weight" in {layer.weight_key for layer in parsed.layers}
+    plain_sdxl = parse_lora(sd, layout.standard_key_map("sdxl"), base="sdxl")
+    assert "Kolors text projection" in plain_sdxl.unplaced[up]
+
+
+def test_peft_dora_magnitude_is_never_dropped():
+    d = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    sd = {f"{d}.lora_A.weight": torch.zeros(4, 640), f"{d}.lora_B.weight": torch.zeros(640, 4),
+          f"{d}.lora_magnitude_vector.weight": torch.ones(640)}
+    parsed = parse_lora(sd, base="sdxl")
+    (layer,) = parsed.layers
+    tensors, _ = loader_tensors(parsed, alpha=0)
+    read = {k for k in tensors if "magnitude" not in k}  # what ComfyUI's adapters read
+    assert unread_tensors(parsed, read) == {f"{d}.lora_magnitude_vector.weight": d}

@@ -1,0 +1,134 @@
+"""Validation by score (training/validation.py, training/memory.py), no ComfyUI: prompts and settings checked, each
+epoch's mean loss, the epoch whose LoRA is output, the grid / graph / table drawn, every epoch saved by the job,
+the memory of each phase measured."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aesthete.training.dataset import load_dataset
+from aesthete.training.job import TrainingJob
+from aesthete.training.lora_network import LoraNetwork
+from aesthete.training.loop import TrainResult, TrainSettings
+from aesthete.training.memory import PhaseMemory
+from aesthete.training.validation import (RECIPE_TEST_PROMPT, ValidationError, ValidationHistory, ValidationSpec,
+                                          draw_score_graph, draw_validation_grid, parse_prompts)
+from harness.training_data import write_pattern_folder
+
+
+def image(value: int, size: int = 64) -> Image.Image:
+    return Image.new("RGB", (size, size), (value, value, value))
+
+
+def history(*epochs: tuple[list[float], list[float] | None]) -> ValidationHistory:
+    """One entry per (losses of the epoch, scores) pair; two grey images per epoch."""
+    h, losses = ValidationHistory(), []
+    for n, (epoch_losses, scores) in enumerate(epochs, start=1):
+        losses += epoch_losses
+        h.add(n, losses, [image(40 * n), image(40 * n + 20)], scores, f"run_epoch{n:04d}.safetensors")
+    return h
+
+
+def test_prompts_one_per_line_and_the_recipe_default():
+    assert parse_prompts("a girl\n\n  二次元，甘雨  \n") == ("a girl", "二次元，甘雨")
+    with pytest.raises(ValidationError, match="one prompt per line"):
+        parse_prompts(" \n ")
+    spec = ValidationSpec()
+    assert spec.prompts == (RECIPE_TEST_PROMPT,) and "模糊" in spec.negative and spec.output == "best score"
+    assert ValidationSpec(prompts=("a", "b"), images_per_prompt=3).images_per_epoch == 6
+
+
+@pytest.mark.parametrize("change, message", [({"steps": 0}, "at least 1"), ({"width": 100}, "multiples of 8"),
+                                             ({"output": "median"}, "best score, last epoch")])
+def test_bad_settings_are_named(change, message):
+    with pytest.raises(ValidationError, match=message):
+        ValidationSpec(**change).check()
+
+
+def test_mean_loss_per_epoch_and_best_epoch():
+    h = history(([1.0, 0.5], [5.0, 5.2]), ([0.4, 0.2], [6.0, 6.4]), ([0.1], [5.9, 6.0]))
+    assert [e.mean_loss for e in h.epochs] == pytest.approx([0.75, 0.3, 0.1])
+    assert h.choose().epoch == 2 and h.choose("last epoch").epoch == 3
+    assert "best mean score 6.20" in h.why("best score") and "the last, as asked" in h.why("last epoch")
+    table = h.table().splitlines()
+    assert table[0] == "epoch\tmean loss\tmean score\tlora"
+    assert table[2] == "2\t0.3000\t6.20\trun_epoch0002.safetensors *" and not table[3].endswith("*")
+
+
+def test_a_tie_keeps_the_earlier_epoch_and_nan_scores_are_left_out():
+    h = history(([1.0], [6.0]), ([0.5], [6.0]), ([0.4], [float("nan"), float("nan")]))
+    assert h.choose().epoch == 1
+    assert math.isnan(h.epochs[2].mean_score)
+
+
+def test_without_a_predictor_the_last_epoch_is_output_and_shown_unscored():
+    h = history(([1.0], None), ([0.5], None))
+    assert h.choose().epoch == 2 and "connect an aesthetic predictor" in h.why("best score")
+    assert h.table().splitlines()[1] == "1\t1.0000\t-\trun_epoch0001.safetensors"
+    grid = draw_validation_grid(h)
+    # the images are pasted untouched: no score label drawn on them
+    assert np.array_equal(np.asarray(grid)[0:64, 96:160], np.asarray(image(40)))
+    assert draw_score_graph(h, [1.0, 0.5]).size[1] == 400
+
+
+def test_grid_rows_are_epochs_with_scores_drawn_on():
+    h = history(([1.0], [5.0, 5.5]), ([0.5], [6.0, 6.5]))
+    grid = draw_validation_grid(h)
+    assert grid.size == (96 + 2 * 66, 2 * 66)
+    pixels = np.asarray(grid)
+    first_cell = pixels[0:64, 96:160]
+    assert not np.array_equal(first_cell, np.asarray(image(40)))  # the score label is drawn on
+    assert (first_cell[-8:] == 40).all()  # below the label, the image itself
+    assert (pixels[66 + 60:66 + 64, 96:160] == 80).all()  # row 2 holds epoch 2's image
+    big = ValidationHistory()
+    big.add(1, [1.0], [image(10, 1024)], [5.0])
+    assert draw_validation_grid(big).size == (96 + 256 + 2, 256 + 2)  # 1024 px images shrink to the cell
+
+
+def test_score_graph_is_drawn_beside_the_loss_curve():
+    h = history(([1.0, 0.8], [5.0, 5.5]), ([0.5, 0.4], [6.0, 6.5]))
+    both = draw_score_graph(h, [1.0, 0.8, 0.5, 0.4])
+    assert both.size == (640 + 480, 400)
+    right = np.asarray(both)[:, 640:]
+    assert (right == np.array([200, 30, 30])).all(axis=-1).any()  # the output epoch is circled in red
+
+
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.to_q = torch.nn.Linear(8, 8)
+
+
+def test_every_epoch_is_saved_when_validation_keeps_them(tmp_path):
+    write_pattern_folder(tmp_path / "data", count=2)
+    job = TrainingJob(load_dataset(tmp_path / "data", resolution=64), TrainSettings(epochs=2), ("to_q",), "Kolors",
+                      tmp_path / "loras", "runs/mine", keep_every_epoch=True)
+    net = LoraNetwork.create(Block(), rank=2, alpha=1.0, targets=("to_q",))
+    paths = [job.on_epoch_end(e, net, TrainResult(steps=e)) for e in (1, 2)]
+    assert [p.name for p in paths] == ["mine_epoch0001.safetensors", "mine_epoch0002.safetensors"]
+    assert all(p.is_file() for p in paths)
+
+
+def test_memory_of_each_phase_is_measured_and_nested_phases_count_apart():
+    meter = PhaseMemory("cpu")
+    mib = 1024 * 1024
+    with meter.phase("encoding"):
+        held = bytearray(64 * mib)  # 64 MiB touched, then given back
+        held[::4096] = b"x" * len(held[::4096])
+        del held
+    with meter.phase("training"):
+        with meter.phase("validation"):
+            pass
+    assert set(meter.peaks) == {"encoding", "training", "validation"}
+    assert all(v > 0 for v in meter.peaks.values())
+    if meter.resettable:  # VmHWM restarts per phase: the 64 MiB given back before training do not count there
+        assert meter.peaks["validation"] < meter.peaks["encoding"] - 32 * mib
+    text = meter.describe()
+    assert text.startswith("memory (peak resident") and "encoding" in text and "GiB (+" in text
+    if meter.resettable:
+        assert meter.peaks["encoding"] - meter.starts["encoding"] >= 60 * mib  # the 64 MiB show as a rise

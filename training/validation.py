@@ -1,0 +1,203 @@
+"""Validation by score, every epoch, apart from ComfyUI: what to generate (the spec), each epoch's images, scores and
+mean loss (the history), which epoch's LoRA to output, and the pictures and table shown to the user (a grid with the
+scores drawn on, the mean score per epoch beside the loss curve, epoch / mean loss / mean score as text).
+
+The node (nodes/training_nodes.py) generates the images with ComfyUI's sampling and scores them with the
+aesthetic predictor; this module never imports ComfyUI."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from ..prompts.negative import RECIPE_NEGATIVE_ZH
+from ..scoring.annotate import draw_score, format_score
+from ..scoring.predictor import finite_mean
+from .loss_graph import draw_epoch_graph, draw_loss_graph
+
+# the recipe's test prompt: the image it judged each LoRA by
+RECIPE_TEST_PROMPT = "二次元，genshin，genshin impact，ganyu，蓝发少女，白色背景"
+RECIPE_NEGATIVE = RECIPE_NEGATIVE_ZH
+OUTPUT_CHOICES = ("best score", "last epoch")  # which epoch's LoRA Train LoRA outputs
+GRID_CELL = 256  # the largest side of one image in the grid (validation images are usually 1024 px)
+
+
+class ValidationError(ValueError):
+    """Validation settings that cannot be used; the message names the setting and what to do."""
+
+
+def parse_prompts(text: str) -> tuple[str, ...]:
+    """One prompt per line; blank lines are skipped."""
+    prompts = tuple(line.strip() for line in (text or "").splitlines() if line.strip())
+    if not prompts:
+        raise ValidationError("validation prompts: none given; write one prompt per line (the recipe's test "
+                              f"prompt is {RECIPE_TEST_PROMPT})")
+    return prompts
+
+
+@dataclass(frozen=True)
+class ValidationSpec:
+    """What every epoch generates: each prompt ``images_per_prompt`` times, from the same seed every epoch (so the
+    images change only because the LoRA did). ``predictor`` is the caller's scorer, opaque here; without one the
+    images are shown unscored and the last epoch is output."""
+
+    prompts: tuple[str, ...] = (RECIPE_TEST_PROMPT,)
+    negative: str = RECIPE_NEGATIVE
+    seed: int = 0
+    steps: int = 20
+    width: int = 1024
+    height: int = 1024
+    images_per_prompt: int = 1
+    cfg: float = 5.0
+    sampler: str = "euler"
+    scheduler: str = "normal"
+    output: str = "best score"
+    predictor: Any = field(default=None, compare=False, repr=False)
+
+    def check(self) -> None:
+        if not self.prompts:
+            parse_prompts("")
+        if self.steps < 1 or self.images_per_prompt < 1:
+            raise ValidationError(f"validation steps ({self.steps}) and images per prompt "
+                                  f"({self.images_per_prompt}) must each be at least 1")
+        if self.width % 8 or self.height % 8 or min(self.width, self.height) < 16:
+            raise ValidationError(f"validation size {self.width}x{self.height}: use multiples of 8, at least 16")
+        if self.output not in OUTPUT_CHOICES:
+            raise ValidationError(f"output {self.output!r}: use one of {', '.join(OUTPUT_CHOICES)}")
+
+    @property
+    def images_per_epoch(self) -> int:
+        return len(self.prompts) * self.images_per_prompt
+
+
+@dataclass
+class EpochValidation:
+    """One epoch's validation: its images (in prompt order), their scores (None without a predictor), the mean
+    loss of its optimizer steps, and the name of its saved LoRA."""
+
+    epoch: int
+    mean_loss: float
+    images: list[Image.Image]
+    scores: list[float] | None = None
+    lora_name: str = ""
+    path: Path | None = None  # the saved LoRA file
+
+    @property
+    def mean_score(self) -> float:
+        return finite_mean(self.scores) if self.scores else math.nan
+
+
+@dataclass
+class ValidationHistory:
+    """The epochs validated so far, in order."""
+
+    epochs: list[EpochValidation] = field(default_factory=list)
+    _losses_seen: int = 0
+
+    def add(self, epoch: int, losses_so_far: Sequence[float], images: Sequence[Image.Image],
+            scores: Sequence[float] | None, lora_name: str = "", path: Path | None = None) -> EpochValidation:
+        """Record ``epoch``; its mean loss is that of the losses added since the previous epoch."""
+        new = [float(v) for v in losses_so_far[self._losses_seen:]]
+        self._losses_seen = len(losses_so_far)
+        entry = EpochValidation(epoch, finite_mean(new) if new else math.nan, list(images),
+                                None if scores is None else [float(s) for s in scores], lora_name, path)
+        self.epochs.append(entry)
+        return entry
+
+    def choose(self, output: str = "best score") -> EpochValidation | None:
+        """The epoch whose LoRA to output: the highest mean score (the earlier epoch on a tie), or the last epoch
+        when ``output`` says so or no epoch has a score."""
+        if not self.epochs:
+            return None
+        scored = [e for e in self.epochs if math.isfinite(e.mean_score)]
+        if output == "last epoch" or not scored:
+            return self.epochs[-1]
+        return max(scored, key=lambda e: (e.mean_score, -e.epoch))
+
+    def why(self, output: str) -> str:
+        chosen = self.choose(output)
+        if chosen is None:
+            return "no epoch was validated"
+        if output == "last epoch":
+            return f"epoch {chosen.epoch} (the last, as asked)"
+        if not math.isfinite(chosen.mean_score):
+            return f"epoch {chosen.epoch} (the last: no scores, connect an aesthetic predictor to choose by score)"
+        return f"epoch {chosen.epoch} (best mean score {format_score(chosen.mean_score)})"
+
+    def table(self, output: str = "best score") -> str:
+        """Tab-separated: epoch, mean loss, mean score, the saved LoRA; the output epoch marked with ``*``."""
+        chosen = self.choose(output)
+        lines = ["epoch\tmean loss\tmean score\tlora"]
+        for e in self.epochs:
+            score = format_score(e.mean_score) if e.scores else "-"
+            mark = " *" if e is chosen else ""
+            lines.append(f"{e.epoch}\t{e.mean_loss:.4f}\t{score}\t{e.lora_name}{mark}")
+        return "\n".join(lines)
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one fixed-size default font
+        return ImageFont.load_default()
+
+
+def _cell(image: Image.Image, cell: int) -> Image.Image:
+    image = image.convert("RGB")
+    if max(image.size) > cell:
+        image = image.copy()
+        image.thumbnail((cell, cell), Image.Resampling.LANCZOS)
+    return image
+
+
+def draw_validation_grid(history: ValidationHistory, output: str = "best score",
+                         cell: int = GRID_CELL) -> Image.Image:
+    """Rows = epochs, columns = the validation images; each image with its score drawn on (scoring.annotate's
+    label), each row headed by its epoch and mean score; the output epoch's heading is red."""
+    if not history.epochs:
+        raise ValidationError("no epoch was validated; nothing to draw")
+    chosen = history.choose(output)
+    rows = [[_cell(im, cell) for im in e.images] for e in history.epochs]
+    cell_w = max(im.width for row in rows for im in row)
+    cell_h = max(im.height for row in rows for im in row)
+    label_w, gap = 96, 2
+    columns = max(len(row) for row in rows)
+    grid = Image.new("RGB", (label_w + columns * (cell_w + gap), len(rows) * (cell_h + gap)), "white")
+    draw = ImageDraw.Draw(grid)
+    font = _font(12)
+    for r, (entry, row) in enumerate(zip(history.epochs, rows)):
+        y = r * (cell_h + gap)
+        colour = (200, 30, 30) if entry is chosen else (0, 0, 0)
+        draw.text((4, y + 4), f"epoch {entry.epoch}", fill=colour, font=font)
+        draw.text((4, y + 20), f"loss {entry.mean_loss:.4f}", fill=colour, font=font)
+        if entry.scores:
+            draw.text((4, y + 36), f"score {format_score(entry.mean_score)}", fill=colour, font=font)
+        for c, image in enumerate(row):
+            if entry.scores is not None and c < len(entry.scores):
+                image = draw_score(image, entry.scores[c])
+            grid.paste(image, (label_w + c * (cell_w + gap), y))
+    return grid
+
+
+def draw_score_graph(history: ValidationHistory, losses: Sequence[float], output: str = "best score",
+                     height: int = 400) -> Image.Image:
+    """The loss curve (training/loss_graph's plot) with the mean score per epoch beside it, the output epoch
+    circled."""
+    chosen = history.choose(output)
+    scores = [e.mean_score for e in history.epochs]
+    highlight = history.epochs.index(chosen) if chosen is not None else None
+    title = "mean validation score per epoch" + (f" (output: epoch {chosen.epoch})" if chosen else "")
+    right = draw_epoch_graph(scores, width=height + 80, height=height, title=title, highlight=highlight)
+    finite = [v for v in losses if math.isfinite(float(v))]
+    if not finite:
+        return right
+    left = draw_loss_graph(finite, width=640, height=height)
+    both = Image.new("RGB", (left.width + right.width, height), "white")
+    both.paste(left, (0, 0))
+    both.paste(right, (left.width, 0))
+    return both
