@@ -102,7 +102,7 @@ class ParsedLayer:
             return "LoHa"
         if any(k.startswith(".lokr_") for k in s):
             return "LoKr"
-        if _UP in s:
+        if _UP in s or _DOWN in s:
             if ".dora_scale" in s:
                 return "DoRA"
             if ".lora_mid.weight" in s:
@@ -395,6 +395,16 @@ _REQUIRED = {"LoRA": (_UP, _DOWN), "LoCon": (_UP, _DOWN), "LoCon (Tucker)": (_UP
 _MATRIX_NAMES = {_UP: "up/B matrix (lora_up)", _DOWN: "down/A matrix (lora_down)"}
 
 
+def _lokr_missing(tensors: dict) -> list[str]:
+    """Each Kronecker factor is stored whole (lokr_w1) or as two low-rank matrices (lokr_w1_a, lokr_w1_b)."""
+    missing = []
+    for w in ("w1", "w2"):
+        halves = [f"lokr_{w}_{ab}" for ab in "ab" if f".lokr_{w}_{ab}" not in tensors]
+        if f".lokr_{w}" not in tensors:
+            missing += [f"lokr_{w}"] if len(halves) == 2 else halves
+    return missing
+
+
 def _complete_layers(groups: dict[str, _Group], unplaced: dict[str, str]) -> list[ParsedLayer]:
     layers = []
     for group in groups.values():
@@ -405,9 +415,8 @@ def _complete_layers(groups: dict[str, _Group], unplaced: dict[str, str]) -> lis
             reason = f"{layer.source}: no tensor ComfyUI applies (only {', '.join(s.strip('.') for s in layer.keys)})"
         if reason is None:
             missing = [s for s in _REQUIRED.get(kind, ()) if s not in layer.tensors]
-            if kind == "LoKr" and not ({".lokr_w1", ".lokr_w1_a"} & set(layer.tensors)
-                                       and {".lokr_w2", ".lokr_w2_a"} & set(layer.tensors)):
-                missing = ["lokr_w1/lokr_w2"]
+            if kind == "LoKr":
+                missing = _lokr_missing(layer.tensors)
             if missing:
                 reason = f"{layer.source} has no {' or '.join(_MATRIX_NAMES.get(m, m.strip('.')) for m in missing)}"
         if reason is not None:

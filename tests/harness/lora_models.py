@@ -75,8 +75,11 @@ def lycoris_layer(kind: str, shape: tuple[int, ...], rank: int, alpha: float | N
         a = 4 if out_dim % 4 == 0 else 1
         b = 2 if in_total % 2 == 0 else 1
         t["lokr_w1"] = rnd(a, b, scale=0.3)
-        t["lokr_w2_a"] = rnd(out_dim // a, rank, scale=0.2)
-        t["lokr_w2_b"] = rnd(rank, in_total // b, scale=0.2)
+        if rank % 8 == 0:  # a full second factor (ComfyUI then ignores alpha), else a low-rank one
+            t["lokr_w2"] = rnd(out_dim // a, in_total // b, scale=0.05)
+        else:
+            t["lokr_w2_a"] = rnd(out_dim // a, rank, scale=0.2)
+            t["lokr_w2_b"] = rnd(rank, in_total // b, scale=0.2)
     elif kind == "diff":
         t["diff"] = rnd(*shape, scale=0.01)
         if bias is not None:

@@ -352,3 +352,18 @@ def test_peft_dora_magnitude_is_never_dropped():
     tensors, _ = loader_tensors(parsed, alpha=0)
     read = {k for k in tensors if "magnitude" not in k}  # what ComfyUI's adapters read
     assert unread_tensors(parsed, read) == {f"{d}.lora_magnitude_vector.weight": d}
+
+
+@pytest.mark.parametrize("suffixes, missing", [
+    (("lora_down.weight", "alpha"), "no up/B matrix"),
+    (("hada_w1_a", "hada_w1_b", "hada_w2_a"), "no hada_w2_b"),
+    (("lokr_w1",), "no lokr_w2"),
+    (("lokr_w1", "lokr_w2_a"), "no lokr_w2_b"),
+    (("alpha", "dora_scale"), "no tensor ComfyUI applies"),
+])
+def test_an_incomplete_layer_is_reported_not_applied(suffixes, missing):
+    name = "lora_unet_input_blocks_4_1_proj_in"
+    sd = {f"{name}.{s}": torch.zeros(4, 4) for s in suffixes}
+    parsed = parse_lora(sd, base="sdxl")
+    assert parsed.layers == [] and set(parsed.unplaced) == set(sd)
+    assert all(missing in why for why in parsed.unplaced.values()), parsed.unplaced
