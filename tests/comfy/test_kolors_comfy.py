@@ -306,10 +306,8 @@ def _unet_names() -> dict[str, tuple[str, str]]:
 
 @pytest.mark.parametrize("with_text_projection", [
     pytest.param(False, id="as-diffsynth-wrote-it"),
-    # today's loader reports text_intermediate_proj as not placeable; the LoRA loader rewrite (issue 13) places it
-    pytest.param(True, id="with-text-projection",
-                 marks=pytest.mark.xfail(reason="text_intermediate_proj is placed by the LoRA loader of issue 13",
-                                         strict=False)),
+    # DiffSynth's text_intermediate_proj lands on the Kolors MODEL's encoder_hid_proj
+    pytest.param(True, id="with-text-projection"),
 ])
 def test_a_diffsynth_kolors_lora_on_the_kolors_model(comfy, comfy_server, with_text_projection):
     """small_kolors (the SDXL block layout at 320 channels, so DiffSynth's Kolors LoRA fits) -> Load LoRA (any format),
