@@ -10,7 +10,6 @@ formats, the alpha of files that store none, and a report of what it placed and 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import comfy.lora
@@ -18,6 +17,7 @@ import comfy.lora_convert
 import folder_paths
 from comfy_api.latest import io, ui
 
+from ..common.paths import path_inside
 from ..lora.alpha import DEFAULT_TRAINING_ALPHA
 from ..lora.files import LORA_SUFFIXES, read_lora_file
 from ..lora.formats import ParsedLora, loader_tensors, parse_lora, restrict_to_model, unread_tensors
@@ -52,9 +52,8 @@ def lora_path(name: str) -> Path:
     """The file ``name`` inside one of the loras folders; never a path outside them (``..`` cannot climb out;
     symlinks a user placed inside the folder are followed, as ComfyUI's own loaders do)."""
     for folder in folder_paths.get_folder_paths("loras"):
-        root = Path(os.path.abspath(folder))
-        candidate = Path(os.path.abspath(root / name))
-        if candidate.is_relative_to(root) and candidate.is_file():
+        candidate = path_inside(folder, name, what="LoRA", where="models/loras")
+        if candidate.is_file():
             return candidate
     raise FileNotFoundError(f"models/loras/{name}: no such LoRA file; put it in models/loras (or a folder listed "
                             f"under loras: in extra_model_paths.yaml) and pick it from the list")
