@@ -255,6 +255,17 @@ def folder_report(records: Sequence[ScoreRecord], root: Path | None = None) -> F
     return report
 
 
+def score_report(files: Sequence[SourceFile], engine, store: ResultsStore | None = None, root: Path | None = None,
+                 progress: Progress | None = None) -> FolderReport:
+    """What ``aesthete score`` reports, through an engine and a results store. Raises NothingScorable as
+    ``score_files`` does."""
+    report = folder_report(score_with_store(files, engine, store, progress), root)
+    if not report.scored:
+        where = root if root is not None else "the given paths"
+        raise NothingScorable(f"{where}: no image could be scored; {report.skipped_text() or 'it holds no files'}")
+    return report
+
+
 # ---- choosing and placing ----
 
 @dataclass
@@ -310,7 +321,9 @@ class FilterReport:
                 "top_k": self.top_k or None, "count": len(self.scored), "kept": len(self.kept),
                 "skipped": len(self.files) - len(self.scored),
                 "mean_before": num(self.mean_before), "mean_after": num(self.mean_after),
-                "files": [{k: v for k, v in asdict(f).items() if v != "" or k == "reason"} for f in self.files],
+                "files": [{"file": f.name, "score": f.score, "kept": f.kept, "reason": f.reason,
+                           **({"placed": f.placed} if f.placed else {}), **({"note": f.note} if f.note else {})}
+                          for f in self.files],
                 "captions": [{"file": n, "placed": w} for n, w in self.captions]}
 
     def csv_text(self) -> str:

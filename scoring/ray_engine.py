@@ -157,6 +157,7 @@ def decode_and_preprocess(batch: dict, folder: str, max_pixels: int) -> dict:
 
     from .predictor import preprocess_images
 
+    log.setLevel(logging.ERROR)  # the driver logs each skip once, with its real path
     opened = [open_any(str(p), max_pixels) for p in batch["path"]]
     good = [o.image for o in opened if not o.skipped]
     ok = np.array([not o.skipped for o in opened], dtype=bool)
@@ -240,8 +241,10 @@ class RayEngine:
         ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / bs)))
         ds = ds.map_batches(decode_and_preprocess, batch_size=bs, batch_format="numpy", num_cpus=1,
                             fn_kwargs={"folder": str(self.folder), "max_pixels": self.options.max_pixels})
+        # SPREAD: actors on as many nodes as possible; it also keeps Ray Data from fusing the decode tasks into the
+        # actors (a GPU actor would then wait on the CPU for every batch)
         return ds.map_batches(PredictorActor, batch_size=bs, batch_format="numpy", concurrency=plan.actors,
-                              num_cpus=1, num_gpus=plan.gpus_per_actor or None,
+                              num_cpus=1, num_gpus=plan.gpus_per_actor or None, scheduling_strategy="SPREAD",
                               fn_constructor_kwargs={"folder": str(self.folder), "device": plan.device,
                                                      "dtype": plan.dtype, "threads": plan.threads,
                                                      "model": self.model})
