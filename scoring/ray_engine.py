@@ -150,6 +150,15 @@ def _read_uri(uri: str) -> bytes:
         return f.read()
 
 
+@functools.lru_cache(maxsize=4)
+def _pixel_shape(folder: str) -> tuple[int, ...]:
+    from PIL import Image
+
+    from .predictor import preprocess_images
+
+    return tuple(preprocess_images(_processor(folder), [Image.new("RGB", (64, 48))]).shape[1:])
+
+
 def decode_and_preprocess(batch: dict, folder: str, max_pixels: int) -> dict:
     """CPU task: open every file of the batch (skips keep their reason) and preprocess the good ones. ``pixels`` is
     [B,3,S,S] float32 (zeros where ``ok`` is False)."""
@@ -165,8 +174,8 @@ def decode_and_preprocess(batch: dict, folder: str, max_pixels: int) -> dict:
         px = preprocess_images(_processor(folder), good).numpy().astype(np.float32, copy=False)
         pixels = np.zeros((len(opened), *px.shape[1:]), dtype=np.float32)
         pixels[ok] = px
-    else:
-        pixels = np.zeros((len(opened), 3, 1, 1), dtype=np.float32)
+    else:  # zeros of the usual shape: Ray stacks batches' pixels into one tensor column
+        pixels = np.zeros((len(opened), *_pixel_shape(folder)), dtype=np.float32)
     out = {k: batch[k] for k in ("path", "name", "size", "mtime_ns")}
     out.update(ok=ok, pixels=pixels, reason=np.array([o.reason if o.skipped else "" for o in opened], dtype=object),
                note=np.array([o.reason if not o.skipped else "" for o in opened], dtype=object))
@@ -193,7 +202,10 @@ class PredictorActor:
         ok = batch["ok"]
         scores = np.full(len(ok), np.nan, dtype=np.float64)
         if ok.any():
-            scores[ok] = self.predictor.forward(torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))).numpy()
+            pixels = batch["pixels"][ok]
+            if pixels.dtype == object:  # a processor without a fixed crop: rows of different shapes
+                pixels = np.stack(list(pixels))
+            scores[ok] = self.predictor.forward(torch.from_numpy(np.ascontiguousarray(pixels))).numpy()
         out = {k: batch[k] for k in ("path", "name", "size", "mtime_ns", "reason", "note")}
         out.update(model=np.array([self.model] * len(ok), dtype=object), score=scores)
         return out
