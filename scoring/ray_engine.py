@@ -24,6 +24,7 @@ import os
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,13 +254,19 @@ class RayEngine:
         ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / bs)))
         ds = ds.map_batches(decode_and_preprocess, batch_size=bs, batch_format="numpy", num_cpus=1,
                             fn_kwargs={"folder": str(self.folder), "max_pixels": self.options.max_pixels})
+        actor_args = dict(batch_size=bs, batch_format="numpy", concurrency=plan.actors, num_cpus=1,
+                          num_gpus=plan.gpus_per_actor or None,
+                          fn_constructor_kwargs={"folder": str(self.folder), "device": plan.device,
+                                                 "dtype": plan.dtype, "threads": plan.threads, "model": self.model})
         # SPREAD: actors on as many nodes as possible; it also keeps Ray Data from fusing the decode tasks into the
-        # actors (a GPU actor would then wait on the CPU for every batch)
-        return ds.map_batches(PredictorActor, batch_size=bs, batch_format="numpy", concurrency=plan.actors,
-                              num_cpus=1, num_gpus=plan.gpus_per_actor or None, scheduling_strategy="SPREAD",
-                              fn_constructor_kwargs={"folder": str(self.folder), "device": plan.device,
-                                                     "dtype": plan.dtype, "threads": plan.threads,
-                                                     "model": self.model})
+        # actors (a GPU actor would then wait on the CPU for every batch). Ray 2.64 drops such extra arguments:
+        # there the stages may be fused, with the same results.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+            try:
+                return ds.map_batches(PredictorActor, scheduling_strategy="SPREAD", **actor_args)
+            except TypeError:
+                return ds.map_batches(PredictorActor, **actor_args)
 
     def __call__(self, files: Sequence[SourceFile], store: ResultsStore | None = None,
                  progress=None) -> list[ScoreRecord]:

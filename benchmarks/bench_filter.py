@@ -1,0 +1,158 @@
+"""Filtering speed: the Ray engine against the local engine in the same run, and the per-image costs behind both.
+
+Scores N images of SIZE x SIZE (PNG) with a full-size random-weight ViT-L/14 V2 predictor (the real cost), through
+``filter_folder`` (what ``aesthete filter`` runs) with the local engine and then with the Ray engine on a Ray started
+on this machine (what ``--engine ray`` without ``--address`` does), each in its own process. Prints:
+
+- per-image costs measured inside the local run: decode (``open_image``), preprocess (the predictor's image
+  processor, per image of a batch), forward (``AestheticPredictor.forward``, per image of a batch);
+- each engine's files/s end to end (local: from loading the predictor; Ray: from ``ray.init``, actors loading their
+  predictor included) and steady (from the first batch's results to the last), and the Ray engine's overhead;
+- the largest per-file score difference between the engines, and the load average around each run (other jobs on
+  the machine slow a run down; compare runs made under the same load).
+
+  .venv/bin/python benchmarks/bench_filter.py [--images 256] [--size 512] [--batch-size 16] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the model factories
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+log = logging.getLogger("aesthete.bench")
+
+
+def timed(fn, bucket: list):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            bucket[0] += time.perf_counter() - start
+    return wrapper
+
+
+def run_local(model: Path, src: Path, dst: Path, batch_size: int) -> dict:
+    from aesthete.scoring import folder as folder_mod
+    from aesthete.scoring.filter import LocalEngine, filter_folder
+    from aesthete.scoring.predictor import load_predictor
+
+    start = time.perf_counter()
+    predictor = load_predictor(model, "cpu", "fp32")
+    costs = {"decode": [0.0], "preprocess": [0.0], "forward": [0.0]}
+    folder_mod.open_image = timed(folder_mod.open_image, costs["decode"])  # what score_files calls
+    predictor.preprocess = timed(predictor.preprocess, costs["preprocess"])
+    predictor.forward = timed(predictor.forward, costs["forward"])
+    marks = []
+    report = filter_folder(src, dst, LocalEngine(predictor, batch_size), min_score=None,
+                           progress=lambda done, total: marks.append((time.perf_counter(), done)))
+    end = time.perf_counter()
+    return {"seconds": end - start, "marks": [(t - start, d) for t, d in marks],
+            "scores": {f.name: f.score for f in report.files}, "costs": {k: v[0] for k, v in costs.items()}}
+
+
+def run_ray(model: Path, src: Path, dst: Path, batch_size: int) -> dict:
+    from aesthete.scoring.filter import filter_folder
+    from aesthete.scoring.ray_engine import RayEngine, RayOptions
+
+    start = time.perf_counter()
+    marks = []
+    with RayEngine(model, RayOptions(batch_size=batch_size, device="cpu", progress_bars=False)) as engine:
+        plan = engine.plan
+        report = filter_folder(src, dst, engine, min_score=None,
+                               progress=lambda done, total: marks.append((time.perf_counter(), done)))
+        end = time.perf_counter()
+    return {"seconds": end - start, "marks": [(t - start, d) for t, d in marks],
+            "scores": {f.name: f.score for f in report.files},
+            "plan": {"actors": plan.actors, "threads": plan.threads, "device": plan.device}}
+
+
+def steady(marks: list, n: int) -> float:
+    """files/s from the first batch's results to the last (start-up and the first batch left out)."""
+    (t0, d0), (t1, d1) = marks[0], marks[-1]
+    return (d1 - d0) / (t1 - t0) if t1 > t0 else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--predictor", choices=["full", "tiny"], default="full",
+                        help="tiny: a quick check that the script runs (its figures mean nothing)")
+    parser.add_argument("--phase", choices=["local", "ray"], help=argparse.SUPPRESS)
+    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--dst", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("aesthete.scoring").setLevel(logging.WARNING)
+
+    if args.phase:  # child process
+        run = run_local if args.phase == "local" else run_ray
+        result = run(args.model, args.src, args.dst, args.batch_size)
+        sys.stdout.write("RESULT " + json.dumps(result) + "\n")
+        return 0
+
+    from bench_scoring import make_images
+    from harness.factories import aesthetic_predictor
+
+    model = aesthetic_predictor(args.predictor)
+    results, loads = {}, {}
+    with tempfile.TemporaryDirectory(prefix="aesthete-bench-filter-") as tmp:
+        src = Path(tmp) / "src"
+        make_images(src, args.images, args.size)
+        for phase in ("local", "ray"):
+            before = os.getloadavg()[0]
+            cmd = [sys.executable, __file__, "--phase", phase, "--model", str(model), "--src", str(src),
+                   "--dst", str(Path(tmp) / f"dst-{phase}"), "--batch-size", str(args.batch_size)]
+            done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+            if done.returncode != 0:
+                log.error("%s failed:\n%s", phase, done.stderr[-4000:])
+                return 1
+            line = next(ln for ln in reversed(done.stdout.splitlines()) if ln.startswith("RESULT "))
+            results[phase] = json.loads(line[len("RESULT "):])
+            loads[phase] = (before, os.getloadavg()[0])
+            log.info("%-5s %7.1f s (load average %.1f -> %.1f)", phase, results[phase]["seconds"], *loads[phase])
+
+    n = args.images
+    local, on_ray = results["local"], results["ray"]
+    costs = {k: v / n * 1000 for k, v in local["costs"].items()}
+    diff = max(abs(a - b) for name, a in local["scores"].items()
+               if a is not None for b in [on_ray["scores"][name]])
+    e2e = {p: n / r["seconds"] for p, r in results.items()}
+    st = {p: steady(r["marks"], n) for p, r in results.items()}
+    summary = {"predictor": args.predictor, "images": n, "size": args.size, "batch_size": args.batch_size, "cpus": os.cpu_count(),
+               "per_image_ms": costs, "files_per_s_end_to_end": e2e, "files_per_s_steady": st,
+               "ray_overhead_end_to_end": e2e["local"] / e2e["ray"] - 1, "ray_overhead_steady": st["local"] / st["ray"] - 1,
+               "max_score_diff": diff, "load_average": loads, "ray_plan": on_ray["plan"]}
+    log.info("")
+    log.info("%d images %dx%d PNG, %s V2 predictor (random weights), fp32 CPU, batch %d, %d CPUs; Ray: %d actor(s) "
+             "x %d thread(s)", n, args.size, args.size, "full-size ViT-L/14" if args.predictor == "full" else "tiny",
+             args.batch_size, os.cpu_count(), on_ray["plan"]["actors"], on_ray["plan"]["threads"])
+    log.info("per image (local run): decode %.1f ms, preprocess %.1f ms, forward %.1f ms", costs["decode"],
+             costs["preprocess"], costs["forward"])
+    log.info("%-6s %12s %12s", "engine", "end-to-end", "steady")
+    for p in ("local", "ray"):
+        log.info("%-6s %8.3f f/s %8.3f f/s", p, e2e[p], st[p])
+    log.info("Ray overhead: %+.1f%% end to end, %+.1f%% steady; max |score diff| %.2e",
+             100 * summary["ray_overhead_end_to_end"], 100 * summary["ray_overhead_steady"], diff)
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
