@@ -27,7 +27,8 @@ def default_models_dir() -> Path:
 def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser("score", help="score images and folders with a LAION aesthetic predictor",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and folders")
+    p.add_argument("paths", nargs="+", type=path_or_uri, metavar="PATH",
+                   help="image files and folders (with --engine ray also s3://, gs://, hdfs:// ... URIs)")
     add_model_arguments(p)
     p.add_argument("-r", "--recursive", action="store_true", help="also score images in sub-folders")
     out = p.add_mutually_exclusive_group()
@@ -41,6 +42,10 @@ def add_subcommand(subparsers) -> None:
     add_engine_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
+
+
+def path_or_uri(text: str) -> Path | str:
+    return text if "://" in text else Path(text)  # Path() would fold a URI's "//"
 
 
 def add_model_arguments(p) -> None:
@@ -95,8 +100,12 @@ def run(args) -> int:
     if args.batch_size < 1:
         log.error("--batch-size must be at least 1")
         return EXIT_ERROR
+    uris = [p for p in args.paths if isinstance(p, str)]
+    if uris and args.engine != "ray":
+        log.error("%s: URIs are read by the Ray engine only (add --engine ray), or mount the folder", uris[0])
+        return EXIT_ERROR
     try:
-        files = collect_files(args.paths, args.recursive)
+        files = [] if args.engine == "ray" else collect_files(args.paths, args.recursive)
         folder = resolve_model(args.model, args.models_dir)
         # the Ray engine loads the predictor in its actors, not here
         predictor = None if args.engine == "ray" else load_predictor(folder, args.device, args.dtype,
@@ -109,7 +118,7 @@ def run(args) -> int:
         from tqdm import tqdm
 
         bar = tqdm(total=len(files), unit="img", desc="scoring", file=sys.stderr)
-    root = args.paths[0] if len(args.paths) == 1 and args.paths[0].is_dir() else None
+    root = args.paths[0] if len(args.paths) == 1 and not uris and args.paths[0].is_dir() else None
     progress = (lambda done, total: bar.update(done - bar.n)) if bar else None
     try:
         if args.engine == "ray" or args.results is not None:

@@ -68,13 +68,19 @@ class ScoreRecord:
         return (self.path, self.size, self.mtime_ns, self.model)
 
 
-def source_files(paths: Iterable[Path], recursive: bool = False, root: Path | None = None) -> list[SourceFile]:
+def source_files(paths: Iterable[Path | str], recursive: bool = False, root: Path | None = None) -> list[SourceFile]:
     """The files of ``paths`` as ``score`` lists them (scoring.folder.collect_files), with size and mtime. Names are
-    relative to ``root`` when given."""
+    relative to ``root`` when given. A URI (s3://...; the Ray engine reads those) lists its files through pyarrow,
+    named relative to it when it is the only path."""
     from .folder import collect_files
+    from .remote import is_uri, list_uri
 
+    paths = list(paths)
     files = []
-    for path in collect_files(paths, recursive):
+    for uri in (str(p) for p in paths if is_uri(p)):
+        files.extend(SourceFile(path, name if len(paths) == 1 else path, size, mtime)
+                     for path, name, size, mtime in list_uri(uri, recursive))
+    for path in collect_files([p for p in paths if not is_uri(p)], recursive):
         try:
             st = path.stat()
             size, mtime = st.st_size, st.st_mtime_ns
@@ -245,7 +251,7 @@ def folder_report(records: Sequence[ScoreRecord], root: Path | None = None) -> F
     """The records as ``aesthete score`` reports them (scores, skips with reasons, notes), in file order."""
     report = FolderReport(root=root)
     for r in records:
-        path = Path(r.path)
+        path = Path(r.name) if "://" in r.path else Path(r.path)  # Path() would fold a URI's "//"
         if r.score is None:
             report.skipped.append((path, r.reason))
         else:

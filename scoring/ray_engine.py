@@ -117,11 +117,13 @@ def _processor(folder: str):
 
 def open_any(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> OpenedImage:
     """``open_image`` for a local path; for a URI (s3://, gs://, hdfs://, ...) the bytes are read with pyarrow (or
-    fsspec) and handed to the same opener, so the same checks give the same reasons."""
-    if "://" not in path:
+    fsspec) and handed to the same opener through a temporary file, so the same checks give the same reasons."""
+    from .remote import is_uri, read_bytes
+
+    if not is_uri(path):
         return open_image(Path(path), max_pixels=max_pixels)
     try:
-        data = _read_uri(path)
+        data = read_bytes(path)
     except OSError as e:
         return OpenedImage(Path(path), None, f"cannot read: {e}")
     suffix = Path(path.split("?", 1)[0]).suffix
@@ -130,25 +132,6 @@ def open_any(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> OpenedImage:
         tmp.flush()
         opened = open_image(Path(tmp.name), max_pixels=max_pixels)
     return OpenedImage(Path(path), opened.image, opened.reason)
-
-
-def _filesystem(uri: str):
-    """A pyarrow filesystem and the path in it: pyarrow's own (s3, gs, hdfs), else fsspec's through pyarrow."""
-    import pyarrow.fs as pafs
-
-    try:
-        return pafs.FileSystem.from_uri(uri)
-    except Exception:  # noqa: BLE001 - a scheme pyarrow lacks: fsspec's implementation, if installed
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(uri)
-        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
-
-
-def _read_uri(uri: str) -> bytes:
-    fs, path = _filesystem(uri)
-    with fs.open_input_file(path) as f:
-        return f.read()
 
 
 @functools.lru_cache(maxsize=4)

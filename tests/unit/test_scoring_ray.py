@@ -102,6 +102,10 @@ def test_score_command_on_ray_prints_the_local_numbers(cluster, src, capsys):
     for a, b in zip(local[:-1], on_ray[:-1]):
         assert float(b.split("\t")[0]) == pytest.approx(float(a.split("\t")[0]), abs=1e-4)  # printed to 4 places
     assert on_ray[-1] == local[-1]
+    # the same folder named by a URI: listed and read through pyarrow's filesystem, as s3:// or gs:// would be
+    assert main(["score", f"file://{src}", "--model", model, "--batch-size", "5", "--no-progress", "--engine", "ray",
+                 "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.splitlines() == on_ray
 
 
 def scoring_actor_pids() -> list[int]:
