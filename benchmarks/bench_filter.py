@@ -34,12 +34,16 @@ log = logging.getLogger("aesthete.bench")
 
 
 def timed(fn, bucket: list):
+    """``fn``, adding its wall time and this process's CPU time (every thread) to ``bucket``. The local engine does
+    one thing at a time, so the CPU time is that step's; unlike the wall time it hardly grows when other jobs load
+    the machine."""
     def wrapper(*args, **kwargs):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         try:
             return fn(*args, **kwargs)
         finally:
             bucket[0] += time.perf_counter() - start
+            bucket[1] += time.process_time() - cpu
     return wrapper
 
 
@@ -50,7 +54,7 @@ def run_local(model: Path, src: Path, dst: Path, batch_size: int) -> dict:
 
     start = time.perf_counter()
     predictor = load_predictor(model, "cpu", "fp32")
-    costs = {"decode": [0.0], "preprocess": [0.0], "forward": [0.0]}
+    costs = {"decode": [0.0, 0.0], "preprocess": [0.0, 0.0], "forward": [0.0, 0.0]}
     folder_mod.open_image = timed(folder_mod.open_image, costs["decode"])  # what score_files calls
     predictor.preprocess = timed(predictor.preprocess, costs["preprocess"])
     predictor.forward = timed(predictor.forward, costs["forward"])
@@ -59,7 +63,7 @@ def run_local(model: Path, src: Path, dst: Path, batch_size: int) -> dict:
                            progress=lambda done, total: marks.append((time.perf_counter(), done)))
     end = time.perf_counter()
     return {"seconds": end - start, "marks": [(t - start, d) for t, d in marks],
-            "scores": {f.name: f.score for f in report.files}, "costs": {k: v[0] for k, v in costs.items()}}
+            "scores": {f.name: f.score for f in report.files}, "costs": costs}
 
 
 def run_ray(model: Path, src: Path, dst: Path, batch_size: int) -> dict:
@@ -78,10 +82,11 @@ def run_ray(model: Path, src: Path, dst: Path, batch_size: int) -> dict:
             "plan": {"actors": plan.actors, "threads": plan.threads, "device": plan.device}}
 
 
-def steady(marks: list, n: int) -> float:
-    """files/s from the first batch's results to the last (start-up and the first batch left out)."""
+def steady(marks: list) -> float:
+    """files/s from the first batch's results to the last (start-up and the first batch left out); NaN with fewer
+    than 3 batches."""
     (t0, d0), (t1, d1) = marks[0], marks[-1]
-    return (d1 - d0) / (t1 - t0) if t1 > t0 else float("nan")
+    return (d1 - d0) / (t1 - t0) if len(marks) >= 3 and t1 > t0 else float("nan")
 
 
 def main() -> int:
@@ -129,24 +134,28 @@ def main() -> int:
 
     n = args.images
     local, on_ray = results["local"], results["ray"]
-    costs = {k: v / n * 1000 for k, v in local["costs"].items()}
+    costs = {k: v[0] / n * 1000 for k, v in local["costs"].items()}
+    cpu_costs = {k: v[1] / n * 1000 for k, v in local["costs"].items()}
     diff = max(abs(a - b) for name, a in local["scores"].items()
                if a is not None for b in [on_ray["scores"][name]])
     e2e = {p: n / r["seconds"] for p, r in results.items()}
-    st = {p: steady(r["marks"], n) for p, r in results.items()}
+    st = {p: steady(r["marks"]) for p, r in results.items()}
+    first = {p: r["marks"][0][0] for p, r in results.items()}
     summary = {"predictor": args.predictor, "images": n, "size": args.size, "batch_size": args.batch_size, "cpus": os.cpu_count(),
-               "per_image_ms": costs, "files_per_s_end_to_end": e2e, "files_per_s_steady": st,
+               "per_image_ms": costs, "per_image_cpu_ms": cpu_costs, "seconds_to_first_results": first,
+               "seconds": {p: r["seconds"] for p, r in results.items()}, "files_per_s_end_to_end": e2e, "files_per_s_steady": st,
                "ray_overhead_end_to_end": e2e["local"] / e2e["ray"] - 1, "ray_overhead_steady": st["local"] / st["ray"] - 1,
                "max_score_diff": diff, "load_average": loads, "ray_plan": on_ray["plan"]}
     log.info("")
     log.info("%d images %dx%d PNG, %s V2 predictor (random weights), fp32 CPU, batch %d, %d CPUs; Ray: %d actor(s) "
              "x %d thread(s)", n, args.size, args.size, "full-size ViT-L/14" if args.predictor == "full" else "tiny",
              args.batch_size, os.cpu_count(), on_ray["plan"]["actors"], on_ray["plan"]["threads"])
-    log.info("per image (local run): decode %.1f ms, preprocess %.1f ms, forward %.1f ms", costs["decode"],
-             costs["preprocess"], costs["forward"])
-    log.info("%-6s %12s %12s", "engine", "end-to-end", "steady")
+    log.info("per image (local run), wall / CPU time: decode %.1f / %.1f ms, preprocess %.1f / %.1f ms, forward %.1f "
+             "/ %.1f ms", costs["decode"], cpu_costs["decode"], costs["preprocess"], cpu_costs["preprocess"],
+             costs["forward"], cpu_costs["forward"])
+    log.info("%-6s %9s %14s %12s %12s", "engine", "seconds", "first results", "end-to-end", "steady")
     for p in ("local", "ray"):
-        log.info("%-6s %8.3f f/s %8.3f f/s", p, e2e[p], st[p])
+        log.info("%-6s %9.1f %12.1f s %8.3f f/s %8.3f f/s", p, results[p]["seconds"], first[p], e2e[p], st[p])
     log.info("Ray overhead: %+.1f%% end to end, %+.1f%% steady; max |score diff| %.2e",
              100 * summary["ray_overhead_end_to_end"], 100 * summary["ray_overhead_steady"], diff)
     if args.json:
