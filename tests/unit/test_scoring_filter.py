@@ -200,3 +200,17 @@ def test_ray_engine_without_ray_says_what_to_install(src, tmp_path, monkeypatch,
         assert main(["score", str(src), "--model", str(aesthetic_predictor("tiny")), "--engine", "ray",
                      "--no-progress"]) == 2
     assert caplog.text.count("pip install 'comfyui-aesthete[ray]'") == 2
+
+
+def test_score_with_results_folder_scores_each_file_once(src, tmp_path, capsys, caplog):
+    argv = ["score", str(src), "--model", str(aesthetic_predictor("tiny")), "--no-progress", "--results",
+            str(tmp_path / "results")]
+    with caplog.at_level(logging.INFO):
+        assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "files/s" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert main(argv) == 0
+    assert capsys.readouterr().out == first
+    assert "13 file(s) already scored" in caplog.text and "files/s" not in caplog.text
