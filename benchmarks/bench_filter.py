@@ -89,6 +89,38 @@ def steady(marks: list) -> float:
     return (d1 - d0) / (t1 - t0) if len(marks) >= 3 and t1 > t0 else float("nan")
 
 
+# On paper: what the measured per-image CPU costs give on GPU nodes (README, "Filtering on Ray")
+A100_FP16_FLOPS = 312e12  # dense tensor-core peak
+GPU_EFFICIENCY = 0.4  # share of the peak a ViT-L forward in fp16 reaches in eager PyTorch (an assumption)
+CLIP_RETRIEVAL_PER_A100 = 312  # images/s, clip-retrieval's published ViT-L/14 inference figure
+
+
+def vit_flops(hidden: int, layers: int, image: int, patch: int, mlp: int) -> float:
+    """FLOPs (2 per multiply-add) of one image through the vision tower as FastScorer runs it: every layer for
+    every token, the last layer's query, output and MLP for the CLS token only."""
+    tokens = (image // patch) ** 2 + 1
+    per_token = 4 * hidden * hidden + 2 * hidden * mlp  # q, k, v, out projections; the two MLP matmuls
+    full = tokens * per_token + 2 * tokens * tokens * hidden  # + attention scores and weighted sum
+    last = tokens * 2 * hidden * hidden + (2 * hidden * hidden + 2 * hidden * mlp) + 2 * tokens * hidden
+    embed = (tokens - 1) * 3 * patch * patch * hidden
+    return 2.0 * ((layers - 1) * full + last + embed)
+
+
+def paper_estimate(cpu_ms: dict, forward_wall_ms: float) -> dict:
+    """Images/s of 1 and 8 GPU nodes (one A100 each, 16 or 32 CPU cores decoding): each node does the lesser of what
+    its GPU forwards and what its cores decode and preprocess (measured CPU time per image here)."""
+    from harness.factories import FULL_VISION_CONFIG as c
+
+    flops = vit_flops(c["hidden_size"], c["num_hidden_layers"], c["image_size"], c["patch_size"],
+                      c["intermediate_size"])
+    gpu = GPU_EFFICIENCY * A100_FP16_FLOPS / flops
+    per_core = 1000.0 / (cpu_ms["decode"] + cpu_ms["preprocess"])
+    nodes = {f"{n} node(s), {cores} cores": n * min(gpu, cores * per_core) for n in (1, 8) for cores in (16, 32)}
+    return {"gflop_per_image": flops / 1e9, "cpu_gflops_measured": flops / forward_wall_ms / 1e6,
+            "a100_forward_per_s": gpu, "decode_preprocess_per_core_per_s": per_core, "nodes": nodes,
+            "clip_retrieval": {"1 node(s)": CLIP_RETRIEVAL_PER_A100, "8 node(s)": 8 * CLIP_RETRIEVAL_PER_A100}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=256)
@@ -158,6 +190,17 @@ def main() -> int:
         log.info("%-6s %9.1f %12.1f s %8.3f f/s %8.3f f/s", p, results[p]["seconds"], first[p], e2e[p], st[p])
     log.info("Ray overhead: %+.1f%% end to end, %+.1f%% steady; max |score diff| %.2e",
              100 * summary["ray_overhead_end_to_end"], 100 * summary["ray_overhead_steady"], diff)
+    paper = paper_estimate(cpu_costs, costs["forward"])
+    summary["on_paper"] = paper
+    log.info("on paper: ViT-L/14 %.0f GFLOP per image (%.0f GFLOP/s reached by this CPU's forward); an A100 at %d%% of "
+             "its fp16 peak forwards %.0f images/s; decode + preprocess take %.1f CPU ms per image, %.1f images/s "
+             "per core", paper["gflop_per_image"], paper["cpu_gflops_measured"], 100 * GPU_EFFICIENCY,
+             paper["a100_forward_per_s"], cpu_costs["decode"] + cpu_costs["preprocess"],
+             paper["decode_preprocess_per_core_per_s"])
+    for name, rate in paper["nodes"].items():
+        n = int(name.split()[0])
+        log.info("  %-22s %7.0f images/s (clip-retrieval's %d per A100: %d)", name, rate, CLIP_RETRIEVAL_PER_A100,
+                 n * CLIP_RETRIEVAL_PER_A100)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
     return 0
