@@ -87,7 +87,8 @@ def source_files(paths: Iterable[Path | str], recursive: bool = False, root: Pat
         except OSError:  # the opener reports why; an unreadable file is not cached
             size, mtime = -1, -1
         name = path.relative_to(root).as_posix() if root is not None and path.is_relative_to(root) else str(path)
-        files.append(SourceFile(str(path), name, size, mtime))
+        # the store's key: the absolute path, so a run from another folder still finds what was scored
+        files.append(SourceFile(os.path.abspath(path), name, size, mtime))
     return files
 
 
@@ -247,11 +248,12 @@ def score_with_store(files: Sequence[SourceFile], engine, store: ResultsStore | 
     return [records[f.path] for f in files]
 
 
-def folder_report(records: Sequence[ScoreRecord], root: Path | None = None) -> FolderReport:
-    """The records as ``aesthete score`` reports them (scores, skips with reasons, notes), in file order."""
-    report = FolderReport(root=root)
+def folder_report(records: Sequence[ScoreRecord]) -> FolderReport:
+    """The records as ``aesthete score`` reports them (scores, skips with reasons, notes), in file order, each named
+    as it was listed (``SourceFile.name``)."""
+    report = FolderReport()
     for r in records:
-        path = Path(r.name) if "://" in r.path else Path(r.path)  # Path() would fold a URI's "//"
+        path = Path(r.name)
         if r.score is None:
             report.skipped.append((path, r.reason))
         else:
@@ -265,7 +267,7 @@ def score_report(files: Sequence[SourceFile], engine, store: ResultsStore | None
                  progress: Progress | None = None) -> FolderReport:
     """What ``aesthete score`` reports, through an engine and a results store. Raises NothingScorable as
     ``score_files`` does."""
-    report = folder_report(score_with_store(files, engine, store, progress), root)
+    report = folder_report(score_with_store(files, engine, store, progress))
     if not report.scored:
         where = root if root is not None else "the given paths"
         raise NothingScorable(f"{where}: no image could be scored; {report.skipped_text() or 'it holds no files'}")
@@ -465,12 +467,11 @@ def place_kept(src_root: Path, dst_root: Path, records: Sequence[ScoreRecord], o
     for rec, out in zip(records, outcomes):
         if not out.kept:
             continue
-        src = Path(rec.path)
-        rel = src.relative_to(src_root)
+        src, rel = Path(rec.path), Path(rec.name)  # the name is the path relative to src_root
         kept_names.add(rel.as_posix())
         out.placed = place_file(src, dst_root / rel, mode)
         for cap in caption_files(src):
-            cap_rel = cap.relative_to(src_root)
+            cap_rel = rel.with_name(cap.name)
             captions.append((cap_rel.as_posix(), place_file(cap, dst_root / cap_rel, mode)))
     pattern = f"**/{METADATA_CSV}" if recursive else METADATA_CSV
     for meta in sorted(src_root.glob(pattern)):
