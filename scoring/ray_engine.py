@@ -43,6 +43,10 @@ class EngineUnavailable(RuntimeError):
     """The engine cannot run here; the message says what to install or change."""
 
 
+class RayJobFailed(EngineUnavailable):
+    """The Ray job failed (an actor could not load the predictor, a task kept failing); the message gives the cause."""
+
+
 def import_ray():
     try:
         import ray
@@ -257,13 +261,20 @@ class RayEngine:
             raise RuntimeError("use the Ray engine inside `with RayEngine(...) as engine:`")
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         records: list[ScoreRecord] = []
-        for n, table in enumerate(self.dataset(files).iter_batches(batch_size=None, batch_format="pyarrow")):
-            table = table.select(list(RESULT_COLUMNS))
-            if store is not None:
-                write_shard(table, store.parquet_dir / f"{run_id}-{n:06d}.parquet")
-            records.extend(record_from_row(row) for row in table.to_pylist())
-            if progress is not None:
-                progress(len(records), len(files))
+        try:
+            for n, table in enumerate(self.dataset(files).iter_batches(batch_size=None, batch_format="pyarrow")):
+                table = table.select(list(RESULT_COLUMNS))
+                if store is not None:
+                    write_shard(table, store.parquet_dir / f"{run_id}-{n:06d}.parquet")
+                records.extend(record_from_row(row) for row in table.to_pylist())
+                if progress is not None:
+                    progress(len(records), len(files))
+        except import_ray().exceptions.RayError as e:
+            cause = next((ln.strip() for ln in reversed(str(e).splitlines()) if ln.strip()), type(e).__name__)
+            kept = f"the results so far are in {store.folder}, a re-run continues; " if store is not None else ""
+            raise RayJobFailed(f"the Ray job failed after {len(records)} of {len(files)} file(s) ({cause}); {kept}"
+                               f"Ray's log above has the details. Every node needs the pack and the predictor folder "
+                               f"{self.folder}") from e
         for rec in records:
             if rec.score is None:
                 log.warning("skipped %s: %s", rec.path, rec.reason)
