@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .folder import FolderReport, NothingScorable, score_files, write_text_atomic
 from .images import DEFAULT_MAX_PIXELS, open_image
@@ -486,6 +486,34 @@ def place_kept(src_root: Path, dst_root: Path, records: Sequence[ScoreRecord], o
     return captions
 
 
+def stage_remote(src: str, stage: Path, records: Sequence[ScoreRecord], outcomes: Sequence[FileOutcome],
+                 recursive: bool) -> list[ScoreRecord]:
+    """Download the kept images of a URI ``src``, their caption files and the metadata.csv files into ``stage``, at
+    their relative paths, so the local placing code puts them into DST. Returns the records pointing at the copies."""
+    from .remote import list_named, read_bytes, with_suffix
+
+    def fetch(uri: str, rel: str) -> bool:
+        try:
+            data = read_bytes(uri)
+        except (FileNotFoundError, OSError):
+            return False
+        (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+        (stage / rel).write_bytes(data)
+        return True
+
+    staged = []
+    for rec, out in zip(records, outcomes):
+        if out.kept:
+            if not fetch(rec.path, rec.name):
+                raise OSError(f"{rec.path}: cannot read it again to copy it into DST")
+            for suffix in CAPTION_SIDECARS:
+                fetch(with_suffix(rec.path, suffix), str(PurePosixPath(rec.name).with_suffix(suffix)))
+        staged.append(ScoreRecord(str(stage / rec.name), rec.name, rec.size, rec.mtime_ns, rec.model, rec.score))
+    for uri, rel in list_named(src, METADATA_CSV, recursive):
+        fetch(uri, rel)
+    return staged
+
+
 def check_folders(src: Path, dst: Path, recursive: bool) -> None:
     src_r, dst_r = src.resolve(), dst.resolve()
     if not src.is_dir():
@@ -502,9 +530,17 @@ def filter_folder(src: Path, dst: Path, engine, min_score: float | None = 6.0, t
                   progress: Progress | None = None) -> FilterReport:
     """Score every image under ``src`` (reusing stored results) and place those that pass into ``dst``. Raises
     NothingScorable when no file could be scored."""
-    src, dst = Path(src), Path(dst)
-    check_folders(src, dst, recursive)
-    files = source_files([src], recursive, root=src)
+    from .remote import is_uri
+
+    remote = is_uri(src)
+    src, dst = (str(src) if remote else Path(src)), Path(dst)
+    if remote and isinstance(engine, LocalEngine):
+        raise ValueError(f"{src}: URIs are read by the Ray engine only (add --engine ray), or mount the folder")
+    if remote and mode == "link":
+        raise ValueError(f"{src}: files on a URI cannot be linked into DST; copy them (--copy)")
+    if not remote:
+        check_folders(src, dst, recursive)
+    files = source_files([src], recursive, root=None if remote else src)
     store = ResultsStore(results if results is not None else dst / RESULTS_DIR)
     records = score_with_store(files, engine, store, progress)
     report = FilterReport(str(src), str(dst), min_score, top_k)
@@ -512,7 +548,13 @@ def filter_folder(src: Path, dst: Path, engine, min_score: float | None = 6.0, t
     if not report.scored:
         reasons = "; ".join(f"{f.name}: {f.reason}" for f in report.files) or "it holds no files"
         raise NothingScorable(f"{src}: no image could be scored; {reasons}")
-    report.captions = place_kept(src, dst, records, report.files, mode, recursive)
+    if remote:  # the kept files are downloaded once, then placed as local ones
+        dst.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".aesthete-stage-", dir=dst) as stage:
+            staged = stage_remote(src, Path(stage), records, report.files, recursive)
+            report.captions = place_kept(Path(stage), dst, staged, report.files, "copy", recursive)
+    else:
+        report.captions = place_kept(src, dst, records, report.files, mode, recursive)
     for name in report.conflicts:
         log.warning("%s: a different file of that name is in %s already: left alone", name, dst)
     return report

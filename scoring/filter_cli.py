@@ -27,7 +27,8 @@ def add_subcommand(subparsers) -> None:
 
     p = subparsers.add_parser("filter", help="copy or link the images that score well into another folder",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", type=path_or_uri, metavar="SRC", help="folder of images (and their captions)")
+    p.add_argument("src", type=path_or_uri, metavar="SRC",
+                   help="folder of images (and their captions); with --engine ray also an s3://, gs://, hdfs:// ... URI")
     p.add_argument("dst", type=Path, metavar="DST", help="folder for the images that pass (created if missing)")
     p.add_argument("--min-score", type=float, default=6.0, help="keep images scoring at least this (default 6)")
     p.add_argument("--top-k", type=int, default=0, help="keep at most the N best of those (default: no limit)")
@@ -80,10 +81,6 @@ def run(args) -> int:
 
     if args.batch_size < 1 or args.top_k < 0:
         log.error("--batch-size must be at least 1 and --top-k 0 or more")
-        return EXIT_ERROR
-    if isinstance(args.src, str):
-        log.error("%s: filter copies from a local (or mounted) SRC; mount the bucket (s3fs, gcsfuse...), or score it "
-                  "in place with `aesthete score %s --engine ray --results DIR`", args.src, args.src)
         return EXIT_ERROR
     bar = progress_bar(args, "scoring")
 

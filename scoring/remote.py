@@ -57,3 +57,26 @@ def list_uri(uri: str, recursive: bool = False) -> list[tuple[str, str, int, int
             continue
         out.append((prefix + item.path, rel.as_posix(), item.size, item.mtime_ns or 0))
     return sorted(out)
+
+
+def list_named(uri: str, file_name: str, recursive: bool = False) -> list[tuple[str, str]]:
+    """(uri, name relative to ``uri``) of the files called ``file_name`` (metadata.csv) under the folder ``uri``,
+    outside hidden folders."""
+    import pyarrow.fs as pafs
+
+    uri = uri.rstrip("/")
+    fs, base = filesystem(uri)
+    prefix = uri[:-len(base)] if base and uri.endswith(base) else uri[:uri.index("://") + 3]
+    out = []
+    for item in fs.get_file_info(pafs.FileSelector(base, recursive=recursive, allow_not_found=True)):
+        rel = PurePosixPath(item.path).relative_to(PurePosixPath(base))
+        if item.type == pafs.FileType.File and rel.name == file_name and \
+                not any(part.startswith(".") for part in rel.parts):
+            out.append((prefix + item.path, rel.as_posix()))
+    return sorted(out)
+
+
+def with_suffix(uri: str, suffix: str) -> str:
+    """``uri`` with its file name's suffix replaced (``s3://b/a.png`` -> ``s3://b/a.txt``)."""
+    old = PurePosixPath(uri).suffix
+    return (uri[:-len(old)] if old else uri) + suffix

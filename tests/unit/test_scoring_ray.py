@@ -77,6 +77,13 @@ def test_ray_gives_the_local_scores_skips_and_files(cluster, src, tmp_path):
                         if ".aesthete" not in p.parts}
         shards = list((tmp_path / "ray" / ".aesthete" / "parquet").glob("*.parquet"))
         assert len(shards) >= 2
+        # SRC named by a URI (read through pyarrow's filesystem, as s3:// or gs:// would be): the same outcome
+        by_uri = filter_folder(f"file://{src}", tmp_path / "uri", engine, min_score=None, top_k=10)
+        assert outcomes(by_uri) == out
+        for p in (tmp_path / "local").rglob("*"):
+            if p.is_file() and ".aesthete" not in p.parts:
+                assert (tmp_path / "uri" / p.relative_to(tmp_path / "local")).read_bytes() == p.read_bytes()
+        assert not list((tmp_path / "uri").glob(".aesthete-stage-*"))
         # a re-run finds everything in the shards and starts no Ray job
         class NoJob:
             model = engine.model
