@@ -25,6 +25,7 @@ lint: setup-test
 # speed and memory, each against a baseline measured in the same run (prints ratios)
 bench: setup-test
 	@$(PY) benchmarks/bench_scoring.py
+	@$(PY) benchmarks/bench_filter.py
 	@$(PY) benchmarks/bench_lora.py
 	@$(PY) benchmarks/bench_training.py
 
