@@ -214,3 +214,23 @@ def test_score_with_results_folder_scores_each_file_once(src, tmp_path, capsys, 
         assert main(argv) == 0
     assert capsys.readouterr().out == first
     assert "13 file(s) already scored" in caplog.text and "files/s" not in caplog.text
+
+
+@pytest.mark.parametrize(("resources", "options", "expected"), [
+    ({"CPU": 64, "GPU": 8}, {}, (8, 1.0, "cuda", "fp16", 0)),  # one actor per GPU, fp16 as the local engine
+    ({"CPU": 64, "GPU": 8}, {"device": "cpu"}, (32, 0.0, "cpu", "fp32", 2)),
+    ({"CPU": 2}, {}, (1, 0.0, "cpu", "fp32", 2)),  # half the CPUs decode, the actor's threads use the rest
+    ({"CPU": 16}, {"actors": 2, "dtype": "bf16"}, (2, 0.0, "cpu", "bf16", 8)),
+])
+def test_ray_plan_gives_each_actor_a_gpu_where_the_cluster_has_them(resources, options, expected):
+    from aesthete.scoring.ray_engine import RayOptions, plan_actors
+
+    plan = plan_actors(resources, RayOptions(**options))
+    assert (plan.actors, plan.gpus_per_actor, plan.device, plan.dtype, plan.threads) == expected
+
+
+def test_ray_plan_refuses_cuda_without_gpus():
+    from aesthete.scoring.ray_engine import EngineUnavailable, RayOptions, plan_actors
+
+    with pytest.raises(EngineUnavailable, match="no GPU"):
+        plan_actors({"CPU": 4}, RayOptions(device="cuda"))
