@@ -56,7 +56,7 @@ def open_engine(args, folder: Path):
         from .ray_engine import RayEngine, RayOptions
 
         return RayEngine(folder, RayOptions(address=args.address, batch_size=args.batch_size, actors=args.actors,
-                                            device=args.device, dtype=args.dtype,
+                                            device=args.device, dtype=args.dtype, compile=args.compile,
                                             progress_bars=not args.no_progress))
     from .filter import LocalEngine
     from .predictor import load_predictor

@@ -78,6 +78,7 @@ class RayOptions:
     dtype: str = "auto"  # auto: fp16 on a GPU, fp32 on the CPU (as the local engine)
     max_pixels: int = DEFAULT_MAX_PIXELS
     progress_bars: bool = True
+    compile: bool = False  # torch.compile in each actor (see --compile)
 
 
 @dataclass(frozen=True)
@@ -173,14 +174,14 @@ def decode_and_preprocess(batch: dict, folder: str, max_pixels: int) -> dict:
 class PredictorActor:
     """Scoring actor: one predictor (the local engine's loader and forward), scores for each batch of pixels."""
 
-    def __init__(self, folder: str, device: str, dtype: str, threads: int, model: str):
+    def __init__(self, folder: str, device: str, dtype: str, threads: int, model: str, compile: bool = False):
         import torch
 
         from .predictor import load_predictor
 
         if threads:
             torch.set_num_threads(threads)
-        self.predictor = load_predictor(Path(folder), device, dtype)
+        self.predictor = load_predictor(Path(folder), device, dtype, compile=compile)
         self.model = model
 
     def __call__(self, batch: dict) -> dict:
@@ -244,7 +245,8 @@ class RayEngine:
         actor_args = dict(batch_size=bs, batch_format="numpy", concurrency=plan.actors, num_cpus=1,
                           num_gpus=plan.gpus_per_actor or None,
                           fn_constructor_kwargs={"folder": str(self.folder), "device": plan.device,
-                                                 "dtype": plan.dtype, "threads": plan.threads, "model": self.model})
+                                                 "dtype": plan.dtype, "threads": plan.threads, "model": self.model,
+                                                 "compile": self.options.compile})
         # SPREAD: actors on as many nodes as possible; it also keeps Ray Data from fusing the decode tasks into the
         # actors (a GPU actor would then wait on the CPU for every batch). Ray 2.64 drops such extra arguments:
         # there the stages may be fused, with the same results.
