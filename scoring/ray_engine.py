@@ -165,7 +165,7 @@ def decode_and_preprocess(batch: dict, folder: str, max_pixels: int) -> dict:
         pixels[ok] = px
     else:  # zeros of the usual shape: Ray stacks batches' pixels into one tensor column
         pixels = np.zeros((len(opened), *_pixel_shape(folder)), dtype=np.float32)
-    out = {k: batch[k] for k in ("path", "name", "size", "mtime_ns")}
+    out = {k: batch[k] for k in ("path", "name", "size", "mtime_ns", "group")}
     out.update(ok=ok, pixels=pixels, reason=np.array([o.reason if o.skipped else "" for o in opened], dtype=object),
                note=np.array([o.reason if not o.skipped else "" for o in opened], dtype=object))
     return out
@@ -188,13 +188,17 @@ class PredictorActor:
         import numpy as np
         import torch
 
-        ok = batch["ok"]
+        ok, groups = batch["ok"], batch["group"]
         scores = np.full(len(ok), np.nan, dtype=np.float64)
-        if ok.any():
-            pixels = batch["pixels"][ok]
-            if pixels.dtype == object:  # a processor without a fixed crop: rows of different shapes
-                pixels = np.stack(list(pixels))
-            scores[ok] = self.predictor.forward(torch.from_numpy(np.ascontiguousarray(pixels))).numpy()
+        # one forward per group: the local engine's batches (its CPU forward's chunk sizes move scores by float
+        # rounding, so the same batches give the same numbers)
+        for g in dict.fromkeys(groups.tolist()):
+            rows = np.flatnonzero(ok & (groups == g))
+            if len(rows):
+                pixels = batch["pixels"][rows]
+                if pixels.dtype == object:  # a processor without a fixed crop: rows of different shapes
+                    pixels = np.stack(list(pixels))
+                scores[rows] = self.predictor.forward(torch.from_numpy(np.ascontiguousarray(pixels))).numpy()
         out = {k: batch[k] for k in ("path", "name", "size", "mtime_ns", "reason", "note")}
         out.update(model=np.array([self.model] * len(ok), dtype=object), score=scores)
         return out
@@ -238,11 +242,14 @@ class RayEngine:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = self.options.progress_bars
         plan, bs = self.plan, self.options.batch_size
-        items = [{"path": f.path, "name": f.name, "size": f.size, "mtime_ns": f.mtime_ns} for f in files]
-        ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / bs)))
+        # group = the local engine's batch (batch_size files in order); blocks hold whole groups, so every decode
+        # batch is one group and no block splits one (a bigger block limit keeps large GPU batches whole)
+        group_bytes = bs * 4 * math.prod(_pixel_shape(str(self.folder)))
+        ctx.target_max_block_size = max(ctx.target_max_block_size or 0, 4 * group_bytes)
+        ds = ray.data.from_arrow(group_tables(files, bs, max_blocks=MAX_INPUT_BLOCKS))
         ds = ds.map_batches(decode_and_preprocess, batch_size=bs, batch_format="numpy", num_cpus=1,
                             fn_kwargs={"folder": str(self.folder), "max_pixels": self.options.max_pixels})
-        actor_args = dict(batch_size=bs, batch_format="numpy", concurrency=plan.actors, num_cpus=1,
+        actor_args = dict(batch_size=None, batch_format="numpy", concurrency=plan.actors, num_cpus=1,
                           num_gpus=plan.gpus_per_actor or None,
                           fn_constructor_kwargs={"folder": str(self.folder), "device": plan.device,
                                                  "dtype": plan.dtype, "threads": plan.threads, "model": self.model,
@@ -259,6 +266,8 @@ class RayEngine:
 
     def __call__(self, files: Sequence[SourceFile], store: ResultsStore | None = None,
                  progress=None) -> list[ScoreRecord]:
+        if not files:
+            return []
         if self.plan is None:
             raise RuntimeError("use the Ray engine inside `with RayEngine(...) as engine:`")
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
@@ -281,6 +290,26 @@ class RayEngine:
             if rec.score is None:
                 log.warning("skipped %s: %s", rec.path, rec.reason)
         return records
+
+
+MAX_INPUT_BLOCKS = 200  # enough to keep every CPU of a large cluster busy, few enough for the driver
+
+
+def group_tables(files: Sequence[SourceFile], batch_size: int, max_blocks: int = MAX_INPUT_BLOCKS) -> list:
+    """The file list as pyarrow tables (Ray Data blocks) of whole groups of ``batch_size`` files, about ``max_blocks``
+    of them; column ``group`` numbers the groups."""
+    import pyarrow as pa
+
+    groups = math.ceil(len(files) / batch_size)
+    per_block = max(1, math.ceil(groups / max_blocks)) * batch_size
+    tables = []
+    for start in range(0, len(files), per_block):
+        chunk = files[start:start + per_block]
+        tables.append(pa.table({"path": [f.path for f in chunk], "name": [f.name for f in chunk],
+                                "size": pa.array([f.size for f in chunk], pa.int64()),
+                                "mtime_ns": pa.array([f.mtime_ns for f in chunk], pa.int64()),
+                                "group": pa.array([(start + i) // batch_size for i in range(len(chunk))], pa.int64())}))
+    return tables
 
 
 def write_shard(table, path: Path) -> None:
