@@ -94,7 +94,7 @@ def _local(predictor, batch_size: int):
 
 
 def run(args) -> int:
-    from .folder import NothingScorable, collect_files, score_files, write_report
+    from .folder import NothingScorable, collect_files, write_report
     from .predictor import load_predictor
 
     if args.batch_size < 1:
@@ -121,10 +121,8 @@ def run(args) -> int:
     root = args.paths[0] if len(args.paths) == 1 and not uris and args.paths[0].is_dir() else None
     progress = (lambda done, total: bar.update(done - bar.n)) if bar else None
     try:
-        if args.engine == "ray" or args.results is not None:
-            report = score_with_engine(args, folder, predictor, root, progress)
-        else:
-            report = score_files(predictor, files, batch_size=args.batch_size, progress=progress, root=root)
+        # both engines score the same batches (batch-size files in order), so they give the same numbers
+        report = score_with_engine(args, folder, predictor, root, progress)
     except (NothingScorable, EngineUnavailable, OSError, ValueError) as e:
         log.error("%s", e)
         return EXIT_ERROR
