@@ -234,3 +234,10 @@ def test_ray_plan_refuses_cuda_without_gpus():
 
     with pytest.raises(EngineUnavailable, match="no GPU"):
         plan_actors({"CPU": 4}, RayOptions(device="cuda"))
+
+
+def test_uris_need_the_ray_engine(src, tmp_path, caplog):
+    with caplog.at_level(logging.ERROR):
+        assert main(["score", f"file://{src}", "--model", str(aesthetic_predictor("tiny")), "--no-progress"]) == 2
+        assert run_filter(f"file://{src}", tmp_path / "dst") == 2
+    assert caplog.text.count("URIs are read by the Ray engine only (add --engine ray)") == 2
