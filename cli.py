@@ -1,4 +1,4 @@
-"""The `aesthete` command line: each feature area adds its sub-commands (scoring: `score`, lora: `convert-lora`)."""
+"""The `aesthete` command line: each feature area adds its sub-commands (scoring: `score`, `filter`; lora: `convert-lora`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 # (module, function) pairs that add sub-commands; each lives beside the domain code it drives
 SUBCOMMANDS = (
     ("scoring.cli", "add_subcommand"),
+    ("scoring.filter_cli", "add_subcommand"),
     ("lora.cli", "add_subcommand"),
 )
 

@@ -26,7 +26,7 @@ from comfy_execution.graph import ExecutionBlocker
 from ..common.images import tensor_to_pil
 from ..common.paths import path_inside
 from ..scoring import annotate, folder as folder_scoring, registry
-from ..scoring.images import list_image_files
+from ..scoring.images import list_images
 from ..scoring.predictor import AestheticPredictor, finite_mean, load_predictor, resolve_dtype
 from ..scoring.ranking import rank_by_score, summarize_scores
 
@@ -287,7 +287,7 @@ class AestheteScoreFolder(io.ComfyNode):
         """Re-run when the folder's files change, not only when the inputs do."""
         try:
             path = cls.resolve_folder(folder, allow_outside_input)
-            files = list_image_files(path, recursive)
+            files = list_images(path, recursive)
             stamp = [(str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files]
         except (OSError, ValueError) as e:
             return str(e)
@@ -297,7 +297,7 @@ class AestheteScoreFolder(io.ComfyNode):
     def execute(cls, predictor, folder, recursive, allow_outside_input, batch_size, threshold=6.0) -> io.NodeOutput:
         path = cls.resolve_folder(folder, allow_outside_input)
         model = predictor.ready()
-        files = list_image_files(path, recursive)
+        files = list_images(path, recursive)
         report = folder_scoring.score_files(
             model, files, batch_size=batch_size, progress=node_progress(len(files)),
             interrupt=comfy.model_management.throw_exception_if_processing_interrupted, root=path)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from . import registry
+from .ray_engine import EngineUnavailable, add_engine_arguments
 
 log = logging.getLogger("aesthete.scoring")
 
@@ -26,7 +27,29 @@ def default_models_dir() -> Path:
 def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser("score", help="score images and folders with a LAION aesthetic predictor",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and folders")
+    p.add_argument("paths", nargs="+", type=path_or_uri, metavar="PATH",
+                   help="image files and folders (with --engine ray also s3://, gs://, hdfs:// ... URIs)")
+    add_model_arguments(p)
+    p.add_argument("-r", "--recursive", action="store_true", help="also score images in sub-folders")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", type=Path, metavar="FILE", help="write per-file scores and skips as JSON")
+    out.add_argument("--csv", type=Path, metavar="FILE", help="write per-file scores and skips as CSV")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="exit 1 when the mean is below this (6 is a common bar for training data)")
+    p.add_argument("--results", type=Path, default=None,
+                   help="folder of stored results: files scored before (same path, size, mtime, predictor) are not "
+                        "scored again (scores.jsonl; the Ray engine's Parquet shards in parquet/)")
+    add_engine_arguments(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def path_or_uri(text: str) -> Path | str:
+    return text if "://" in text else Path(text)  # Path() would fold a URI's "//"
+
+
+def add_model_arguments(p) -> None:
+    """The predictor and how it runs (shared by ``score`` and ``filter``)."""
     p.add_argument("--model", default=registry.DEFAULT_PREDICTOR,
                    help="a predictor folder, or a predictor name under --models-dir (a published one is downloaded "
                         f"if missing; default {registry.DEFAULT_PREDICTOR})")
@@ -40,14 +63,6 @@ def add_subcommand(subparsers) -> None:
                    help="compile the scoring model with torch.compile (compiled on the first batch, which takes a "
                         "while; scores equal within float rounding; falls back, with a warning, if compiling fails). "
                         "On the CPU leave it off: the default path measured faster")
-    p.add_argument("-r", "--recursive", action="store_true", help="also score images in sub-folders")
-    out = p.add_mutually_exclusive_group()
-    out.add_argument("--json", type=Path, metavar="FILE", help="write per-file scores and skips as JSON")
-    out.add_argument("--csv", type=Path, metavar="FILE", help="write per-file scores and skips as CSV")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="exit 1 when the mean is below this (6 is a common bar for training data)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(run=run)
 
 
 def resolve_model(model: str, models_dir: Path | None) -> Path:
@@ -60,30 +75,55 @@ def resolve_model(model: str, models_dir: Path | None) -> Path:
                                      lambda done, total, what: log.info("download %s (%d/%d)", what, done, total))
 
 
+def score_with_engine(args, folder: Path, predictor, root: Path | None, progress):
+    """``score`` through an engine (scoring/filter.py, scoring/ray_engine.py), with a results store if asked."""
+    from .filter import ResultsStore, score_report, source_files
+    from .filter_cli import open_engine
+
+    files = source_files(args.paths, args.recursive, root=root)
+    store = ResultsStore(args.results) if args.results is not None else None
+    engine = open_engine(args, folder) if predictor is None else _local(predictor, args.batch_size)
+    with engine:
+        return score_report(files, engine, store, root, progress)
+
+
+def _local(predictor, batch_size: int):
+    from .filter import LocalEngine
+
+    return LocalEngine(predictor, batch_size)
+
+
 def run(args) -> int:
-    from .folder import NothingScorable, collect_files, score_files, write_report
+    from .folder import NothingScorable, collect_files, write_report
     from .predictor import load_predictor
 
     if args.batch_size < 1:
         log.error("--batch-size must be at least 1")
         return EXIT_ERROR
+    uris = [p for p in args.paths if isinstance(p, str)]
+    if uris and args.engine != "ray":
+        log.error("%s: URIs are read by the Ray engine only (add --engine ray), or mount the folder", uris[0])
+        return EXIT_ERROR
     try:
-        files = collect_files(args.paths, args.recursive)
+        files = [] if args.engine == "ray" else collect_files(args.paths, args.recursive)
         folder = resolve_model(args.model, args.models_dir)
-        predictor = load_predictor(folder, args.device, args.dtype, compile=args.compile)
+        # the Ray engine loads the predictor in its actors, not here
+        predictor = None if args.engine == "ray" else load_predictor(folder, args.device, args.dtype,
+                                                                     compile=args.compile)
     except (OSError, ValueError, registry.PredictorUnavailable) as e:
         log.error("%s", e)
         return EXIT_ERROR
     bar = None
-    if not args.no_progress:
+    if not args.no_progress and args.engine == "local":  # Ray Data shows its own bars
         from tqdm import tqdm
 
         bar = tqdm(total=len(files), unit="img", desc="scoring", file=sys.stderr)
+    root = args.paths[0] if len(args.paths) == 1 and not uris and args.paths[0].is_dir() else None
+    progress = (lambda done, total: bar.update(done - bar.n)) if bar else None
     try:
-        report = score_files(predictor, files, batch_size=args.batch_size,
-                             progress=(lambda done, total: bar.update(done - bar.n)) if bar else None,
-                             root=args.paths[0] if len(args.paths) == 1 and args.paths[0].is_dir() else None)
-    except NothingScorable as e:
+        # both engines score the same batches (batch-size files in order), so they give the same numbers
+        report = score_with_engine(args, folder, predictor, root, progress)
+    except (NothingScorable, EngineUnavailable, OSError, ValueError) as e:
         log.error("%s", e)
         return EXIT_ERROR
     finally:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.files import write_atomic
-from .images import DEFAULT_MAX_PIXELS, list_image_files, open_image
+from .images import DEFAULT_MAX_PIXELS, list_images, open_image
 from .predictor import AestheticPredictor, ScoreProgress
 
 
@@ -71,7 +71,7 @@ def collect_files(paths: Iterable[Path], recursive: bool = False) -> list[Path]:
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            files.extend(list_image_files(path, recursive))
+            files.extend(list_images(path, recursive))
         elif path.exists():
             files.append(path)
         else:
@@ -122,11 +122,8 @@ def score_folder(predictor: AestheticPredictor, folder: Path, recursive: bool = 
     """The reference ``evaluate(folder)`` made safe: the mean over every scorable file, the per-file scores and the
     skipped files with reasons. An empty or missing folder is an error, never a mean of 0."""
     folder = Path(folder)
-    return score_files(predictor, list_image_files(folder, recursive), root=folder, **kwargs)
+    return score_files(predictor, list_images(folder, recursive), root=folder, **kwargs)
 
-
-# the scoring area's older name for the pack's one atomic writer
-write_text_atomic = write_atomic
 
 
 def write_report(report: FolderReport, path: Path, fmt: str) -> None:

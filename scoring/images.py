@@ -4,8 +4,5 @@ opened, and how ComfyUI's IMAGE tensors become pixels. Kept so ``from .images im
 from ..common.images import (CAPTION_SUFFIXES, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, OpenedImage, finite_mask,
                              list_images, open_image, tensor_to_uint8, to_rgb)
 
-# the scoring area's older name for the same lister
-list_image_files = list_images
-
 __all__ = ["CAPTION_SUFFIXES", "DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "OpenedImage", "finite_mask",
-           "list_image_files", "list_images", "open_image", "tensor_to_uint8", "to_rgb"]
+           "list_images", "open_image", "tensor_to_uint8", "to_rgb"]

@@ -115,6 +115,29 @@ def choose_scorer(model: torch.nn.Module, name: str, compile: bool = False) -> C
     return CompiledScorer(fast) if compile else fast
 
 
+def load_image_processor(folder: Path, image_size: int | None = None):
+    """The predictor folder's own image processor (preprocessor_config.json or processor_config.json), else CLIP's preprocessing at the model's
+    input size (``image_size``; read from config.json when not given). Loads no weights: the Ray engine's CPU tasks
+    preprocess with it while the scoring actors hold the model."""
+    from transformers import CLIPImageProcessor
+
+    folder = Path(folder)
+    if any((folder / f).is_file() for f in PROCESSOR_FILES):
+        return CLIPImageProcessor.from_pretrained(str(folder))
+    if image_size is None:
+        from transformers import CLIPVisionConfig
+
+        image_size = CLIPVisionConfig.from_pretrained(str(folder)).image_size
+    log.warning("%s: no preprocessor_config.json or processor_config.json; using CLIP's preprocessing at %d px", folder, image_size)
+    return CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+
+
+def preprocess_images(processor, images: Sequence[Image.Image | torch.Tensor]) -> torch.Tensor:
+    """Pixel values [B,3,S,S] for RGB PIL images or [3,H,W] uint8 tensors, exactly as the reference computes them one
+    by one (the processor groups same-sized images and resizes them together)."""
+    return processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+
 class AestheticPredictor:
     """A loaded predictor: ``score_images`` (PIL) and ``score_tensor`` (ComfyUI IMAGE batches) give 1-10 scores."""
 
@@ -137,20 +160,13 @@ class AestheticPredictor:
     @classmethod
     def from_folder(cls, folder: Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto",
                     compile: bool = False) -> AestheticPredictor:
-        from transformers import CLIPImageProcessor
-
         folder = Path(folder)
         head = detect_head(folder)
         dev = device if isinstance(device, torch.device) else resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         model = head_class(head).from_pretrained(str(folder), dtype=dt)
         model.to(dev)
-        if any((folder / f).is_file() for f in PROCESSOR_FILES):
-            processor = CLIPImageProcessor.from_pretrained(str(folder))
-        else:  # CLIP's own preprocessing at the model's input size
-            size = model.config.image_size
-            processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-            log.warning("%s: no preprocessor_config.json or processor_config.json; using CLIP's preprocessing at %d px", folder, size)
+        processor = load_image_processor(folder, model.config.image_size)
         log.info("loaded aesthetic predictor %s (%s, %s, %s)", folder.name, head, dev, dt)
         return cls(model, processor, folder.name, head, folder, compile)
 
@@ -165,7 +181,7 @@ class AestheticPredictor:
     def preprocess(self, images: Sequence[Image.Image | torch.Tensor]) -> torch.Tensor:
         """Pixel values for a list of RGB PIL images or [3,H,W] uint8 tensors, exactly as the reference computes
         them one by one (the processor groups same-sized images and resizes them together)."""
-        return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+        return preprocess_images(self.processor, images)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[B] float32 scores on the CPU for preprocessed pixel values."""
