@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.paths import path_inside
+from ..lora.files import UNET_METADATA_KEY, unet_metadata
 from .dataset import LoraDataset
 from .lora_network import LoraNetwork
 from .loop import TrainResult, TrainSettings
@@ -33,6 +34,7 @@ class TrainingJob:
     resume: dict = field(default_factory=dict)  # its tensors (ComfyUI format)
     resume_epochs: int = 0  # the epochs it was trained for already
     saved: list[Path] = field(default_factory=list)
+    unet_config: dict = field(default_factory=dict)  # ComfyUI's unet_config of the model: module names for copies
 
     def __post_init__(self) -> None:
         path_inside(self.loras_root, self.checkpoint_name, what="save name")
@@ -52,7 +54,9 @@ class TrainingJob:
         return build_metadata(base_model=self.base_model, rank=network.rank, alpha=network.alpha, epochs=epochs,
                               steps=steps, dataset_size=len(self.dataset), settings=self.settings.as_dict(),
                               targets=self.targets, extra={"aesthete.dataset": self.dataset.folder.name,
-                                                           "aesthete.resumed_from": self.resumed_from})
+                                                           "aesthete.resumed_from": self.resumed_from,
+                                                           **({UNET_METADATA_KEY: unet_metadata(self.unet_config)}
+                                                              if self.unet_config else {})})
 
     def trained_lora(self, network: LoraNetwork, epochs: int, steps: int) -> TrainedLora:
         return TrainedLora(network.comfy_state_dict(), self.metadata(epochs, steps, network))
