@@ -227,7 +227,8 @@ class AestheteTrainLora(io.ComfyNode):
             progress = LossProgress(cls.hidden.unique_id, settings, dataset)
             with clear_training_errors():
                 run = run_training(base.diffusion_model, base, dataset, cache, settings, rank=rank, alpha=alpha,
-                                   targets=job.targets, resume=job.resume or None, device=device,
+                                   targets=job.targets, resume=job.resume or None, resume_state=job.resume_state,
+                                   device=device,
                                    on_step=progress.on_step,
                                    should_stop=comfy.model_management.processing_interrupted,
                                    on_epoch_end=job.on_epoch_end)
@@ -324,7 +325,7 @@ class AestheteSaveLora(io.ComfyNode):
                                        "halve the file"),
                 io.Boolean.Input("diffsynth_copy", default=False,
                                  tooltip="Also write <name>.diffsynth.safetensors in DiffSynth-Studio 1.x's key format "
-                                         "(load it in DiffSynth with lora_alpha 1.0)"),
+                                         "(in DiffSynth, load_lora with lora_alpha = 4 / rank gives the same strength)"),
                 io.Boolean.Input("diffusers_copy", default=False, optional=True,
                                  tooltip="Also write <name>.diffusers.safetensors in diffusers/peft's format, for "
                                          "pipe.load_lora_weights of diffusers' Kolors and SDXL pipelines"),

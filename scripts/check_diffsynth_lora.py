@@ -45,7 +45,7 @@ def main(path: str, lora_alpha: float) -> int:
     manager.load_lora(path, lora_alpha=lora_alpha)
     updated = {f"{name}.weight": modules[name].weight.detach().clone() for name in targets if name in modules}
     save_file(updated, path + ".diffsynth-result")
-    print("@@RESULT@@" + json.dumps({
+    sys.stdout.write("@@RESULT@@" + json.dumps({
         "loaded_by": matched, "lora_tensors": len(lora), "missing_modules": [n for n in targets if n not in modules],
         "updated": {k: list(v.shape) for k, v in updated.items()},
         "nonzero": sum(int(v.abs().sum() > 0) for v in updated.values())}))
