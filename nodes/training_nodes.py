@@ -193,7 +193,10 @@ class AestheteTrainLora(io.ComfyNode):
                                         "cancel"),
                 io.Combo.Input("resume_from", options=lora_choices(), default=NO_LORA,
                                tooltip="Continue training a LoRA saved by Aesthete (models/loras) for `epochs` "
-                                       "more epochs; its rank and alpha are kept"),
+                                       "more epochs; its rank and alpha are kept. A checkpoint of this node (every "
+                                       "N epochs, or _interrupted) also continues its optimizer, learning-rate "
+                                       "schedule and noise from the .training_state file beside it, so the loss "
+                                       "goes on as in one run"),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The MODEL with the trained LoRA applied"),
