@@ -5,6 +5,7 @@ state a resumed run continues from (:class:`LoopState`: optimizer, schedule posi
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -12,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+log = logging.getLogger("aesthete.training")
 
 OPTIMIZERS = ("AdamW", "Adam", "SGD", "RMSprop")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -70,6 +72,7 @@ class LoopState:
     epoch_steps: int = 0
     scaler: dict | None = None
     names: list[str] = field(default_factory=list)  # the optimizer's parameters by name, in its order
+    optimizer_name: str = ""  # TrainSettings.optimizer of the run that saved it
 
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """(tensors, string metadata) for a safetensors file; :meth:`from_tensors` reads them back."""
@@ -82,7 +85,8 @@ class LoopState:
                 else:
                     plain_state.setdefault(str(index), {})[name] = value
         meta = {"steps_done": self.steps_done, "epoch": self.epoch, "epoch_steps": self.epoch_steps,
-                "scaler": self.scaler, "names": self.names, "param_groups": self.optimizer["param_groups"], "plain_state": plain_state}
+                "scaler": self.scaler, "names": self.names, "optimizer_name": self.optimizer_name,
+                "param_groups": self.optimizer["param_groups"], "plain_state": plain_state}
         return tensors, {"aesthete.loop_state": json.dumps(meta)}
 
     @classmethod
@@ -95,7 +99,7 @@ class LoopState:
                 state.setdefault(int(index), {})[name] = value
         return cls({"state": state, "param_groups": meta["param_groups"]}, int(meta["steps_done"]),
                    tensors["generator"], int(meta["epoch"]), int(meta["epoch_steps"]), meta.get("scaler"),
-                   list(meta.get("names") or []))
+                   list(meta.get("names") or []), meta.get("optimizer_name", ""))
 
 
 @dataclass
@@ -154,7 +158,11 @@ class OptimizerSteps:
         done = 0
         if resume is not None:
             done = resume.steps_done
-            self._load_optimizer(resume.optimizer, resume.names)
+            if resume.optimizer_name in ("", settings.optimizer):
+                self._load_optimizer(resume.optimizer, resume.names)
+            else:
+                log.warning("Aesthete trainer: the run resumed used %s, this one %s: its optimizer state is not "
+                            "carried over (the schedule and the noise are)", resume.optimizer_name, settings.optimizer)
         self.done = done  # optimizer steps before this run: the schedule goes on from there, over done + total
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s + done, done + total, settings.schedule, settings.warmup_steps))
@@ -189,7 +197,7 @@ class OptimizerSteps:
     def state(self, generator_state: torch.Tensor, epoch: int, epoch_steps: int, steps: int) -> LoopState:
         """The loop's state after ``steps`` optimizer steps of this run."""
         return LoopState(self.optimizer.state_dict(), self.done + steps, generator_state.clone(), epoch, epoch_steps,
-                         self.scaler.state_dict() if self.scaler else None, self.names)
+                         self.scaler.state_dict() if self.scaler else None, self.names, self.settings.optimizer)
 
     def backward(self, loss: torch.Tensor, share: int) -> None:
         """Accumulate the gradient of ``loss / share`` (one of ``share`` micro-batches of a step)."""
