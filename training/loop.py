@@ -185,8 +185,10 @@ class OptimizerSteps:
                      "param_groups": [{**groups[0], "params": list(range(len(self.params)))}]}
             groups = state["param_groups"]
         device = self.params[0].device
-        self.optimizer.load_state_dict({"state": {i: {k: v.to(device) if isinstance(v, torch.Tensor) and k != "step"
-                                                      else v for k, v in s.items()}
+        # copies made here, under the trainer's inference_mode(False): a file read inside ComfyUI's inference mode
+        # gives inference tensors, which the optimizer could not update in place
+        self.optimizer.load_state_dict({"state": {i: {k: (v.clone() if k == "step" else v.to(device).clone())
+                                                      if isinstance(v, torch.Tensor) else v for k, v in s.items()}
                                                   for i, s in state["state"].items()},
                                         "param_groups": groups})
         for group in self.optimizer.param_groups:  # this run's settings win over the saved ones
@@ -250,7 +252,7 @@ def train(params: Sequence[torch.nn.Parameter], loss_of_batch: Callable[[Batch, 
     steps = OptimizerSteps([p for p in params if p.requires_grad], settings, device, total, resume, names)
     generator = torch.Generator().manual_seed(settings.seed)
     if resume is not None:
-        generator.set_state(resume.generator)
+        generator.set_state(resume.generator.clone())
     result = TrainResult()
     at = {"rng": generator.get_state(), "epoch": start_epoch, "epoch_steps": skip}  # the last step boundary
     result.loop_state = lambda: steps.state(at["rng"], at["epoch"], at["epoch_steps"], result.steps)
