@@ -105,6 +105,10 @@ def to_diffsynth(parsed: ParsedLora, alpha: float | None = None) -> tuple[dict[s
     metadata = _metadata(parsed, "diffsynth", {train_alpha}, sources)
     metadata["aesthete.note"] = (f"DiffSynth 1.x layout; load with peft lora_alpha={train_alpha:g} "
                                  f"(rank {metadata['aesthete.rank']}) for the converted strength")
+    ranks = {layer.rank for layer in parsed.layers if layer.rank}
+    if len(ranks) == 1:  # DiffSynth's own load_lora scales by lora_alpha alone, without peft's / rank
+        metadata["aesthete.note"] += (f"; with DiffSynth 1.x's ModelManager.load_lora use "
+                                      f"lora_alpha={train_alpha / next(iter(ranks)):g}")
     return tensors, metadata, dropped
 
 
