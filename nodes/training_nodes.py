@@ -346,7 +346,7 @@ class AestheteSaveLora(io.ComfyNode):
         name = path.relative_to(root.resolve()).as_posix()
         lines = [f"saved {name} (rank {lora.rank}, {lora.metadata.get('aesthete.steps', '?')} steps)"]
         for to in [f for f, wanted in (("diffsynth", diffsynth_copy), ("diffusers", diffusers_copy)) if wanted]:
-            copy, meta = save_copy(lora, path, to)
+            copy, meta = save_copy(lora, path, to, SAVE_DTYPES[precision])
             dropped = int(meta.get("aesthete.dropped_keys", "0") or 0)
             lines.append(f"{COPY_FORMATS[to][1]} copy: {copy.relative_to(root.resolve()).as_posix()}"
                          + (f" ({dropped} tensors that format cannot hold were left out; see the log)"

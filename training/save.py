@@ -69,12 +69,15 @@ COPY_FORMATS = {"diffsynth": (".diffsynth.safetensors", "DiffSynth-Studio 1.x (i
                 "diffusers": (".diffusers.safetensors", "diffusers/peft (pipe.load_lora_weights)")}
 
 
-def save_copy(lora: TrainedLora, comfy_file: str | Path, to: str) -> tuple[Path, dict[str, str]]:
+def save_copy(lora: TrainedLora, comfy_file: str | Path, to: str,
+              dtype: torch.dtype | None = None) -> tuple[Path, dict[str, str]]:
     """A copy of ``lora`` in ``to``'s key format ("diffsynth" or "diffusers", see ``COPY_FORMATS``) beside the
-    ComfyUI file ``comfy_file`` (``lora.files.write_converted_copy``). Returns its path and metadata."""
+    ComfyUI file ``comfy_file`` (``lora.files.write_converted_copy``), its tensors cast to ``dtype`` as the ComfyUI
+    file's are. Returns its path and metadata."""
     comfy_file = Path(comfy_file)
     path = comfy_file.with_name(comfy_file.stem + COPY_FORMATS[to][0])
-    return write_converted_copy(lora.tensors, lora.metadata, path, to)
+    tensors = lora.tensors if dtype is None else {k: v.to(dtype) for k, v in lora.tensors.items()}
+    return write_converted_copy(tensors, lora.metadata, path, to)
 
 
 def save_diffsynth_copy(lora: TrainedLora, path: str | Path) -> tuple[Path, dict[str, str]]:
