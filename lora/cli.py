@@ -1,4 +1,4 @@
-"""``aesthete convert-lora IN OUT.safetensors [--to comfyui|diffsynth] [--alpha A] [--base sd15|sdxl]``."""
+"""``aesthete convert-lora IN OUT.safetensors [--to comfyui|diffsynth|diffusers] [--alpha A] [--base sd15|sdxl]``."""
 
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ ALREADY_LOADABLE = 3
 
 def add_subcommand(subparsers) -> None:
     parser = subparsers.add_parser(
-        "convert-lora", help="convert a LoRA (DiffSynth, kohya, diffusers, peft, ComfyUI) to ComfyUI's or "
-                             "DiffSynth's format",
+        "convert-lora", help="convert a LoRA (DiffSynth, kohya, diffusers, peft, ComfyUI) to ComfyUI's, "
+                             "DiffSynth's or diffusers' format",
         description="Read a LoRA of any supported format (.safetensors, or .ckpt/.pt/.bin loaded without running "
                     "pickled code) and write it as a safetensors file that ComfyUI's core LoraLoader (--to comfyui) "
-                    "or DiffSynth-Studio 1.x (--to diffsynth) loads with the same strength. LyCORIS files (LoHa, "
+                    "or DiffSynth-Studio 1.x (--to diffsynth) or diffusers' load_lora_weights (--to diffusers, the UNet "
+                    "part, for the standard SD1.5/SDXL/Kolors UNet) loads with the same strength. LyCORIS files (LoHa, "
                     "LoKr, DoRA, LoCon with a mid matrix, full differences) in kohya or ComfyUI naming already load "
                     f"in ComfyUI as they are: nothing is written and the exit status is {ALREADY_LOADABLE}.")
     parser.add_argument("input", type=Path, help="the LoRA file to read")

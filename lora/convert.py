@@ -1,4 +1,5 @@
-"""Converting LoRAs between ComfyUI's format and DiffSynth-Studio 1.x's, keeping the effective update.
+"""Converting LoRAs between ComfyUI's format, DiffSynth-Studio 1.x's and diffusers/peft's, keeping the effective
+update.
 
 What "the same LoRA" means here: the weight change ``(alpha / rank) * up @ down`` that peft applies while
 training and ComfyUI applies when loading a file with ``.alpha`` keys. DiffSynth 1.x files store no alpha,
@@ -6,6 +7,9 @@ so their alpha is the one they were trained with (``alpha``, default 4, the reci
 default to alpha = rank (scale 1.0, as their own loaders apply them). ComfyUI's loader scales by
 alpha/rank only when a ``.alpha`` key exists, so a ComfyUI file written here always carries ``.alpha``.
 A DiffSynth file written here stores ``up`` rescaled so that training alpha ``alpha`` gives the same update.
+A diffusers file (``unet.<diffusers module>.lora_A/lora_B.weight``, what ``load_lora_weights`` of diffusers'
+SDXL and Kolors pipelines reads) keeps the tensors as they are and states rank and alpha in peft's
+``lora_adapter_metadata``; a file with several ranks or alphas gets each layer's scale folded into ``lora_B``.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from .formats import ParsedLayer, ParsedLora, parse_lora
 
 log = logging.getLogger("aesthete.lora")
 
-TARGETS = ("comfyui", "diffsynth")
+TARGETS = ("comfyui", "diffsynth", "diffusers")
+# the safetensors metadata key diffusers reads peft's LoraConfig from (prefixed per model: "unet.r", ...)
+DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
 # the kinds a plain low-rank file (ComfyUI's lora_up/lora_down/alpha, DiffSynth's lora_A/lora_B) holds
 PLAIN_KINDS = ("LoRA", "LoCon")
 
 __all__ = ["TARGETS", "Conversion", "LoraAlreadyLoadable", "LoraConversionError", "convert_lora",
-           "convert_lora_with_report", "resolve_alpha", "to_comfyui", "to_diffsynth"]
+           "convert_lora_with_report", "resolve_alpha", "to_comfyui", "to_diffsynth", "to_diffusers"]
 
 
 class LoraConversionError(ValueError):
@@ -77,15 +83,7 @@ def to_diffsynth(parsed: ParsedLora, alpha: float | None = None) -> tuple[dict[s
     not plain low-rank (LoHa, LoKr, DoRA, Tucker LoCon, full differences): DiffSynth cannot express them."""
     if parsed.base is None:
         raise LoraConversionError("cannot tell whether this LoRA is for SD1.5 or SDXL: pass base='sd15' or 'sdxl'")
-    plain = {".lora_up.weight", ".lora_down.weight", ".alpha"}
-    other = [layer for layer in parsed.layers if layer.kind not in PLAIN_KINDS or set(layer.tensors) - plain]
-    if other:
-        extras = sorted(s.strip(".") for s in set(other[0].tensors) - plain)
-        what = f"a {other[0].label} layer" + (f" with {', '.join(extras)}" if extras else "")
-        raise LoraConversionError(
-            f"{other[0].source} is {what} ({len(other)} such layers): a DiffSynth 1.x LoRA holds only plain "
-            f"low-rank layers, so it cannot carry this file without changing it; use the file in ComfyUI as it is "
-            f"(Load LoRA (any format) or core LoraLoader)")
+    _refuse_non_plain(parsed, "a DiffSynth 1.x LoRA")
     train_alpha = DEFAULT_TRAINING_ALPHA if alpha is None or alpha <= 0 else float(alpha)
     to_diffsynth_name = layout.name_tables(parsed.base)["ldm_to_diffsynth"]
     tensors: dict[str, torch.Tensor] = {}
@@ -107,7 +105,61 @@ def to_diffsynth(parsed: ParsedLora, alpha: float | None = None) -> tuple[dict[s
     metadata = _metadata(parsed, "diffsynth", {train_alpha}, sources)
     metadata["aesthete.note"] = (f"DiffSynth 1.x layout; load with peft lora_alpha={train_alpha:g} "
                                  f"(rank {metadata['aesthete.rank']}) for the converted strength")
+    ranks = {layer.rank for layer in parsed.layers if layer.rank}
+    if len(ranks) == 1:  # DiffSynth's own load_lora scales by lora_alpha alone, without peft's / rank
+        metadata["aesthete.note"] += (f"; with DiffSynth 1.x's ModelManager.load_lora use "
+                                      f"lora_alpha={train_alpha / next(iter(ranks)):g}")
     return tensors, metadata, dropped
+
+
+def to_diffusers(parsed: ParsedLora, unet: str | layout.UNetArchitecture, alpha: float | None = None
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, str]]:
+    """diffusers/peft tensors (``unet.<diffusers module>.lora_A.weight`` / ``lora_B.weight``) for a UNet of
+    architecture ``unet``, and peft's LoraConfig (r, lora_alpha, target_modules) in the metadata diffusers reads.
+    Returns tensors, metadata and the layers left out (text encoders, modules the UNet has no diffusers name for).
+    Only plain low-rank layers can be written (LoraConversionError otherwise)."""
+    _refuse_non_plain(parsed, "a diffusers/peft LoRA")
+    names = layout.diffusers_names(unet)
+    placed: list[tuple[str, ParsedLayer, float]] = []
+    dropped: dict[str, str] = {}
+    sources: set[str] = set()
+    for layer in parsed.layers:
+        name = names.get(layer.target.removeprefix("diffusion_model.")) if layer.is_unet else None
+        if name is None:
+            dropped[layer.source] = ("text-encoder layer: only the UNet is written" if not layer.is_unet
+                                     else f"the UNet has no diffusers name for {layer.target}")
+            continue
+        a, source = resolve_alpha(layer, alpha, parsed.format)
+        sources.add(source)
+        placed.append((name, layer, a))
+    ranks = {layer.rank for _, layer, _ in placed}
+    alphas = {a for _, _, a in placed}
+    one_scale = len(ranks) == 1 and len(alphas) == 1
+    tensors: dict[str, torch.Tensor] = {}
+    for name, layer, a in placed:
+        up = layer.up if one_scale else (layer.up.float() * (a / layer.rank)).to(layer.up.dtype)
+        tensors[f"unet.{name}.lora_A.weight"] = layer.down
+        tensors[f"unet.{name}.lora_B.weight"] = up
+    metadata = _metadata(parsed, "diffusers", alphas if one_scale else set(ranks), sources)
+    metadata["format"] = "pt"
+    if one_scale and placed:
+        config = {"r": next(iter(ranks)), "lora_alpha": next(iter(alphas)),
+                  "target_modules": sorted({name for name, _, _ in placed}), "init_lora_weights": True,
+                  "use_dora": False, "lora_bias": False}
+        metadata[DIFFUSERS_METADATA_KEY] = json.dumps({f"unet.{k}": v for k, v in config.items()}, sort_keys=True)
+    return tensors, metadata, dropped
+
+
+def _refuse_non_plain(parsed: ParsedLora, what_target: str) -> None:
+    plain = {".lora_up.weight", ".lora_down.weight", ".alpha"}
+    other = [layer for layer in parsed.layers if layer.kind not in PLAIN_KINDS or set(layer.tensors) - plain]
+    if other:
+        extras = sorted(s.strip(".") for s in set(other[0].tensors) - plain)
+        what = f"a {other[0].label} layer" + (f" with {', '.join(extras)}" if extras else "")
+        raise LoraConversionError(
+            f"{other[0].source} is {what} ({len(other)} such layers): {what_target} holds only plain "
+            f"low-rank layers, so it cannot carry this file without changing it; use the file in ComfyUI as it is "
+            f"(Load LoRA (any format) or core LoraLoader)")
 
 
 def _metadata(parsed: ParsedLora, fmt: str, alphas: set[float], sources: set[str]) -> dict[str, str]:
@@ -130,11 +182,15 @@ def _metadata(parsed: ParsedLora, fmt: str, alphas: set[float], sources: set[str
 
 
 def convert_lora_with_report(state_dict: dict[str, torch.Tensor], to: str, alpha: float | None = None,
-                             base: str | None = None) -> Conversion:
-    """``convert_lora`` plus what was parsed and what could not be carried over (key -> reason)."""
+                             base: str | None = None, unet: layout.UNetArchitecture | None = None) -> Conversion:
+    """``convert_lora`` plus what was parsed and what could not be carried over (key -> reason). ``unet``: the
+    architecture of a UNet that is not the standard SD1.5/SDXL one (its modules are placed by its own names)."""
     if to not in TARGETS:
         raise ValueError(f"unknown target format {to!r}: use one of {', '.join(TARGETS)}")
-    parsed = parse_lora(state_dict, base=base)
+    if unet is not None and base is None:
+        base = "sdxl" if unet.size_embedding else "sd15"
+    key_map = layout.standard_key_map(unet, kolors=unet.size_embedding) if unet is not None else None
+    parsed = parse_lora(state_dict, key_map=key_map, base=base)
     if to == "comfyui":
         _refuse_if_already_loadable(parsed)
     if not parsed.layers:
@@ -146,7 +202,10 @@ def convert_lora_with_report(state_dict: dict[str, torch.Tensor], to: str, alpha
     if to == "comfyui":
         tensors, metadata = to_comfyui(parsed, alpha)
     else:
-        tensors, metadata, not_expressible = to_diffsynth(parsed, alpha)
+        if to == "diffsynth":
+            tensors, metadata, not_expressible = to_diffsynth(parsed, alpha)
+        else:
+            tensors, metadata, not_expressible = to_diffusers(parsed, unet or parsed.base or "sdxl", alpha)
         for layer in parsed.layers:
             if layer.source in not_expressible:
                 dropped.update({k: not_expressible[layer.source] for k in layer.keys.values()})
@@ -170,8 +229,9 @@ def _refuse_if_already_loadable(parsed: ParsedLora) -> None:
 
 
 def convert_lora(state_dict: dict[str, torch.Tensor], to: str, alpha: float | None = None,
-                 base: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Convert a LoRA state dict of any supported format to ``to`` ("comfyui" or "diffsynth").
+                 base: str | None = None, unet: layout.UNetArchitecture | None = None
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Convert a LoRA state dict of any supported format to ``to`` ("comfyui", "diffsynth" or "diffusers").
 
     ``alpha``: the training alpha of layers whose file stores none (None or <= 0: automatic, 4 for DiffSynth 1.x
     files as its recipe trains, the rank for other formats); for ``to="diffsynth"`` also the peft lora_alpha the
@@ -179,5 +239,5 @@ def convert_lora(state_dict: dict[str, torch.Tensor], to: str, alpha: float | No
     "sdxl"); inferred when None. Returns (tensors, safetensors metadata: all values str). Tensors that cannot
     be placed are logged as a warning (``convert_lora_with_report`` returns them); if none can be placed,
     LoraConversionError names the format the file looked like."""
-    result = convert_lora_with_report(state_dict, to, alpha=alpha, base=base)
+    result = convert_lora_with_report(state_dict, to, alpha=alpha, base=base, unet=unet)
     return result.tensors, result.metadata

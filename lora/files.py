@@ -7,6 +7,7 @@ crafted to run code when unpickled is rejected instead of run.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -93,13 +94,36 @@ def diffsynth_base(base_model: str) -> str | None:
     return "sd15" if name in ("sd15", "sd15_instructpix2pix") else None
 
 
-def write_diffsynth_copy(tensors: dict[str, torch.Tensor], metadata: dict[str, str],
-                         path: str | os.PathLike) -> tuple[Path, dict[str, str]]:
-    """A copy of a ComfyUI-format LoRA in DiffSynth's key format at ``path`` (atomically). Returns the path and the
-    metadata written (the converter's ``aesthete.dropped_keys`` counts what DiffSynth's layout cannot hold)."""
+# metadata key of a trained LoRA: the architecture of the UNet it was trained on (JSON of ComfyUI's unet_config
+# fields that fix module names), so a copy in another tool's naming fits UNets other than the standard ones
+UNET_METADATA_KEY = "aesthete.unet"
+
+
+def unet_metadata(unet_config: dict) -> str:
+    """The ``aesthete.unet`` value for ComfyUI's ``unet_config`` of the trained model."""
+    fields = ("num_res_blocks", "transformer_depth", "transformer_depth_middle", "channel_mult", "adm_in_channels")
+    return json.dumps({k: unet_config[k] for k in fields if k in unet_config}, sort_keys=True, default=list)
+
+
+def write_converted_copy(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | os.PathLike,
+                         to: str) -> tuple[Path, dict[str, str]]:
+    """A copy of a ComfyUI-format LoRA in ``to``'s key format ("diffsynth" or "diffusers") at ``path``
+    (atomically). Returns the path and the metadata written (the converter's ``aesthete.dropped_keys`` counts what
+    the target cannot hold). A diffusers copy follows the trained UNet's own architecture when the metadata
+    records it (``aesthete.unet``); a DiffSynth 1.x copy always uses DiffSynth's SD1.5/SDXL block list."""
+    from . import layout
     from .convert import convert_lora  # imported late: the conversion is optional
 
     base = diffsynth_base(metadata.get("aesthete.base_model", ""))
-    converted, extra = convert_lora(dict(tensors), to="diffsynth", base=base)
+    unet = None
+    if to == "diffusers" and metadata.get(UNET_METADATA_KEY):
+        unet = layout.architecture_from_unet_config(json.loads(metadata[UNET_METADATA_KEY]), "trained")
+    converted, extra = convert_lora(dict(tensors), to=to, base=base if unet is None else None, unet=unet)
     meta = {**metadata, **{k: str(v) for k, v in (extra or {}).items()}}
     return write_safetensors(path, converted, meta), meta
+
+
+def write_diffsynth_copy(tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+                         path: str | os.PathLike) -> tuple[Path, dict[str, str]]:
+    """A copy in DiffSynth's key format (``write_converted_copy``)."""
+    return write_converted_copy(tensors, metadata, path, "diffsynth")

@@ -25,13 +25,38 @@ class UNetArchitecture:
     # transformer blocks per attention at each level (0: that level has no attention)
     level_depth: tuple[int, ...]
     middle_depth: int
+    size_embedding: bool = False  # SDXL's label_emb (add_embedding in diffusers)
 
 
 ARCHITECTURES = {
     "sd15": UNetArchitecture("sd15", num_res_blocks=2, level_depth=(1, 1, 1, 0), middle_depth=1),
-    "sdxl": UNetArchitecture("sdxl", num_res_blocks=2, level_depth=(0, 2, 10), middle_depth=10),
+    "sdxl": UNetArchitecture("sdxl", num_res_blocks=2, level_depth=(0, 2, 10), middle_depth=10,
+                             size_embedding=True),
 }
 BASES = tuple(ARCHITECTURES)
+
+
+def architecture_from_unet_config(config: dict, name: str = "custom") -> UNetArchitecture:
+    """The architecture of a UNet from ComfyUI's ``unet_config`` (``num_res_blocks``, ``transformer_depth`` per
+    input block, ``transformer_depth_middle``, ``channel_mult``), for UNets that are not the standard SD1.5/SDXL
+    (a smaller Kolors or SDXL). Levels must keep one depth for all their blocks, as every UNet these tools load."""
+    levels = len(config["channel_mult"])
+    res = config["num_res_blocks"]
+    res = res[0] if isinstance(res, (list, tuple)) else int(res)
+    depth = list(config.get("transformer_depth") or [0] * (levels * res))
+    level_depth = tuple(int(depth[level * res]) if level * res < len(depth) else 0 for level in range(levels))
+    middle = config.get("transformer_depth_middle")
+    middle = level_depth[-1] if middle is None or middle < 0 else int(middle)
+    return UNetArchitecture(name, num_res_blocks=res, level_depth=level_depth, middle_depth=middle,
+                            size_embedding=bool(config.get("adm_in_channels")))
+
+
+def architecture(base: str | UNetArchitecture) -> UNetArchitecture:
+    if isinstance(base, UNetArchitecture):
+        return base
+    if base not in ARCHITECTURES:
+        raise ValueError(f"unknown base {base!r}: use one of {', '.join(BASES)}")
+    return ARCHITECTURES[base]
 # (ldm and diffusers name, DiffSynth 1.x name) of the Linear 4096->2048 on Kolors' ChatGLM text features
 KOLORS_TEXT_PROJECTION = ("encoder_hid_proj", "text_intermediate_proj")
 
@@ -93,16 +118,14 @@ class _Walk:
 
 
 @lru_cache(maxsize=None)
-def module_names(base: str) -> tuple[ModuleName, ...]:
-    """Every weight-bearing UNet module of ``base`` ("sd15" or "sdxl") in the three namings."""
-    if base not in ARCHITECTURES:
-        raise ValueError(f"unknown base {base!r}: use one of {', '.join(BASES)}")
-    arch = ARCHITECTURES[base]
+def module_names(base: str | UNetArchitecture) -> tuple[ModuleName, ...]:
+    """Every weight-bearing UNet module of ``base`` ("sd15", "sdxl" or an architecture) in the three namings."""
+    arch = architecture(base)
     walk = _Walk()
     walk.add("input_blocks.0.0", "conv_in", "conv_in")
     walk.add("time_embed.0", "time_embedding.linear_1", "time_embedding.0")
     walk.add("time_embed.2", "time_embedding.linear_2", "time_embedding.2")
-    if base == "sdxl":
+    if arch.size_embedding:
         walk.add("label_emb.0.0", "add_embedding.linear_1", "add_time_embedding.0")
         walk.add("label_emb.0.2", "add_embedding.linear_2", "add_time_embedding.2")
     walk.add("out.0", "conv_norm_out", "conv_norm_out")
@@ -156,7 +179,15 @@ def name_tables(base: str) -> dict[str, dict[str, str]]:
 
 
 @lru_cache(maxsize=None)
-def standard_key_map(base: str, kolors: bool = False) -> dict[str, str]:
+def diffusers_names(base: str | UNetArchitecture) -> dict[str, str]:
+    """{ldm module: diffusers module} of ``base`` (Kolors' text projection included: the same name in both)."""
+    names = {row.ldm: row.diffusers for row in module_names(base)}
+    names[KOLORS_TEXT_PROJECTION[0]] = KOLORS_TEXT_PROJECTION[0]
+    return names
+
+
+@lru_cache(maxsize=None)
+def standard_key_map(base: str | UNetArchitecture, kolors: bool = False) -> dict[str, str]:
     """The LoRA key map ComfyUI builds for a standard ``base`` UNet (``comfy.lora.model_lora_keys_unet``: module
     names in ComfyUI's, kohya's and diffusers' spellings -> ``diffusion_model.<ldm>.weight``), for use without
     ComfyUI (the command line); ``kolors`` adds Kolors' text projection. In ComfyUI, the loaded model's own map

@@ -29,7 +29,7 @@ from ..training.lora_network import TARGET_PRESETS
 from ..training.loop import OPTIMIZERS, PRECISIONS, SCHEDULES, NonFiniteLossError, TrainSettings
 from ..training.loss_graph import draw_loss_graph
 from ..training.memory import PhaseMemory
-from ..training.save import SaveError, TrainedLora, read_lora, save_diffsynth_copy, save_lora
+from ..training.save import COPY_FORMATS, SaveError, TrainedLora, read_lora, save_copy, save_lora
 from ..training.trainer import build_cache, run_training
 from ..training.validation import (OUTPUT_CHOICES, RECIPE_NEGATIVE, RECIPE_TEST_PROMPT, ValidationHistory,
                                    ValidationSpec, draw_score_graph, draw_validation_grid, parse_prompts)
@@ -203,7 +203,10 @@ class AestheteTrainLora(io.ComfyNode):
                                         "cancel"),
                 io.Combo.Input("resume_from", options=lora_choices(), default=NO_LORA,
                                tooltip="Continue training a LoRA saved by Aesthete (models/loras) for `epochs` "
-                                       "more epochs; its rank and alpha are kept"),
+                                       "more epochs; its rank and alpha are kept. A checkpoint of this node (every "
+                                       "N epochs, or _interrupted) also continues its optimizer, learning-rate "
+                                       "schedule and noise from the .training_state file beside it, so the loss "
+                                       "goes on as in one run"),
                 Validation.Input("validation", optional=True,
                                  tooltip="From Validation Settings: after every epoch, generate images with the "
                                          "epoch's LoRA and score them; every epoch's LoRA is saved and the "
@@ -240,7 +243,8 @@ class AestheteTrainLora(io.ComfyNode):
         if validation is not None:
             validation.check()
         job = TrainingJob(dataset, settings, TARGET_PRESETS[target_layers], type(model.model.model_config).__name__,
-                          loras_root(), checkpoint_name, keep_every_epoch=validation is not None)
+                          loras_root(), checkpoint_name, keep_every_epoch=validation is not None,
+                          unet_config=dict(model.model.model_config.unet_config))
         if resume_from and resume_from != NO_LORA:
             job.resume_from(resume_from, folder_paths.get_full_path_or_raise("loras", resume_from))
         with torch.inference_mode(False), torch.enable_grad():
@@ -267,7 +271,8 @@ class AestheteTrainLora(io.ComfyNode):
 
             with meter.phase("training"), clear_training_errors(), cancelled_during_validation(job, validator):
                 run = run_training(base.diffusion_model, base, dataset, cache, settings, rank=rank, alpha=alpha,
-                                   targets=job.targets, resume=job.resume or None, device=device,
+                                   targets=job.targets, resume=job.resume or None, resume_state=job.resume_state,
+                                   device=device,
                                    on_step=progress.on_step,
                                    should_stop=comfy.model_management.processing_interrupted,
                                    on_epoch_end=on_epoch_end)
@@ -526,8 +531,9 @@ class AestheteSaveLora(io.ComfyNode):
             display_name="Save LoRA (Aesthete)",
             category="Aesthete/training",
             description="Saves a trained LoRA under models/loras as safetensors in ComfyUI's key format (with .alpha) "
-                        "and its training metadata, numbered so nothing is overwritten; optionally also a copy in "
-                        "DiffSynth's format.",
+                        "and its training metadata, numbered so nothing is overwritten; optionally also copies that "
+                        "other tools load: DiffSynth-Studio 1.x's format and diffusers/peft's "
+                        "(KolorsPipeline/StableDiffusionXLPipeline.load_lora_weights).",
             is_output_node=True,
             inputs=[
                 Lora.Input("lora", tooltip="From Train LoRA"),
@@ -537,25 +543,29 @@ class AestheteSaveLora(io.ComfyNode):
                                tooltip="fp32 keeps exactly the weights of the trained MODEL output; fp16/bf16 "
                                        "halve the file"),
                 io.Boolean.Input("diffsynth_copy", default=False,
-                                 tooltip="Also write <name>.diffsynth.safetensors in DiffSynth's key format"),
+                                 tooltip="Also write <name>.diffsynth.safetensors in DiffSynth-Studio 1.x's key format "
+                                         "(in DiffSynth, load_lora with lora_alpha = 4 / rank gives the same strength)"),
+                io.Boolean.Input("diffusers_copy", default=False, optional=True,
+                                 tooltip="Also write <name>.diffusers.safetensors in diffusers/peft's format, for "
+                                         "pipe.load_lora_weights of diffusers' Kolors and SDXL pipelines"),
             ],
             outputs=[io.String.Output(display_name="lora_name",
                                       tooltip="The saved file's name as LoRA loaders list it")],
         )
 
     @classmethod
-    def execute(cls, lora: TrainedLora, name_prefix, precision, diffsynth_copy) -> io.NodeOutput:
+    def execute(cls, lora: TrainedLora, name_prefix, precision, diffsynth_copy, diffusers_copy=False) -> io.NodeOutput:
         if not isinstance(lora, TrainedLora):
             raise SaveError("lora: connect the lora output of Train LoRA (Aesthete)")
         root = loras_root()
         path = save_lora(lora, numbered_path(root, name_prefix), SAVE_DTYPES[precision])
         name = path.relative_to(root.resolve()).as_posix()
         lines = [f"saved {name} (rank {lora.rank}, {lora.metadata.get('aesthete.steps', '?')} steps)"]
-        if diffsynth_copy:
-            copy, meta = save_diffsynth_copy(lora, path.with_name(path.stem + ".diffsynth.safetensors"))
+        for to in [f for f, wanted in (("diffsynth", diffsynth_copy), ("diffusers", diffusers_copy)) if wanted]:
+            copy, meta = save_copy(lora, path, to, SAVE_DTYPES[precision])
             dropped = int(meta.get("aesthete.dropped_keys", "0") or 0)
-            lines.append(f"DiffSynth copy: {copy.relative_to(root.resolve()).as_posix()}"
-                         + (f" ({dropped} tensors DiffSynth's layout cannot hold were left out; see the log)"
+            lines.append(f"{COPY_FORMATS[to][1]} copy: {copy.relative_to(root.resolve()).as_posix()}"
+                         + (f" ({dropped} tensors that format cannot hold were left out; see the log)"
                             if dropped else ""))
         return io.NodeOutput(name, ui=ui.PreviewText("\n".join(lines)))
 

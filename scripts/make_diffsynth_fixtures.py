@@ -7,6 +7,16 @@ venv must not get):
     .cache/diffsynth-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 diffsynth==1.1.9 "transformers<5" lightning
     .cache/diffsynth-venv/bin/python scripts/make_diffsynth_fixtures.py
 
+A lighter venv that reuses the pack venv's torch (about 100 MB instead of 6 GB; its own transformers<5 comes first
+on the path, pip installs nothing outside it):
+
+    python3.11 -m venv .cache/diffsynth-venv
+    echo "$PWD/.venv/lib/python3.11/site-packages" > .cache/diffsynth-venv/lib/python3.11/site-packages/zz_pack.pth
+    .cache/diffsynth-venv/bin/pip install diffsynth==1.1.9 "transformers<5" lightning
+
+(where the pack venv itself reuses another venv's packages, name that venv's site-packages instead).
+scripts/check_diffsynth_lora.py uses the same venv to load Save LoRA's DiffSynth copy with DiffSynth's own code.
+
 Writes (the tests read these; CI never needs the DiffSynth venv):
 - kolors_lora_keys.json: every tensor name and shape of a DiffSynth 1.x Kolors LoRA (rank 16, targets
   to_q,to_k,to_v,to_out as the recipe), made by injecting DiffSynth's LoRA (its LightningModelForT2ILoRA

@@ -1,8 +1,11 @@
 """The training loop: optimizer, learning-rate schedule with warm-up, gradient accumulation, precision (fp32, bf16,
-fp16 autocast), a stop on a NaN/inf loss, cancel (returns what was trained so far), a callback per epoch."""
+fp16 autocast), a stop on a NaN/inf loss, cancel (returns what was trained so far), a callback per epoch, and the
+state a resumed run continues from (:class:`LoopState`: optimizer, schedule position, noise generator)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -10,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+log = logging.getLogger("aesthete.training")
 
 OPTIMIZERS = ("AdamW", "Adam", "SGD", "RMSprop")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -55,12 +59,58 @@ class TrainSettings:
 
 
 @dataclass
+class LoopState:
+    """What a run needs beyond the LoRA weights to continue exactly where another stopped: the optimizer's state
+    (moments, step counts), the optimizer steps done (the schedule's position), the noise generator's state, the
+    fp16 loss scaler's, and where in an epoch it stopped (``epoch`` in progress, ``epoch_steps`` done in it; 0 at
+    an epoch's end). Stored as tensors plus JSON (:meth:`to_tensors`), never as pickled objects."""
+
+    optimizer: dict
+    steps_done: int
+    generator: torch.Tensor
+    epoch: int = 0
+    epoch_steps: int = 0
+    scaler: dict | None = None
+    names: list[str] = field(default_factory=list)  # the optimizer's parameters by name, in its order
+    optimizer_name: str = ""  # TrainSettings.optimizer of the run that saved it
+
+    def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """(tensors, string metadata) for a safetensors file; :meth:`from_tensors` reads them back."""
+        tensors = {"generator": self.generator.clone()}
+        plain_state: dict[str, dict] = {}
+        for index, values in self.optimizer["state"].items():
+            for name, value in values.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optimizer.{index}.{name}"] = value.detach().cpu().contiguous().clone()
+                else:
+                    plain_state.setdefault(str(index), {})[name] = value
+        meta = {"steps_done": self.steps_done, "epoch": self.epoch, "epoch_steps": self.epoch_steps,
+                "scaler": self.scaler, "names": self.names, "optimizer_name": self.optimizer_name,
+                "param_groups": self.optimizer["param_groups"], "plain_state": plain_state}
+        return tensors, {"aesthete.loop_state": json.dumps(meta)}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> LoopState:
+        meta = json.loads(metadata["aesthete.loop_state"])
+        state: dict[int, dict] = {int(i): dict(v) for i, v in meta["plain_state"].items()}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        return cls({"state": state, "param_groups": meta["param_groups"]}, int(meta["steps_done"]),
+                   tensors["generator"], int(meta["epoch"]), int(meta["epoch_steps"]), meta.get("scaler"),
+                   list(meta.get("names") or []), meta.get("optimizer_name", ""))
+
+
+@dataclass
 class TrainResult:
     losses: list[float] = field(default_factory=list)  # one per optimizer step (mean of its micro-batches)
     steps: int = 0
     epochs_done: int = 0
     cancelled: bool = False
     seconds: float = 0.0
+    # the state to continue from after the last finished optimizer step (set by ``train``)
+    loop_state: Callable[[], LoopState] | None = field(default=None, repr=False, compare=False)
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -99,17 +149,57 @@ class OptimizerSteps:
     ``total`` steps, fp16 loss scaling, gradient clipping."""
 
     def __init__(self, params: Sequence[torch.nn.Parameter], settings: TrainSettings, device: torch.device,
-                 total: int):
+                 total: int, resume: LoopState | None = None, names: Sequence[str] = ()):
         self.params = list(params)
+        self.names = list(names)
         self.settings = settings
         self.optimizer = make_optimizer(settings.optimizer, self.params, settings.learning_rate,
                                         settings.weight_decay)
+        done = 0
+        if resume is not None:
+            done = resume.steps_done
+            if resume.optimizer_name in ("", settings.optimizer):
+                self._load_optimizer(resume.optimizer, resume.names)
+            else:
+                log.warning("Aesthete trainer: the run resumed used %s, this one %s: its optimizer state is not "
+                            "carried over (the schedule and the noise are)", resume.optimizer_name, settings.optimizer)
+        self.done = done  # optimizer steps before this run: the schedule goes on from there, over done + total
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, total, settings.schedule, settings.warmup_steps))
+            self.optimizer, lambda s: lr_factor(s + done, done + total, settings.schedule, settings.warmup_steps))
         self.device_type = device.type
         self.autocast = autocast_dtype(settings.precision)  # the micro-batches' autocast dtype (None: fp32)
         self.scaler = torch.amp.GradScaler(device.type) if self.autocast == torch.float16 else None
+        if self.scaler is not None and resume is not None and resume.scaler:
+            self.scaler.load_state_dict(resume.scaler)
         self.discard()
+
+    def _load_optimizer(self, state: dict, names: list[str]) -> None:
+        groups = state["param_groups"]
+        if len(groups) != 1 or len(groups[0]["params"]) != len(self.params) or (
+                names and self.names and sorted(names) != sorted(self.names)):
+            raise ValueError(f"the saved optimizer state is for {sum(len(g['params']) for g in groups)} other LoRA "
+                             f"tensors than this LoRA's {len(self.params)}: resume from the LoRA file it was saved with")
+        if names and self.names:  # the same parameters, perhaps in another order: move each state to its own
+            where = {name: i for i, name in enumerate(self.names)}
+            state = {"state": {where[names[int(i)]]: s for i, s in state["state"].items()},
+                     "param_groups": [{**groups[0], "params": list(range(len(self.params)))}]}
+            groups = state["param_groups"]
+        device = self.params[0].device
+        # copies made here, under the trainer's inference_mode(False): a file read inside ComfyUI's inference mode
+        # gives inference tensors, which the optimizer could not update in place
+        self.optimizer.load_state_dict({"state": {i: {k: (v.clone() if k == "step" else v.to(device).clone())
+                                                      if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+                                                  for i, s in state["state"].items()},
+                                        "param_groups": groups})
+        for group in self.optimizer.param_groups:  # this run's settings win over the saved ones
+            group["lr"] = group["initial_lr"] = self.settings.learning_rate
+            if "weight_decay" in group and self.settings.optimizer == "AdamW":
+                group["weight_decay"] = self.settings.weight_decay
+
+    def state(self, generator_state: torch.Tensor, epoch: int, epoch_steps: int, steps: int) -> LoopState:
+        """The loop's state after ``steps`` optimizer steps of this run."""
+        return LoopState(self.optimizer.state_dict(), self.done + steps, generator_state.clone(), epoch, epoch_steps,
+                         self.scaler.state_dict() if self.scaler else None, self.names, self.settings.optimizer)
 
     def backward(self, loss: torch.Tensor, share: int) -> None:
         """Accumulate the gradient of ``loss / share`` (one of ``share`` micro-batches of a step)."""
@@ -139,8 +229,13 @@ def train(params: Sequence[torch.nn.Parameter], loss_of_batch: Callable[[Batch, 
           on_step: Callable[[int, int, float], None] | None = None,
           should_stop: Callable[[], bool] | None = None,
           on_epoch_end: Callable[[int, TrainResult], None] | None = None,
-          start_epoch: int = 0) -> TrainResult:
+          start_epoch: int = 0, resume: LoopState | None = None, names: Sequence[str] = ()) -> TrainResult:
     """Train ``params`` for ``settings.epochs`` epochs (counted from ``start_epoch``, for a resumed LoRA).
+
+    ``resume``: the :class:`LoopState` of the run this one continues (saved with its LoRA): the optimizer, the
+    schedule and the noise go on from there, and an epoch it stopped in is continued after its done steps, so the
+    two runs together follow the same losses as one uninterrupted run (``result.loop_state()`` gives the state).
+    ``names``: the names of ``params`` (the optimizer state is matched by name when both runs give them).
 
     ``loss_of_batch(batch, generator)`` returns the scalar loss of one micro-batch; ``plan_epoch(epoch)`` the
     micro-batches of an epoch. ``on_step(step, total, loss)`` follows every optimizer step; ``should_stop()`` is
@@ -150,15 +245,22 @@ def train(params: Sequence[torch.nn.Parameter], loss_of_batch: Callable[[Batch, 
     device = torch.device(device)
     plans = [plan_epoch(e) for e in range(start_epoch, start_epoch + settings.epochs)]
     accum = settings.grad_accumulation
-    total = sum(math.ceil(len(p) / accum) for p in plans)
-    steps = OptimizerSteps([p for p in params if p.requires_grad], settings, device, total)
+    skip = resume.epoch_steps if resume is not None and resume.epoch == start_epoch else 0
+    total = sum(math.ceil(len(p) / accum) for p in plans) - skip
+    params = list(params)
+    names = [n for n, p in zip(names, params) if p.requires_grad] if names else []
+    steps = OptimizerSteps([p for p in params if p.requires_grad], settings, device, total, resume, names)
     generator = torch.Generator().manual_seed(settings.seed)
+    if resume is not None:
+        generator.set_state(resume.generator.clone())
     result = TrainResult()
+    at = {"rng": generator.get_state(), "epoch": start_epoch, "epoch_steps": skip}  # the last step boundary
+    result.loop_state = lambda: steps.state(at["rng"], at["epoch"], at["epoch_steps"], result.steps)
     started = time.perf_counter()
     try:
         for epoch_index, batches in enumerate(plans):
             epoch = start_epoch + epoch_index
-            for first in range(0, len(batches), accum):
+            for first in range(skip * accum if epoch_index == 0 else 0, len(batches), accum):
                 step_loss = _accumulate(batches[first:first + accum], loss_of_batch, generator, steps, should_stop,
                                         f"step {result.steps + 1} of {total} (epoch {epoch + 1})")
                 if step_loss is None:
@@ -167,8 +269,10 @@ def train(params: Sequence[torch.nn.Parameter], loss_of_batch: Callable[[Batch, 
                 steps.step()
                 result.steps += 1
                 result.losses.append(step_loss)
+                at.update(rng=generator.get_state(), epoch=epoch, epoch_steps=first // accum + 1)
                 if on_step is not None:
                     on_step(result.steps, total, step_loss)
+            at.update(epoch=epoch + 1, epoch_steps=0)
             result.epochs_done = epoch_index + 1
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, result)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..lora.files import read_lora_file, write_diffsynth_copy, write_safetensors
+from ..lora.files import read_lora_file, write_converted_copy, write_safetensors
 
 log = logging.getLogger("aesthete.training")
 
@@ -64,6 +64,22 @@ def read_lora(path: str | Path) -> TrainedLora:
     return TrainedLora(tensors, metadata)
 
 
+# the formats Save LoRA writes beside the ComfyUI file: file suffix, what the copy is for
+COPY_FORMATS = {"diffsynth": (".diffsynth.safetensors", "DiffSynth-Studio 1.x (its Kolors/SD LoRA loading)"),
+                "diffusers": (".diffusers.safetensors", "diffusers/peft (pipe.load_lora_weights)")}
+
+
+def save_copy(lora: TrainedLora, comfy_file: str | Path, to: str,
+              dtype: torch.dtype | None = None) -> tuple[Path, dict[str, str]]:
+    """A copy of ``lora`` in ``to``'s key format ("diffsynth" or "diffusers", see ``COPY_FORMATS``) beside the
+    ComfyUI file ``comfy_file`` (``lora.files.write_converted_copy``), its tensors cast to ``dtype`` as the ComfyUI
+    file's are. Returns its path and metadata."""
+    comfy_file = Path(comfy_file)
+    path = comfy_file.with_name(comfy_file.stem + COPY_FORMATS[to][0])
+    tensors = lora.tensors if dtype is None else {k: v.to(dtype) for k, v in lora.tensors.items()}
+    return write_converted_copy(tensors, lora.metadata, path, to)
+
+
 def save_diffsynth_copy(lora: TrainedLora, path: str | Path) -> tuple[Path, dict[str, str]]:
-    """A copy of ``lora`` in DiffSynth's key format beside the ComfyUI file (``lora.files.write_diffsynth_copy``)."""
-    return write_diffsynth_copy(lora.tensors, lora.metadata, path)
+    """A copy of ``lora`` in DiffSynth's key format at ``path`` (``lora.files.write_converted_copy``)."""
+    return write_converted_copy(lora.tensors, lora.metadata, path, "diffsynth")

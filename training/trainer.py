@@ -13,7 +13,7 @@ from torch import nn
 
 from .dataset import LoraDataset
 from .lora_network import TARGET_PRESETS, LoraNetwork, checkpoint_blocks, release_inference_tensors
-from .loop import Batch, TrainResult, TrainSettings, train
+from .loop import Batch, LoopState, TrainResult, TrainSettings, train
 from .objective import DenoisingLoss
 
 log = logging.getLogger("aesthete.training")
@@ -89,15 +89,24 @@ def build_cache(dataset: LoraDataset, settings: TrainSettings, encode_images: Im
     return TrainingCache(plans, latents, conds, time.perf_counter() - started)
 
 
+def _lora_parameter_name(network: LoraNetwork, name: str) -> str:
+    """``layers.<i>.<rest>`` as ``<module path>.<rest>``: the same parameter has the same name in a resumed run,
+    whose layers may be listed in another order."""
+    _, index, rest = name.split(".", 2)
+    return f"{network.paths[int(index)]}.{rest}"
+
+
 def run_training(unet: nn.Module, model, dataset: LoraDataset, cache: TrainingCache, settings: TrainSettings, *,
                  rank: int = 16, alpha: float = 4.0, targets: tuple[str, ...] = TARGET_PRESETS["attention q,k,v,out"],
-                 resume: Mapping | None = None, device: torch.device | str = "cpu",
+                 resume: Mapping | None = None, resume_state: LoopState | None = None,
+                 device: torch.device | str = "cpu",
                  on_step: Callable[[int, int, float], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
                  on_epoch_end: Callable[[int, LoraNetwork, TrainResult], None] | None = None) -> TrainingRun:
     """Train a LoRA on ``unet`` (the module the LoRA keys are relative to; ``model`` runs the denoising, see
     :class:`DenoisingLoss`). The LoRA is attached to ``unet`` only while training; the returned network holds it.
-    ``resume`` is a LoRA in ComfyUI's format to continue from (the cache's first planned epoch follows it)."""
+    ``resume`` is a LoRA in ComfyUI's format to continue from (the cache's first planned epoch follows it),
+    ``resume_state`` the loop state saved with it (optimizer, schedule, noise; see :class:`LoopState`)."""
     settings.check()
     unet.requires_grad_(False)
     if release_inference_tensors(unet):
@@ -115,8 +124,10 @@ def run_training(unet: nn.Module, model, dataset: LoraDataset, cache: TrainingCa
     network.attach(unet)
     undo_checkpointing = checkpoint_blocks(unet) if settings.gradient_checkpointing else None
     try:
-        result = train(list(network.parameters()), loss, cache.plans.__getitem__, settings, device, on_step=on_step,
-                       should_stop=should_stop, start_epoch=start_epoch,
+        named = list(network.named_parameters())
+        result = train([p for _, p in named], loss, cache.plans.__getitem__, settings, device, on_step=on_step,
+                       should_stop=should_stop, start_epoch=start_epoch, resume=resume_state,
+                       names=[_lora_parameter_name(network, n) for n, _ in named],
                        on_epoch_end=(lambda e, r: on_epoch_end(e, network, r)) if on_epoch_end else None)
     finally:
         network.detach()

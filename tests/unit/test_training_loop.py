@@ -221,3 +221,71 @@ def test_encodings_are_kept_on_the_dataset_for_the_same_encoders(tmp_path):
     assert calls == before and again.latents is first.latents
     build_cache(dataset, settings, count_images, count_captions, encoders=(ToyModel(), clip))
     assert calls["images"] == 6  # another VAE: encoded again
+
+
+def _job_run(tmp_path, dataset, settings, *, resume_file=None, stop_after=None):
+    """A Train LoRA run as the node does it (TrainingJob + run_training) on a fresh toy model of the same seed."""
+    from aesthete.training.job import TrainingJob
+
+    torch.manual_seed(0)
+    model = ToyModel()
+    job = TrainingJob(dataset, settings, ("to_q", "to_k", "to_v", "to_out.0"), "toy", tmp_path / "loras", "run")
+    if resume_file is not None:
+        job.resume_from(resume_file.name, resume_file)
+    cache = build_cache(dataset, settings, encode_images, encode_caption, start_epoch=job.resume_epochs)
+    done = []
+    run = run_training(model.diffusion_model, model, dataset, cache, settings, rank=2, alpha=2.0,
+                       resume=job.resume or None, resume_state=job.resume_state, on_epoch_end=job.on_epoch_end,
+                       on_step=lambda s, t, v: done.append(s),
+                       should_stop=(lambda: len(done) >= stop_after) if stop_after else None)
+    job.finish(run)
+    return run, job
+
+
+@pytest.mark.parametrize("stop", ["epoch checkpoint", "cancel mid-epoch"])
+def test_resumed_run_follows_the_uninterrupted_loss_curve(tmp_path, stop):
+    """AdamW with warm-up and a cosine schedule, accumulation 2: a run stopped (at an epoch checkpoint, or cancelled
+    inside an epoch) and resumed from its saved file gives the same losses and weights as one run."""
+    write_pattern_folder(tmp_path / "data", count=4)
+    dataset = load_dataset(tmp_path / "data", resolution=64, recipe=CaptionRecipe("ptn", shuffle_tags=True))
+    common = dict(batch_size=1, grad_accumulation=2, learning_rate=2e-2, optimizer="AdamW", schedule="cosine",
+                  warmup_steps=2, seed=3)
+    whole, _ = _job_run(tmp_path / "whole", dataset, TrainSettings(epochs=4, **common))
+    if stop == "epoch checkpoint":
+        first, job = _job_run(tmp_path / "split", dataset, TrainSettings(epochs=4, save_every_n_epochs=2, **common),
+                              stop_after=5)  # cancelled in epoch 3: the epoch-2 checkpoint is what resumes
+        kept, remaining = 4, 2
+        resume_file = job.saved[0]
+        assert resume_file.name == "run_epoch0002.safetensors"
+    else:
+        first, job = _job_run(tmp_path / "split", dataset, TrainSettings(epochs=4, **common), stop_after=3)
+        kept, remaining = 3, 3  # 1.5 epochs done: epoch 2 goes on from its second step
+        resume_file = job.saved[-1]
+        assert resume_file.name == "run_interrupted.safetensors" and first.result.cancelled
+    assert resume_file.with_name(resume_file.stem + ".training_state").is_file()
+    second, _ = _job_run(tmp_path / "split", dataset, TrainSettings(epochs=remaining, **common),
+                         resume_file=resume_file)
+    assert second.result.steps == 8 - kept
+    torch.testing.assert_close(first.result.losses[:kept] + second.result.losses, whole.result.losses,
+                               rtol=1e-5, atol=1e-6)
+    ours, theirs = second.network.comfy_state_dict(), whole.network.comfy_state_dict()
+    for key in theirs:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6)
+
+
+def test_loop_state_round_trips_through_safetensors_without_pickle(tmp_path):
+    from safetensors.torch import load_file
+
+    from aesthete.training.job import read_loop_state, save_loop_state
+    from aesthete.training.loop import LoopState
+
+    p = quadratic_params()
+    res = train(p, lambda b, g: (p[0] * torch.randn(3, generator=g)).square().mean(), lambda e: [[(0, "")]] * 3,
+                TrainSettings(epochs=1, learning_rate=0.1))
+    state = res.loop_state()
+    path = save_loop_state(state, tmp_path / "x.safetensors")
+    assert path.name == "x.training_state" and set(load_file(str(path))) >= {"generator", "optimizer.0.exp_avg"}
+    back = read_loop_state(tmp_path / "x.safetensors")
+    assert isinstance(back, LoopState) and back.steps_done == 3 and back.epoch == 1 and back.epoch_steps == 0
+    assert torch.equal(back.generator, state.generator)
+    torch.testing.assert_close(back.optimizer["state"][0]["exp_avg_sq"], state.optimizer["state"][0]["exp_avg_sq"])
