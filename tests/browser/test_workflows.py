@@ -375,7 +375,7 @@ def test_kolors_generate_score_rank_runs(comfy, comfy_server, tiny_kolors_folder
     # the composer writes the recipe's prompt exactly and counts its tokens with Kolors's own tokenizer
     composed = ui_text(result, composer_id)
     assert composed.split("\n")[0] == RECIPE_PROMPT, composed
-    assert re.search(r"chatglm3: \d+ tokens", composed), composed
+    assert re.search(r"chatglm3: \d+ of 254 tokens", composed), composed
     negative = one(graph, "CLIPTextEncode", "Negative")
     assert graph[negative]["inputs"]["text"][0] == one(graph, "AestheteNegativePrompt")
     assert graph[one(graph, "KSampler")]["inputs"]["model"][0] == one(graph, "AestheteKolorsLoader")
