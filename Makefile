@@ -27,6 +27,7 @@ bench: setup-test
 	@$(PY) benchmarks/bench_scoring.py
 	@$(PY) benchmarks/bench_lora.py
 	@$(PY) benchmarks/bench_training.py
+	@$(PY) benchmarks/bench_kolors.py
 
 clean:
 	rm -rf .venv .comfyui .cache tests/.models tests/.artifacts
