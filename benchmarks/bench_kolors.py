@@ -22,7 +22,8 @@ the figures are medians over the rounds. In each process:
 - text encoder: one prompt encoded into the 256-token context and the pooled vector. Ours: the CLIP our loader
   makes, ``clip.encode_from_tokens(clip.tokenize(prompt), return_pooled=True)`` under inference mode; reference:
   ``KolorsPipeline.encode_prompt`` (no cfg) under no_grad as its ``__call__`` runs it. Outputs are compared.
-One warm-up call, then ``repeats`` timed calls (median) per process; the peak RSS of the calls is read separately
+One warm-up call, then ``repeats`` timed calls (median) per process (the bare UNet forward, run after the
+sampling steps, needs no warm-up of its own); the peak RSS of the calls is read separately
 from that of loading. Prints medians and the ratios ours / reference (speed: reference time / our time, so above
 1.0x is faster; memory: ours / reference, so below 1.0x is smaller). Targets (issue 11): speed at least 1.0x, peak
 memory at most 1.0x.
@@ -66,8 +67,8 @@ def conditioning(hidden: int, size: int):
             "x": torch.randn(2, 4, size // 8, size // 8, generator=g), "t": 500}
 
 
-def timed(fn, repeats: int) -> tuple[list[float], object]:
-    out = fn()  # warm-up
+def timed(fn, repeats: int, warm_up: bool = True) -> tuple[list[float], object]:
+    out = fn() if warm_up else None
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -94,14 +95,14 @@ def ours_unet(folder: Path, size: int, repeats: int, out: dict):
     import nodes as comfy_nodes  # ComfyUI's nodes.py (KSampler)
     import torch
 
-    from aesthete.kolors.folder import find_kolors_folder, read_weights
+    from aesthete.kolors.folder import LazyWeights, find_kolors_folder
     from aesthete.nodes.kolors_model import kolors_unet_from_diffusers
 
     c = conditioning(4096, size)
     out["rss_before_load_mib"] = _status_mib("VmRSS")
     t0 = time.perf_counter()
     kf = find_kolors_folder(folder)
-    model = kolors_unet_from_diffusers(read_weights(kf.unet_files), kf.unet_config, kf.scheduler_config, "fp32")
+    model = kolors_unet_from_diffusers(LazyWeights(kf.unet_files), kf.unet_config, kf.scheduler_config, "fp32")
     out["load_s"] = time.perf_counter() - t0
     out["load_peak_mib"], out["rss_after_load_mib"] = _status_mib("VmHWM"), _status_mib("VmRSS")
     reset_peak()
@@ -127,7 +128,7 @@ def ours_unet(folder: Path, size: int, repeats: int, out: dict):
             x0 = base.apply_model(x_in, sigma, c_crossattn=ctx, y=adm)
             return (x_in - x0) / sigma[:, None, None, None]
 
-        out["unet_s"], eps = timed(forward, repeats)
+        out["unet_s"], eps = timed(forward, repeats, warm_up=False)  # warm after the steps
         out["unet_peak_mib"] = _status_mib("VmHWM")
     out["check"] = eps.flatten()[:2048].tolist()
 
@@ -163,7 +164,7 @@ def ref_unet(folder: Path, size: int, repeats: int, out: dict):
     with torch.no_grad():
         out["unet_s"], eps = timed(lambda: unet(c["x"], torch.tensor(float(c["t"])), encoder_hidden_states=ctx,
                                                 added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
-                                                return_dict=False)[0], repeats)
+                                                return_dict=False)[0], repeats, warm_up=False)
     out["unet_peak_mib"] = _status_mib("VmHWM")
     out["check"] = eps.flatten()[:2048].tolist()
 

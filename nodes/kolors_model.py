@@ -14,6 +14,7 @@ Everything is wrapped in ModelPatchers, so ComfyUI's model management moves, off
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import comfy.diffusers_convert
@@ -34,7 +35,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import Timestep
 
 from ..kolors import configs
 from ..kolors.chatglm import ChatGLM3, load_chatglm_state_dict
-from ..kolors.folder import KolorsFolder, KolorsFolderError, read_weights
+from ..kolors.folder import KolorsFolder, KolorsFolderError, LazyWeights, read_weights
 from ..kolors.tokenizer import ChatGLM3Tokenizer
 
 log = logging.getLogger("aesthete.kolors")
@@ -127,26 +128,29 @@ def _load_device_dtype(dtype_name: str, parameters: int, weight_dtype, model_con
     return load_device, dtype, manual_cast
 
 
-def kolors_unet_from_diffusers(unet_sd: dict[str, torch.Tensor], unet_config: dict, scheduler_config: dict | None,
+def kolors_unet_from_diffusers(unet_sd: Mapping[str, torch.Tensor], unet_config: dict, scheduler_config: dict | None,
                                dtype_name: str = "auto", where: str = "unet") -> comfy.model_patcher.ModelPatcher:
-    """A Kolors MODEL from diffusers-named UNet weights and the folder's config files."""
+    """A Kolors MODEL from diffusers-named UNet weights and the folder's config files. ``unet_sd`` is a dict of
+    tensors (emptied as they are used) or a :class:`LazyWeights`, whose tensors are read one at a time."""
     settings = configs.unet_settings(unet_config)
     model_config = KolorsModelConfig(settings)
     if scheduler_config is not None:
         model_config.sampling_settings.update(configs.sampling_settings(scheduler_config))
     key_map = comfy.utils.unet_to_diffusers(settings)  # diffusers name -> ComfyUI name
-    comfy_sd: dict[str, torch.Tensor] = {}
-    for diffusers_key, comfy_key in key_map.items():
-        if diffusers_key in unet_sd:
-            comfy_sd[comfy_key] = unet_sd.pop(diffusers_key)
+    names = {comfy_key: diffusers_key for diffusers_key, comfy_key in key_map.items() if diffusers_key in unet_sd}
     for name in ("weight", "bias"):
         key = f"encoder_hid_proj.{name}"
         if key in unet_sd:
-            comfy_sd[key] = unet_sd.pop(key)
-    return _kolors_model(comfy_sd, model_config, dtype_name, where, leftover=sorted(unet_sd))
+            names[key] = key
+    leftover = sorted(set(unet_sd) - set(names.values()))
+    comfy_sd = {comfy_key: unet_sd[diffusers_key] for comfy_key, diffusers_key in names.items()}
+    take = unet_sd.take if isinstance(unet_sd, LazyWeights) else unet_sd.pop
+    return _kolors_model(comfy_sd, model_config, dtype_name, where, leftover=leftover,
+                         take=lambda comfy_key: take(names[comfy_key]))
 
 
-def _kolors_model(comfy_sd: dict, model_config, dtype_name: str, where: str, leftover: list[str]):
+def _kolors_model(comfy_sd: dict, model_config, dtype_name: str, where: str, leftover: list[str], take):
+    """``comfy_sd``: ComfyUI-named tensors (meta tensors are enough); ``take(key)``: the real tensor of a key."""
     if leftover:
         raise KolorsFolderError(f"{where}: {len(leftover)} weights do not belong to a Kolors UNet with this "
                                 f"config.json (for example {', '.join(leftover[:3])}); the weights and "
@@ -163,8 +167,22 @@ def _kolors_model(comfy_sd: dict, model_config, dtype_name: str, where: str, lef
         raise KolorsFolderError(f"{where}: the weights do not fit the UNet its config.json describes (missing "
                                 f"{missing[:3]}, unexpected {unexpected[:3]}); download the UNet again")
     model = model.to(mm.unet_offload_device())
-    model.load_model_weights(comfy_sd, "")
+    _move_weights_into(model.diffusion_model, comfy_sd, take)
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+
+
+@torch.no_grad()
+def _move_weights_into(module: torch.nn.Module, sd: dict[str, torch.Tensor], take) -> None:
+    """Copy the weights into ``module`` one tensor at a time, each read (``take``) just before it is copied and
+    dropped right after (what ``BaseModel.load_model_weights`` does, minus holding every file tensor until the
+    end: the model's fresh weights only take memory as they are written, so the peak is the model plus one file
+    tensor, not the model plus the whole file)."""
+    own = module.state_dict(keep_vars=True)
+    for key in list(sd):
+        tensor = take(key)
+        del sd[key]
+        own[key].copy_(tensor)
+        del tensor
 
 
 # ----------------------------------------------------------------------------------------------------- the CLIP
@@ -313,7 +331,7 @@ def kolors_vae(vae_files: list[Path], vae_config: dict) -> comfy.sd.VAE:
 
 def load_kolors_folder(folder: KolorsFolder, dtype_name: str = "auto", text_encoder_device: str = "default"):
     """(MODEL, CLIP, VAE) of a Kolors folder in either layout."""
-    model = kolors_unet_from_diffusers(read_weights(folder.unet_files), folder.unet_config, folder.scheduler_config,
+    model = kolors_unet_from_diffusers(LazyWeights(folder.unet_files), folder.unet_config, folder.scheduler_config,
                                        dtype_name, where=str(folder.root / "unet"))
     clip = kolors_clip(folder.text_encoder_files, folder.text_encoder_config, folder.tokenizer_model, dtype_name,
                        text_encoder_device)
