@@ -18,7 +18,7 @@ the figures are medians over the rounds. In each process:
   ``torch.inference_mode()`` as ComfyUI's executor runs nodes. Reference: ``KolorsPipeline.__call__`` with
   num_inference_steps=1, the same text embeddings passed in (``prompt_embeds``...), output_type="latent" (no VAE
   decode). Also timed alone: the bare UNet forward on one identical batch of 2 (ours: ``model.model.apply_model``
-  with ComfyUI's conds; reference: ``pipe.unet``), whose outputs are compared.
+  with ComfyUI's conds and the MODEL's transformer_options, as the sampler calls it; reference: ``pipe.unet``), whose outputs are compared.
 - text encoder: one prompt encoded into the 256-token context and the pooled vector. Ours: the CLIP our loader
   makes, ``clip.encode_from_tokens(clip.tokenize(prompt), return_pooled=True)`` under inference mode; reference:
   ``KolorsPipeline.encode_prompt`` (no cfg) under no_grad as its ``__call__`` runs it. Outputs are compared.
@@ -123,9 +123,10 @@ def ours_unet(folder: Path, size: int, repeats: int, out: dict):
         ctx = torch.cat([c["context"], c["neg_context"]])
         # apply_model scales the input by 1/sqrt(sigma^2 + 1) and returns x0; the UNet's eps is read back from it
         x_in = c["x"] * (sigma[:, None, None, None] ** 2 + 1).sqrt()
+        options = model.model_options.get("transformer_options", {})  # what the sampler passes (attention)
 
         def forward():
-            x0 = base.apply_model(x_in, sigma, c_crossattn=ctx, y=adm)
+            x0 = base.apply_model(x_in, sigma, c_crossattn=ctx, y=adm, transformer_options=options)
             return (x_in - x0) / sigma[:, None, None, None]
 
         out["unet_s"], eps = timed(forward, repeats, warm_up=False)  # warm after the steps

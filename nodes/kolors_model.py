@@ -19,6 +19,7 @@ from pathlib import Path
 
 import comfy.diffusers_convert
 import comfy.latent_formats
+import comfy.ldm.modules.attention as attention
 import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -168,7 +169,27 @@ def _kolors_model(comfy_sd: dict, model_config, dtype_name: str, where: str, lef
                                 f"{missing[:3]}, unexpected {unexpected[:3]}); download the UNet again")
     model = model.to(mm.unet_offload_device())
     _move_weights_into(model.diffusion_model, comfy_sd, take)
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    if mm.is_device_cpu(load_device) and _cpu_default_attention_is_sub_quad():
+        patcher.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = \
+            _pytorch_attention
+    return patcher
+
+
+def _cpu_default_attention_is_sub_quad() -> bool:
+    """ComfyUI falls back to its sub-quadratic attention on the CPU unless the user picked one on its command line."""
+    from comfy.cli_args import args
+
+    chosen = (args.use_split_cross_attention or args.use_quad_cross_attention or args.use_pytorch_cross_attention
+              or getattr(args, "use_sage_attention", False) or getattr(args, "use_flash_attention", False))
+    return not chosen and attention.optimized_attention is attention.attention_sub_quad
+
+
+def _pytorch_attention(func, *args, **kwargs):
+    """The Kolors UNet's attention on the CPU: PyTorch's scaled_dot_product_attention (exact, computed in tiles,
+    so no larger than the sub-quadratic kernel), which does the same work with fewer copies; measured with
+    benchmarks/bench_kolors.py (the README's Benchmarks)."""
+    return attention.attention_pytorch(*args, **kwargs)
 
 
 @torch.no_grad()
