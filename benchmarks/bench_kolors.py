@@ -5,7 +5,7 @@
 The weights: a medium random-weight Kolors folder in the Kwai-Kolors/Kolors layout (tests/harness/kolors_models.py
 ``medium_kolors``, fp16 files, built once and cached): the UNet has Kolors's real widths (320/640/1280, 64-channel
 heads, cross-attention 2048, encoder_hid_dim 4096, adm 5632, 2 res blocks per level) with transformer depths
-[1, 1, 2] instead of [1, 2, 10] (0.88 B parameters instead of 2.6 B); ChatGLM3 has its real layer shape (hidden 4096,
+[1, 1, 2] instead of [1, 2, 10] (0.86 B parameters instead of 2.6 B); ChatGLM3 has its real layer shape (hidden 4096,
 32 heads, 2 key/value groups, feed-forward 13696, vocabulary 65024) with 2 of its 28 layers. Both sides read the
 same files and run in fp32 on the CPU.
 
