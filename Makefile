@@ -29,6 +29,7 @@ bench: setup-test
 	@$(PY) -m benchmarks.bench_lora
 	@$(PY) -m benchmarks.bench_training
 	@$(PY) -m benchmarks.bench_kolors_text
+	@$(PY) -m benchmarks.bench_kolors
 
 clean:
 	rm -rf .venv .comfyui .cache tests/.models tests/.artifacts

@@ -14,10 +14,12 @@ Everything is wrapped in ModelPatchers, so ComfyUI's model management moves, off
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import comfy.diffusers_convert
 import comfy.latent_formats
+import comfy.ldm.modules.attention as attention
 import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -34,7 +36,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import Timestep
 
 from ..kolors import configs
 from ..kolors.chatglm import ChatGLM3, load_chatglm_state_dict
-from ..kolors.folder import KolorsFolder, KolorsFolderError, read_weights
+from ..kolors.folder import KolorsFolder, KolorsFolderError, LazyWeights, read_weights
 from ..kolors.tokenizer import ChatGLM3Tokenizer
 
 log = logging.getLogger("aesthete.kolors")
@@ -128,26 +130,29 @@ def _load_device_dtype(dtype_name: str, parameters: int, weight_dtype, model_con
     return load_device, dtype, manual_cast
 
 
-def kolors_unet_from_diffusers(unet_sd: dict[str, torch.Tensor], unet_config: dict, scheduler_config: dict | None,
+def kolors_unet_from_diffusers(unet_sd: Mapping[str, torch.Tensor], unet_config: dict, scheduler_config: dict | None,
                                dtype_name: str = "auto", where: str = "unet") -> comfy.model_patcher.ModelPatcher:
-    """A Kolors MODEL from diffusers-named UNet weights and the folder's config files."""
+    """A Kolors MODEL from diffusers-named UNet weights and the folder's config files. ``unet_sd`` is a dict of
+    tensors (emptied as they are used) or a :class:`LazyWeights`, whose tensors are read one at a time."""
     settings = configs.unet_settings(unet_config)
     model_config = KolorsModelConfig(settings)
     if scheduler_config is not None:
         model_config.sampling_settings.update(configs.sampling_settings(scheduler_config))
     key_map = comfy.utils.unet_to_diffusers(settings)  # diffusers name -> ComfyUI name
-    comfy_sd: dict[str, torch.Tensor] = {}
-    for diffusers_key, comfy_key in key_map.items():
-        if diffusers_key in unet_sd:
-            comfy_sd[comfy_key] = unet_sd.pop(diffusers_key)
+    names = {comfy_key: diffusers_key for diffusers_key, comfy_key in key_map.items() if diffusers_key in unet_sd}
     for name in ("weight", "bias"):
         key = f"encoder_hid_proj.{name}"
         if key in unet_sd:
-            comfy_sd[key] = unet_sd.pop(key)
-    return _kolors_model(comfy_sd, model_config, dtype_name, where, leftover=sorted(unet_sd))
+            names[key] = key
+    leftover = sorted(set(unet_sd) - set(names.values()))
+    comfy_sd = {comfy_key: unet_sd[diffusers_key] for comfy_key, diffusers_key in names.items()}
+    take = unet_sd.take if isinstance(unet_sd, LazyWeights) else unet_sd.pop
+    return _kolors_model(comfy_sd, model_config, dtype_name, where, leftover=leftover,
+                         take=lambda comfy_key: take(names[comfy_key]))
 
 
-def _kolors_model(comfy_sd: dict, model_config, dtype_name: str, where: str, leftover: list[str]):
+def _kolors_model(comfy_sd: dict, model_config, dtype_name: str, where: str, leftover: list[str], take):
+    """``comfy_sd``: ComfyUI-named tensors (meta tensors are enough); ``take(key)``: the real tensor of a key."""
     if leftover:
         raise KolorsFolderError(f"{where}: {len(leftover)} weights do not belong to a Kolors UNet with this "
                                 f"config.json (for example {', '.join(leftover[:3])}); the weights and "
@@ -164,8 +169,42 @@ def _kolors_model(comfy_sd: dict, model_config, dtype_name: str, where: str, lef
         raise KolorsFolderError(f"{where}: the weights do not fit the UNet its config.json describes (missing "
                                 f"{missing[:3]}, unexpected {unexpected[:3]}); download the UNet again")
     model = model.to(mm.unet_offload_device())
-    model.load_model_weights(comfy_sd, "")
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    _move_weights_into(model.diffusion_model, comfy_sd, take)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    if mm.is_device_cpu(load_device) and _cpu_default_attention_is_sub_quad():
+        patcher.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = \
+            _pytorch_attention
+    return patcher
+
+
+def _cpu_default_attention_is_sub_quad() -> bool:
+    """ComfyUI falls back to its sub-quadratic attention on the CPU unless the user picked one on its command line."""
+    from comfy.cli_args import args
+
+    chosen = (args.use_split_cross_attention or args.use_quad_cross_attention or args.use_pytorch_cross_attention
+              or getattr(args, "use_sage_attention", False) or getattr(args, "use_flash_attention", False))
+    return not chosen and attention.optimized_attention is attention.attention_sub_quad
+
+
+def _pytorch_attention(func, *args, **kwargs):
+    """The Kolors UNet's attention on the CPU: PyTorch's scaled_dot_product_attention (exact, computed in tiles,
+    so no larger than the sub-quadratic kernel), which does the same work with fewer copies; measured with
+    benchmarks/bench_kolors.py (the README's Benchmarks)."""
+    return attention.attention_pytorch(*args, **kwargs)
+
+
+@torch.no_grad()
+def _move_weights_into(module: torch.nn.Module, sd: dict[str, torch.Tensor], take) -> None:
+    """Copy the weights into ``module`` one tensor at a time, each read (``take``) just before it is copied and
+    dropped right after (what ``BaseModel.load_model_weights`` does, minus holding every file tensor until the
+    end: the model's fresh weights only take memory as they are written, so the peak is the model plus one file
+    tensor, not the model plus the whole file)."""
+    own = module.state_dict(keep_vars=True)
+    for key in list(sd):
+        tensor = take(key)
+        del sd[key]
+        own[key].copy_(tensor)
+        del tensor
 
 
 # ----------------------------------------------------------------------------------------------------- the CLIP
@@ -325,7 +364,7 @@ def load_kolors_folder(folder: KolorsFolder, dtype_name: str = "auto", text_enco
     """(MODEL, CLIP, VAE) of a Kolors folder in either layout. ``dtype_name``: auto, fp16, bf16, fp32, or
     TE_FP8 (UNet auto, ChatGLM3 stored in fp8)."""
     unet_dtype, te_dtype = ("auto", FP8) if dtype_name == TE_FP8 else (dtype_name, dtype_name)
-    model = kolors_unet_from_diffusers(read_weights(folder.unet_files), folder.unet_config, folder.scheduler_config,
+    model = kolors_unet_from_diffusers(LazyWeights(folder.unet_files), folder.unet_config, folder.scheduler_config,
                                        unet_dtype, where=str(folder.root / "unet"))
     clip = kolors_clip(folder.text_encoder_files, folder.text_encoder_config, folder.tokenizer_model, te_dtype,
                        text_encoder_device)

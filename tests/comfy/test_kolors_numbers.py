@@ -45,6 +45,9 @@ def test_context_pooled_noise_prediction_and_sigmas_equal_the_reference(layout):
         out["sigmas"] = (ours_sigmas - ref_sigmas).abs().max().item() if ours_sigmas.shape == ref_sigmas.shape else -1
         out["n_sigmas"] = len(ours_sigmas)
         out["hidden"] = pipe.text_encoder.config.hidden_size
+        # on the CPU (no attention flag given) the MODEL attends with PyTorch's SDPA, as the reference does
+        options = model.model_options.get("transformer_options", {{}})
+        out["sdpa_on_cpu"] = "optimized_attention_override" in options
         answer(out)
     """)
     hidden = result["hidden"]
@@ -53,6 +56,7 @@ def test_context_pooled_noise_prediction_and_sigmas_equal_the_reference(layout):
     assert max(result["pooled"]) < 1e-4, result["pooled"]
     assert max(result["eps"]) < 1e-4, result["eps"]
     assert result["n_sigmas"] == 1100
+    assert result["sdpa_on_cpu"]
     assert 0 <= result["sigmas"] < 1e-5 * 160  # relative to sigma_max ~ 157
 
 

@@ -444,3 +444,65 @@ def write_malicious_pickle(path: Path, marker: Path) -> None:
 
     torch.save({"transformer.embedding.word_embeddings.weight": torch.zeros(4, 4, dtype=torch.float16),
                 "transformer.encoder.layers.0.input_layernorm.weight": _CreatesFileWhenUnpickled(marker)}, path)
+
+
+# --- a medium Kolors for benchmarks -----------------------------------------------------------------------------
+# Kolors's real widths (320/640/1280, 64-channel heads, cross-attention 2048, ChatGLM3's 4096-wide context, adm
+# 5632) with fewer transformer blocks, and ChatGLM3-6B's real layer shape (hidden 4096, 32 heads, 2 key/value
+# groups, feed-forward 13696, vocabulary 65024) with 2 of its 28 layers: the cost of every layer is the real one,
+# the depth is cut so a 2-core CPU runs it.
+MEDIUM_UNET_DEPTH = [1, 1, 2]  # Kolors: [1, 2, 10]
+MEDIUM_CHATGLM_LAYERS = 2  # Kolors: 28
+MEDIUM_CHATGLM = dict(TINY_CHATGLM, num_layers=MEDIUM_CHATGLM_LAYERS, hidden_size=4096, ffn_hidden_size=13696,
+                      kv_channels=128, num_attention_heads=32, multi_query_group_num=2, seq_length=32768,
+                      padded_vocab_size=65024)
+
+
+def medium_unet_config() -> dict:
+    config = json.loads((Path(__file__).resolve().parents[2] / "kolors" / "kolors_unet_config.json").read_text())
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    return dict(config, transformer_layers_per_block=MEDIUM_UNET_DEPTH)
+
+
+def medium_kolors() -> Path:
+    """A random-weight Kolors folder in the ``kolors`` layout (fp16 UNet safetensors, pickled ChatGLM3 shards with
+    the tokenizer inside text_encoder/) at the medium size above, with a tiny VAE (the benchmarks do not decode).
+    About 3.5 GB on disk; built once (about a minute) and cached in tests/.models."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from diffusers.pipelines.kolors.text_encoder import ChatGLMConfig, ChatGLMModel
+    from safetensors.torch import save_file
+
+    path = _kolors_cached("kolors-medium-fp16")
+    if (path / "model_index.json").exists():
+        return path
+    with _building(path) as tmp, torch.no_grad():
+        tok_dir = tmp / "text_encoder"
+        tokenizer = build_tokenizer(tok_dir)
+        torch.manual_seed(SEED)
+        unet = UNet2DConditionModel.from_config(medium_unet_config()).eval()
+        _spread(unet, SEED + 1)
+        vae = build_vae(SEED)
+        for name, model in (("unet", unet), ("vae", vae)):
+            (tmp / name).mkdir()
+            model.save_config(tmp / name)
+            save_file({k: v.half().contiguous() for k, v in model.state_dict().items()},
+                      tmp / name / "diffusion_pytorch_model.fp16.safetensors", metadata={"format": "pt"})
+        del unet, vae
+        build_scheduler().save_config(tmp / "scheduler")
+        config = ChatGLMConfig(**MEDIUM_CHATGLM)
+        encoder = ChatGLMModel(config).eval()
+        gen = torch.Generator().manual_seed(SEED)
+        for name, p in sorted(encoder.named_parameters()):
+            if "norm" in name:
+                p.copy_(1.0 + torch.randn(p.shape, generator=gen) * 0.05)
+            else:
+                p.normal_(0.0, 0.02, generator=gen)
+        encoder.config.save_pretrained(tok_dir)
+        state = text_encoder_state_dict(encoder, torch.float16)
+        del encoder
+        _save_shards(tok_dir, state, TEXT_ENCODER_SHARDS)
+        del state
+        tokenizer.save_pretrained(tok_dir)
+        shutil.copyfile(FIXTURES / "model_index.json", tmp / "model_index.json")
+    return path
