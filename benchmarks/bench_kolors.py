@@ -78,8 +78,7 @@ def timed(fn, repeats: int, warm_up: bool = True) -> tuple[list[float], object]:
 
 
 def comfy_world():
-    sys.path.insert(0, str(REPO / "tests"))
-    from harness.comfy_server import COMFY_DIR
+    from tests.harness.comfy_server import COMFY_DIR
 
     sys.path.insert(0, str(COMFY_DIR))
     os.chdir(COMFY_DIR)
@@ -253,8 +252,7 @@ def main() -> int:
         sys.stdout.write("\n" + json.dumps(out) + "\n")
         return 0
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from harness.kolors_models import MEDIUM_CHATGLM_LAYERS, MEDIUM_UNET_DEPTH, medium_kolors
+    from tests.harness.kolors_models import MEDIUM_CHATGLM_LAYERS, MEDIUM_UNET_DEPTH, medium_kolors
 
     folder = medium_kolors()
     parts = ["unet", "te"] if a.part == "both" else [a.part]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from harness.comfy_server import COMFY_DIR
+from .comfy_server import COMFY_DIR
 
 _spec = importlib.util.spec_from_file_location("comfy_graph_utils", COMFY_DIR / "comfy_execution" / "graph_utils.py")
 _graph_utils = importlib.util.module_from_spec(_spec)

@@ -37,7 +37,7 @@ import os
 import shutil
 from pathlib import Path
 
-from harness.factories import _cached
+from .factories import _cached
 
 # bump when a Kolors factory changes, so stale cached folders are rebuilt
 KOLORS_FACTORY_VERSION = "2"
