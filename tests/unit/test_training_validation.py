@@ -15,7 +15,6 @@ from aesthete.training.dataset import load_dataset
 from aesthete.training.job import TrainingJob
 from aesthete.training.lora_network import LoraNetwork
 from aesthete.training.loop import TrainResult, TrainSettings
-from aesthete.training.memory import PhaseMemory
 from aesthete.training.validation import (RECIPE_TEST_PROMPT, ValidationError, ValidationHistory, ValidationSpec,
                                           draw_score_graph, draw_validation_grid, parse_prompts)
 from harness.training_data import write_pattern_folder
@@ -114,21 +113,36 @@ def test_every_epoch_is_saved_when_validation_keeps_them(tmp_path):
     assert all(p.is_file() for p in paths)
 
 
+_PHASES_SCRIPT = """
+import json
+from aesthete.training.memory import PhaseMemory
+meter = PhaseMemory("cpu")
+mib = 1024 * 1024
+with meter.phase("encoding"):
+    held = bytearray(64 * mib)  # 64 MiB touched, then given back
+    held[::4096] = b"x" * len(held[::4096])
+    del held
+with meter.phase("training"):
+    with meter.phase("validation"):
+        pass
+print(json.dumps({"peaks": meter.peaks, "starts": meter.starts, "resettable": meter.resettable,
+                  "text": meter.describe()}))
+"""
+
+
 def test_memory_of_each_phase_is_measured_and_nested_phases_count_apart():
-    meter = PhaseMemory("cpu")
-    mib = 1024 * 1024
-    with meter.phase("encoding"):
-        held = bytearray(64 * mib)  # 64 MiB touched, then given back
-        held[::4096] = b"x" * len(held[::4096])
-        del held
-    with meter.phase("training"):
-        with meter.phase("validation"):
-            pass
-    assert set(meter.peaks) == {"encoding", "training", "validation"}
-    assert all(v > 0 for v in meter.peaks.values())
-    if meter.resettable:  # VmHWM restarts per phase: the 64 MiB given back before training do not count there
-        assert meter.peaks["validation"] < meter.peaks["encoding"] - 32 * mib
-    text = meter.describe()
-    assert text.startswith("memory (peak resident") and "encoding" in text and "GiB (+" in text
-    if meter.resettable:
-        assert meter.peaks["encoding"] - meter.starts["encoding"] >= 60 * mib  # the 64 MiB show as a rise
+    """In a fresh process, as a training run's memory would be read (a test process that has held and freed much
+    memory before serves a new 64 MiB from pages it already has)."""
+    import json
+    import subprocess
+    import sys
+
+    out = json.loads(subprocess.run([sys.executable, "-c", _PHASES_SCRIPT], capture_output=True, text=True,
+                                    check=True, timeout=120).stdout.strip().splitlines()[-1])
+    peaks, starts, mib = out["peaks"], out["starts"], 1024 * 1024
+    assert set(peaks) == {"encoding", "training", "validation"}
+    assert all(v > 0 for v in peaks.values())
+    if out["resettable"]:  # VmHWM restarts per phase: the 64 MiB given back before training do not count there
+        assert peaks["validation"] < peaks["encoding"] - 32 * mib
+        assert peaks["encoding"] - starts["encoding"] >= 60 * mib  # the 64 MiB show as a rise
+    assert out["text"].startswith("memory (peak resident") and "encoding" in out["text"] and "GiB (+" in out["text"]
