@@ -44,18 +44,14 @@ def draw_loss_graph(losses: Sequence[float], smoothing: float = 0.9, width: int 
     losses = [float(v) for v in losses if math.isfinite(float(v))]
     if not losses:
         raise ValueError("no finite loss value to draw; train first")
-    left, right, top, bottom = LEFT, RIGHT, TOP, BOTTOM
+    left, top, bottom = LEFT, TOP, BOTTOM
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default()
     lo, hi = _scale(losses)
-    plot_w, plot_h = width - left - right, height - top - bottom
+    plot_h = height - top - bottom
     n = len(losses)
-
-    def point(i: int, v: float) -> tuple[float, float]:
-        x = left + (plot_w * i / (n - 1) if n > 1 else plot_w / 2)
-        return x, top + plot_h * (1 - (v - lo) / (hi - lo))
-
+    point = _plotter(width, height, n, lo, hi)
     _axes(draw, font, width, lo, hi, plot_h)
     for series, colour, w in ((losses, (150, 180, 235), 1), (smooth(losses, smoothing), (20, 60, 170), 3)):
         pts = [point(i, v) for i, v in enumerate(series)]
@@ -68,6 +64,17 @@ def draw_loss_graph(losses: Sequence[float], smoothing: float = 0.9, width: int 
     label = title or f"loss: first {losses[0]:.4g}, last {losses[-1]:.4g}, min {min(losses):.4g}"
     draw.text((left, 8), label + f"  (smoothed {smoothing:g})", fill="black", font=font)
     return img
+
+
+def _plotter(width: int, height: int, n: int, lo: float, hi: float):
+    """Image coordinates of point ``i`` (of ``n``) with value ``v`` inside the plot area, ``lo``..``hi`` top to bottom."""
+    plot_w, plot_h = width - LEFT - RIGHT, height - TOP - BOTTOM
+
+    def point(i: int, v: float) -> tuple[float, float]:
+        x = LEFT + (plot_w * i / (n - 1) if n > 1 else plot_w / 2)
+        return x, TOP + plot_h * (1 - (v - lo) / (hi - lo))
+
+    return point
 
 
 def draw_epoch_graph(values: Sequence[float], width: int = 480, height: int = 480, title: str = "",
@@ -83,13 +90,8 @@ def draw_epoch_graph(values: Sequence[float], width: int = 480, height: int = 48
         draw.text((LEFT, height // 2), "no score (no aesthetic predictor)", fill="black", font=font)
         return img
     lo, hi = _scale([v for _, v in known])
-    plot_w, plot_h = width - LEFT - RIGHT, height - TOP - BOTTOM
-    n = len(values)
-
-    def point(i: int, v: float) -> tuple[float, float]:
-        x = LEFT + (plot_w * i / (n - 1) if n > 1 else plot_w / 2)
-        return x, TOP + plot_h * (1 - (v - lo) / (hi - lo))
-
+    plot_h = height - TOP - BOTTOM
+    point = _plotter(width, height, len(values), lo, hi)
     _axes(draw, font, width, lo, hi, plot_h)
     pts = [point(i, v) for i, v in known]
     if len(pts) > 1:
