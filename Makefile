@@ -27,6 +27,7 @@ bench: setup-test
 	@$(PY) -m benchmarks.bench_scoring
 	@$(PY) -m benchmarks.bench_lora
 	@$(PY) -m benchmarks.bench_training
+	@$(PY) -m benchmarks.bench_training_kolors
 	@$(PY) -m benchmarks.bench_kolors_text
 
 clean:
