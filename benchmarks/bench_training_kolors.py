@@ -70,7 +70,7 @@ def step_times(marks: list[tuple[float, float]]) -> dict:
             "cpu_s": [b[1] - a[1] for a, b in zip(marks[1:], marks[2:])]}
 
 
-def ours(folder: Path, data: Path, resolution: int, steps: int) -> dict:
+def ours(folder: Path, data: Path, resolution: int, steps: int, pytorch_attention: bool = False) -> dict:
     import torch
 
     from tests.harness.comfy_server import COMFY_DIR
@@ -83,6 +83,8 @@ def ours(folder: Path, data: Path, resolution: int, steps: int) -> dict:
     from comfy.cli_args import args
 
     args.cpu = True
+    # ComfyUI's --use-pytorch-cross-attention: SDPA, its default on NVIDIA GPUs (on the CPU it picks sub-quadratic)
+    args.use_pytorch_cross_attention = pytorch_attention
     import comfy.model_management
 
     from aesthete.kolors.folder import find_kolors_folder
@@ -172,7 +174,7 @@ def reference(folder: Path, resolution: int, steps: int) -> dict:
 
 def run_worker(kind: str, a: argparse.Namespace, folder: Path, data: Path) -> dict:
     cmd = [sys.executable, "-m", __spec__.name, "--worker", kind, "--folder", str(folder), "--data", str(data),
-           "--resolution", str(a.resolution), "--steps", str(a.steps)]
+           "--resolution", str(a.resolution), "--steps", str(a.steps)] + (["--pytorch-attention"] * a.pytorch_attention)
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if proc.returncode != 0:
@@ -185,6 +187,9 @@ def main() -> int:
     p.add_argument("--resolution", type=int, default=64, help="square training images (pixels)")
     p.add_argument("--steps", type=int, default=4, help="training steps per process; the first is not timed")
     p.add_argument("--repeats", type=int, default=3, help="rounds; each runs both contenders, alternating")
+    p.add_argument("--pytorch-attention", action="store_true",
+                   help="ours with ComfyUI's --use-pytorch-cross-attention (SDPA, as on NVIDIA GPUs) instead of the "
+                        "CPU's default sub-quadratic attention")
     p.add_argument("--worker", choices=["ours", "reference"])
     p.add_argument("--folder", type=Path, help="the medium Kolors folder (default: built and cached once)")
     p.add_argument("--data", type=Path)
@@ -192,7 +197,7 @@ def main() -> int:
     a.folder, a.data = (x.resolve() if x else x for x in (a.folder, a.data))  # the ours worker changes directory
     logging.basicConfig(level=logging.WARNING)
     if a.worker == "ours":
-        res = ours(a.folder, a.data, a.resolution, a.steps)
+        res = ours(a.folder, a.data, a.resolution, a.steps, a.pytorch_attention)
     elif a.worker == "reference":
         res = reference(a.folder, a.resolution, a.steps)
     if a.worker:
@@ -222,7 +227,8 @@ def main() -> int:
     lines = [f"Kolors LoRA training step, medium Kolors-shaped UNet (320/640/1280, transformer blocks 1/1/2), "
              f"{a.resolution}x{a.resolution}, rank {RANK}, batch 1, fp32, AdamW, CPU ({os.cpu_count()} cores, "
              f"load average {min(load):.1f}-{max(load):.1f}); {a.repeats} rounds of {a.steps} steps "
-             f"(first step untimed), medians",
+             f"(first step untimed), medians; ours' attention: "
+             f"{'pytorch (SDPA)' if a.pytorch_attention else 'ComfyUI default'}",
              f"LoRA layers ours/reference: {o['lora_layers']}/{ref['lora_layers']}, LoRA parameters "
              f"{o['lora_params']}/{ref['lora_params']}; ours' cached conditioning {o['shapes']}",
              f"{'trainer':<30}{'steps/s':>10}{'CPU s/step':>12}{'peak RSS MiB':>15}{'RSS before MiB':>16}"]
