@@ -28,6 +28,7 @@ bench: setup-test
 	@$(PY) -m benchmarks.bench_filter
 	@$(PY) -m benchmarks.bench_lora
 	@$(PY) -m benchmarks.bench_training
+	@$(PY) -m benchmarks.bench_training_kolors
 	@$(PY) -m benchmarks.bench_kolors_text
 	@$(PY) -m benchmarks.bench_kolors
 

@@ -200,16 +200,16 @@ def _spread(model, seed: int) -> None:
                 p.copy_(1.0 + torch.randn(p.shape, generator=gen) * 0.05)
 
 
-def tiny_text_encoder_config(vocab_size: int, variant: str = "fp32") -> dict:
+def tiny_text_encoder_config(vocab_size: int, variant: str = "fp32", chatglm: dict | None = None) -> dict:
     """The real text_encoder/config.json (same keys, same order) at the tiny size; ``padded_vocab_size`` is the
     tokenizer's vocabulary (special tokens included) plus 8 unused rows, as ChatGLM3 pads 64794 to 65024."""
     config = json.loads((FIXTURES / "text_encoder_config.json").read_text(encoding="utf-8"))
-    config.update(TINY_CHATGLM, padded_vocab_size=vocab_size + 8,
+    config.update(chatglm or TINY_CHATGLM, padded_vocab_size=vocab_size + 8,
                   torch_dtype="float16" if variant == "fp16" else "float32")
     return config
 
 
-def build_text_encoder(vocab_size: int, seed: int = SEED):
+def build_text_encoder(vocab_size: int, seed: int = SEED, chatglm: dict | None = None):
     """ChatGLM3 (diffusers' ChatGLMModel) at the tiny size, fp32. The class does not initialise its weights: matrices
     and biases get normal(0.02), norm scales 1 + normal(0.05), all from a fixed seed (no bias or norm is left at
     zero or one, so a loader that drops one gives different numbers). The rope frequencies (``inv_freq``, a
@@ -217,7 +217,7 @@ def build_text_encoder(vocab_size: int, seed: int = SEED):
     import torch
     from diffusers.pipelines.kolors.text_encoder import ChatGLMConfig, ChatGLMModel
 
-    model = ChatGLMModel(ChatGLMConfig(**tiny_text_encoder_config(vocab_size))).float()
+    model = ChatGLMModel(ChatGLMConfig(**tiny_text_encoder_config(vocab_size, chatglm=chatglm))).float()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
@@ -257,11 +257,12 @@ def build_scheduler():
     return EulerDiscreteScheduler.from_config({k: v for k, v in config.items() if not k.startswith("_")})
 
 
-def build_components(folder: Path, seed: int = SEED, unet_config: dict | None = None) -> dict:
-    """All five KolorsPipeline components, fp32 (the UNet of ``unet_config``, default TINY_UNET); the tokenizer model
-    is trained into ``folder``."""
+def build_components(folder: Path, seed: int = SEED, unet_config: dict | None = None,
+                     chatglm: dict | None = None) -> dict:
+    """All five KolorsPipeline components, fp32 (the UNet of ``unet_config``, default TINY_UNET; the ChatGLM3 sizes
+    of ``chatglm``, default TINY_CHATGLM); the tokenizer model is trained into ``folder``."""
     tokenizer = build_tokenizer(folder)
-    return dict(tokenizer=tokenizer, text_encoder=build_text_encoder(tokenizer.vocab_size, seed),
+    return dict(tokenizer=tokenizer, text_encoder=build_text_encoder(tokenizer.vocab_size, seed, chatglm),
                 unet=build_unet(seed, unet_config), vae=build_vae(seed), scheduler=build_scheduler())
 
 
@@ -312,12 +313,13 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _save_kolors_layout(folder: Path, variant: str, unet_config: dict | None = None) -> None:
+def _save_kolors_layout(folder: Path, variant: str, unet_config: dict | None = None,
+                        chatglm: dict | None = None) -> None:
     from safetensors.torch import save_file
 
     dtype = _dtype(variant)
     te_dir = folder / "text_encoder"
-    parts = build_components(te_dir, unet_config=unet_config)
+    parts = build_components(te_dir, unet_config=unet_config, chatglm=chatglm)
     # unet/ and vae/: the real repository holds diffusion_pytorch_model.safetensors (fp32) and
     # diffusion_pytorch_model.fp16.safetensors; an fp16 download keeps the second, DiffSynth's the first
     weights_name = "diffusion_pytorch_model.fp16.safetensors" if variant == "fp16" else "diffusion_pytorch_model.safetensors"
@@ -328,7 +330,7 @@ def _save_kolors_layout(folder: Path, variant: str, unet_config: dict | None = N
     parts["scheduler"].save_config(folder / "scheduler")
     # text_encoder/: the real config.json at the tiny size, pickled shards + index, the tokenizer files
     # (tokenizer.model is already there; vocab.txt is the real repository's byte copy of it)
-    _write_json(te_dir / "config.json", tiny_text_encoder_config(parts["tokenizer"].vocab_size, variant))
+    _write_json(te_dir / "config.json", tiny_text_encoder_config(parts["tokenizer"].vocab_size, variant, chatglm))
     _save_shards(te_dir, text_encoder_state_dict(parts["text_encoder"], dtype), TEXT_ENCODER_SHARDS)
     shutil.copyfile(FIXTURES / "tokenizer_config.json", te_dir / "tokenizer_config.json")
     shutil.copyfile(te_dir / "tokenizer.model", te_dir / "vocab.txt")
