@@ -55,7 +55,8 @@ OUTPUT_IDS = {
     "AestheteScoreFolder": ["mean", "count", "table", "skipped"],
     "AestheteLoraLoader": ["MODEL", "CLIP", "report"],
     "AestheteLoraDataset": ["dataset", "report"],
-    "AestheteTrainLora": ["model", "lora", "loss"],
+    "AestheteTrainLora": ["model", "lora", "loss", "validation_grid", "score_graph", "report"],
+    "AestheteValidationSettings": ["validation"],
     "AestheteSaveLora": ["lora_name"],
 }
 
@@ -363,8 +364,84 @@ def kolors_generate_score_rank() -> WorkflowSpec:
     return b.spec(columns, groups)
 
 
+def the_recipe() -> WorkflowSpec:
+    b = Builder("6-the-recipe")
+    note(b, "Models · 模型", (
+        "Aesthete 6 · The recipe: train a Kolors LoRA, score every epoch, keep the best (配方：训练 Kolors LoRA，"
+        "每轮评分，保留最佳)\n\n"
+        "Put these files in place, then press R (refresh) and Queue:\n"
+        f"{KOLORS_FILES}\n"
+        f"{PREDICTOR_FILES}\n"
+        "• input/lora_dataset/ : the pixiv images with their tags as captions (name.png + name.txt, the tags joined "
+        "by commas; name.json tag lists work too)\n\n"
+        "Images scoring under 6 are left out. Train LoRA uses the recipe's defaults (5 epochs, rank 16, alpha 4; "
+        "rank 4 for one character) at 1024 with buckets. After every epoch the recipe's test prompt is generated "
+        "with the same seed and scored: the grid and the score-per-epoch graph are previewed, every epoch is saved "
+        "under models/loras/aesthete/recipe_epochNNNN.safetensors, and the best-scoring epoch is output and saved "
+        "to models/loras/aesthete/recipe_best_00001.safetensors. The same prompt and seed are then generated "
+        "without and with that LoRA, both batches are scored, and the two mean scores are shown side by side.\n"
+        "低于 6 分的图片不参与训练；按配方默认值（5 轮、rank 16、alpha 4）在 Kolors 上训练，每轮用配方的测试提示词和"
+        "同一种子生成并打分，预览网格和每轮分数曲线；每轮的 LoRA 都保存，得分最高的一轮另存；同一提示词和种子分别"
+        "不加 / 加 LoRA 生成，两组都打分，平均分并排显示。"))
+    b.add("kolors", "AestheteKolorsLoader", {"kolors": KOLORS, "dtype": "auto", "text_encoder_device": "default"})
+    b.add("predictor", "AesthetePredictorLoader", {"model": PREDICTOR})
+    b.add("dataset", "AestheteLoraDataset", {"folder": "lora_dataset", "resolution": 1024, "min_score": 6.0,
+                                             "seed": 0, "control_after_generate": "fixed"},
+          title="Dataset, score ≥ 6 · 数据集")
+    b.link("predictor", 0, "dataset", "aesthetic_model")
+    b.add("validation", "AestheteValidationSettings", {"seed": SEED, "control_after_generate": "fixed", "steps": 25,
+                                                       "width": 1024, "height": 1024, "images_per_prompt": 2,
+                                                       "cfg": KOLORS_CFG, "output_lora": "best score"},
+          title="Validation: the recipe's test prompt · 验证")
+    b.link("predictor", 0, "validation", "predictor")
+    b.add("train", "AestheteTrainLora", {"epochs": 5, "rank": 16, "alpha": 4.0, "seed": 0,
+                                         "control_after_generate": "fixed", "checkpoint_name": "aesthete/recipe"})
+    for output, input_name in (("MODEL", "model"), ("CLIP", "clip"), ("VAE", "vae")):
+        b.link("kolors", output, "train", input_name)
+    b.link("dataset", "dataset", "train", "dataset")
+    b.link("validation", "validation", "train", "validation")
+    b.add("save_lora", "AestheteSaveLora", {"name_prefix": "aesthete/recipe_best"}, title="Save the best LoRA")
+    b.link("train", "lora", "save_lora", "lora")
+    b.add("score_graph", "PreviewImage", title="Score per epoch · 每轮分数")
+    b.link("train", "score_graph", "score_graph", "images")
+    b.add("grid", "PreviewImage", title="Validation grid · 验证网格")
+    b.link("train", "validation_grid", "grid", "images")
+    b.add("report", "PreviewAny", title="Training report · 训练报告", size=(420, 260))
+    b.link("train", "report", "report", "source")
+    prompt_nodes(b, ("kolors", "CLIP"), RECIPE_FIELDS, negative="recipe-zh")
+    b.add("latent", "EmptyLatentImage", {"width": 1024, "height": 1024, "batch_size": 4}, title="Batch of 4")
+    sampler(b, "sampler_base", ("kolors", "MODEL"), "latent", title="KSampler · without LoRA", cfg=KOLORS_CFG)
+    sampler(b, "sampler_lora", ("train", "model"), "latent", title="KSampler · with LoRA", cfg=KOLORS_CFG)
+    for side, label in (("base", "without LoRA · 不加"), ("lora", "with LoRA · 加 LoRA")):
+        decode_and_score(b, f"sampler_{side}", f"decode_{side}", f"score_{side}", title=f"Score {label}",
+                         vae_src=("kolors", "VAE"))
+        b.add(f"preview_{side}", "AestheteSaveScored", {"mode": "preview", "draw_score": True},
+              title=f"Images {label}")
+        b.link(f"decode_{side}", 0, f"preview_{side}", "images")
+        b.link(f"score_{side}", "scores", f"preview_{side}", "scores")
+        b.add(f"mean_{side}", "PreviewAny", title=f"Mean {label}")
+        b.link(f"score_{side}", "mean", f"mean_{side}", "source")
+    groups = [
+        Group("Kolors · 模型", ["kolors", "predictor"], COLORS["models"]),
+        Group("Dataset, validation · 数据集与验证", ["dataset", "validation"], COLORS["score"]),
+        Group("Train, keep the best · 训练", ["train", "save_lora"], COLORS["train"]),
+        Group("Every epoch · 每轮", ["score_graph", "grid", "report"], COLORS["save"]),
+        Group("Recipe prompt · 配方提示词", ["composer", "negative"], COLORS["prompt"]),
+        Group("Generate both · 生成", ["positive_text", "negative_text", "latent", "sampler_base",
+                                           "sampler_lora", "decode_base", "decode_lora"], COLORS["generate"]),
+        Group("Score both · 评分", ["score_base", "score_lora", "preview_base", "preview_lora"], COLORS["score"]),
+        Group("Means · 平均分", ["mean_base", "mean_lora"], COLORS["compare"]),
+    ]
+    columns = [["note", 120, "kolors", "predictor"], ["dataset", "validation"], ["train", "save_lora"],
+               ["score_graph", "grid", "report"], ["composer", "negative"],
+               ["positive_text", "negative_text", "latent"], ["sampler_base", "sampler_lora"],
+               ["decode_base", "decode_lora"], ["score_base", "preview_base"], ["score_lora", "preview_lora"],
+               ["mean_base"], ["mean_lora"]]
+    return b.spec(columns, groups)
+
+
 SPECS = (generate_score_rank, score_a_folder, train_then_compare, use_a_diffsynth_lora,
-         kolors_generate_score_rank)
+         kolors_generate_score_rank, the_recipe)
 
 
 def drop_absent_optional_widgets(spec: WorkflowSpec, object_info: dict) -> None:

@@ -35,7 +35,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / ".artifacts"
 DIFFSYNTH_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "diffsynth" / "tiny_kolors_lora.ckpt"
 PACK = "comfyui-aesthete"
 NAMES = ["1-generate-score-rank", "2-score-a-folder", "3-train-then-compare", "4-use-a-diffsynth-lora",
-         "5-kolors-generate-score-rank"]
+         "5-kolors-generate-score-rank", "6-the-recipe"]
 DATASET = "lora_dataset"  # the folder workflows 2 and 3 read under ComfyUI's input directory
 # the frontend fetches from the internet, which CI machines may not reach: those failures are not the workflow's
 OFFLINE = re.compile(r"net::ERR_(NAME_NOT_RESOLVED|INTERNET_DISCONNECTED|CONNECTION_REFUSED|ADDRESS_UNREACHABLE)")
@@ -388,3 +388,53 @@ def test_kolors_generate_score_rank_runs(comfy, comfy_server, tiny_kolors_folder
     from aesthete.scoring.annotate import read_score
 
     assert read_score(saved[0]) == pytest.approx(max(scores), abs=1e-3)
+
+
+def test_the_recipe_runs(comfy, comfy_server, dataset, tiny_kolors_folder, predictor_for_the_bar):
+    """Workflow 6 on the tiny Kolors: the dataset filtered at 6, Train LoRA with validation (2 epochs, one 64 px
+    image per epoch, 1 step), the best epoch saved, then both batches scored and their means shown."""
+    from harness.kolors_models import RECIPE_PROMPT
+
+    predictor, kept = predictor_for_the_bar
+    graph = for_test_models(api_workflow("6-the-recipe"), "", predictor, kolors=tiny_kolors_folder)
+    data_id, train_id, save_id = one(graph, "AestheteLoraDataset"), one(graph, "AestheteTrainLora"), \
+        one(graph, "AestheteSaveLora")
+    valid_id = one(graph, "AestheteValidationSettings")
+    train, valid = graph[train_id]["inputs"], graph[valid_id]["inputs"]
+    assert (train["epochs"], train["rank"], train["alpha"], graph[data_id]["inputs"]["min_score"]) == (5, 16, 4.0, 6.0)
+    assert valid["prompts"] == RECIPE_PROMPT and valid["output_lora"] == "best score"
+    assert valid["predictor"][0] == one(graph, "AesthetePredictorLoader")
+    assert train["model"][0] == one(graph, "AestheteKolorsLoader") and train["validation"][0] == valid_id
+    assert graph[one(graph, "KSampler", "with LoRA")]["inputs"]["model"] == [train_id, 0]
+    run_id = uuid.uuid4().hex[:8]
+    train.update(epochs=2, checkpoint_name=f"aesthete_test/wf6_{run_id}")  # made cheap: 2 epochs
+    valid.update(width=64, height=64, steps=1, images_per_prompt=1)
+    prefix = f"aesthete_test/wf6_{run_id}_best"
+    graph[save_id]["inputs"]["name_prefix"] = prefix
+
+    result = run_everything(comfy, graph, timeout=500)
+
+    report = ui_text(result, data_id)
+    assert f"{kept} images kept" in report, report
+    epochs = result.node_output(train_id)["validation"]
+    assert [e["epoch"] for e in epochs] == [1, 2] and all(len(e["scores"]) == 1 for e in epochs), epochs
+    means = [sum(e["scores"]) / len(e["scores"]) for e in epochs]
+    best = epochs[max(range(2), key=lambda i: (means[i], -i))]
+    train_report = ui_text(result, train_id)
+    assert f"output: epoch {best['epoch']} (best mean score" in train_report, train_report
+    assert train_report == ui_text(result, one(graph, "PreviewAny", "Training report"))
+    # Save LoRA wrote the best epoch's LoRA: the same tensors as the epoch's own file
+    lora_file = comfy_server.models_dir / "loras" / f"{prefix}_00001.safetensors"
+    assert lora_file.is_file(), ui_text(result, save_id)
+    epoch_file = comfy_server.models_dir / "loras" / best["lora"]
+    with safe_open(str(lora_file), "pt") as saved, safe_open(str(epoch_file), "pt") as chosen:
+        assert sorted(saved.keys()) == sorted(chosen.keys()) and any(k.endswith(".alpha") for k in saved.keys())
+        assert all(np.allclose(saved.get_tensor(k).float().numpy(), chosen.get_tensor(k).float().numpy())
+                   for k in saved.keys())
+    for title in ("Validation grid", "Score per epoch"):
+        assert len(result.node_output(one(graph, "PreviewImage", title))["images"]) == 1, title
+    for side in ("without", "with LoRA"):
+        side_scores = summary_scores(ui_text(result, one(graph, "AestheteScore", f"Score {side}")))
+        mean = float(ui_text(result, one(graph, "PreviewAny", f"Mean {side}")))
+        assert len(side_scores) == 2 and mean == pytest.approx(sum(side_scores) / 2, abs=1e-3)
+        assert len(result.node_output(one(graph, "AestheteSaveScored", f"Images {side}"))["images"]) == 2
