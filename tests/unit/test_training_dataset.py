@@ -107,6 +107,9 @@ def test_aesthetic_filter_drops_low_scores(tmp_path):
     assert "aesthetic score 0.00 < 3.00" in ds.report()
     with pytest.raises(DatasetError, match="returned 1 scores for 4"):
         load_dataset(tmp_path, resolution=64, score=lambda imgs: [1.0])
+    # nothing left after the filter: a clear error naming why each image went
+    with pytest.raises(DatasetError, match=r"no usable training image \(pattern_00.png: aesthetic score 0.00 < 9.00"):
+        load_dataset(tmp_path, resolution=64, score=score, min_score=9.0)
 
 
 def test_plan_epoch_repeats_batches_by_bucket_and_is_reproducible(tmp_path):
