@@ -275,9 +275,13 @@ class AestheteTrainLora(io.ComfyNode):
                                    device=device,
                                    on_step=progress.on_step,
                                    should_stop=comfy.model_management.processing_interrupted,
-                                   on_epoch_end=on_epoch_end)
+                                   on_epoch_end=on_epoch_end,
+                                   # ComfyUI's layers raise on an interrupt: a cancel, not an error
+                                   stop_exceptions=(comfy.model_management.InterruptProcessingException,))
             lora = job.finish(run)
             if run.result.cancelled:
+                if run.result.stop_error is not None:
+                    raise run.result.stop_error
                 comfy.model_management.throw_exception_if_processing_interrupted()
         result = run.result
         validating = sum(validator.seconds) if validator is not None else 0.0

@@ -108,6 +108,8 @@ class TrainResult:
     steps: int = 0
     epochs_done: int = 0
     cancelled: bool = False
+    # the exception that stopped a cancelled run from inside a step (one of ``train``'s ``stop_exceptions``)
+    stop_error: BaseException | None = field(default=None, repr=False, compare=False)
     seconds: float = 0.0
     # the state to continue from after the last finished optimizer step (set by ``train``)
     loop_state: Callable[[], LoopState] | None = field(default=None, repr=False, compare=False)
@@ -229,7 +231,8 @@ def train(params: Sequence[torch.nn.Parameter], loss_of_batch: Callable[[Batch, 
           on_step: Callable[[int, int, float], None] | None = None,
           should_stop: Callable[[], bool] | None = None,
           on_epoch_end: Callable[[int, TrainResult], None] | None = None,
-          start_epoch: int = 0, resume: LoopState | None = None, names: Sequence[str] = ()) -> TrainResult:
+          start_epoch: int = 0, resume: LoopState | None = None, names: Sequence[str] = (),
+          stop_exceptions: tuple[type[BaseException], ...] = ()) -> TrainResult:
     """Train ``params`` for ``settings.epochs`` epochs (counted from ``start_epoch``, for a resumed LoRA).
 
     ``resume``: the :class:`LoopState` of the run this one continues (saved with its LoRA): the optimizer, the
@@ -240,7 +243,9 @@ def train(params: Sequence[torch.nn.Parameter], loss_of_batch: Callable[[Batch, 
     ``loss_of_batch(batch, generator)`` returns the scalar loss of one micro-batch; ``plan_epoch(epoch)`` the
     micro-batches of an epoch. ``on_step(step, total, loss)`` follows every optimizer step; ``should_stop()`` is
     asked before every micro-batch and ends training early (``cancelled``; the parameters keep what was trained).
-    A NaN or infinite loss raises :class:`NonFiniteLossError` before it reaches the parameters."""
+    A NaN or infinite loss raises :class:`NonFiniteLossError` before it reaches the parameters.
+    ``stop_exceptions``: exceptions a step may raise to cancel (ComfyUI interrupts inside its layers): the partial step
+    is dropped and the run ends ``cancelled`` as with ``should_stop``, the exception kept in ``stop_error``."""
     settings.check()
     device = torch.device(device)
     plans = [plan_epoch(e) for e in range(start_epoch, start_epoch + settings.epochs)]
@@ -261,8 +266,13 @@ def train(params: Sequence[torch.nn.Parameter], loss_of_batch: Callable[[Batch, 
         for epoch_index, batches in enumerate(plans):
             epoch = start_epoch + epoch_index
             for first in range(skip * accum if epoch_index == 0 else 0, len(batches), accum):
-                step_loss = _accumulate(batches[first:first + accum], loss_of_batch, generator, steps, should_stop,
-                                        f"step {result.steps + 1} of {total} (epoch {epoch + 1})")
+                try:
+                    step_loss = _accumulate(batches[first:first + accum], loss_of_batch, generator, steps,
+                                            should_stop, f"step {result.steps + 1} of {total} (epoch {epoch + 1})")
+                except stop_exceptions as e:
+                    steps.discard()
+                    result.stop_error = e
+                    step_loss = None
                 if step_loss is None:
                     result.cancelled = True
                     return result

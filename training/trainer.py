@@ -102,7 +102,8 @@ def run_training(unet: nn.Module, model, dataset: LoraDataset, cache: TrainingCa
                  device: torch.device | str = "cpu",
                  on_step: Callable[[int, int, float], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
-                 on_epoch_end: Callable[[int, LoraNetwork, TrainResult], None] | None = None) -> TrainingRun:
+                 on_epoch_end: Callable[[int, LoraNetwork, TrainResult], None] | None = None,
+                 stop_exceptions: tuple[type[BaseException], ...] = ()) -> TrainingRun:
     """Train a LoRA on ``unet`` (the module the LoRA keys are relative to; ``model`` runs the denoising, see
     :class:`DenoisingLoss`). The LoRA is attached to ``unet`` only while training; the returned network holds it.
     ``resume`` is a LoRA in ComfyUI's format to continue from (the cache's first planned epoch follows it),
@@ -126,7 +127,8 @@ def run_training(unet: nn.Module, model, dataset: LoraDataset, cache: TrainingCa
     try:
         named = list(network.named_parameters())
         result = train([p for _, p in named], loss, cache.plans.__getitem__, settings, device, on_step=on_step,
-                       should_stop=should_stop, start_epoch=start_epoch, resume=resume_state,
+                       should_stop=should_stop, stop_exceptions=stop_exceptions, start_epoch=start_epoch,
+                       resume=resume_state,
                        names=[_lora_parameter_name(network, n) for n, _ in named],
                        on_epoch_end=(lambda e, r: on_epoch_end(e, network, r)) if on_epoch_end else None)
     finally:

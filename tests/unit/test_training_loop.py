@@ -139,6 +139,31 @@ def test_cancel_returns_what_was_trained_and_epochs_are_reported():
     assert not torch.equal(p[0].detach(), start)
 
 
+class _Interrupted(Exception):
+    """Stands for ComfyUI's InterruptProcessingException, which its layers raise mid-forward on a cancel."""
+
+
+def test_an_interrupt_raised_inside_a_step_is_a_cancel_that_keeps_the_finished_steps():
+    p = quadratic_params()
+    calls = []
+
+    def loss(batch, generator):
+        calls.append(batch)
+        if len(calls) == 4:  # inside the 4th step's forward
+            raise _Interrupted()
+        return p[0].square().mean()
+
+    before = []
+    res = train(p, loss, lambda e: [[(0, "")], [(1, "")]], TrainSettings(epochs=3, learning_rate=0.1),
+                on_step=lambda s, t, v: before.append(p[0].detach().clone()), stop_exceptions=(_Interrupted,))
+    assert res.cancelled and res.steps == 3 and isinstance(res.stop_error, _Interrupted)
+    assert torch.equal(p[0].detach(), before[-1])  # the interrupted step changed nothing
+    assert res.loop_state is not None and res.loop_state().epoch_steps == 1  # resumable after step 3
+    with pytest.raises(_Interrupted):  # not listed: an error as before
+        train(quadratic_params(), lambda b, g: (_ for _ in ()).throw(_Interrupted()), lambda e: [[(0, "")]],
+              TrainSettings(epochs=1))
+
+
 def test_stack_conds_repeats_long_prompts_to_a_common_length():
     a, b = torch.ones(1, 77, 4), torch.zeros(1, 154, 4)
     out = stack_conds([{"c_crossattn": a, "y": torch.ones(1, 2)}, {"c_crossattn": b, "y": torch.zeros(1, 2)}])
