@@ -152,9 +152,9 @@ def main() -> int:
         make_images(src, args.images, args.size)
         for phase in ("local", "ray"):
             before = os.getloadavg()[0]
-            cmd = [sys.executable, __file__, "--phase", phase, "--model", str(model), "--src", str(src),
+            cmd = [sys.executable, "-m", __spec__.name, "--phase", phase, "--model", str(model), "--src", str(src),
                    "--dst", str(Path(tmp) / f"dst-{phase}"), "--batch-size", str(args.batch_size)]
-            done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+            done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), cwd=REPO)
             if done.returncode != 0:
                 log.error("%s failed:\n%s", phase, done.stderr[-4000:])
                 return 1

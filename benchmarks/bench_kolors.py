@@ -223,9 +223,9 @@ WORKERS = {"ours-unet": ours_unet, "ref-unet": ref_unet, "ours-te": ours_te, "re
 
 
 def run_worker(kind: str, folder: Path, size: int, repeats: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind, "--folder", str(folder), "--size", str(size),
+    cmd = [sys.executable, "-m", __spec__.name, "--worker", kind, "--folder", str(folder), "--size", str(size),
            "--repeats", str(repeats)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=REPO)
     if proc.returncode != 0:
         raise SystemExit(f"{kind} worker failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

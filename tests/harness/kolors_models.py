@@ -492,7 +492,9 @@ def medium_kolors() -> Path:
                       tmp / name / "diffusion_pytorch_model.fp16.safetensors", metadata={"format": "pt"})
         del unet, vae
         build_scheduler().save_config(tmp / "scheduler")
-        config = ChatGLMConfig(**MEDIUM_CHATGLM)
+        # the real text_encoder/config.json at the medium size, with ChatGLM3's real vocabulary rows
+        config = ChatGLMConfig(**dict(tiny_text_encoder_config(tokenizer.vocab_size, "fp16", chatglm=MEDIUM_CHATGLM),
+                                      padded_vocab_size=MEDIUM_CHATGLM["padded_vocab_size"]))
         encoder = ChatGLMModel(config).eval()
         gen = torch.Generator().manual_seed(SEED)
         for name, p in sorted(encoder.named_parameters()):
