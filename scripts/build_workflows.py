@@ -147,6 +147,23 @@ def decode_and_score(b: Builder, sampler_key: str, decode: str = "decode", score
     b.link(decode, 0, score, "images")
 
 
+def rank_and_keep(b: Builder, top_k: int, prefix: str, previews_title: str, best_title: str) -> None:
+    """Rank the scored batch ("decode", "score"), preview all of it with the scores drawn, save the best ``top_k``
+    with the score in the file name and metadata (``<prefix>all`` / ``<prefix>best``)."""
+    b.add("rank", "AestheteRank", {"top_k": top_k, "min_score": 0.0})
+    b.link("decode", 0, "rank", "images")
+    b.link("score", "scores", "rank", "scores")
+    b.add("previews", "AestheteSaveScored", {"mode": "preview", "draw_score": True,
+                                              "filename_prefix": f"{prefix}all"}, title=previews_title)
+    b.link("decode", 0, "previews", "images")
+    b.link("score", "scores", "previews", "scores")
+    b.add("save_best", "AestheteSaveScored", {"mode": "save", "draw_score": True, "filename_prefix": f"{prefix}best",
+                                               "score_in_filename": True, "score_in_metadata": True,
+                                               "model_name": PREDICTOR}, title=best_title)
+    b.link("rank", "kept_images", "save_best", "images")
+    b.link("rank", "kept_scores", "save_best", "scores")
+
+
 def generate_score_rank() -> WorkflowSpec:
     b = Builder("1-generate-score-rank")
     note(b, "Models · 模型", (
@@ -165,18 +182,8 @@ def generate_score_rank() -> WorkflowSpec:
     b.add("latent", "EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 8}, title="Batch of 8")
     sampler(b, "sampler", ("checkpoint", "MODEL"), "latent")
     decode_and_score(b, "sampler")
-    b.add("rank", "AestheteRank", {"top_k": 3, "min_score": 0.0})
-    b.link("decode", 0, "rank", "images")
-    b.link("score", "scores", "rank", "scores")
-    b.add("previews", "AestheteSaveScored", {"mode": "preview", "draw_score": True,
-                                              "filename_prefix": "Aesthete/all"}, title="All 8, with scores")
-    b.link("decode", 0, "previews", "images")
-    b.link("score", "scores", "previews", "scores")
-    b.add("save_best", "AestheteSaveScored", {"mode": "save", "draw_score": True, "filename_prefix": "Aesthete/best",
-                                               "score_in_filename": True, "score_in_metadata": True,
-                                               "model_name": PREDICTOR}, title="Best 3, saved with scores")
-    b.link("rank", "kept_images", "save_best", "images")
-    b.link("rank", "kept_scores", "save_best", "scores")
+    rank_and_keep(b, top_k=3, prefix="Aesthete/", previews_title="All 8, with scores",
+                  best_title="Best 3, saved with scores")
     groups = [
         Group("Models · 模型", ["checkpoint", "predictor"], COLORS["models"]),
         Group("Prompt · 提示词", ["composer", "negative"], COLORS["prompt"]),
@@ -337,19 +344,8 @@ def kolors_generate_score_rank() -> WorkflowSpec:
     b.add("latent", "EmptyLatentImage", {"width": 1024, "height": 1024, "batch_size": 4}, title="Batch of 4")
     sampler(b, "sampler", ("kolors", "MODEL"), "latent", cfg=KOLORS_CFG)
     decode_and_score(b, "sampler", vae_src=("kolors", "VAE"))
-    b.add("rank", "AestheteRank", {"top_k": 1, "min_score": 0.0})
-    b.link("decode", 0, "rank", "images")
-    b.link("score", "scores", "rank", "scores")
-    b.add("previews", "AestheteSaveScored", {"mode": "preview", "draw_score": True,
-                                              "filename_prefix": "Aesthete/kolors_all"}, title="All 4, with scores")
-    b.link("decode", 0, "previews", "images")
-    b.link("score", "scores", "previews", "scores")
-    b.add("save_best", "AestheteSaveScored", {"mode": "save", "draw_score": True,
-                                               "filename_prefix": "Aesthete/kolors_best", "score_in_filename": True,
-                                               "score_in_metadata": True, "model_name": PREDICTOR},
-          title="Best, saved with its score")
-    b.link("rank", "kept_images", "save_best", "images")
-    b.link("rank", "kept_scores", "save_best", "scores")
+    rank_and_keep(b, top_k=1, prefix="Aesthete/kolors_", previews_title="All 4, with scores",
+                  best_title="Best, saved with its score")
     groups = [
         Group("Kolors · 模型", ["kolors", "predictor"], COLORS["models"]),
         Group("Recipe prompt · 配方提示词", ["composer", "negative"], COLORS["prompt"]),
