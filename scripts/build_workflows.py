@@ -164,6 +164,22 @@ def rank_and_keep(b: Builder, top_k: int, prefix: str, previews_title: str, best
     b.link("rank", "kept_scores", "save_best", "scores")
 
 
+def generate_rank_layout(b: Builder, model: str, models_title: str, prompt_title: str,
+                         generate_title: str) -> WorkflowSpec:
+    """Groups and columns of a generate -> score -> rank -> keep workflow (workflows 1 and 5)."""
+    groups = [
+        Group(models_title, [model, "predictor"], COLORS["models"]),
+        Group(prompt_title, ["composer", "negative"], COLORS["prompt"]),
+        Group(generate_title, ["positive_text", "negative_text", "latent", "sampler", "decode"], COLORS["generate"]),
+        Group("Score, rank · 评分排序", ["score", "rank"], COLORS["score"]),
+        Group("Keep the best · 保存最佳", ["previews", "save_best"], COLORS["save"]),
+    ]
+    columns = [["note", 120, model, "predictor"], ["composer", "negative"],
+               ["positive_text", "negative_text", "latent"], ["sampler", "decode"], ["score", "rank"],
+               ["previews", "save_best"]]
+    return b.spec(columns, groups)
+
+
 def generate_score_rank() -> WorkflowSpec:
     b = Builder("1-generate-score-rank")
     note(b, "Models · 模型", (
@@ -184,18 +200,7 @@ def generate_score_rank() -> WorkflowSpec:
     decode_and_score(b, "sampler")
     rank_and_keep(b, top_k=3, prefix="Aesthete/", previews_title="All 8, with scores",
                   best_title="Best 3, saved with scores")
-    groups = [
-        Group("Models · 模型", ["checkpoint", "predictor"], COLORS["models"]),
-        Group("Prompt · 提示词", ["composer", "negative"], COLORS["prompt"]),
-        Group("Generate 8 · 生成", ["positive_text", "negative_text", "latent", "sampler", "decode"],
-              COLORS["generate"]),
-        Group("Score, rank · 评分排序", ["score", "rank"], COLORS["score"]),
-        Group("Keep the best · 保存最佳", ["previews", "save_best"], COLORS["save"]),
-    ]
-    columns = [["note", 120, "checkpoint", "predictor"], ["composer", "negative"],
-               ["positive_text", "negative_text", "latent"], ["sampler", "decode"], ["score", "rank"],
-               ["previews", "save_best"]]
-    return b.spec(columns, groups)
+    return generate_rank_layout(b, "checkpoint", "Models · 模型", "Prompt · 提示词", "Generate 8 · 生成")
 
 
 def score_a_folder() -> WorkflowSpec:
@@ -346,18 +351,7 @@ def kolors_generate_score_rank() -> WorkflowSpec:
     decode_and_score(b, "sampler", vae_src=("kolors", "VAE"))
     rank_and_keep(b, top_k=1, prefix="Aesthete/kolors_", previews_title="All 4, with scores",
                   best_title="Best, saved with its score")
-    groups = [
-        Group("Kolors · 模型", ["kolors", "predictor"], COLORS["models"]),
-        Group("Recipe prompt · 配方提示词", ["composer", "negative"], COLORS["prompt"]),
-        Group("Generate 4 · 生成", ["positive_text", "negative_text", "latent", "sampler", "decode"],
-              COLORS["generate"]),
-        Group("Score, rank · 评分排序", ["score", "rank"], COLORS["score"]),
-        Group("Keep the best · 保存最佳", ["previews", "save_best"], COLORS["save"]),
-    ]
-    columns = [["note", 120, "kolors", "predictor"], ["composer", "negative"],
-               ["positive_text", "negative_text", "latent"], ["sampler", "decode"], ["score", "rank"],
-               ["previews", "save_best"]]
-    return b.spec(columns, groups)
+    return generate_rank_layout(b, "kolors", "Kolors · 模型", "Recipe prompt · 配方提示词", "Generate 4 · 生成")
 
 
 def the_recipe() -> WorkflowSpec:
