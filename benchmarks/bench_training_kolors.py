@@ -9,7 +9,7 @@ to_out.0 of every attention (where DiffSynth's Kolors trainer puts it), batch 1,
 
 - ours: the Kolors MODEL/CLIP/VAE from the pack's Kolors loader (load_kolors_folder, as the Kolors loader node), the
   latents and ChatGLM3 contexts cached by build_cache, the LoRA network and loop of run_training, as Train LoRA runs
-  them (CLIP and VAE stay loaded, as in a graph).
+  them, the text encoder and the VAE then offloaded as Train LoRA does (on the CPU: parked on disk).
 - reference: diffusers' UNet2DConditionModel.from_pretrained of the same unet/ folder, ``unet.add_adapter`` with a
   peft LoraConfig (init "gaussian"), the step of diffusers' train_text_to_image_lora_sdxl.py (DDPMScheduler
   add_noise, epsilon MSE) on cached tensors of the same shapes (latent [1, 4, r/8, r/8], context [1, 256, 4096],
@@ -44,6 +44,11 @@ TOKENS, TEXT_WIDTH = 256, 4096  # Kolors's ChatGLM3 context: 256 tokens of 4096
 
 def rss_mib() -> float:
     return _status_kib("VmRSS") / 1024
+
+
+def rss_parts_mib() -> dict[str, float]:
+    """The resident memory by kind: anonymous (tensors, heap), file-backed (mapped files: libraries, weights)."""
+    return {k: round(_status_kib(k) / 1024) for k in ("RssAnon", "RssFile")}
 
 
 def peak_mib() -> float:
@@ -89,7 +94,7 @@ def ours(folder: Path, data: Path, resolution: int, steps: int, pytorch_attentio
 
     from aesthete.kolors.folder import find_kolors_folder
     from aesthete.nodes.kolors_model import load_kolors_folder
-    from aesthete.nodes.training_nodes import model_encoders
+    from aesthete.nodes.training_nodes import EncoderOffload, model_encoders
     from aesthete.training.captions import CaptionRecipe
     from aesthete.training.dataset import load_dataset
     from aesthete.training.loop import TrainSettings
@@ -109,13 +114,14 @@ def ours(folder: Path, data: Path, resolution: int, steps: int, pytorch_attentio
         out["cache_s"] = cache.seconds
         context = next(iter(cache.conds.values()))
         out["shapes"] = {k: list(v.shape) for k, v in context.items()} | {"latent": list(cache.latents[0].shape)}
-        comfy.model_management.load_models_gpu([patcher], memory_required=1e20, force_full_load=True)
-        out["rss_before_mib"] = rss_mib()
+        out["offload"] = EncoderOffload(patcher, clip, vae, device).describe()
+        out["rss_before_mib"], out["rss_parts_mib"] = rss_mib(), rss_parts_mib()
         reset_peak()
         marks = [(time.perf_counter(), time.process_time())]
         run = run_training(base.diffusion_model, base, ds, cache, settings, rank=RANK, alpha=ALPHA, targets=TARGETS,
                            device=device, on_step=lambda *_: marks.append((time.perf_counter(), time.process_time())),
-                           should_stop=lambda: len(marks) > steps)
+                           should_stop=lambda: len(marks) > steps,
+                           transformer_options=patcher.model_options.get("transformer_options", {}))
         out["peak_mib"] = peak_mib()
         out["lora_layers"] = len(run.network.paths)
         out["lora_params"] = sum(p.numel() for p in run.network.parameters())
@@ -152,7 +158,7 @@ def reference(folder: Path, resolution: int, steps: int) -> dict:
     context = torch.randn(1, TOKENS, TEXT_WIDTH)
     added = {"text_embeds": torch.randn(1, TEXT_WIDTH),
              "time_ids": torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32)}
-    out: dict = {"rss_before_mib": rss_mib()}
+    out: dict = {"rss_before_mib": rss_mib(), "rss_parts_mib": rss_parts_mib()}
     reset_peak()
     marks = [(time.perf_counter(), time.process_time())]
     for _ in range(steps):
@@ -188,8 +194,9 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=4, help="training steps per process; the first is not timed")
     p.add_argument("--repeats", type=int, default=3, help="rounds; each runs both contenders, alternating")
     p.add_argument("--pytorch-attention", action="store_true",
-                   help="ours with ComfyUI's --use-pytorch-cross-attention (SDPA, as on NVIDIA GPUs) instead of the "
-                        "CPU's default sub-quadratic attention")
+                   help="ours with ComfyUI's --use-pytorch-cross-attention (SDPA for every model, its default on "
+                        "NVIDIA GPUs); without it the Kolors MODEL already uses SDPA on the CPU, in sampling and in "
+                        "training")
     p.add_argument("--worker", choices=["ours", "reference"])
     p.add_argument("--folder", type=Path, help="the medium Kolors folder (default: built and cached once)")
     p.add_argument("--data", type=Path)
@@ -227,9 +234,11 @@ def main() -> int:
              f"{a.resolution}x{a.resolution}, rank {RANK}, batch 1, fp32, AdamW, CPU ({os.cpu_count()} cores, "
              f"load average {min(load):.1f}-{max(load):.1f}); {a.repeats} rounds of {a.steps} steps "
              f"(first step untimed), medians; ours' attention: "
-             f"{'pytorch (SDPA)' if a.pytorch_attention else 'ComfyUI default'}",
+             f"{'ComfyUI --use-pytorch-cross-attention' if a.pytorch_attention else 'the Kolors MODEL (SDPA on the CPU)'}",
              f"LoRA layers ours/reference: {o['lora_layers']}/{ref['lora_layers']}, LoRA parameters "
              f"{o['lora_params']}/{ref['lora_params']}; ours' cached conditioning {o['shapes']}",
+             f"ours after encoding: {o['offload']}",
+             f"resident before the steps, round 1: reference {ref['rss_parts_mib']}, ours {o['rss_parts_mib']}",
              f"{'trainer':<30}{'steps/s':>10}{'CPU s/step':>12}{'peak RSS MiB':>15}{'RSS before MiB':>16}"]
     names = {"reference": "diffusers + peft", "ours": "Aesthete (Kolors loader)"}
     for kind in ("reference", "ours"):

@@ -20,6 +20,7 @@ from comfy_api.latest import io, ui
 from comfy_execution.graph import ExecutionBlocker
 
 from ..common.images import pil_to_tensor, tensor_to_pil
+from ..common.parking import ParkedWeights, park_on_disk
 from ..common.paths import path_inside
 from ..lora.files import numbered_path
 from ..training.captions import CaptionRecipe
@@ -259,15 +260,14 @@ class AestheteTrainLora(io.ComfyNode):
                 progress = LossProgress(cls.hidden.unique_id, settings, dataset)
                 validator = EpochValidator(validation, model, clip, vae, patcher, job, progress) \
                     if validation is not None else None
-            # only the trained model stays loaded: the text encoder and the VAE are offloaded by ComfyUI
-            comfy.model_management.load_models_gpu([patcher], memory_required=1e20, force_full_load=True)
-            encoder_state = text_encoder_state(clip, device)
+            offload = EncoderOffload(patcher, clip, vae, device)
 
             def on_epoch_end(epoch, network, result):
                 job.on_epoch_end(epoch, network, result)
                 if validator is not None:
                     with meter.phase("validation"):
                         validator(epoch, network, result)
+                    offload.after_validation()
 
             with meter.phase("training"), clear_training_errors(), cancelled_during_validation(job, validator):
                 run = run_training(base.diffusion_model, base, dataset, cache, settings, rank=rank, alpha=alpha,
@@ -277,7 +277,8 @@ class AestheteTrainLora(io.ComfyNode):
                                    should_stop=comfy.model_management.processing_interrupted,
                                    on_epoch_end=on_epoch_end,
                                    # ComfyUI's layers raise on an interrupt: a cancel, not an error
-                                   stop_exceptions=(comfy.model_management.InterruptProcessingException,))
+                                   stop_exceptions=(comfy.model_management.InterruptProcessingException,),
+                                   transformer_options=patcher.model_options.get("transformer_options", {}))
             lora = job.finish(run)
             if run.result.cancelled:
                 if run.result.stop_error is not None:
@@ -303,7 +304,7 @@ class AestheteTrainLora(io.ComfyNode):
                                        "lora": e.lora_name} for e in history.epochs]
         else:
             graph = pil_to_tensor(draw_loss_graph(result.losses))
-        lines.append(f"{meter.describe()}; {encoder_state}")
+        lines.append(f"{meter.describe()}; {offload.describe()}")
         report = "\n".join(lines)
         log.info("Aesthete trainer: %s", report)
         # the same loader as core LoraLoaderModelOnly, so the output MODEL equals loading the saved file
@@ -312,13 +313,36 @@ class AestheteTrainLora(io.ComfyNode):
                              ui={"text": [report], "loss": list(result.losses), **ui_extra})
 
 
-def text_encoder_state(clip, device: torch.device) -> str:
-    """Whether ComfyUI's model management still holds the text encoder loaded, said for the report."""
-    if clip.patcher in comfy.model_management.loaded_models():
+class EncoderOffload:
+    """Once the captions and images are encoded, only the trained model stays in the training's memory: ComfyUI's
+    model management moves the text encoder and the VAE off a GPU; on the CPU, which has no other memory to offload
+    to, their weights are parked on disk (in ComfyUI's temp folder) and read back when next used: by validation's
+    VAE decoding (whose pages go back after each validation) and by the graph's later nodes."""
+
+    def __init__(self, patcher, clip, vae, device: torch.device):
+        comfy.model_management.load_models_gpu([patcher], memory_required=1e20, force_full_load=True)
+        self.device, self.clip = device, clip
+        self.parked: dict[str, ParkedWeights | None] = {}
         if device.type == "cpu":
-            return "the text encoder stays in RAM (on the CPU there is no other memory to offload it to)"
-        return "the text encoder is still loaded beside the trained model (there was room for both)"
-    return "the text encoder was offloaded after encoding (ComfyUI's model management)"
+            started = time.perf_counter()
+            for what, module in (("text encoder", clip.patcher.model), ("VAE", vae.first_stage_model)):
+                self.parked[what] = park_on_disk(module, folder_paths.get_temp_directory(),
+                                                 name=what.replace(" ", "-"))
+            log.info("Aesthete trainer: %s in %.1fs", self.describe(), time.perf_counter() - started)
+
+    def after_validation(self) -> None:
+        for parked in self.parked.values():
+            if parked is not None:
+                parked.release()
+
+    def describe(self) -> str:
+        """What became of the text encoder and the VAE, said for the report."""
+        if self.parked:
+            return "; ".join(f"{what} {p.describe() if p is not None else 'stays in RAM (no room to park it)'}"
+                             for what, p in self.parked.items())
+        if self.clip.patcher in comfy.model_management.loaded_models():
+            return "the text encoder is still loaded beside the trained model (there was room for both)"
+        return "the text encoder was offloaded after encoding (ComfyUI's model management)"
 
 
 def encode_text(clip, text: str):

@@ -31,13 +31,17 @@ class DenoisingLoss:
     velocity), so one formula serves both without knowing the model's parameterisation."""
 
     def __init__(self, model, latents: Sequence[torch.Tensor], conds: Mapping[tuple[str, tuple[int, int]], Mapping],
-                 sizes: Sequence[tuple[int, int]], device: torch.device | str = "cpu", min_percent: float = 1e-3):
+                 sizes: Sequence[tuple[int, int]], device: torch.device | str = "cpu", min_percent: float = 1e-3,
+                 transformer_options: Mapping | None = None):
         self.model = model
         self.latents = latents  # one [C, h, w] per image, in the model's latent space (process_latent_in applied)
         self.conds = conds  # (caption, (width, height)) -> {"c_crossattn": [1, T, D], "y": ...}
         self.sizes = sizes
         self.device = torch.device(device)
         self.min_percent = min_percent
+        # the MODEL's own transformer options (attention override, patches), passed as ComfyUI's sampling passes
+        # them, so a training step runs the same layers as the MODEL's sampling does; None: the model's defaults
+        self.transformer_options = transformer_options
 
     def sample_sigmas(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Noise levels drawn uniformly over the model's schedule (in ComfyUI's percent of denoising)."""
@@ -52,6 +56,8 @@ class DenoisingLoss:
         xt = self.model.model_sampling.noise_scaling(sigma, noise, x0, False)
         conds = stack_conds([self.conds[(caption, self.sizes[i])] for i, caption in batch])
         conds = {k: v.to(self.device) for k, v in conds.items()}
+        if self.transformer_options is not None:
+            conds["transformer_options"] = dict(self.transformer_options, sigmas=sigma, cond_or_uncond=[0])
         denoised = self.model.apply_model(xt, sigma, **conds).float()
         per_sample = ((denoised - x0) ** 2).mean(dim=tuple(range(1, x0.ndim))) / sigma ** 2
         return per_sample.mean()

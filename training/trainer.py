@@ -103,11 +103,14 @@ def run_training(unet: nn.Module, model, dataset: LoraDataset, cache: TrainingCa
                  on_step: Callable[[int, int, float], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
                  on_epoch_end: Callable[[int, LoraNetwork, TrainResult], None] | None = None,
-                 stop_exceptions: tuple[type[BaseException], ...] = ()) -> TrainingRun:
+                 stop_exceptions: tuple[type[BaseException], ...] = (),
+                 transformer_options: Mapping | None = None) -> TrainingRun:
     """Train a LoRA on ``unet`` (the module the LoRA keys are relative to; ``model`` runs the denoising, see
     :class:`DenoisingLoss`). The LoRA is attached to ``unet`` only while training; the returned network holds it.
     ``resume`` is a LoRA in ComfyUI's format to continue from (the cache's first planned epoch follows it),
-    ``resume_state`` the loop state saved with it (optimizer, schedule, noise; see :class:`LoopState`)."""
+    ``resume_state`` the loop state saved with it (optimizer, schedule, noise; see :class:`LoopState`);
+    ``transformer_options``: the MODEL's (ComfyUI's ``model_options["transformer_options"]``), so that training runs
+    the layers its sampling runs (an attention override, for one)."""
     settings.check()
     unet.requires_grad_(False)
     if release_inference_tensors(unet):
@@ -119,7 +122,8 @@ def run_training(unet: nn.Module, model, dataset: LoraDataset, cache: TrainingCa
     else:
         network = LoraNetwork.create(unet, rank, alpha, targets, seed=settings.seed)
     start_epoch = min(cache.plans)
-    loss = DenoisingLoss(model, cache.latents, cache.conds, [img.size for img in dataset.images], device)
+    loss = DenoisingLoss(model, cache.latents, cache.conds, [img.size for img in dataset.images], device,
+                         transformer_options=transformer_options)
     network.to(device).train()
     network.requires_grad_(True)
     network.attach(unet)

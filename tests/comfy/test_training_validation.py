@@ -11,11 +11,13 @@ import io
 import numpy as np
 import pytest
 import requests
+import torch
 from harness.graph import new_graph
 from harness.kolors_models import RECIPE_PROMPT, tiny_kolors
 from harness.training_data import write_pattern_folder
 from PIL import Image
 from safetensors import safe_open
+from safetensors.torch import load as load_safetensors
 
 DATA = "kolors_validation"
 NEGATIVE = "低质量，模糊"
@@ -177,3 +179,39 @@ def test_cancel_during_validation_keeps_the_saved_epochs(comfy, comfy_server, ko
     comfy.run(g.finalize(), timeout=480)
     plain, _ = tensors(folder / "after_cancel_out_00001.safetensors")
     assert float(sum(v.abs().sum() for k, v in plain.items() if k.endswith("lora_up.weight"))) > 0
+
+
+def test_on_the_cpu_the_text_encoder_and_vae_are_parked_and_still_encode_and_decode_the_same(validated, comfy,
+                                                                                           comfy_server, kolors):
+    """Once everything is encoded, Train LoRA parks ChatGLM3 and the VAE on disk (the CPU has no other memory to
+    offload them to), and says so; the loader's CLIP and VAE (ComfyUI's cached outputs, the parked ones) then
+    generate and decode exactly what a fresh load of the same folder does."""
+    nodes, result, log = validated
+    report = result.node_output(nodes["train"].id)["text"][0]
+    assert "text encoder parked on disk (" in report and "VAE parked on disk (" in report, report
+    assert "Aesthete trainer: text encoder parked on disk" in log
+    fresh = comfy_server.link_model("kolors", tiny_kolors("kolors", "fp16"), "tiny-kolors-fresh")
+    g = new_graph()
+    shown = {}
+    for tag, name in (("parked", kolors), ("fresh", fresh)):
+        loader = g.node("AestheteKolorsLoader", kolors=name, dtype="fp32", text_encoder_device="default")
+        positive = g.node("CLIPTextEncode", text=RECIPE_PROMPT, clip=loader.out(1))
+        negative = g.node("CLIPTextEncode", text=NEGATIVE, clip=loader.out(1))
+        latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=1)
+        sampled = g.node("KSampler", model=loader.out(0), positive=positive.out(0), negative=negative.out(0),
+                         latent_image=latent.out(0), seed=5, steps=2, cfg=4.0, sampler_name="euler",
+                         scheduler="normal", denoise=1.0)
+        g.node("SaveLatent", samples=sampled.out(0), filename_prefix=f"latents/parking-{tag}")
+        decoded = g.node("VAEDecode", samples=sampled.out(0), vae=loader.out(2))
+        shown[tag] = (loader, g.node("SaveImage", images=decoded.out(0), filename_prefix=f"parking-{tag}"))
+    run = comfy.run(g.finalize(), timeout=300)
+    cached = {str(n) for e in run.events_of("execution_cached") for n in e["data"]["nodes"]}
+    assert shown["parked"][0].id in cached, "the loader ran again: its CLIP and VAE are not the parked ones"
+    latents = {}
+    for tag in shown:
+        files = sorted((comfy_server.output_dir / "latents").glob(f"parking-{tag}_*.latent"))
+        latents[tag] = load_safetensors(files[-1].read_bytes())["latent_tensor"]
+    assert torch.equal(latents["parked"], latents["fresh"])
+    images = {tag: np.asarray(Image.open(io.BytesIO(comfy.output_images(run, save.id)[0])))
+              for tag, (_, save) in shown.items()}
+    assert np.array_equal(images["parked"], images["fresh"])
