@@ -29,6 +29,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -69,10 +70,17 @@ def reset_peak() -> None:
         f.write("5")
 
 
-def step_times(marks: list[tuple[float, float]]) -> dict:
-    """Wall and CPU seconds of each step after the first (CPU time counts less of other processes' load)."""
+def mark() -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, page faults so far) of this process."""
+    return time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def step_times(marks: list[tuple[float, float, int]]) -> dict:
+    """Wall and CPU seconds and page faults of each step after the first (CPU time counts less of other processes'
+    load; a page fault is memory the step took from the OS afresh)."""
     return {"step_s": [b[0] - a[0] for a, b in zip(marks[1:], marks[2:])],
-            "cpu_s": [b[1] - a[1] for a, b in zip(marks[1:], marks[2:])]}
+            "cpu_s": [b[1] - a[1] for a, b in zip(marks[1:], marks[2:])],
+            "faults": [b[2] - a[2] for a, b in zip(marks[1:], marks[2:])]}
 
 
 def ours(folder: Path, data: Path, resolution: int, steps: int, pytorch_attention: bool = False) -> dict:
@@ -117,9 +125,9 @@ def ours(folder: Path, data: Path, resolution: int, steps: int, pytorch_attentio
         out["offload"] = EncoderOffload(patcher, clip, vae, device).describe()
         out["rss_before_mib"], out["rss_parts_mib"] = rss_mib(), rss_parts_mib()
         reset_peak()
-        marks = [(time.perf_counter(), time.process_time())]
+        marks = [mark()]
         run = run_training(base.diffusion_model, base, ds, cache, settings, rank=RANK, alpha=ALPHA, targets=TARGETS,
-                           device=device, on_step=lambda *_: marks.append((time.perf_counter(), time.process_time())),
+                           device=device, on_step=lambda *_: marks.append(mark()),
                            should_stop=lambda: len(marks) > steps,
                            transformer_options=patcher.model_options.get("transformer_options", {}))
         out["peak_mib"] = peak_mib()
@@ -160,7 +168,7 @@ def reference(folder: Path, resolution: int, steps: int) -> dict:
              "time_ids": torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32)}
     out: dict = {"rss_before_mib": rss_mib(), "rss_parts_mib": rss_parts_mib()}
     reset_peak()
-    marks = [(time.perf_counter(), time.process_time())]
+    marks = [mark()]
     for _ in range(steps):
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (1,)).long()
@@ -171,7 +179,7 @@ def reference(folder: Path, resolution: int, steps: int) -> dict:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        marks.append((time.perf_counter(), time.process_time()))
+        marks.append(mark())
     out["peak_mib"] = peak_mib()
     out["lora_layers"] = sum(1 for n, _ in unet.named_modules() if n.endswith("lora_A"))
     out["lora_params"] = sum(p.numel() for p in params)
@@ -227,7 +235,8 @@ def main() -> int:
     med = {kind: {"step_s": statistics.median(statistics.median(rd[kind]["step_s"]) for rd in rounds),
                   "cpu_s": statistics.median(statistics.median(rd[kind]["cpu_s"]) for rd in rounds),
                   "peak_mib": statistics.median(rd[kind]["peak_mib"] for rd in rounds),
-                  "before_mib": statistics.median(rd[kind]["rss_before_mib"] for rd in rounds)}
+                  "before_mib": statistics.median(rd[kind]["rss_before_mib"] for rd in rounds),
+                  "faults": statistics.median(statistics.median(rd[kind]["faults"]) for rd in rounds)}
            for kind in ("reference", "ours")}
     o, ref = rounds[0]["ours"], rounds[0]["reference"]
     lines = [f"Kolors LoRA training step, medium Kolors-shaped UNet (320/640/1280, transformer blocks 1/1/2), "
@@ -239,12 +248,13 @@ def main() -> int:
              f"{o['lora_params']}/{ref['lora_params']}; ours' cached conditioning {o['shapes']}",
              f"ours after encoding: {o['offload']}",
              f"resident before the steps, round 1: reference {ref['rss_parts_mib']}, ours {o['rss_parts_mib']}",
-             f"{'trainer':<30}{'steps/s':>10}{'CPU s/step':>12}{'peak RSS MiB':>15}{'RSS before MiB':>16}"]
+             f"{'trainer':<30}{'steps/s':>10}{'CPU s/step':>12}{'peak RSS MiB':>15}{'RSS before MiB':>16}"
+             f"{'page faults/step':>18}"]
     names = {"reference": "diffusers + peft", "ours": "Aesthete (Kolors loader)"}
     for kind in ("reference", "ours"):
         m = med[kind]
         lines.append(f"{names[kind]:<30}{1 / m['step_s']:>10.3f}{m['cpu_s']:>12.2f}{m['peak_mib']:>15.0f}"
-                     f"{m['before_mib']:>16.0f}")
+                     f"{m['before_mib']:>16.0f}{m['faults']:>18.0f}")
     per_round = [(statistics.median(rd["reference"]["step_s"]) / statistics.median(rd["ours"]["step_s"]),
                   statistics.median(rd["reference"]["cpu_s"]) / statistics.median(rd["ours"]["cpu_s"]),
                   rd["ours"]["peak_mib"] / rd["reference"]["peak_mib"],

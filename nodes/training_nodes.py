@@ -160,7 +160,9 @@ class AestheteTrainLora(io.ComfyNode):
                         "as it goes; cancel keeps what was trained (saved under models/loras). Outputs the MODEL "
                         "with the LoRA applied, the LoRA for Save LoRA, and the loss history. With Validation "
                         "Settings connected, every epoch's LoRA generates and scores images, every epoch is saved "
-                        "and the best-scoring one is output.",
+                        "and the best-scoring one is output. Once everything is encoded the text encoder and the "
+                        "VAE leave the training's memory (on the CPU their weights wait on disk, in ComfyUI's temp "
+                        "folder).",
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model to train on (SD1.5 or SDXL architecture, "
                                                 "Kolors included)"),

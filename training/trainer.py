@@ -14,6 +14,7 @@ from torch import nn
 from .dataset import LoraDataset
 from .lora_network import TARGET_PRESETS, LoraNetwork, checkpoint_blocks, release_inference_tensors
 from .loop import Batch, LoopState, TrainResult, TrainSettings, train
+from .memory import give_back_free_memory, steady_step_memory
 from .objective import DenoisingLoss
 
 log = logging.getLogger("aesthete.training")
@@ -128,13 +129,18 @@ def run_training(unet: nn.Module, model, dataset: LoraDataset, cache: TrainingCa
     network.requires_grad_(True)
     network.attach(unet)
     undo_checkpointing = checkpoint_blocks(unet) if settings.gradient_checkpointing else None
+    def epoch_end(epoch: int, result: TrainResult) -> None:
+        on_epoch_end(epoch, network, result)
+        give_back_free_memory()  # what validation (or saving) freed stays out of the next epoch's steps
+
     try:
         named = list(network.named_parameters())
-        result = train([p for _, p in named], loss, cache.plans.__getitem__, settings, device, on_step=on_step,
-                       should_stop=should_stop, stop_exceptions=stop_exceptions, start_epoch=start_epoch,
-                       resume=resume_state,
-                       names=[_lora_parameter_name(network, n) for n, _ in named],
-                       on_epoch_end=(lambda e, r: on_epoch_end(e, network, r)) if on_epoch_end else None)
+        with steady_step_memory():
+            result = train([p for _, p in named], loss, cache.plans.__getitem__, settings, device, on_step=on_step,
+                           should_stop=should_stop, stop_exceptions=stop_exceptions, start_epoch=start_epoch,
+                           resume=resume_state,
+                           names=[_lora_parameter_name(network, n) for n, _ in named],
+                           on_epoch_end=epoch_end if on_epoch_end else None)
     finally:
         network.detach()
         if undo_checkpointing is not None:
