@@ -16,6 +16,7 @@ Layout differences from the reference, none of which changes a number:
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from types import SimpleNamespace
 
 import torch
@@ -284,32 +285,34 @@ class ChatGLM3(nn.Module):
         return context, pooled
 
 
-def _strip_prefix(sd: dict, prefix: str | None = None) -> dict:
-    """Keys as this module names them: whatever prefix the file stores them under becomes ``transformer.``."""
-    if prefix is not None:
-        return {"transformer." + k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-    anchors = [k for k in sd if k.endswith(_ANCHOR_KEY)]
-    if not anchors:
-        raise KeyError(f"not a ChatGLM3 state dict: no '{_ANCHOR_KEY}' key among {len(sd)} keys "
-                       f"(first: {sorted(sd)[:3]}); pick the text encoder's weights (ChatGLM3, Kolors's text_encoder)")
-    prefix = min(anchors, key=len)[: -len(_ANCHOR_KEY)]
-    return {"transformer." + k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+def _own_names(sd: Mapping, prefix: str | None = None) -> dict[str, str]:
+    """This module's name of each key -> the file's: whatever prefix the file stores them under becomes
+    ``transformer.``."""
+    if prefix is None:
+        anchors = [k for k in sd if k.endswith(_ANCHOR_KEY)]
+        if not anchors:
+            raise KeyError(f"not a ChatGLM3 state dict: no '{_ANCHOR_KEY}' key among {len(sd)} keys (first: "
+                           f"{sorted(sd)[:3]}); pick the text encoder's weights (ChatGLM3, Kolors's text_encoder)")
+        prefix = min(anchors, key=len)[: -len(_ANCHOR_KEY)]
+    return {"transformer." + k[len(prefix):]: k for k in sd if k.startswith(prefix)}
 
 
-def load_chatglm_state_dict(model: ChatGLM3, sd: dict, prefix: str | None = None) -> list[str]:
+def load_chatglm_state_dict(model: ChatGLM3, sd: Mapping, prefix: str | None = None) -> list[str]:
     """Loads ``sd`` into ``model`` strictly, except :data:`IGNORED_KEYS`; returns the ignored keys found.
 
     Keys may sit under any prefix (``transformer.`` as in Kolors's shards and chatglm3-6b, none as diffusers'
     ChatGLMModel saves them, or an outer one such as ``text_encoders.chatglm3.transformer.``); ``prefix``
     names it explicitly (the part before ``embedding.word_embeddings.weight``), otherwise it is found from
     that key. Keys outside the prefix are left out. Raises KeyError naming the missing
-    and unexpected keys, ValueError naming a key whose shape differs."""
-    sd = _strip_prefix(sd, prefix)
-    ignored = sorted(k for k in sd if k in IGNORED_KEYS)
-    sd = {k: v for k, v in sd.items() if k not in IGNORED_KEYS}
+    and unexpected keys, ValueError naming a key whose shape differs. ``sd`` may be a
+    :class:`~aesthete.kolors.folder.LazyWeights`: each tensor is then read just as it is copied in (the ignored ones
+    never), so loading holds one file tensor beside the model, not the whole file."""
+    names = _own_names(sd, prefix)
+    ignored = sorted(k for k in names if k in IGNORED_KEYS)
+    names = {k: v for k, v in names.items() if k not in IGNORED_KEYS}
     own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
+    missing = sorted(set(own) - set(names))
+    unexpected = sorted(set(names) - set(own))
     if missing or unexpected:
         parts = []
         if missing:
@@ -319,9 +322,15 @@ def load_chatglm_state_dict(model: ChatGLM3, sd: dict, prefix: str | None = None
         raise KeyError(f"ChatGLM3 weights do not fit its config: {'; '.join(parts)}. Check that the weight files "
                        f"and config.json come from the same text encoder (ChatGLM3-6B / Kolors text_encoder), all "
                        f"shards present; quantized (4/8-bit) ChatGLM files are not supported here")
-    for key, value in sd.items():
-        if tuple(value.shape) != tuple(own[key].shape):
-            raise ValueError(f"ChatGLM3 weight {key}: shape {tuple(value.shape)} in the file, "
+    for key, name in names.items():
+        if tuple(sd[name].shape) != tuple(own[key].shape):
+            raise ValueError(f"ChatGLM3 weight {key}: shape {tuple(sd[name].shape)} in the file, "
                              f"{tuple(own[key].shape)} from config.json; use the config.json of the same model")
-    model.load_state_dict(sd, strict=True)
+    take = getattr(sd, "take", None)
+    if take is None:
+        model.load_state_dict({key: sd[name] for key, name in names.items()}, strict=True)
+        return ignored
+    with torch.no_grad():
+        for key, name in names.items():
+            own[key].copy_(take(name))  # state_dict()'s tensors are the parameters' own storage
     return ignored

@@ -303,7 +303,8 @@ def context_mask_and_positions(ids: torch.Tensor, gmask_id: int) -> tuple[torch.
 
 def kolors_clip(te_files: list[Path], te_config: dict, tokenizer_model: Path, dtype_name: str = "auto",
                 device: str = "default", state_dict: dict | None = None) -> comfy.sd.CLIP:
-    """ChatGLM3 as a ComfyUI CLIP from its weight files (or their ``state_dict`` when already read)."""
+    """ChatGLM3 as a ComfyUI CLIP from its weight files (or their ``state_dict``: tensors, or a LazyWeights), each
+    tensor read as it is copied in."""
     tokenizer_bytes = Path(tokenizer_model).read_bytes()
     try:
         tokenizer = ChatGLM3Tokenizer.from_bytes(tokenizer_bytes)
@@ -328,7 +329,7 @@ def kolors_clip(te_files: list[Path], te_config: dict, tokenizer_model: Path, dt
     parameters = _chatglm_parameters(te_config)
     clip = comfy.sd.CLIP(target, tokenizer_data={"chatglm3_tokenizer": tokenizer_bytes}, parameters=parameters,
                          model_options=model_options)
-    sd = state_dict if state_dict is not None else read_weights(te_files)
+    sd = state_dict if state_dict is not None else LazyWeights(te_files)
     try:
         clip.load_sd(sd)
     except (KeyError, RuntimeError, ValueError) as e:

@@ -15,7 +15,7 @@ from comfy_api.latest import io
 from ..kolors.folder import KolorsFolderError
 from ..kolors.download import DEFAULT_NAME, ensure_kolors
 from ..kolors.folder import (chatglm_config_for_file, find_kolors_folder, find_tokenizer_for_file, looks_like_kolors,
-                             read_json, read_weight_file)
+                             LazyWeights, read_json)
 from . import kolors_model
 
 log = logging.getLogger("aesthete.kolors")
@@ -131,10 +131,10 @@ class AestheteKolorsUNetLoader(io.ComfyNode):
     @classmethod
     def execute(cls, unet_name, dtype) -> io.NodeOutput:
         path = Path(folder_paths.get_full_path_or_raise("diffusion_models", unet_name))
-        sd = read_weight_file(path)
+        sd = LazyWeights([path])  # each tensor read as it is copied into the model
         if any(k.endswith(kolors_model.ENCODER_HID_KEY) and "diffusion_model" in k for k in sd) or \
                 "input_blocks.0.0.weight" in sd:
-            model = comfy_detected_unet(sd, dtype, path)
+            model = comfy_detected_unet({k: sd.take(k) for k in list(sd)}, dtype, path)  # ComfyUI's loader
         else:
             config_path = path.parent / "config.json"
             config = read_json(config_path) if config_path.is_file() else read_json(STOCK_UNET_CONFIG)
@@ -191,7 +191,7 @@ class AestheteChatGLM3Loader(io.ComfyNode):
     @classmethod
     def execute(cls, text_encoder, dtype, device) -> io.NodeOutput:
         path = text_encoder_path(text_encoder)
-        sd = read_weight_file(path)
+        sd = LazyWeights([path])  # shapes now, each tensor read as it is copied into the model
         config = chatglm_config_for_file(path, sd)
         tokenizer = find_tokenizer_for_file(path, [p for _, p in _subfolders(KOLORS_FOLDER)])
         return io.NodeOutput(kolors_model.kolors_clip([path], config, tokenizer, dtype, device, state_dict=sd))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from harness.in_comfy import run_in_comfy
-from harness.kolors_models import RECIPE_PROMPT, tiny_kolors
+from harness.kolors_models import RECIPE_PROMPT, tiny_kolors, wide_chatglm3_file
 
 TESTS = Path(__file__).resolve().parents[1]
 PROMPTS = [RECIPE_PROMPT, "a girl with blue hair on a white background, anime style", ""]
@@ -88,6 +88,36 @@ def test_fp8_text_encoder_halves_the_weights_and_stays_close():
     fp16_bytes, fp8_bytes = result["bytes"]
     assert fp8_bytes * 2 <= fp16_bytes * 1.01
     assert result["rel_fp16"] < result["rel_fp8"] < 0.1
+
+
+def test_the_text_encoder_file_is_read_one_tensor_at_a_time():
+    """Loading chatglm3-fp16.safetensors in fp32 holds the model and one file tensor at a time, never the whole file
+    beside the model (the fp16 file is half the fp32 model again, for the real ChatGLM3 12.5 GB more), and never
+    reads the LM head Kolors does not use. Measured in a fresh process: the peak resident memory's rise while the
+    node's loading runs."""
+    files = wide_chatglm3_file()
+    result = run_in_comfy(f"""
+        import math
+        from pathlib import Path
+        from safetensors import safe_open
+        from aesthete.kolors.folder import LazyWeights, chatglm_config_for_file
+        from aesthete.nodes.kolors_model import kolors_clip
+        from aesthete.training.memory import reset_resident_peak, resident_now, resident_peak
+        path = Path({str(files["chatglm3"])!r})
+        with safe_open(str(path), "pt") as f:
+            sizes = {{k: f.get_slice(k).get_shape() for k in f.keys()}}
+        weights = LazyWeights([path])
+        config = chatglm_config_for_file(path, weights)
+        reset_resident_peak()
+        before = resident_now()
+        clip = kolors_clip([path], config, Path({str(files["tokenizer"])!r}), "fp32", "cpu", state_dict=weights)
+        rise = resident_peak() - before
+        model = sum(p.numel() * p.element_size() for p in clip.cond_stage_model.parameters())
+        answer({{"rise": rise, "model": model, "file": path.stat().st_size,
+                 "largest": max(math.prod(s) for s in sizes.values()) * 2}})
+    """)
+    assert result["rise"] < result["model"] + result["largest"] + 64 * 2 ** 20, result
+    assert result["rise"] < result["model"] + result["file"] * 0.7, result  # the old way: model + whole file
 
 
 def test_vae_decode_equals_the_reference():

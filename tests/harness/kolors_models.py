@@ -510,3 +510,33 @@ def medium_kolors() -> Path:
         tokenizer.save_pretrained(tok_dir)
         shutil.copyfile(FIXTURES / "model_index.json", tmp / "model_index.json")
     return path
+
+
+WIDE_CHATGLM = dict(TINY_CHATGLM, hidden_size=1024, ffn_hidden_size=4096, kv_channels=64, num_attention_heads=16)
+
+
+def wide_chatglm3_file() -> dict[str, Path]:
+    """A single ``chatglm3-fp16.safetensors`` wide enough that loading it shows in the process's memory: ChatGLM3's
+    real vocabulary (65024 rows, LM head included, as the shared file has it) at width 1024, 2 layers (about 330 MB
+    in fp16). Random weights: for memory, not numbers. ``{"chatglm3", "tokenizer", "config"}`` paths."""
+    import torch
+    from diffusers.pipelines.kolors.text_encoder import ChatGLMConfig, ChatGLMModel
+    from safetensors.torch import save_file
+
+    path = _kolors_cached("chatglm3-wide")
+    files = dict(chatglm3=path / "chatglm3-fp16.safetensors", tokenizer=path / "tokenizer.model",
+                 config=path / "config.json")
+    if files["chatglm3"].exists():
+        return files
+    source = tiny_kolors("kolors", "fp16") / "text_encoder"
+    with _building(path) as tmp:
+        config = dict(tiny_text_encoder_config(64000, "fp16", chatglm=WIDE_CHATGLM), padded_vocab_size=65024)
+        with torch.device("meta"):
+            shapes = {k: (v.shape, v.dtype) for k, v in ChatGLMModel(ChatGLMConfig(**config)).state_dict().items()}
+        gen = torch.Generator().manual_seed(SEED)
+        state = {k: (torch.randn(shape, generator=gen) * 0.02).to(torch.float16) if dtype.is_floating_point
+                 else torch.zeros(shape, dtype=dtype) for k, (shape, dtype) in shapes.items()}
+        save_file(state, tmp / files["chatglm3"].name, metadata={"format": "pt"})
+        _write_json(tmp / files["config"].name, config)
+        shutil.copyfile(source / "tokenizer.model", tmp / files["tokenizer"].name)
+    return files
