@@ -90,6 +90,25 @@ def build_cache(dataset: LoraDataset, settings: TrainSettings, encode_images: Im
     return TrainingCache(plans, latents, conds, time.perf_counter() - started)
 
 
+class ConvLayout:
+    """On the CPU the UNet's convolutions train in channels-last layout, where oneDNN runs them (and their backward)
+    fastest: a step of the medium Kolors measured 1.2x faster in one process, for ours and for diffusers' UNet alike
+    (benchmarks/bench_training_kolors.py). Only the layout changes, never a value; :meth:`usual` puts the weights
+    back as ComfyUI keeps them (for validation's sampling, saving, and the rest of the graph)."""
+
+    def __init__(self, unet: nn.Module, device: torch.device | str):
+        self.unet = unet
+        self.enabled = torch.device(device).type == "cpu"
+
+    def fast(self) -> None:
+        if self.enabled:
+            self.unet.to(memory_format=torch.channels_last)
+
+    def usual(self) -> None:
+        if self.enabled:
+            self.unet.to(memory_format=torch.contiguous_format)
+
+
 def _lora_parameter_name(network: LoraNetwork, name: str) -> str:
     """``layers.<i>.<rest>`` as ``<module path>.<rest>``: the same parameter has the same name in a resumed run,
     whose layers may be listed in another order."""
@@ -129,11 +148,18 @@ def run_training(unet: nn.Module, model, dataset: LoraDataset, cache: TrainingCa
     network.requires_grad_(True)
     network.attach(unet)
     undo_checkpointing = checkpoint_blocks(unet) if settings.gradient_checkpointing else None
+    layout = ConvLayout(unet, device)
+
     def epoch_end(epoch: int, result: TrainResult) -> None:
-        on_epoch_end(epoch, network, result)
+        layout.usual()
+        try:
+            on_epoch_end(epoch, network, result)
+        finally:
+            layout.fast()
         give_back_free_memory()  # what validation (or saving) freed stays out of the next epoch's steps
 
     try:
+        layout.fast()
         named = list(network.named_parameters())
         with steady_step_memory():
             result = train([p for _, p in named], loss, cache.plans.__getitem__, settings, device, on_step=on_step,
@@ -142,6 +168,7 @@ def run_training(unet: nn.Module, model, dataset: LoraDataset, cache: TrainingCa
                            names=[_lora_parameter_name(network, n) for n, _ in named],
                            on_epoch_end=epoch_end if on_epoch_end else None)
     finally:
+        layout.usual()
         network.detach()
         if undo_checkpointing is not None:
             undo_checkpointing()
