@@ -34,12 +34,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from aesthete.training.memory import process_status, reset_resident_peak
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = 5.0
@@ -48,13 +49,7 @@ NEGATIVE = ""
 
 
 def _status_mib(field: str) -> float:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1)) / 1024
-
-
-def reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:  # "5" resets VmHWM to the current RSS
-        f.write("5")
+    return process_status(field) / 1024 ** 2
 
 
 def conditioning(hidden: int, size: int):
@@ -104,7 +99,7 @@ def ours_unet(folder: Path, size: int, repeats: int, out: dict):
     model = kolors_unet_from_diffusers(LazyWeights(kf.unet_files), kf.unet_config, kf.scheduler_config, "fp32")
     out["load_s"] = time.perf_counter() - t0
     out["load_peak_mib"], out["rss_after_load_mib"] = _status_mib("VmHWM"), _status_mib("VmRSS")
-    reset_peak()
+    reset_resident_peak()
     extra = {"width": size, "height": size}
     positive = [[c["context"], {"pooled_output": c["pooled"], **extra}]]
     negative = [[c["neg_context"], {"pooled_output": c["neg_pooled"], **extra}]]
@@ -114,7 +109,7 @@ def ours_unet(folder: Path, size: int, repeats: int, out: dict):
         out["step_s"], _ = timed(lambda: sampler.sample(model, 0, 1, CFG, "euler", "normal", positive, negative,
                                                         latent, 1.0), repeats)
         out["step_peak_mib"] = _status_mib("VmHWM")
-        reset_peak()
+        reset_resident_peak()
         base = model.model
         sigma = base.model_sampling.sigma(torch.tensor([float(c["t"])])).repeat(2)
         adm = torch.cat([base.encode_adm(pooled_output=c["pooled"], **extra),
@@ -147,7 +142,7 @@ def ref_unet(folder: Path, size: int, repeats: int, out: dict):
     pipe.set_progress_bar_config(disable=True)
     out["load_s"] = time.perf_counter() - t0
     out["load_peak_mib"], out["rss_after_load_mib"] = _status_mib("VmHWM"), _status_mib("VmRSS")
-    reset_peak()
+    reset_resident_peak()
 
     def step():
         return pipe(prompt_embeds=c["context"], pooled_prompt_embeds=c["pooled"],
@@ -157,7 +152,7 @@ def ref_unet(folder: Path, size: int, repeats: int, out: dict):
 
     out["step_s"], _ = timed(step, repeats)
     out["step_peak_mib"] = _status_mib("VmHWM")
-    reset_peak()
+    reset_resident_peak()
     time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).repeat(2, 1)
     ctx = torch.cat([c["context"], c["neg_context"]])
     pooled = torch.cat([c["pooled"], c["neg_pooled"]])
@@ -182,7 +177,7 @@ def ours_te(folder: Path, size: int, repeats: int, out: dict):
     clip = kolors_clip(kf.text_encoder_files, kf.text_encoder_config, kf.tokenizer_model, "fp32")
     out["load_s"] = time.perf_counter() - t0
     out["load_peak_mib"], out["rss_after_load_mib"] = _status_mib("VmHWM"), _status_mib("VmRSS")
-    reset_peak()
+    reset_resident_peak()
     with torch.inference_mode():
         out["encode_s"], (cond, pooled) = timed(
             lambda: clip.encode_from_tokens(clip.tokenize(PROMPT), return_pooled=True), repeats)
@@ -206,7 +201,7 @@ def ref_te(folder: Path, size: int, repeats: int, out: dict):
                           force_zeros_for_empty_prompt=False)
     out["load_s"] = time.perf_counter() - t0
     out["load_peak_mib"], out["rss_after_load_mib"] = _status_mib("VmHWM"), _status_mib("VmRSS")
-    reset_peak()
+    reset_resident_peak()
 
     def encode():
         embeds, _, pooled, _ = pipe.encode_prompt(PROMPT, device=torch.device("cpu"), num_images_per_prompt=1,

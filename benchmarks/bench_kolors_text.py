@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from aesthete.training.memory import resident_peak
+
 log = logging.getLogger("aesthete.bench")
 PROMPTS = ["二次元，genshin，genshin impact，ganyu，蓝发少女，白色背景，杰作，最好的质量",
            "低质量，模糊，畸形的手，多余的手指，水印，nsfw, lowres, bad anatomy"]
@@ -131,12 +133,7 @@ def run_phase(phase: str, folder: Path, repeats: int) -> dict:
 
 def peak_rss_mib() -> float:
     """This process's peak resident memory (VmHWM: unlike ru_maxrss it does not start from the parent's)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return resident_peak() / 1024 ** 2
 
 
 def main() -> int:

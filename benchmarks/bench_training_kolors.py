@@ -37,37 +37,20 @@ import tempfile
 import time
 from pathlib import Path
 
+from aesthete.training.memory import process_status, reset_resident_peak, resident_now, resident_peak
+
 REPO = Path(__file__).resolve().parents[1]
 RANK, ALPHA, LR, WEIGHT_DECAY = 16, 4.0, 1e-4, 1e-2
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TOKENS, TEXT_WIDTH = 256, 4096  # Kolors's ChatGLM3 context: 256 tokens of 4096
 
 
-def rss_mib() -> float:
-    return _status_kib("VmRSS") / 1024
+MIB = 1024 ** 2
 
 
 def rss_parts_mib() -> dict[str, float]:
     """The resident memory by kind: anonymous (tensors, heap), file-backed (mapped files: libraries, weights)."""
-    return {k: round(_status_kib(k) / 1024) for k in ("RssAnon", "RssFile")}
-
-
-def peak_mib() -> float:
-    return _status_kib("VmHWM") / 1024
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def reset_peak() -> None:
-    """Start VmHWM again from the current RSS (Linux: "5" to clear_refs), so loading's peak does not count."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    return {k: round(process_status(k) / MIB) for k in ("RssAnon", "RssFile")}
 
 
 def mark() -> tuple[float, float, int]:
@@ -123,14 +106,14 @@ def ours(folder: Path, data: Path, resolution: int, steps: int, pytorch_attentio
         context = next(iter(cache.conds.values()))
         out["shapes"] = {k: list(v.shape) for k, v in context.items()} | {"latent": list(cache.latents[0].shape)}
         out["offload"] = EncoderOffload(patcher, clip, vae, device).describe()
-        out["rss_before_mib"], out["rss_parts_mib"] = rss_mib(), rss_parts_mib()
-        reset_peak()
+        out["rss_before_mib"], out["rss_parts_mib"] = resident_now() / MIB, rss_parts_mib()
+        reset_resident_peak()
         marks = [mark()]
         run = run_training(base.diffusion_model, base, ds, cache, settings, rank=RANK, alpha=ALPHA, targets=TARGETS,
                            device=device, on_step=lambda *_: marks.append(mark()),
                            should_stop=lambda: len(marks) > steps,
                            transformer_options=patcher.model_options.get("transformer_options", {}))
-        out["peak_mib"] = peak_mib()
+        out["peak_mib"] = resident_peak() / MIB
         out["lora_layers"] = len(run.network.paths)
         out["lora_params"] = sum(p.numel() for p in run.network.parameters())
         # one no-grad denoising call of the same batch: the unit of a validation image's sampling steps
@@ -166,8 +149,8 @@ def reference(folder: Path, resolution: int, steps: int) -> dict:
     context = torch.randn(1, TOKENS, TEXT_WIDTH)
     added = {"text_embeds": torch.randn(1, TEXT_WIDTH),
              "time_ids": torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32)}
-    out: dict = {"rss_before_mib": rss_mib(), "rss_parts_mib": rss_parts_mib()}
-    reset_peak()
+    out: dict = {"rss_before_mib": resident_now() / MIB, "rss_parts_mib": rss_parts_mib()}
+    reset_resident_peak()
     marks = [mark()]
     for _ in range(steps):
         noise = torch.randn_like(latents)
@@ -180,7 +163,7 @@ def reference(folder: Path, resolution: int, steps: int) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         marks.append(mark())
-    out["peak_mib"] = peak_mib()
+    out["peak_mib"] = resident_peak() / MIB
     out["lora_layers"] = sum(1 for n, _ in unet.named_modules() if n.endswith("lora_A"))
     out["lora_params"] = sum(p.numel() for p in params)
     return out | step_times(marks)

@@ -19,26 +19,27 @@ _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def resident_peak() -> int:
-    """This process's peak resident memory in bytes since it started or since :func:`reset_resident_peak`."""
+def process_status(field: str) -> int:
+    """A memory field of this process's /proc status (VmRSS, VmHWM, RssAnon, RssFile...), in bytes; 0 where it is
+    missing (no /proc)."""
     try:
         for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux; never reset
-
-
-def resident_now() -> int:
-    """This process's resident memory now, in bytes (0 where /proc is missing)."""
-    try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def resident_peak() -> int:
+    """This process's peak resident memory in bytes since it started or since :func:`reset_resident_peak`."""
+    # ru_maxrss: kilobytes on Linux; never reset
+    return process_status("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def resident_now() -> int:
+    """This process's resident memory now, in bytes (0 where /proc is missing)."""
+    return process_status("VmRSS")
 
 
 # glibc's mallopt parameters; while training, blocks up to _HOLD stay in the process when freed; afterwards the values
