@@ -16,23 +16,23 @@ import json
 import logging
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from aesthete.training.memory import resident_now, resident_peak
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return resident_now() / 2**20
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return resident_peak() / 2**20
 
 
 def comfy_setup():
@@ -97,7 +97,8 @@ def worker(kind: str, steps: int, folder: Path) -> dict:
 
         t = time.perf_counter()
         run_training(patcher.model.diffusion_model, patcher.model, ds, cache, settings, rank=4, alpha=1.0,
-                     device=patcher.load_device, on_step=on_step, should_stop=lambda: done["n"] >= steps)
+                     device=patcher.load_device, on_step=on_step, should_stop=lambda: done["n"] >= steps,
+                     transformer_options=patcher.model_options.get("transformer_options", {}))
         out["train_s"] = time.perf_counter() - t
     else:
         import comfy_extras.nodes_train as nodes_train

@@ -31,7 +31,7 @@ from ..training.loop import OPTIMIZERS, PRECISIONS, SCHEDULES, NonFiniteLossErro
 from ..training.loss_graph import draw_loss_graph
 from ..training.memory import PhaseMemory
 from ..training.save import COPY_FORMATS, SaveError, TrainedLora, read_lora, save_copy, save_lora
-from ..training.trainer import build_cache, run_training
+from ..training.trainer import ConvLayout, build_cache, run_training
 from ..training.validation import (OUTPUT_CHOICES, RECIPE_NEGATIVE, RECIPE_TEST_PROMPT, ValidationHistory,
                                    ValidationSpec, draw_score_graph, draw_validation_grid, parse_prompts)
 from .scoring_nodes import AestheticModel, LoadedPredictor
@@ -263,11 +263,12 @@ class AestheteTrainLora(io.ComfyNode):
                 validator = EpochValidator(validation, model, clip, vae, patcher, job, progress) \
                     if validation is not None else None
             offload = EncoderOffload(patcher, clip, vae, device)
+            layout = ConvLayout(base.diffusion_model, device)
 
             def on_epoch_end(epoch, network, result):
                 job.on_epoch_end(epoch, network, result)
                 if validator is not None:
-                    with meter.phase("validation"):
+                    with meter.phase("validation"), layout.usual_while():
                         validator(epoch, network, result)
                     offload.after_validation()
 
@@ -280,7 +281,8 @@ class AestheteTrainLora(io.ComfyNode):
                                    on_epoch_end=on_epoch_end,
                                    # ComfyUI's layers raise on an interrupt: a cancel, not an error
                                    stop_exceptions=(comfy.model_management.InterruptProcessingException,),
-                                   transformer_options=patcher.model_options.get("transformer_options", {}))
+                                   transformer_options=patcher.model_options.get("transformer_options", {}),
+                                   conv_layout=layout)
             lora = job.finish(run)
             if run.result.cancelled:
                 if run.result.stop_error is not None:
@@ -323,7 +325,7 @@ class EncoderOffload:
 
     def __init__(self, patcher, clip, vae, device: torch.device):
         comfy.model_management.load_models_gpu([patcher], memory_required=1e20, force_full_load=True)
-        self.device, self.clip = device, clip
+        self.clip = clip
         self.parked: dict[str, ParkedWeights | None] = {}
         if device.type == "cpu":
             started = time.perf_counter()
@@ -340,7 +342,7 @@ class EncoderOffload:
     def describe(self) -> str:
         """What became of the text encoder and the VAE, said for the report."""
         if self.parked:
-            return "; ".join(f"{what} {p.describe() if p is not None else 'stays in RAM (no room to park it)'}"
+            return "; ".join(f"{what} {p.describe() if p is not None else 'stays in RAM (it could not be parked: the log says why)'}"
                              for what, p in self.parked.items())
         if self.clip.patcher in comfy.model_management.loaded_models():
             return "the text encoder is still loaded beside the trained model (there was room for both)"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -91,22 +92,58 @@ def build_cache(dataset: LoraDataset, settings: TrainSettings, encode_images: Im
 
 
 class ConvLayout:
-    """On the CPU the UNet's convolutions train in channels-last layout, where oneDNN runs them (and their backward)
-    fastest: a step of the medium Kolors measured 1.2x faster in one process, for ours and for diffusers' UNet alike
-    (benchmarks/bench_training_kolors.py). Only the layout changes, never a value; :meth:`usual` puts the weights
-    back as ComfyUI keeps them (for validation's sampling, saving, and the rest of the graph)."""
+    """On the CPU the UNet's convolutions can train in channels-last layout (oneDNN's path), which is not faster for
+    every model: a step of the medium Kolors ran 1.2x faster that way, of the small SD1.5 about 0.9x
+    (benchmarks/bench_training_kolors.py, bench_training.py). So the trainer measures: the run's second optimizer step
+    runs in the usual layout, the third channels-last, and the one that took less CPU time (which other processes'
+    load moves less than wall time) is kept for the rest of the run. Only the layout changes, never a value; the
+    time between steps (progress, saving, validation) is not counted. :meth:`usual_while` puts the usual layout back
+    for a while (validation's sampling, so its images are the ones the graph's KSampler makes), :meth:`usual` for
+    good (at the end, for the rest of the graph). On a GPU nothing changes."""
 
-    def __init__(self, unet: nn.Module, device: torch.device | str):
-        self.unet = unet
+    def __init__(self, unet: nn.Module, device: torch.device | str, clock: Callable[[], float] = time.process_time):
+        self.unet, self.clock = unet, clock
         self.enabled = torch.device(device).type == "cpu"
+        self.channels_last = False  # the layout the convolutions are in now
+        self.decided = not self.enabled
+        self._mark: float | None = None
+        self._usual_s = 0.0
 
-    def fast(self) -> None:
-        if self.enabled:
-            self.unet.to(memory_format=torch.channels_last)
+    def _set(self, channels_last: bool) -> None:
+        if self.enabled and channels_last != self.channels_last:
+            self.unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            self.channels_last = channels_last
+
+    def timer_restart(self) -> None:
+        """A step starts now (what ran before it is not the step's)."""
+        self._mark = self.clock()
+
+    def step_finished(self, step: int) -> None:
+        """Optimizer step ``step`` of this run (1-based) ended: time it while the layouts are being compared."""
+        if self.decided or self._mark is None:
+            return
+        took = self.clock() - self._mark
+        if step == 2:
+            self._usual_s = took
+            self._set(True)
+        elif step >= 3:
+            self._set(took < self._usual_s)
+            self.decided = True
+            log.info("Aesthete trainer: a step took %.2fs of CPU in the usual layout, %.2fs channels-last: "
+                     "training goes on %s", self._usual_s, took,
+                     "channels-last" if self.channels_last else "in the usual layout")
 
     def usual(self) -> None:
-        if self.enabled:
-            self.unet.to(memory_format=torch.contiguous_format)
+        self._set(False)
+
+    @contextmanager
+    def usual_while(self) -> Iterator[None]:
+        was = self.channels_last
+        self._set(False)
+        try:
+            yield
+        finally:
+            self._set(was)
 
 
 def _lora_parameter_name(network: LoraNetwork, name: str) -> str:
@@ -124,13 +161,15 @@ def run_training(unet: nn.Module, model, dataset: LoraDataset, cache: TrainingCa
                  should_stop: Callable[[], bool] | None = None,
                  on_epoch_end: Callable[[int, LoraNetwork, TrainResult], None] | None = None,
                  stop_exceptions: tuple[type[BaseException], ...] = (),
-                 transformer_options: Mapping | None = None) -> TrainingRun:
+                 transformer_options: Mapping | None = None,
+                 conv_layout: ConvLayout | None = None) -> TrainingRun:
     """Train a LoRA on ``unet`` (the module the LoRA keys are relative to; ``model`` runs the denoising, see
     :class:`DenoisingLoss`). The LoRA is attached to ``unet`` only while training; the returned network holds it.
     ``resume`` is a LoRA in ComfyUI's format to continue from (the cache's first planned epoch follows it),
     ``resume_state`` the loop state saved with it (optimizer, schedule, noise; see :class:`LoopState`);
     ``transformer_options``: the MODEL's (ComfyUI's ``model_options["transformer_options"]``), so that training runs
-    the layers its sampling runs (an attention override, for one)."""
+    the layers its sampling runs (an attention override, for one); ``conv_layout``: the :class:`ConvLayout` of
+    ``unet``, given when ``on_epoch_end`` samples with the model (it then uses :meth:`ConvLayout.usual_while`)."""
     settings.check()
     unet.requires_grad_(False)
     if release_inference_tensors(unet):
@@ -148,21 +187,24 @@ def run_training(unet: nn.Module, model, dataset: LoraDataset, cache: TrainingCa
     network.requires_grad_(True)
     network.attach(unet)
     undo_checkpointing = checkpoint_blocks(unet) if settings.gradient_checkpointing else None
-    layout = ConvLayout(unet, device)
+    layout = conv_layout or ConvLayout(unet, device)
+
+    def step_done(step: int, total: int, step_loss: float) -> None:
+        layout.step_finished(step)
+        if on_step is not None:
+            on_step(step, total, step_loss)
+        layout.timer_restart()
 
     def epoch_end(epoch: int, result: TrainResult) -> None:
-        layout.usual()
-        try:
-            on_epoch_end(epoch, network, result)
-        finally:
-            layout.fast()
+        on_epoch_end(epoch, network, result)
         give_back_free_memory()  # what validation (or saving) freed stays out of the next epoch's steps
+        layout.timer_restart()
 
     try:
-        layout.fast()
         named = list(network.named_parameters())
         with steady_step_memory():
-            result = train([p for _, p in named], loss, cache.plans.__getitem__, settings, device, on_step=on_step,
+            layout.timer_restart()
+            result = train([p for _, p in named], loss, cache.plans.__getitem__, settings, device, on_step=step_done,
                            should_stop=should_stop, stop_exceptions=stop_exceptions, start_epoch=start_epoch,
                            resume=resume_state,
                            names=[_lora_parameter_name(network, n) for n, _ in named],

@@ -314,3 +314,60 @@ def test_loop_state_round_trips_through_safetensors_without_pickle(tmp_path):
     assert isinstance(back, LoopState) and back.steps_done == 3 and back.epoch == 1 and back.epoch_steps == 0
     assert torch.equal(back.generator, state.generator)
     torch.testing.assert_close(back.optimizer["state"][0]["exp_avg_sq"], state.optimizer["state"][0]["exp_avg_sq"])
+
+
+class FakeClock:
+    def __init__(self, durations):
+        self.now, self.durations = 0.0, list(durations)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def run_step(self) -> None:
+        self.now += self.durations.pop(0)
+
+
+def convolutions() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 4, 3, padding=1))
+
+
+def is_channels_last(m: torch.nn.Module) -> bool:
+    return m[0].weight.is_contiguous(memory_format=torch.channels_last) and not m[0].weight.is_contiguous()
+
+
+@pytest.mark.parametrize(("usual_s", "channels_last_s", "kept"), [(1.0, 0.8, True), (1.0, 1.2, False)])
+def test_the_faster_convolution_layout_is_measured_and_kept(usual_s, channels_last_s, kept):
+    """Step 1 warms up, step 2 runs in the usual layout, step 3 channels-last; the faster one stays. The outputs
+    are the same numbers in either layout, validation runs in the usual layout, and the end puts it back."""
+    from aesthete.training.trainer import ConvLayout
+
+    m, x = convolutions(), torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        before = m(x)
+    clock = FakeClock([5.0, usual_s, channels_last_s])
+    layout = ConvLayout(m, "cpu", clock=clock)
+    for step in (1, 2, 3):
+        layout.timer_restart()
+        clock.run_step()
+        layout.step_finished(step)
+        assert is_channels_last(m) == (step == 2 or (step == 3 and kept))
+    assert layout.decided
+    with layout.usual_while():
+        assert not is_channels_last(m)
+    assert is_channels_last(m) == kept
+    with torch.no_grad():
+        assert torch.allclose(m(x), before, atol=1e-6)
+    layout.usual()
+    assert not is_channels_last(m)
+
+
+def test_the_convolution_layout_is_left_alone_off_the_cpu():
+    from aesthete.training.trainer import ConvLayout
+
+    m = convolutions()
+    layout = ConvLayout(m, "cuda", clock=FakeClock([1.0, 1.0, 0.1]))
+    for step in (1, 2, 3):
+        layout.timer_restart()
+        layout.step_finished(step)
+    assert not is_channels_last(m) and layout.decided
