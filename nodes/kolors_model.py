@@ -302,7 +302,7 @@ def context_mask_and_positions(ids: torch.Tensor, gmask_id: int) -> tuple[torch.
 
 
 def kolors_clip(te_files: list[Path], te_config: dict, tokenizer_model: Path, dtype_name: str = "auto",
-                device: str = "default", state_dict: dict | None = None) -> comfy.sd.CLIP:
+                device: str = "default", state_dict: Mapping | None = None) -> comfy.sd.CLIP:
     """ChatGLM3 as a ComfyUI CLIP from its weight files (or their ``state_dict``: tensors, or a LazyWeights), each
     tensor read as it is copied in."""
     tokenizer_bytes = Path(tokenizer_model).read_bytes()
