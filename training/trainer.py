@@ -14,7 +14,7 @@ from torch import nn
 
 from .dataset import LoraDataset
 from .lora_network import TARGET_PRESETS, LoraNetwork, checkpoint_blocks, release_inference_tensors
-from .loop import Batch, LoopState, TrainResult, TrainSettings, train
+from .loop import Batch, LoopState, TrainResult, TrainSettings, autocast_dtype, train
 from .memory import give_back_free_memory, steady_step_memory
 from .objective import DenoisingLoss
 
@@ -94,44 +94,38 @@ def build_cache(dataset: LoraDataset, settings: TrainSettings, encode_images: Im
 class ConvLayout:
     """On the CPU the UNet's convolutions can train in channels-last layout (oneDNN's path), which is not faster for
     every model: a step of the medium Kolors ran 1.2x faster that way, of the small SD1.5 about 0.9x
-    (benchmarks/bench_training_kolors.py, bench_training.py). So the trainer measures: the run's second optimizer step
-    runs in the usual layout, the third channels-last, and the one that took less CPU time (which other processes'
-    load moves less than wall time) is kept for the rest of the run. Only the layout changes, never a value; the
-    time between steps (progress, saving, validation) is not counted. :meth:`usual_while` puts the usual layout back
-    for a while (validation's sampling, so its images are the ones the graph's KSampler makes), :meth:`usual` for
-    good (at the end, for the rest of the graph). On a GPU nothing changes."""
+    (benchmarks/bench_training_kolors.py, bench_training.py). So before the steps the trainer measures
+    (:meth:`choose`): one pass of the first batch to warm up, one timed in the usual layout, one channels-last, and
+    the layout that took less CPU time (which other processes' load moves less than wall time) is kept for the run.
+    Only the layout changes, never a value. :meth:`usual_while` puts the usual layout back for a while (validation's
+    sampling, so its images are the ones the graph's KSampler makes), :meth:`usual` for good (at the end, for the
+    rest of the graph). On a GPU nothing changes."""
 
     def __init__(self, unet: nn.Module, device: torch.device | str, clock: Callable[[], float] = time.process_time):
         self.unet, self.clock = unet, clock
         self.enabled = torch.device(device).type == "cpu"
         self.channels_last = False  # the layout the convolutions are in now
-        self.decided = not self.enabled
-        self._mark: float | None = None
-        self._usual_s = 0.0
 
     def _set(self, channels_last: bool) -> None:
         if self.enabled and channels_last != self.channels_last:
             self.unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
             self.channels_last = channels_last
 
-    def timer_restart(self) -> None:
-        """A step starts now (what ran before it is not the step's)."""
-        self._mark = self.clock()
-
-    def step_finished(self, step: int) -> None:
-        """Optimizer step ``step`` of this run (1-based) ended: time it while the layouts are being compared."""
-        if self.decided or self._mark is None:
+    def choose(self, one_pass: Callable[[], None]) -> None:
+        """Time ``one_pass`` (a training step's forward and backward, leaving nothing behind) in both layouts and
+        keep the faster."""
+        if not self.enabled:
             return
-        took = self.clock() - self._mark
-        if step == 2:
-            self._usual_s = took
-            self._set(True)
-        elif step >= 3:
-            self._set(took < self._usual_s)
-            self.decided = True
-            log.info("Aesthete trainer: a step took %.2fs of CPU in the usual layout, %.2fs channels-last: "
-                     "training goes on %s", self._usual_s, took,
-                     "channels-last" if self.channels_last else "in the usual layout")
+        one_pass()  # warm-up: first-touch allocations
+        took = {}
+        for channels_last in (False, True):
+            self._set(channels_last)
+            started = self.clock()
+            one_pass()
+            took[channels_last] = self.clock() - started
+        self._set(took[True] < took[False])
+        log.info("Aesthete trainer: a step took %.2fs of CPU in the usual layout, %.2fs channels-last: training "
+                 "goes on %s", took[False], took[True], "channels-last" if self.channels_last else "in the usual layout")
 
     def usual(self) -> None:
         self._set(False)
@@ -189,22 +183,25 @@ def run_training(unet: nn.Module, model, dataset: LoraDataset, cache: TrainingCa
     undo_checkpointing = checkpoint_blocks(unet) if settings.gradient_checkpointing else None
     layout = conv_layout or ConvLayout(unet, device)
 
-    def step_done(step: int, total: int, step_loss: float) -> None:
-        layout.step_finished(step)
-        if on_step is not None:
-            on_step(step, total, step_loss)
-        layout.timer_restart()
+    def probe_pass() -> None:
+        """The first batch's forward and backward with noise of its own: the training's noise and LoRA stay as
+        they are."""
+        precision = autocast_dtype(settings.precision)
+        with torch.autocast(torch.device(device).type, dtype=precision, enabled=precision is not None):
+            probe = loss(cache.plans[start_epoch][0], torch.Generator().manual_seed(0))
+        probe.backward()
+        network.zero_grad(set_to_none=True)
 
     def epoch_end(epoch: int, result: TrainResult) -> None:
         on_epoch_end(epoch, network, result)
         give_back_free_memory()  # what validation (or saving) freed stays out of the next epoch's steps
-        layout.timer_restart()
 
     try:
         named = list(network.named_parameters())
+        if cache.plans[start_epoch]:
+            layout.choose(probe_pass)
         with steady_step_memory():
-            layout.timer_restart()
-            result = train([p for _, p in named], loss, cache.plans.__getitem__, settings, device, on_step=step_done,
+            result = train([p for _, p in named], loss, cache.plans.__getitem__, settings, device, on_step=on_step,
                            should_stop=should_stop, stop_exceptions=stop_exceptions, start_epoch=start_epoch,
                            resume=resume_state,
                            names=[_lora_parameter_name(network, n) for n, _ in named],

@@ -317,13 +317,15 @@ def test_loop_state_round_trips_through_safetensors_without_pickle(tmp_path):
 
 
 class FakeClock:
+    """Each pass of the model takes the next of ``durations`` seconds."""
+
     def __init__(self, durations):
         self.now, self.durations = 0.0, list(durations)
 
     def __call__(self) -> float:
         return self.now
 
-    def run_step(self) -> None:
+    def run_pass(self) -> None:
         self.now += self.durations.pop(0)
 
 
@@ -338,21 +340,24 @@ def is_channels_last(m: torch.nn.Module) -> bool:
 
 @pytest.mark.parametrize(("usual_s", "channels_last_s", "kept"), [(1.0, 0.8, True), (1.0, 1.2, False)])
 def test_the_faster_convolution_layout_is_measured_and_kept(usual_s, channels_last_s, kept):
-    """Step 1 warms up, step 2 runs in the usual layout, step 3 channels-last; the faster one stays. The outputs
-    are the same numbers in either layout, validation runs in the usual layout, and the end puts it back."""
+    """A warm-up pass, one timed in the usual layout, one channels-last; the faster layout stays. The outputs are
+    the same numbers in either layout, validation runs in the usual layout, and the end puts it back."""
     from aesthete.training.trainer import ConvLayout
 
     m, x = convolutions(), torch.randn(1, 4, 8, 8)
     with torch.no_grad():
         before = m(x)
     clock = FakeClock([5.0, usual_s, channels_last_s])
+    layouts = []
+
+    def one_pass():
+        layouts.append(is_channels_last(m))
+        clock.run_pass()
+
     layout = ConvLayout(m, "cpu", clock=clock)
-    for step in (1, 2, 3):
-        layout.timer_restart()
-        clock.run_step()
-        layout.step_finished(step)
-        assert is_channels_last(m) == (step == 2 or (step == 3 and kept))
-    assert layout.decided
+    layout.choose(one_pass)
+    assert layouts == [False, False, True]
+    assert is_channels_last(m) == kept
     with layout.usual_while():
         assert not is_channels_last(m)
     assert is_channels_last(m) == kept
@@ -365,9 +370,6 @@ def test_the_faster_convolution_layout_is_measured_and_kept(usual_s, channels_la
 def test_the_convolution_layout_is_left_alone_off_the_cpu():
     from aesthete.training.trainer import ConvLayout
 
-    m = convolutions()
-    layout = ConvLayout(m, "cuda", clock=FakeClock([1.0, 1.0, 0.1]))
-    for step in (1, 2, 3):
-        layout.timer_restart()
-        layout.step_finished(step)
-    assert not is_channels_last(m) and layout.decided
+    m, passes = convolutions(), []
+    ConvLayout(m, "cuda", clock=FakeClock([])).choose(lambda: passes.append(1))
+    assert not is_channels_last(m) and passes == []
