@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,6 +92,9 @@ def build_cache(dataset: LoraDataset, settings: TrainSettings, encode_images: Im
     return TrainingCache(plans, latents, conds, time.perf_counter() - started)
 
 
+_LAYOUT_CHOSEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # UNet -> channels-last chosen
+
+
 class ConvLayout:
     """On the CPU the UNet's convolutions can train in channels-last layout (oneDNN's path), which is not faster for
     every model: a step of the medium Kolors ran 1.2x faster that way, of the small SD1.5 about 0.9x
@@ -99,7 +103,8 @@ class ConvLayout:
     the layout that took less CPU time (which other processes' load moves less than wall time) is kept for the run.
     Only the layout changes, never a value. :meth:`usual_while` puts the usual layout back for a while (validation's
     sampling, so its images are the ones the graph's KSampler makes), :meth:`usual` for good (at the end, for the
-    rest of the graph). On a GPU nothing changes."""
+    rest of the graph). The choice is made once per loaded model, so that training it again gives the same LoRA. On a
+    GPU nothing changes."""
 
     def __init__(self, unet: nn.Module, device: torch.device | str, clock: Callable[[], float] = time.process_time):
         self.unet, self.clock = unet, clock
@@ -116,6 +121,9 @@ class ConvLayout:
         keep the faster."""
         if not self.enabled:
             return
+        if self.unet in _LAYOUT_CHOSEN:  # one choice per loaded model: its runs train with the same numbers
+            self._set(_LAYOUT_CHOSEN[self.unet])
+            return
         one_pass()  # warm-up: first-touch allocations
         took = {}
         for channels_last in (False, True):
@@ -124,6 +132,7 @@ class ConvLayout:
             one_pass()
             took[channels_last] = self.clock() - started
         self._set(took[True] < took[False])
+        _LAYOUT_CHOSEN[self.unet] = self.channels_last
         log.info("Aesthete trainer: a step took %.2fs of CPU in the usual layout, %.2fs channels-last: training "
                  "goes on %s", took[False], took[True], "channels-last" if self.channels_last else "in the usual layout")
 
