@@ -13,8 +13,11 @@ class LoraApplyError(ValueError):
     """A layer could be placed but not applied completely; nothing of the file was applied."""
 
 
-def report_text(name: str, parsed: ParsedLora, alpha: float, missed: list | tuple = ()) -> str:
-    """The loader's report. Line 4 is the summary the log repeats."""
+def report_text(name: str, parsed: ParsedLora, alpha: float, missed: list | tuple = (),
+                file_keys: int | None = None) -> str:
+    """The loader's report. Line 4 is the summary the log repeats. ``file_keys``: how many tensors the file holds,
+    when ComfyUI's converter (which runs first, as in core's loader) may have split or dropped some: the counts
+    are then the converted tensors', and a line says so."""
     unet_layers = sum(layer.is_unet for layer in parsed.layers)
     clip_layers = len(parsed.layers) - unet_layers
     kinds = ", ".join(f"{kind} {n}" for kind, n in parsed.kinds().items())
@@ -30,6 +33,9 @@ def report_text(name: str, parsed: ParsedLora, alpha: float, missed: list | tupl
     hint = alpha_hint(parsed.layers, alpha, parsed.format)
     if hint:
         lines.append(hint)
+    if file_keys is not None and file_keys != parsed.total_keys:
+        lines.append(f"ComfyUI's LoRA converter turned the file's {file_keys} tensors into {parsed.total_keys} "
+                     f"(fused q/k/v split per projection, unused duplicates dropped); the counts above are those")
     if missed:
         lines.append(f"ComfyUI did not apply {len(missed)} placed layers, e.g. {list(missed)[:3]}")
     return "\n".join(lines)
