@@ -21,7 +21,7 @@ from ..common.paths import path_inside
 from ..lora.alpha import DEFAULT_TRAINING_ALPHA
 from ..lora.files import LORA_SUFFIXES, read_lora_file
 from ..lora.formats import ParsedLora, loader_tensors, parse_lora, restrict_to_model, unread_tensors
-from ..lora.report import LoraApplyError, nothing_placed_message, report_text, unread_message
+from ..lora.report import LoraApplyError, nothing_placed_message, report_text, summary, unread_message
 
 log = logging.getLogger("aesthete.lora")
 
@@ -153,7 +153,7 @@ class AestheteLoraLoader(io.ComfyNode):
         if parsed.unplaced:
             log.warning("Aesthete LoRA %s: %d of %d tensors not placed, e.g. %s", lora_name, len(parsed.unplaced),
                         parsed.total_keys, list(parsed.unplaced.items())[:3])
-        log.info("Aesthete LoRA %s: %s", lora_name, report.splitlines()[3])
+        log.info("Aesthete LoRA %s: %s", lora_name, summary(parsed, alpha))
         return io.NodeOutput(new_model, new_clip, report, ui=ui.PreviewText(report))
 
 
