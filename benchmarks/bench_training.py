@@ -108,11 +108,14 @@ def worker(kind: str, steps: int, folder: Path) -> dict:
             positive = [clip.encode_from_tokens_scheduled(clip.tokenize(c)) for c in captions]
         rss0 = rss_mib()
         t = time.perf_counter()
-        nodes_train.TrainLoraNode.execute(
+        from aesthete.nodes.compat import schema_defaults
+
+        # newer ComfyUI versions take more inputs (their schema defaults fill them) and return no MODEL
+        nodes_train.TrainLoraNode.execute(**schema_defaults(nodes_train.TrainLoraNode, dict(
             model=[model], latents=latents, positive=positive, batch_size=[1], steps=[steps],
             grad_accumulation_steps=[1], learning_rate=[1e-3], rank=[4], optimizer=["AdamW"], loss_function=["MSE"],
             seed=[0], training_dtype=["fp32"], lora_dtype=["fp32"], algorithm=["LoRA"],
-            gradient_checkpointing=[False], existing_lora=["[None]"])
+            gradient_checkpointing=[False], existing_lora=["[None]"])))
         out["train_s"] = time.perf_counter() - t
     out["rss_before_mib"] = rss0
     out["peak_rss_mib"] = peak_rss_mib()

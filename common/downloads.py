@@ -45,10 +45,21 @@ def offline_forced() -> bool:
 def download_into_place(folder: Path, fetchers: list[tuple[str, Fetcher]], check: Callable[[Path], None],
                         progress: DownloadProgress | None = None) -> Path:
     """Try each (label, fetcher) in order until one gives a folder that ``check`` accepts (it raises otherwise);
-    that folder replaces ``folder`` whole. Raises DownloadFailed with every source's reason."""
+    that folder replaces ``folder`` whole. Raises DownloadFailed with every source's reason. An exception raised by
+    ``progress`` itself (ComfyUI's progress bar raises the user's cancel, an ``Exception`` in some ComfyUI versions)
+    ends the download as it is: it is not a source's failure, so the next source is not tried."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    progress = progress or (lambda done, total, what: None)
+    report = progress or (lambda done, total, what: None)
+    stopped: list[BaseException] = []
+
+    def progress(done: int, total: int, what: str) -> None:
+        try:
+            report(done, total, what)
+        except BaseException as e:
+            stopped.append(e)
+            raise
+
     reasons = []
     for label, fetch in fetchers:
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
@@ -61,6 +72,8 @@ def download_into_place(folder: Path, fetchers: list[tuple[str, Fetcher]], check
             os.replace(tmp, folder)
             return folder
         except Exception as e:  # noqa: BLE001 - every failure falls through to the next source
+            if stopped:
+                raise
             log.warning("%s: %s failed: %s", folder, label, e)
             reasons.append(f"{label}: {e}")
         finally:

@@ -39,3 +39,25 @@ def path_inside(root: str | os.PathLike, name: str, *, what: str = "name", where
         raise OutsideRootError(f"{what} {name!r} leads outside {place}; give a name inside it"
                                + (f", or {hint}" if hint else ""))
     return path
+
+
+PACK_DIR = Path(__file__).resolve().parents[1]  # the pack's folder (the repository root)
+
+
+def models_root(pack_dir: str | os.PathLike = PACK_DIR, environ: dict | None = None) -> Path:
+    """The models folder the command line shares with the nodes, so a model is never fetched twice:
+
+    1. ``$AESTHETE_MODELS_DIR``, when set;
+    2. ``<ComfyUI>/models`` of the ComfyUI the pack is installed in (``<ComfyUI>/custom_nodes/<pack>``);
+    3. ``.comfyui/base/models`` beside a checkout that ``make run`` set up (the folder its ComfyUI uses);
+    4. ``models`` in the current folder, otherwise.
+    ComfyUI's extra_model_paths.yaml is not read: set ``$AESTHETE_MODELS_DIR`` when models live elsewhere."""
+    environ = os.environ if environ is None else environ
+    if environ.get("AESTHETE_MODELS_DIR"):
+        return Path(environ["AESTHETE_MODELS_DIR"])
+    pack = Path(os.path.abspath(pack_dir))
+    if pack.parent.name == "custom_nodes" and (pack.parent.parent / "models").is_dir():
+        return pack.parent.parent / "models"
+    if (pack / ".comfyui" / "base" / "models").is_dir():
+        return pack / ".comfyui" / "base" / "models"
+    return Path("models")

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..common.tensors import load_into_module
+
 log = logging.getLogger(__name__)
 
 # Keys a ChatGLM3 checkpoint holds that this module does not: the LM head (never used for image
@@ -323,27 +325,17 @@ def load_chatglm_state_dict(model: ChatGLM3, sd: Mapping, prefix: str | None = N
     names = _own_names(sd, prefix)
     ignored = sorted(k for k in names if k in IGNORED_KEYS)
     names = {k: v for k, v in names.items() if k not in IGNORED_KEYS}
-    own = model.state_dict()
-    missing = sorted(set(own) - set(names))
-    unexpected = sorted(set(names) - set(own))
-    if missing or unexpected:
+    take = getattr(sd, "take", sd.__getitem__)
+    report = load_into_module(model, list(names), lambda key: take(names[key]))
+    if report.missing or report.unexpected:
         parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first: {', '.join(missing[:5])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first: {', '.join(unexpected[:5])})")
+        if report.missing:
+            parts.append(f"{len(report.missing)} missing (first: {', '.join(sorted(report.missing)[:5])})")
+        if report.unexpected:
+            parts.append(f"{len(report.unexpected)} unexpected (first: {', '.join(sorted(report.unexpected)[:5])})")
         raise KeyError(f"ChatGLM3 weights do not fit its config: {'; '.join(parts)}. Check that the weight files "
                        f"and config.json come from the same text encoder (ChatGLM3-6B / Kolors text_encoder), all "
                        f"shards present; quantized (4/8-bit) ChatGLM files are not supported here")
-    for key, name in names.items():
-        if tuple(sd[name].shape) != tuple(own[key].shape):
-            raise ValueError(f"ChatGLM3 weight {key}: shape {tuple(sd[name].shape)} in the file, "
-                             f"{tuple(own[key].shape)} from config.json; use the config.json of the same model")
-    take = getattr(sd, "take", None)
-    if take is None:
-        model.load_state_dict({key: sd[name] for key, name in names.items()}, strict=True)
-        return ignored
-    with torch.no_grad():
-        for key, name in names.items():
-            own[key].copy_(take(name))  # state_dict()'s tensors are the parameters' own storage
+    if report.errors:
+        raise ValueError(f"ChatGLM3 weights: {report.errors[0].strip()}; use the config.json of the same model")
     return ignored

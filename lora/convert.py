@@ -85,18 +85,11 @@ def to_diffsynth(parsed: ParsedLora, alpha: float | None = None) -> tuple[dict[s
         raise LoraConversionError("cannot tell whether this LoRA is for SD1.5 or SDXL: pass base='sd15' or 'sdxl'")
     _refuse_non_plain(parsed, "a DiffSynth 1.x LoRA")
     train_alpha = DEFAULT_TRAINING_ALPHA if alpha is None or alpha <= 0 else float(alpha)
-    to_diffsynth_name = layout.name_tables(parsed.base)["ldm_to_diffsynth"]
+    placed, dropped, sources = _place_unet_layers(
+        parsed, layout.name_tables(parsed.base)["ldm_to_diffsynth"], alpha,
+        "text-encoder layer: a DiffSynth UNet LoRA cannot hold it", f"DiffSynth's {parsed.base} UNet has no {{}}")
     tensors: dict[str, torch.Tensor] = {}
-    dropped: dict[str, str] = {}
-    sources: set[str] = set()
-    for layer in parsed.layers:
-        name = to_diffsynth_name.get(layer.target.removeprefix("diffusion_model.")) if layer.is_unet else None
-        if name is None:
-            dropped[layer.source] = ("text-encoder layer: a DiffSynth UNet LoRA cannot hold it" if not layer.is_unet
-                                     else f"DiffSynth's {parsed.base} UNet has no {layer.target}")
-            continue
-        a, source = resolve_alpha(layer, alpha, parsed.format)
-        sources.add(source)
+    for name, layer, a in placed:
         up = layer.up
         if a != train_alpha:  # peft will scale by train_alpha/rank; fold the difference into up
             up = (up.float() * (a / train_alpha)).to(layer.up.dtype)
@@ -119,19 +112,9 @@ def to_diffusers(parsed: ParsedLora, unet: str | layout.UNetArchitecture, alpha:
     Returns tensors, metadata and the layers left out (text encoders, modules the UNet has no diffusers name for).
     Only plain low-rank layers can be written (LoraConversionError otherwise)."""
     _refuse_non_plain(parsed, "a diffusers/peft LoRA")
-    names = layout.diffusers_names(unet)
-    placed: list[tuple[str, ParsedLayer, float]] = []
-    dropped: dict[str, str] = {}
-    sources: set[str] = set()
-    for layer in parsed.layers:
-        name = names.get(layer.target.removeprefix("diffusion_model.")) if layer.is_unet else None
-        if name is None:
-            dropped[layer.source] = ("text-encoder layer: only the UNet is written" if not layer.is_unet
-                                     else f"the UNet has no diffusers name for {layer.target}")
-            continue
-        a, source = resolve_alpha(layer, alpha, parsed.format)
-        sources.add(source)
-        placed.append((name, layer, a))
+    placed, dropped, sources = _place_unet_layers(parsed, layout.diffusers_names(unet), alpha,
+                                                  "text-encoder layer: only the UNet is written",
+                                                  "the UNet has no diffusers name for {}")
     ranks = {layer.rank for _, layer, _ in placed}
     alphas = {a for _, _, a in placed}
     one_scale = len(ranks) == 1 and len(alphas) == 1
@@ -148,6 +131,25 @@ def to_diffusers(parsed: ParsedLora, unet: str | layout.UNetArchitecture, alpha:
                   "use_dora": False, "lora_bias": False}
         metadata[DIFFUSERS_METADATA_KEY] = json.dumps({f"unet.{k}": v for k, v in config.items()}, sort_keys=True)
     return tensors, metadata, dropped
+
+
+def _place_unet_layers(parsed: ParsedLora, names: dict[str, str], alpha: float | None, text_encoder_reason: str,
+                       missing_reason: str) -> tuple[list[tuple[str, ParsedLayer, float]], dict[str, str], set[str]]:
+    """The UNet layers a target format names (``names``: ldm module -> its name there), each with its alpha:
+    ([(name, layer, alpha)], {left-out layer's source: why}, the alphas' sources). ``missing_reason`` takes the
+    layer's target through ``{}``."""
+    placed: list[tuple[str, ParsedLayer, float]] = []
+    dropped: dict[str, str] = {}
+    sources: set[str] = set()
+    for layer in parsed.layers:
+        name = names.get(layer.target.removeprefix("diffusion_model.")) if layer.is_unet else None
+        if name is None:
+            dropped[layer.source] = text_encoder_reason if not layer.is_unet else missing_reason.format(layer.target)
+            continue
+        a, source = resolve_alpha(layer, alpha, parsed.format)
+        sources.add(source)
+        placed.append((name, layer, a))
+    return placed, dropped, sources
 
 
 def _refuse_non_plain(parsed: ParsedLora, what_target: str) -> None:

@@ -13,16 +13,16 @@ class LoraApplyError(ValueError):
     """A layer could be placed but not applied completely; nothing of the file was applied."""
 
 
-def report_text(name: str, parsed: ParsedLora, alpha: float, missed: list | tuple = ()) -> str:
-    """The loader's report. Line 4 is the summary the log repeats."""
-    unet_layers = sum(layer.is_unet for layer in parsed.layers)
-    clip_layers = len(parsed.layers) - unet_layers
+def report_text(name: str, parsed: ParsedLora, alpha: float, missed: list | tuple = (),
+                file_keys: int | None = None) -> str:
+    """The loader's report (its summary line is :func:`summary`). ``file_keys``: how many tensors the file holds,
+    when ComfyUI's converter (which runs first, as in core's loader) may have split or dropped some: the counts
+    are then the converted tensors', and a line says so."""
     kinds = ", ".join(f"{kind} {n}" for kind, n in parsed.kinds().items())
     lines = [f"LoRA: {name}",
              f"Format: {parsed.describe()}",
              f"Base: {parsed.base or 'unknown'}",
-             f"Applied {parsed.placed_keys} of {parsed.total_keys} tensors: {unet_layers} UNet layers, "
-             f"{clip_layers} text-encoder layers; {alpha_note(parsed.layers, alpha, parsed.format)}",
+             summary(parsed, alpha),
              f"Layers by kind: {kinds}"]
     if parsed.unplaced:
         lines.append(f"Not placed: {len(parsed.unplaced)} tensors, for example:")
@@ -30,9 +30,19 @@ def report_text(name: str, parsed: ParsedLora, alpha: float, missed: list | tupl
     hint = alpha_hint(parsed.layers, alpha, parsed.format)
     if hint:
         lines.append(hint)
+    if file_keys is not None and file_keys != parsed.total_keys:
+        lines.append(f"ComfyUI's LoRA converter turned the file's {file_keys} tensors into {parsed.total_keys} "
+                     f"(fused q/k/v split per projection, unused duplicates dropped); the counts above are those")
     if missed:
         lines.append(f"ComfyUI did not apply {len(missed)} placed layers, e.g. {list(missed)[:3]}")
     return "\n".join(lines)
+
+
+def summary(parsed: ParsedLora, alpha: float) -> str:
+    """One line: what was applied of how many tensors, UNet and text-encoder layers, the alpha used (the log's)."""
+    unet_layers = sum(layer.is_unet for layer in parsed.layers)
+    return (f"Applied {parsed.placed_keys} of {parsed.total_keys} tensors: {unet_layers} UNet layers, "
+            f"{len(parsed.layers) - unet_layers} text-encoder layers; {alpha_note(parsed.layers, alpha, parsed.format)}")
 
 
 def nothing_placed_message(where: str, parsed: ParsedLora) -> str:

@@ -34,10 +34,12 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 from comfy.ldm.modules.encoders.noise_aug_modules import CLIPEmbeddingNoiseAugmentation
 from comfy.ldm.modules.diffusionmodules.openaimodel import Timestep
 
+from ..common.tensors import load_into_module
 from ..kolors import configs
 from ..kolors.chatglm import ChatGLM3, load_chatglm_state_dict
 from ..kolors.folder import KolorsFolder, KolorsFolderError, LazyWeights, read_weights
 from ..kolors.tokenizer import ChatGLM3Tokenizer
+from . import compat
 
 log = logging.getLogger("aesthete.kolors")
 
@@ -75,6 +77,16 @@ class Kolors(comfy.model_base.SDXL):
 ENCODER_HID_KEY = "encoder_hid_proj.weight"
 
 
+def _is_kolors(unet_config: dict, state_dict) -> bool:
+    """An SDXL-family UNet config (size conditioning) whose weights carry Kolors's text projection."""
+    if state_dict is None or "num_res_blocks" not in unet_config or not unet_config.get("adm_in_channels"):
+        return False
+    return any(k.endswith(ENCODER_HID_KEY) for k in state_dict)
+
+
+_matches_kolors = compat.never_raising_matches(_is_kolors, "Kolors")
+
+
 class KolorsModelConfig(comfy.supported_models.SDXL):
     """Kolors in ComfyUI's model detection: an SDXL-family UNet with ``encoder_hid_proj``."""
 
@@ -92,10 +104,10 @@ class KolorsModelConfig(comfy.supported_models.SDXL):
         super().__init__({**self.detection_defaults, **unet_config})
 
     @classmethod
-    def matches(cls, unet_config, state_dict=None):
-        if state_dict is None or "num_res_blocks" not in unet_config or not unet_config.get("adm_in_channels"):
-            return False
-        return any(k.endswith(ENCODER_HID_KEY) for k in state_dict)
+    def matches(cls, unet_config, state_dict=None, *args, **kwargs):
+        """Core's detection asks every entry on every load: this takes whatever core passes (the newest adds
+        ``unet_key_prefix``) and never raises (``compat.never_raising_matches``)."""
+        return _matches_kolors(unet_config, state_dict)
 
     def model_type(self, state_dict, prefix=""):
         return comfy.model_base.ModelType.EPS
@@ -111,12 +123,9 @@ class KolorsModelConfig(comfy.supported_models.SDXL):
 
 
 def register_model_config() -> None:
-    """Put Kolors first in ComfyUI's detection list (before SDXL, whose config it would otherwise match)."""
-    if KolorsModelConfig not in comfy.supported_models.models:
-        comfy.supported_models.models.insert(0, KolorsModelConfig)
-
-
-register_model_config()
+    """Put Kolors first in ComfyUI's detection list (before SDXL, whose config it would otherwise match); called once
+    by the extension's start-up (nodes/__init__.py), never at import."""
+    compat.register_model_config(KolorsModelConfig)
 
 
 def _load_device_dtype(dtype_name: str, parameters: int, weight_dtype, model_config):
@@ -161,15 +170,12 @@ def _kolors_model(comfy_sd: dict, model_config, dtype_name: str, where: str, lef
     load_device, dtype, manual_cast = _load_device_dtype(dtype_name, parameters, comfy.utils.weight_dtype(comfy_sd),
                                                          model_config)
     model_config.set_inference_dtype(dtype, manual_cast)
-    model = model_config.get_model(comfy_sd, "")
-    expected = set(model.diffusion_model.state_dict())
-    missing = sorted(expected - set(comfy_sd))
-    unexpected = sorted(set(comfy_sd) - expected)
-    if missing or unexpected:
+    model = model_config.get_model(comfy_sd, "").to(mm.unet_offload_device())
+    report = load_into_module(model.diffusion_model, list(comfy_sd), take)
+    if report:
         raise KolorsFolderError(f"{where}: the weights do not fit the UNet its config.json describes (missing "
-                                f"{missing[:3]}, unexpected {unexpected[:3]}); download the UNet again")
-    model = model.to(mm.unet_offload_device())
-    _move_weights_into(model.diffusion_model, comfy_sd, take)
+                                f"{report.missing[:3]}, unexpected {report.unexpected[:3]}{_first(report.errors)}); "
+                                f"download the UNet again")
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
     if mm.is_device_cpu(load_device) and _cpu_default_attention_is_sub_quad():
         patcher.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = \
@@ -193,18 +199,8 @@ def _pytorch_attention(func, *args, **kwargs):
     return attention.attention_pytorch(*args, **kwargs)
 
 
-@torch.no_grad()
-def _move_weights_into(module: torch.nn.Module, sd: dict[str, torch.Tensor], take) -> None:
-    """Copy the weights into ``module`` one tensor at a time, each read (``take``) just before it is copied and
-    dropped right after (what ``BaseModel.load_model_weights`` does, minus holding every file tensor until the
-    end: the model's fresh weights only take memory as they are written, so the peak is the model plus one file
-    tensor, not the model plus the whole file)."""
-    own = module.state_dict(keep_vars=True)
-    for key in list(sd):
-        tensor = take(key)
-        del sd[key]
-        own[key].copy_(tensor)
-        del tensor
+def _first(errors: list[str]) -> str:
+    return f"; {errors[0].strip()}" if errors else ""
 
 
 # ----------------------------------------------------------------------------------------------------- the CLIP
@@ -253,6 +249,9 @@ def kolors_text_encoder_class(te_config: dict, tokenizer: ChatGLM3Tokenizer):
             self.execution_device = model_options.get("load_device")
             # fp8 is storage only: the embedding is read into the compute dtype and every layer casts its weights
             self.compute_dtype = model_options.get("compute_dtype")
+            # the compute dtype ComfyUI's patcher sets (the newest comfy.sd.CLIP sets fp32 for every text encoder, as
+            # an object patch of this attribute); None: the one above
+            self.manual_cast_dtype = None
             self.layer = -2  # Kolors's pipeline takes hidden_states[-2]
             self.special_tokens = {"pad": tokenizer.pad_id}
 
@@ -276,7 +275,7 @@ def kolors_text_encoder_class(te_config: dict, tokenizer: ChatGLM3Tokenizer):
             ids = torch.tensor(rows, dtype=torch.long, device=device)
             mask, positions = context_mask_and_positions(ids, tokenizer.prefix_ids[0])
             context, pooled = self.transformer(ids, mask, positions, intermediate_output=self.layer,
-                                               dtype=self.compute_dtype)
+                                               dtype=self.manual_cast_dtype or self.compute_dtype)
             return context.float(), pooled.float()
 
         def load_sd(self, sd):

@@ -22,15 +22,20 @@ log = logging.getLogger("aesthete.kolors")
 
 KOLORS_FOLDER = "kolors"
 DEFAULT_KOLORS_DIR = os.path.join(folder_paths.models_dir, KOLORS_FOLDER)
-# models/kolors, plus whatever extra_model_paths.yaml adds under `kolors:`
-folder_paths.add_model_folder_path(KOLORS_FOLDER, DEFAULT_KOLORS_DIR)
 DIFFUSERS_PREFIX = "diffusers/"
 LLM_FOLDER = "LLM"  # where Kolors-MZ users keep chatglm3-fp16.safetensors
-folder_paths.add_model_folder_path(LLM_FOLDER, os.path.join(folder_paths.models_dir, LLM_FOLDER))
 DTYPE_OPTIONS = ["auto", "fp16", "bf16", "fp32"]
 KOLORS_DTYPE_OPTIONS = DTYPE_OPTIONS + [kolors_model.TE_FP8]
 TE_DTYPE_OPTIONS = DTYPE_OPTIONS + [kolors_model.FP8]
 DEVICE_OPTIONS = ["default", "cpu", "gpu"]
+
+
+def register() -> None:
+    """Once, at start-up: models/kolors and models/LLM (plus what extra_model_paths.yaml adds under `kolors:` and
+    `LLM:`), and Kolors in ComfyUI's model detection (so core loaders load a Kolors UNet file too)."""
+    folder_paths.add_model_folder_path(KOLORS_FOLDER, DEFAULT_KOLORS_DIR)
+    folder_paths.add_model_folder_path(LLM_FOLDER, os.path.join(folder_paths.models_dir, LLM_FOLDER))
+    kolors_model.register_model_config()
 
 
 def _subfolders(kind: str) -> list[tuple[str, Path]]:

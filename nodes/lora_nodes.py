@@ -21,7 +21,7 @@ from ..common.paths import path_inside
 from ..lora.alpha import DEFAULT_TRAINING_ALPHA
 from ..lora.files import LORA_SUFFIXES, read_lora_file
 from ..lora.formats import ParsedLora, loader_tensors, parse_lora, restrict_to_model, unread_tensors
-from ..lora.report import LoraApplyError, nothing_placed_message, report_text, unread_message
+from ..lora.report import LoraApplyError, nothing_placed_message, report_text, summary, unread_message
 
 log = logging.getLogger("aesthete.lora")
 
@@ -133,7 +133,8 @@ class AestheteLoraLoader(io.ComfyNode):
     def execute(cls, model, lora_name, strength_model, strength_clip, alpha, clip=None) -> io.NodeOutput:
         where = f"models/loras/{lora_name}"
         tensors, _metadata = read_lora_file(lora_path(lora_name))
-        parsed = parse_for_model(comfy.lora_convert.convert_lora(tensors), model, clip)  # core converts first too
+        converted = comfy.lora_convert.convert_lora(tensors)  # core converts first too
+        parsed = parse_for_model(converted, model, clip)
         if not parsed.layers:
             raise ValueError(nothing_placed_message(where, parsed))
 
@@ -148,11 +149,11 @@ class AestheteLoraLoader(io.ComfyNode):
             log.warning("Aesthete LoRA %s: ComfyUI did not apply %d patches, e.g. %s", lora_name, len(missed),
                         missed[:3])
 
-        report = report_text(lora_name, parsed, alpha, missed)
+        report = report_text(lora_name, parsed, alpha, missed, file_keys=len(tensors))
         if parsed.unplaced:
             log.warning("Aesthete LoRA %s: %d of %d tensors not placed, e.g. %s", lora_name, len(parsed.unplaced),
                         parsed.total_keys, list(parsed.unplaced.items())[:3])
-        log.info("Aesthete LoRA %s: %s", lora_name, report.splitlines()[3])
+        log.info("Aesthete LoRA %s: %s", lora_name, summary(parsed, alpha))
         return io.NodeOutput(new_model, new_clip, report, ui=ui.PreviewText(report))
 
 

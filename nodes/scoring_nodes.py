@@ -34,10 +34,13 @@ log = logging.getLogger("aesthete.scoring")
 
 AESTHETIC_FOLDER = "aesthetic"
 DEFAULT_AESTHETIC_DIR = os.path.join(folder_paths.models_dir, AESTHETIC_FOLDER)
-# models/aesthetic, plus whatever extra_model_paths.yaml adds under `aesthetic:`
-folder_paths.add_model_folder_path(AESTHETIC_FOLDER, DEFAULT_AESTHETIC_DIR)
 
 AestheticModel = io.Custom("AESTHETIC_MODEL")
+
+
+def register() -> None:
+    """models/aesthetic, plus whatever extra_model_paths.yaml adds under `aesthetic:` (once, at start-up)."""
+    folder_paths.add_model_folder_path(AESTHETIC_FOLDER, DEFAULT_AESTHETIC_DIR)
 
 
 def predictor_choices() -> list[str]:

@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..common.paths import models_root
 from . import registry
 from .ray_engine import EngineUnavailable, add_engine_arguments
 
@@ -21,7 +22,8 @@ EXIT_OK, EXIT_BELOW_THRESHOLD, EXIT_ERROR = 0, 1, 2
 
 
 def default_models_dir() -> Path:
-    return Path(os.environ.get("AESTHETE_MODELS_DIR", "models")) / "aesthetic"
+    """models/aesthetic of the ComfyUI the pack is installed in, as the nodes use (``common.paths.models_root``)."""
+    return models_root() / "aesthetic"
 
 
 def add_subcommand(subparsers) -> None:
@@ -54,7 +56,8 @@ def add_model_arguments(p) -> None:
                    help="a predictor folder, or a predictor name under --models-dir (a published one is downloaded "
                         f"if missing; default {registry.DEFAULT_PREDICTOR})")
     p.add_argument("--models-dir", type=Path, default=None,
-                   help="folder of predictor folders (default $AESTHETE_MODELS_DIR/aesthetic or models/aesthetic)")
+                   help="folder of predictor folders (default: models/aesthetic of the ComfyUI the pack is "
+                        "installed in, or $AESTHETE_MODELS_DIR/aesthetic)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],

@@ -29,6 +29,14 @@ def port_is_busy(host: str, port: int) -> bool:
     return False
 
 
+def torchaudio_loads() -> bool:
+    try:
+        import torchaudio  # noqa: F401
+    except Exception:  # noqa: BLE001 - an ImportError, or an OSError from a library built for another torch
+        return False
+    return True
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
@@ -55,8 +63,14 @@ def main() -> int:
     say(f"ComfyUI at http://{args.host}:{args.port} ({'GPU' if not device_args else 'CPU only'})")
     say(f"put checkpoints in {models / 'checkpoints'}, LoRAs in {models / 'loras'}, "
           f"aesthetic predictors in {models / 'aesthetic'} (downloaded there on first use when a hub is reachable)")
+    if not torchaudio_loads():
+        say("ComfyUI's audio nodes (nodes_audio.py, nodes_audio_encoder.py) will print IMPORT FAILED: torchaudio "
+            "does not load beside this torch; only those audio nodes are missing, Aesthete does not use them")
+    # ComfyUI's default database sits in its own folder, which --base-directory moved away from
+    database = f"sqlite:///{BASE_DIR / 'user' / 'comfyui.db'}"
     cmd = [sys.executable, "main.py", "--listen", args.host, "--port", str(args.port), "--disable-auto-launch",
-           "--base-directory", str(BASE_DIR), "--extra-model-paths-config", str(yaml_path), *device_args, *extra]
+           "--base-directory", str(BASE_DIR), "--extra-model-paths-config", str(yaml_path),
+           "--database-url", database, *device_args, *extra]
     os.chdir(COMFY_DIR)
     os.execv(sys.executable, cmd)
 

@@ -41,6 +41,8 @@ class ComfyServer:
     port: int = field(default_factory=free_port)
     python: str = sys.executable
     link_pack: bool = True
+    # more custom-node folders beside the pack: {folder name: source folder}
+    extra_nodes: dict[str, Path] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     log_path: Path | None = None
 
@@ -100,6 +102,9 @@ class ComfyServer:
             test_nodes = nodes_parent / "aesthete-test-nodes"  # nodes that let tests look inside MODEL/CLIP outputs
             if not test_nodes.exists():
                 test_nodes.symlink_to(Path(__file__).with_name("comfy_test_nodes"), target_is_directory=True)
+            for name, source in self.extra_nodes.items():
+                if not (nodes_parent / name).exists():
+                    (nodes_parent / name).symlink_to(source, target_is_directory=True)
             yaml_path = self.base_dir / "extra_model_paths.yaml"
             yaml_path.write_text(f"aesthete_tests:\n    custom_nodes: {nodes_parent}\n")
             pack_args = ["--extra-model-paths-config", str(yaml_path)]
@@ -154,7 +159,8 @@ class ComfyServer:
 
 @contextmanager
 def running_server(prefix: str, keep_log: Path | None = None, settings: dict | None = None,
-                   on_start_error: Callable[[str], None] | None = None) -> Iterator[ComfyServer]:
+                   on_start_error: Callable[[str], None] | None = None,
+                   extra_nodes: dict[str, Path] | None = None) -> Iterator[ComfyServer]:
     """A started ComfyServer on a fresh base directory (with the user's ``settings``, if given); afterwards it is
     stopped, its log copied to ``keep_log`` and the directory removed. A failed start calls ``on_start_error`` with
     the message (which holds the log's tail), else raises."""
@@ -163,7 +169,7 @@ def running_server(prefix: str, keep_log: Path | None = None, settings: dict | N
         path = base / "user" / "default" / "comfy.settings.json"
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps(settings))
-    server = ComfyServer(base_dir=base)
+    server = ComfyServer(base_dir=base, extra_nodes=dict(extra_nodes or {}))
     try:
         try:
             server.start()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,3 +202,19 @@ def test_a_transformers_5_processor_folder_loads_with_its_own_preprocessing(tmp_
     expected = load_predictor(v4, "cpu", "fp32").score_images(images)
     assert expected != pytest.approx(load_predictor(original, "cpu", "fp32").score_images(images), abs=1e-4)
     assert load_predictor(v5, "cpu", "fp32").score_images(images) == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_command_line_uses_the_models_folder_of_the_comfyui_the_pack_is_in(tmp_path):
+    """A 1.7 GB predictor is never fetched twice: `aesthete score` looks where the nodes look."""
+    from aesthete.common.paths import models_root
+
+    comfy = tmp_path / "ComfyUI"
+    pack = comfy / "custom_nodes" / "comfyui-aesthete"
+    pack.mkdir(parents=True)
+    (comfy / "models").mkdir()
+    assert models_root(pack, environ={}) == comfy / "models"  # installed in custom_nodes/
+    checkout = tmp_path / "checkout"
+    (checkout / ".comfyui" / "base" / "models").mkdir(parents=True)
+    assert models_root(checkout, environ={}) == checkout / ".comfyui" / "base" / "models"  # `make run`'s ComfyUI
+    assert models_root(tmp_path / "elsewhere", environ={}) == Path("models")
+    assert models_root(pack, environ={"AESTHETE_MODELS_DIR": "/srv/models"}) == Path("/srv/models")

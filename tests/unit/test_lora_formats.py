@@ -367,3 +367,15 @@ def test_an_incomplete_layer_is_reported_not_applied(suffixes, missing):
     parsed = parse_lora(sd, base="sdxl")
     assert parsed.layers == [] and set(parsed.unplaced) == set(sd)
     assert all(missing in why for why in parsed.unplaced.values()), parsed.unplaced
+
+
+def test_the_report_says_when_comfyuis_converter_changed_the_tensor_count(kolors_sd):
+    """Newer ComfyUI versions split fused q/k/v LoRA tensors (and drop unused duplicates) before loading; the counts
+    the loader reports are then the converted tensors', and the report says so instead of "placed 9 of 3"."""
+    from aesthete.lora.report import report_text
+
+    parsed = parse_lora(dict(list(kolors_sd.items())[:6]))
+    plain = report_text("x", parsed, 4.0, file_keys=parsed.total_keys)
+    converted = report_text("x", parsed, 4.0, file_keys=parsed.total_keys - 2)
+    assert "converter" not in plain
+    assert f"turned the file's {parsed.total_keys - 2} tensors into {parsed.total_keys}" in converted

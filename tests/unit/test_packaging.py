@@ -109,3 +109,14 @@ def test_chinese_readme_gives_the_same_install_commands():
     chinese = _install_commands("README_zh.md", "## 安装到已有的 ComfyUI")
     assert len(english) >= 5  # venv, portable, desktop, pip check, undo
     assert [[line.replace("<文件夹>", "<folder>") for line in block] for block in chinese] == english
+
+
+@pytest.mark.parametrize("path, banned", [("scoring/any.py", True), ("training/any.py", True), ("common/any.py", True),
+                                          ("nodes/any.py", False)])
+def test_lint_refuses_a_comfyui_import_in_domain_code(path, banned):
+    """The layer rule (domain packages never import ComfyUI) is checked by ruff in `make test`, not only written down."""
+    source = "import comfy.sd\nimport folder_paths\nfrom server import PromptServer\n"
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--stdin-filename", path, "-"], input=source,
+                          text=True, capture_output=True, cwd=ROOT)
+    flagged = proc.stdout.count("TID251")
+    assert flagged == (3 if banned else 0), proc.stdout

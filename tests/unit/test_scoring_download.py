@@ -42,6 +42,31 @@ def test_first_working_source_wins_and_lands_atomically(tmp_path):
     assert ensure_predictor(DEFAULT_PREDICTOR, tmp_path, fetchers=[]) == folder
 
 
+@pytest.mark.parametrize("base", [Exception, BaseException])
+def test_a_cancel_from_the_progress_bar_stops_the_download_and_tries_no_other_source(tmp_path, base):
+    """ComfyUI's progress bar raises the user's cancel (an Exception in ComfyUI 0.3.75, a BaseException in the
+    newest): the download stops with it, no other source is tried, nothing is left half in place."""
+    cancel = type("InterruptProcessingException", (base,), {})
+    calls = []
+
+    def modelscope(dest, progress):
+        calls.append("modelscope")
+        (dest / "config.json").write_text("{}")
+        progress(0, 3, "config.json")
+
+    def huggingface(dest, progress):
+        calls.append("huggingface")
+        copy_tiny(dest, progress)
+
+    def progress(done, total, what):
+        raise cancel()
+
+    with pytest.raises(cancel):
+        ensure_predictor(DEFAULT_PREDICTOR, tmp_path, progress,
+                         fetchers=[("ModelScope", modelscope), ("Hugging Face", huggingface)])
+    assert calls == ["modelscope"] and list(tmp_path.iterdir()) == []
+
+
 def test_every_source_failing_names_the_files_and_the_folder(tmp_path):
     def incomplete(dest, progress):
         (dest / "config.json").write_text("{}")
