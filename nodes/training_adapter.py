@@ -76,3 +76,23 @@ def out_of_memory_named(phase: str) -> Iterator[None]:
         named = type(e)(f"Train LoRA ran out of memory during {phase}: {e}. {advice}".rstrip())
         named.aesthete_phase = phase
         raise named from e
+
+
+# what autograd says when an operation of the forward pass has no backward formula (fp8 matrix multiplication)
+_NO_BACKWARD = ("derivative for", "does not require grad and does not have a grad_fn", "not implemented for 'Float8")
+
+
+@contextmanager
+def inference_only_layers_named() -> Iterator[None]:
+    """A backward pass that fails because a layer ran an operation without a backward formula (ComfyUI's fp8
+    matrix multiplication of scaled-fp8 or quantized checkpoints, chosen with --fast, is one) is told in words that
+    say what to change; other errors pass unchanged."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not any(text in str(e) for text in _NO_BACKWARD):
+            raise
+        raise RuntimeError(f"Train LoRA cannot train through one of this model's layers: it runs an operation that "
+                           f"has no backward pass ({str(e).splitlines()[0][:300]}). fp8 matrix multiplication is "
+                           "one: load the model with weight_dtype default (fp16/bf16), or start ComfyUI without "
+                           "--fast") from e

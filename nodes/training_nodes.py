@@ -36,7 +36,7 @@ from ..training.validation import (OUTPUT_CHOICES, RECIPE_NEGATIVE, RECIPE_TEST_
                                    ValidationSpec, draw_score_graph, draw_validation_grid, parse_prompts)
 from . import compat
 from .scoring_nodes import AestheticModel, LoadedPredictor
-from .training_adapter import LAYOUT_ATTRIBUTE, TrainingSteps, out_of_memory_named
+from .training_adapter import LAYOUT_ATTRIBUTE, TrainingSteps, inference_only_layers_named, out_of_memory_named
 
 log = logging.getLogger("aesthete.training")
 
@@ -277,7 +277,7 @@ class AestheteTrainLora(io.ComfyNode):
                     offload.after_validation()
 
             with meter.phase("training"), out_of_memory_named("training"), clear_training_errors(), \
-                    cancelled_during_validation(job, validator), steps:
+                    inference_only_layers_named(), cancelled_during_validation(job, validator), steps:
                 run = run_training(base.diffusion_model, base, dataset, cache, settings, rank=rank, alpha=alpha,
                                    targets=job.targets, resume=job.resume or None, resume_state=job.resume_state,
                                    device=device,

@@ -178,3 +178,23 @@ def test_comfyuis_fp8_fast_path_is_off_while_training_so_the_backward_pass_reach
         answer({**grads, "training_mode_after": model.proj.training})
     """)
     assert result == {"before": False, "training": True, "training_mode_after": False}
+
+
+def test_a_backward_pass_through_an_operation_without_one_is_refused_in_words():
+    """Where a layer cannot be switched to a differentiable path (a scaled-fp8 checkpoint's fp8 matrix multiplication
+    under --fast), autograd's error becomes one that says what to change; other errors pass unchanged."""
+    result = run_in_comfy("""
+        import torch
+        from aesthete.nodes.training_adapter import inference_only_layers_named
+        out = {}
+        for label, text in (("fp8", "derivative for aten::_scaled_mm is not implemented"), ("other", "shape mismatch")):
+            try:
+                with inference_only_layers_named():
+                    raise RuntimeError(text)
+            except RuntimeError as e:
+                out[label] = str(e)
+        answer(out)
+    """)
+    assert result["other"] == "shape mismatch"
+    assert result["fp8"].startswith("Train LoRA cannot train through one of this model's layers")
+    assert "_scaled_mm" in result["fp8"] and "without --fast" in result["fp8"]

@@ -146,3 +146,22 @@ def test_out_of_memory_reaches_comfyui_as_cuda_oom_naming_the_phase(comfy, comfy
     assert error["node_id"] == train.id and error["exception_type"] == "torch.OutOfMemoryError", error
     assert f"Train LoRA ran out of memory during {phase}: CUDA out of memory" in error["exception_message"]
     assert "Got an OOM, unloading all loaded models." in comfy_server.log_text()[start:]
+
+
+def test_a_unet_stored_in_fp8_trains(comfy, comfy_server, dataset):
+    """UNETLoader's fp8_e4m3fn (what 8-12 GB GPU users load): the weights stay fp8 and each layer casts them to its
+    compute dtype, which has a backward pass; every LoRA layer learns."""
+    unet = comfy_server.link_model("diffusion_models", small_sd15_checkpoint(), "aesthete-test-sd15-unet.safetensors")
+    ckpt = comfy_server.link_model("checkpoints", small_sd15_checkpoint(), "aesthete-test-sd15.safetensors")
+    loaded = {}
+
+    def fp8_unet(g, loader):
+        loaded["node"] = g.node("UNETLoader", unet_name=unet, weight_dtype="fp8_e4m3fn")
+        return loaded["node"].out(0)
+
+    g, train = train_graph(ckpt, "fp8", fp8_unet)
+    result = comfy.run(g.finalize(), timeout=480)
+    losses = result.node_output(train.id)["loss"]
+    assert len(losses) == TRAIN["epochs"] and all(0 < v < 10 for v in losses)
+    assert zero_lora_layers(saved(comfy_server.models_dir, "fp8")) == []
+    assert "model weight dtype torch.float8_e4m3fn" in comfy_server.log_text()
