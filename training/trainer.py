@@ -235,7 +235,7 @@ def run_training(unet: nn.Module, model, dataset: LoraDataset, cache: TrainingCa
         named = list(network.named_parameters())
         if cache.plans[start_epoch]:
             layout.choose(probe_pass)
-        with steady_step_memory():
+        with steady_step_memory(device):
             result = train([p for _, p in named], loss, cache.plans.__getitem__, settings, device, on_step=on_step,
                            should_stop=should_stop, stop_exceptions=stop_exceptions, start_epoch=start_epoch,
                            resume=resume_state,
