@@ -193,8 +193,11 @@ class AestheteTrainLora(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
                              tooltip="Seed of the LoRA's initial weights, noise, noise levels and order"),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="fp32",
-                               tooltip="fp32; bf16 (autocast, less memory, a GPU with bf16); fp16 autocast (with "
-                                       "loss scaling)"),
+                               tooltip="fp32: each layer computes in the MODEL's own dtype, the LoRA in fp32 (on fp16 "
+                                       "weights, ComfyUI's default on most GPUs, the loss is scaled so gradients do "
+                                       "not vanish); bf16: autocast, less memory on fp32 weights, but on fp16 weights "
+                                       "it keeps a bf16 copy of every weight for the backward pass: more memory; "
+                                       "fp16 autocast: with loss scaling"),
                 io.Boolean.Input("gradient_checkpointing", default=False,
                                  tooltip="Recompute activations in the backward pass: much less memory, about "
                                          "30% slower. Turn on when memory runs out"),
