@@ -126,8 +126,8 @@ class AesthetePredictorLoader(io.ComfyNode):
                                tooltip="Where to run it; auto follows ComfyUI (the GPU unless started with --cpu)"),
                 io.Combo.Input("dtype", options=["auto", "fp32", "fp16", "bf16"], default="auto",
                                tooltip="Precision; auto is fp32 on the CPU (the reference numbers), fp16 on a GPU "
-                                       "that ComfyUI runs in fp16 (scores move by about 0.01 from fp32's; see "
-                                       "the README)"),
+                                       "that ComfyUI runs in fp16 (fp16 moves scores a little: choose fp32 to judge "
+                                       "a folder whose mean is near the bar; the README says how much)"),
                 io.Boolean.Input("compile", default=False, optional=True,
                                  tooltip="Compile the scoring model with torch.compile. The first run compiles "
                                          "(tens of seconds for ViT-L), later runs reuse it; scores equal within "
