@@ -95,10 +95,15 @@ def worker(kind: str, steps: int, folder: Path) -> dict:
         def on_step(step, total, loss):
             done["n"] = step
 
+        from aesthete.nodes import compat
+        from aesthete.nodes.training_adapter import TrainingSteps
+
         t = time.perf_counter()
-        run_training(patcher.model.diffusion_model, patcher.model, ds, cache, settings, rank=4, alpha=1.0,
-                     device=patcher.load_device, on_step=on_step, should_stop=lambda: done["n"] >= steps,
-                     transformer_options=patcher.model_options.get("transformer_options", {}))
+        with TrainingSteps(patcher.model.diffusion_model):  # as Train LoRA: ComfyUI set up for training steps
+            run_training(patcher.model.diffusion_model, patcher.model, ds, cache, settings, rank=4, alpha=1.0,
+                         device=patcher.load_device, on_step=on_step, should_stop=lambda: done["n"] >= steps,
+                         transformer_options=compat.training_transformer_options(
+                             patcher.model_options.get("transformer_options", {})))
         out["train_s"] = time.perf_counter() - t
     else:
         import comfy_extras.nodes_train as nodes_train

@@ -109,10 +109,15 @@ def ours(folder: Path, data: Path, resolution: int, steps: int, pytorch_attentio
         out["rss_before_mib"], out["rss_parts_mib"] = resident_now() / MIB, rss_parts_mib()
         reset_resident_peak()
         marks = [mark()]
-        run = run_training(base.diffusion_model, base, ds, cache, settings, rank=RANK, alpha=ALPHA, targets=TARGETS,
-                           device=device, on_step=lambda *_: marks.append(mark()),
-                           should_stop=lambda: len(marks) > steps,
-                           transformer_options=patcher.model_options.get("transformer_options", {}))
+        from aesthete.nodes import compat
+        from aesthete.nodes.training_adapter import TrainingSteps
+
+        with TrainingSteps(base.diffusion_model):  # as Train LoRA: ComfyUI set up for training steps
+            run = run_training(base.diffusion_model, base, ds, cache, settings, rank=RANK, alpha=ALPHA,
+                               targets=TARGETS, device=device, on_step=lambda *_: marks.append(mark()),
+                               should_stop=lambda: len(marks) > steps,
+                               transformer_options=compat.training_transformer_options(
+                                   patcher.model_options.get("transformer_options", {})))
         out["peak_mib"] = resident_peak() / MIB
         out["lora_layers"] = len(run.network.paths)
         out["lora_params"] = sum(p.numel() for p in run.network.parameters())

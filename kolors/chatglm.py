@@ -240,6 +240,19 @@ class ChatGLM3(nn.Module):
     def get_input_embeddings(self) -> nn.Module:
         return self.transformer.embedding.word_embeddings
 
+    def _embed(self, input_ids: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+        """The embedding rows of ``input_ids``. With fp8 storage (and a compute ``dtype``) the rows are read in the
+        compute dtype: CUDA's embedding lookup has no fp8 kernel. ComfyUI's operations cast the table for it
+        (``out_dtype``, as ComfyUI's own text encoders ask); plain torch modules are read as bytes."""
+        embedding = self.get_input_embeddings()
+        weight = embedding.weight
+        if dtype is None or weight.element_size() != 1 or not weight.is_floating_point():
+            return embedding(input_ids)
+        if hasattr(embedding, "comfy_cast_weights"):
+            return embedding(input_ids, out_dtype=dtype)
+        rows = F.embedding(input_ids.to(weight.device), weight.view(torch.uint8))
+        return rows.view(weight.dtype).to(input_ids.device, dtype)
+
     def forward(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, intermediate_output: int = -2,
                 embeds: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,7 +266,7 @@ class ChatGLM3(nn.Module):
         reference's ``hidden_states`` tuple (embeddings, then each layer's output, all before the final
         norm; -2 = the input of the last layer, what Kolors uses); pooled = the last layer's output at the
         last position, before the final norm (the reference's ``hidden_states[-1][-1]``)."""
-        x = embeds if embeds is not None else self.get_input_embeddings()(input_ids)
+        x = embeds if embeds is not None else self._embed(input_ids, dtype)
         if dtype is not None:
             x = x.to(dtype)
         b, length, _ = x.shape

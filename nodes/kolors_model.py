@@ -245,6 +245,8 @@ def kolors_text_encoder_class(te_config: dict, tokenizer: ChatGLM3Tokenizer):
             operations = model_options.get("custom_operations") or comfy.ops.manual_cast
             self.transformer = ChatGLM3(te_config, dtype=dtype, device=device, operations=operations)
             self.dtypes = {dtype}
+            # where ComfyUI runs it: a model loaded in part (--lowvram) keeps its first weights on the CPU
+            self.execution_device = model_options.get("load_device")
             # fp8 is storage only: the embedding is read into the compute dtype and every layer casts its weights
             self.compute_dtype = model_options.get("compute_dtype")
             # the compute dtype ComfyUI's patcher sets (the newest comfy.sd.CLIP sets fp32 for every text encoder, as
@@ -268,7 +270,7 @@ def kolors_text_encoder_class(te_config: dict, tokenizer: ChatGLM3Tokenizer):
             return comfy.sd1_clip.ClipTokenWeightEncoder.encode_token_weights(self, token_weight_pairs[ENCODER_KEY])
 
         def encode(self, token_lists):
-            device = next(self.transformer.parameters()).device
+            device = self.execution_device or next(self.transformer.parameters()).device
             rows = [_fit_to_context(list(ids), tokenizer) for ids in token_lists]
             ids = torch.tensor(rows, dtype=torch.long, device=device)
             mask, positions = context_mask_and_positions(ids, tokenizer.prefix_ids[0])
@@ -315,9 +317,9 @@ def kolors_clip(te_files: list[Path], te_config: dict, tokenizer_model: Path, dt
         model_options["load_device"] = model_options["offload_device"] = torch.device("cpu")
     elif device == "gpu":
         model_options["load_device"] = mm.get_torch_device()
-    load_device = model_options.get("load_device", mm.text_encoder_device())
+    load_device = model_options.setdefault("load_device", mm.text_encoder_device())
     if dtype_name in ("auto", FP8):
-        dtype = torch.float32 if mm.is_device_cpu(load_device) else mm.text_encoder_dtype(load_device)
+        dtype = text_encoder_dtype(load_device)
     else:
         dtype = DTYPES[dtype_name]
     if dtype_name == FP8:
@@ -335,6 +337,15 @@ def kolors_clip(te_files: list[Path], te_config: dict, tokenizer_model: Path, dt
         raise KolorsFolderError(f"{te_files[0].parent}: the text encoder weights do not fit its config.json ({e})") \
             from e
     return clip
+
+
+def text_encoder_dtype(load_device: torch.device) -> torch.dtype:
+    """ChatGLM3's dtype for "auto": ComfyUI's choice for text encoders (fp16), except where ComfyUI itself runs on the
+    CPU (--cpu), where fp32 is faster and gives the reference numbers. A GPU ComfyUI that keeps the text encoder on the
+    CPU (--lowvram) gets ComfyUI's choice too: fp32 there would take about 25 GB of RAM."""
+    if mm.is_device_cpu(mm.get_torch_device()):
+        return torch.float32
+    return mm.text_encoder_dtype(load_device)
 
 
 def _chatglm_parameters(cfg: dict) -> int:

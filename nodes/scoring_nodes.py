@@ -125,7 +125,9 @@ class AesthetePredictorLoader(io.ComfyNode):
                 io.Combo.Input("device", options=["auto", "cuda", "cpu"], default="auto",
                                tooltip="Where to run it; auto follows ComfyUI (the GPU unless started with --cpu)"),
                 io.Combo.Input("dtype", options=["auto", "fp32", "fp16", "bf16"], default="auto",
-                               tooltip="Precision; auto is fp32 on the CPU (the reference numbers), fp16 on a GPU"),
+                               tooltip="Precision; auto is fp32 on the CPU (the reference numbers), fp16 on a GPU "
+                                       "that ComfyUI runs in fp16 (fp16 moves scores a little: choose fp32 to judge "
+                                       "a folder whose mean is near the bar; the README says how much)"),
                 io.Boolean.Input("compile", default=False, optional=True,
                                  tooltip="Compile the scoring model with torch.compile. The first run compiles "
                                          "(tens of seconds for ViT-L), later runs reuse it; scores equal within "
@@ -138,16 +140,32 @@ class AesthetePredictorLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, device, dtype, compile=False) -> io.NodeOutput:
-        if device == "auto":
-            load_device = comfy.model_management.get_torch_device()
-        elif device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device cuda: no CUDA GPU is available to ComfyUI; choose auto or cpu")
-        else:
-            load_device = torch.device(device)
+        load_device = predictor_device(device)
         folder = find_predictor_folder(model, comfy.utils.ProgressBar(1))
         offload = comfy.model_management.text_encoder_offload_device() if load_device.type != "cpu" else load_device
-        predictor = load_predictor(folder, offload, resolve_dtype(dtype, load_device), compile=bool(compile))
+        predictor = load_predictor(folder, offload, predictor_dtype(dtype, load_device), compile=bool(compile))
         return io.NodeOutput(LoadedPredictor(predictor, load_device))
+
+
+def predictor_device(choice: str) -> torch.device:
+    """The loader's device choice as ComfyUI names the device: "auto" and "cuda" are ComfyUI's GPU (``cuda:0``, the
+    device its memory manager frees for and around; a bare ``cuda`` is another name it does not recognise)."""
+    if choice == "cpu":
+        return torch.device("cpu")
+    gpu = comfy.model_management.get_torch_device()
+    if choice == "cuda" and gpu.type != "cuda":
+        raise ValueError("device cuda: ComfyUI runs on no CUDA GPU here; choose auto or cpu")
+    return gpu
+
+
+def predictor_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """The loader's dtype choice; "auto" asks ComfyUI whether fp16 suits the device (not on the CPU, nor on GPUs
+    ComfyUI keeps in fp32), else fp32."""
+    if choice != "auto":
+        return resolve_dtype(choice, device)
+    if device.type != "cpu" and comfy.model_management.should_use_fp16(device, prioritize_performance=False):
+        return torch.float16
+    return torch.float32
 
 
 class AestheteScore(io.ComfyNode):

@@ -34,7 +34,9 @@ from ..training.save import COPY_FORMATS, SaveError, TrainedLora, read_lora, sav
 from ..training.trainer import ConvLayout, build_cache, run_training
 from ..training.validation import (OUTPUT_CHOICES, RECIPE_NEGATIVE, RECIPE_TEST_PROMPT, ValidationHistory,
                                    ValidationSpec, draw_score_graph, draw_validation_grid, parse_prompts)
+from . import compat
 from .scoring_nodes import AestheticModel, LoadedPredictor
+from .training_adapter import LAYOUT_ATTRIBUTE, TrainingSteps, inference_only_layers_named, out_of_memory_named
 
 log = logging.getLogger("aesthete.training")
 
@@ -191,8 +193,11 @@ class AestheteTrainLora(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
                              tooltip="Seed of the LoRA's initial weights, noise, noise levels and order"),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="fp32",
-                               tooltip="fp32; bf16 (autocast, less memory, a GPU with bf16); fp16 autocast (with "
-                                       "loss scaling)"),
+                               tooltip="fp32: each layer computes in the MODEL's own dtype, the LoRA in fp32 (on fp16 "
+                                       "weights, ComfyUI's default on most GPUs, the loss is scaled so gradients do "
+                                       "not vanish); bf16: autocast, less memory on fp32 weights, but on fp16 weights "
+                                       "it keeps a bf16 copy of every weight for the backward pass: more memory; "
+                                       "fp16 autocast: with loss scaling"),
                 io.Boolean.Input("gradient_checkpointing", default=False,
                                  tooltip="Recompute activations in the backward pass: much less memory, about "
                                          "30% slower. Turn on when memory runs out"),
@@ -255,24 +260,27 @@ class AestheteTrainLora(io.ComfyNode):
             base, device = patcher.model, patcher.load_device
             meter = PhaseMemory(device)
             encode_images, encode_caption = model_encoders(base, clip, vae, device)
-            with meter.phase("encoding"):
+            with meter.phase("encoding"), out_of_memory_named("encoding"):
                 cache = build_cache(dataset, settings, encode_images, encode_caption, job.resume_epochs,
                                     encoders=(vae, clip, base))
                 log.info("Aesthete trainer: %s", cache.describe())
                 progress = LossProgress(cls.hidden.unique_id, settings, dataset)
-                validator = EpochValidator(validation, model, clip, vae, patcher, job, progress) \
+                validator = EpochValidator(validation, clip, vae, patcher, job, progress) \
                     if validation is not None else None
             offload = EncoderOffload(patcher, clip, vae, device)
-            layout = ConvLayout(base.diffusion_model, device)
+            layout = ConvLayout(base.diffusion_model, device, chosen=getattr(base, LAYOUT_ATTRIBUTE, None))
+            steps = TrainingSteps(base.diffusion_model)
 
             def on_epoch_end(epoch, network, result):
                 job.on_epoch_end(epoch, network, result)
                 if validator is not None:
-                    with meter.phase("validation"), layout.usual_while():
+                    with meter.phase("validation"), out_of_memory_named("validation"), layout.usual_while(), \
+                            steps.paused():
                         validator(epoch, network, result)
                     offload.after_validation()
 
-            with meter.phase("training"), clear_training_errors(), cancelled_during_validation(job, validator):
+            with meter.phase("training"), out_of_memory_named("training"), clear_training_errors(), \
+                    inference_only_layers_named(), cancelled_during_validation(job, validator), steps:
                 run = run_training(base.diffusion_model, base, dataset, cache, settings, rank=rank, alpha=alpha,
                                    targets=job.targets, resume=job.resume or None, resume_state=job.resume_state,
                                    device=device,
@@ -281,8 +289,11 @@ class AestheteTrainLora(io.ComfyNode):
                                    on_epoch_end=on_epoch_end,
                                    # ComfyUI's layers raise on an interrupt: a cancel, not an error
                                    stop_exceptions=(comfy.model_management.InterruptProcessingException,),
-                                   transformer_options=patcher.model_options.get("transformer_options", {}),
-                                   conv_layout=layout)
+                                   transformer_options=compat.training_transformer_options(
+                                       patcher.model_options.get("transformer_options", {})),
+                                   conv_layout=layout, compute_dtype=compat.compute_dtype(base),
+                                   copy_inference_weights=not compat.is_dynamic(patcher))
+            setattr(base, LAYOUT_ATTRIBUTE, layout.chosen)
             lora = job.finish(run)
             if run.result.cancelled:
                 if run.result.stop_error is not None:
@@ -292,7 +303,9 @@ class AestheteTrainLora(io.ComfyNode):
         validating = sum(validator.seconds) if validator is not None else 0.0
         training = max(result.seconds - validating, 1e-9)
         lines = [f"{result.steps} steps in {training:.1f}s ({result.steps / training:.2f} steps/s), loss "
-                 f"{result.losses[0]:.4f} -> {result.losses[-1]:.4f}; {cache.describe()}"]
+                 f"{result.losses[0]:.4f} -> {result.losses[-1]:.4f}; {cache.describe()}"
+                 + (f"; {result.skipped_steps} steps left out for non-finite gradients" if result.skipped_steps
+                    else "")]
         grid = graph = ExecutionBlocker(None)
         ui_extra = {}
         if validator is not None:
@@ -324,7 +337,7 @@ class EncoderOffload:
     VAE decoding (whose pages go back after each validation) and by the graph's later nodes."""
 
     def __init__(self, patcher, clip, vae, device: torch.device):
-        comfy.model_management.load_models_gpu([patcher], memory_required=1e20, force_full_load=True)
+        compat.load_for_training(patcher)
         self.clip = clip
         self.parked: dict[str, ParkedWeights | None] = {}
         if device.type == "cpu":
@@ -355,13 +368,13 @@ def encode_text(clip, text: str):
 
 
 class EpochValidator:
-    """After an epoch: the validation images generated by ComfyUI's own sampling (KSampler's noise and sampler) on a
-    clone of the MODEL patched with the epoch's LoRA, exactly as the trainer's MODEL output is made, decoded by the
-    VAE and scored by the Aesthetic Score node's code. The prompts are encoded once, before training."""
+    """After an epoch: the validation images generated by ComfyUI's own sampling (KSampler's noise and sampler) on
+    the model being trained, the epoch's LoRA added to its layers' outputs as in training (so the model's weights are
+    never patched or moved for it: no transfer of the UNet per epoch), decoded by the VAE and scored by the Aesthetic
+    Score node's code. The prompts are encoded once, before training."""
 
-    def __init__(self, spec: ValidationSpec, model, clip, vae, training_patcher, job: TrainingJob,
-                 progress: LossProgress):
-        self.spec, self.model, self.vae, self.training_patcher = spec, model, vae, training_patcher
+    def __init__(self, spec: ValidationSpec, clip, vae, training_patcher, job: TrainingJob, progress: LossProgress):
+        self.spec, self.vae, self.training_patcher = spec, vae, training_patcher
         self.job, self.progress = job, progress
         with torch.no_grad():
             self.positive = [encode_text(clip, p) for p in spec.prompts]
@@ -384,21 +397,12 @@ class EpochValidator:
     def __call__(self, epoch: int, network, result) -> None:
         self.epoch = epoch
         started = time.perf_counter()
-        unet = self.training_patcher.model.diffusion_model
-        network.detach()  # the patched clone carries the LoRA; the training hooks would add it twice
-        try:
-            with torch.no_grad():
-                patched, _ = comfy.sd.load_lora_for_models(self.model, None, network.comfy_state_dict(), 1.0, 0)
-                images = torch.cat([self.generate(patched, positive) for positive in self.positive])
-                scores = None
-                if self.spec.predictor is not None:  # the Aesthetic Score node's path
-                    scores = self.spec.predictor.ready().score_tensor(
-                        images, interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
-        finally:
-            # back to training: reloading the training patcher unpatches the shared weights (ComfyUI's rule)
-            comfy.model_management.load_models_gpu([self.training_patcher], memory_required=1e20,
-                                                   force_full_load=True)
-            network.attach(unet)
+        with back_to_training(self.training_patcher), torch.no_grad():
+            images = torch.cat([self.generate(self.training_patcher, positive) for positive in self.positive])
+            scores = None
+            if self.spec.predictor is not None:  # the Aesthetic Score node's path
+                scores = self.spec.predictor.ready().score_tensor(
+                    images, interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
         self.epoch = 0  # left set when a cancel ends the validation, for the log line
         self.seconds.append(time.perf_counter() - started)
         saved = self.job.saved[-1] if self.job.saved else None
@@ -408,6 +412,23 @@ class EpochValidator:
         line = f"epoch {epoch}: mean loss {entry.mean_loss:.4f}{score}; saved {name}"
         log.info("Aesthete validation: %s", line)
         self.progress.on_epoch(line)
+
+
+@contextmanager
+def back_to_training(patcher):
+    """After validation the trained model gets the device's memory back (the VAE and the predictor are offloaded; the
+    model itself was loaded all along, so nothing moves unless sampling had to evict it). When validation failed,
+    its error is the one raised: a failure of this reload is only logged."""
+    try:
+        yield
+    except BaseException:
+        try:
+            compat.load_for_training(patcher)
+        except Exception as e:  # noqa: BLE001 - the validation's error is the one the user must see
+            log.warning("Aesthete trainer: after the validation error, reloading the model for training failed "
+                        "too: %s", e)
+        raise
+    compat.load_for_training(patcher)
 
 
 @contextmanager
@@ -464,16 +485,12 @@ class LossProgress:
 
 @contextmanager
 def clear_training_errors():
-    """A NaN loss or running out of memory, told in words that say what to change."""
+    """A NaN loss, told in words that say what to change (running out of memory: see out_of_memory_named)."""
     try:
         yield
     except NonFiniteLossError as e:
         raise NonFiniteLossError(f"{e}. This run's LoRA is not output (checkpoints saved every N epochs stay in "
                                  "models/loras)") from None
-    except torch.cuda.OutOfMemoryError as e:
-        raise MemoryError(f"training ran out of memory ({e}). Lower batch_size (use grad_accumulation for the same "
-                          "effective batch), turn on gradient_checkpointing, choose bf16, or lower the dataset's "
-                          "resolution") from None
 
 
 class AestheteValidationSettings(io.ComfyNode):

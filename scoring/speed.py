@@ -227,7 +227,8 @@ class FastScorer(torch.nn.Module):
 class CompiledScorer:
     """``FastScorer`` (ATen linears) under torch.compile (compiled on the first call, timed and logged). If compiling
     or running the compiled code fails, it logs why and uses ``eager`` (the predictor's own ``FastScorer``, so its
-    packed weights are not made twice) from then on."""
+    packed weights are not made twice) from then on. Running out of memory is not such a failure: it is raised (so
+    ComfyUI's handler sees it) and the compiled code is used again next time."""
 
     def __init__(self, eager: FastScorer, compiler: Callable | None = None):
         self.eager = eager
@@ -250,6 +251,8 @@ class CompiledScorer:
         start = time.perf_counter()
         try:
             scores = self.compiled(pixel_values)
+        except torch.OutOfMemoryError:
+            raise  # too big a batch, not a compiler failure: the compiled code stays for the next call
         except Exception as e:  # noqa: BLE001 - any compiler failure falls back to the same math, eagerly
             self._fall_back(e)
             return self.eager(pixel_values)

@@ -1,5 +1,6 @@
 """The training loop: optimizer, learning-rate schedule with warm-up, gradient accumulation, precision (fp32, bf16,
-fp16 autocast), a stop on a NaN/inf loss, cancel (returns what was trained so far), a callback per epoch, and the
+fp16 autocast; loss scaling wherever the model computes in fp16), a stop on a NaN/inf loss, no step applied from
+non-finite gradients, cancel (returns what was trained so far), a callback per epoch, and the
 state a resumed run continues from (:class:`LoopState`: optimizer, schedule position, noise generator)."""
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ class TrainResult:
     # the exception that stopped a cancelled run from inside a step (one of ``train``'s ``stop_exceptions``)
     stop_error: BaseException | None = field(default=None, repr=False, compare=False)
     seconds: float = 0.0
+    skipped_steps: int = 0  # optimizer steps left out because their gradients were not finite (see OptimizerSteps)
     # the state to continue from after the last finished optimizer step (set by ``train``)
     loop_state: Callable[[], LoopState] | None = field(default=None, repr=False, compare=False)
 
@@ -146,12 +148,21 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16 autocast": torch.float16}[precision]
 
 
+def needs_loss_scaling(autocast: torch.dtype | None, compute_dtype: torch.dtype | None) -> bool:
+    """Whether the backward pass runs in fp16, whose gradients underflow without loss scaling: under fp16 autocast,
+    or without autocast on a model that computes in fp16 (ComfyUI loads SD1.5, SDXL and Kolors UNets in fp16 on most
+    GPUs). Per-element gradients of a mean over a 128x128 latent are near fp16's smallest numbers."""
+    return autocast == torch.float16 or (autocast is None and compute_dtype == torch.float16)
+
+
 class OptimizerSteps:
     """Turns accumulated micro-batch losses into optimizer steps: the optimizer, the learning-rate schedule over
-    ``total`` steps, fp16 loss scaling, gradient clipping."""
+    ``total`` steps, loss scaling where the backward pass runs in fp16 (``compute_dtype``: the model's), gradient
+    clipping, and no step from non-finite gradients (the scaler skips them; without one they are checked here)."""
 
     def __init__(self, params: Sequence[torch.nn.Parameter], settings: TrainSettings, device: torch.device,
-                 total: int, resume: LoopState | None = None, names: Sequence[str] = ()):
+                 total: int, resume: LoopState | None = None, names: Sequence[str] = (),
+                 compute_dtype: torch.dtype | None = None):
         self.params = list(params)
         self.names = list(names)
         self.settings = settings
@@ -170,7 +181,9 @@ class OptimizerSteps:
             self.optimizer, lambda s: lr_factor(s + done, done + total, settings.schedule, settings.warmup_steps))
         self.device_type = device.type
         self.autocast = autocast_dtype(settings.precision)  # the micro-batches' autocast dtype (None: fp32)
-        self.scaler = torch.amp.GradScaler(device.type) if self.autocast == torch.float16 else None
+        scaling = needs_loss_scaling(self.autocast, compute_dtype)
+        self.scaler = torch.amp.GradScaler(device.type) if scaling else None
+        self.skipped = 0  # steps left out for non-finite gradients
         if self.scaler is not None and resume is not None and resume.scaler:
             self.scaler.load_state_dict(resume.scaler)
         self.discard()
@@ -209,15 +222,22 @@ class OptimizerSteps:
         (self.scaler.scale(scaled) if self.scaler else scaled).backward()
 
     def step(self) -> None:
+        """Apply the accumulated gradients, unless one of them is not finite (an fp16 overflow): then the step is
+        left out (counted in ``skipped``; the scaler lowers its scale) and the parameters stay as they were."""
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        if self.settings.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.settings.max_grad_norm)
+        limit = self.settings.max_grad_norm if self.settings.max_grad_norm > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.params, limit)
         if self.scaler:
-            self.scaler.step(self.optimizer)
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)  # skipped when unscale_ found an inf or NaN
             self.scaler.update()
-        else:
+            self.skipped += int(self.scaler.get_scale() < scale)
+        elif math.isfinite(float(norm)):
             self.optimizer.step()
+        else:
+            self.skipped += 1
+            log.warning("Aesthete trainer: gradients were not finite (norm %s); that step was left out", float(norm))
         self.scheduler.step()
         self.discard()
 
@@ -232,7 +252,8 @@ def train(params: Sequence[torch.nn.Parameter], loss_of_batch: Callable[[Batch, 
           should_stop: Callable[[], bool] | None = None,
           on_epoch_end: Callable[[int, TrainResult], None] | None = None,
           start_epoch: int = 0, resume: LoopState | None = None, names: Sequence[str] = (),
-          stop_exceptions: tuple[type[BaseException], ...] = ()) -> TrainResult:
+          stop_exceptions: tuple[type[BaseException], ...] = (), compute_dtype: torch.dtype | None = None,
+          check_gradients: Callable[[], None] | None = None) -> TrainResult:
     """Train ``params`` for ``settings.epochs`` epochs (counted from ``start_epoch``, for a resumed LoRA).
 
     ``resume``: the :class:`LoopState` of the run this one continues (saved with its LoRA): the optimizer, the
@@ -245,7 +266,10 @@ def train(params: Sequence[torch.nn.Parameter], loss_of_batch: Callable[[Batch, 
     asked before every micro-batch and ends training early (``cancelled``; the parameters keep what was trained).
     A NaN or infinite loss raises :class:`NonFiniteLossError` before it reaches the parameters.
     ``stop_exceptions``: exceptions a step may raise to cancel (ComfyUI interrupts inside its layers): the partial step
-    is dropped and the run ends ``cancelled`` as with ``should_stop``, the exception kept in ``stop_error``."""
+    is dropped and the run ends ``cancelled`` as with ``should_stop``, the exception kept in ``stop_error``.
+    ``compute_dtype``: the dtype the model computes in (fp16 turns loss scaling on, see :func:`needs_loss_scaling`).
+    ``check_gradients()`` is called once, with the first optimizer step's gradients in place, before it is applied
+    (it may raise to stop a run whose gradients cannot train)."""
     settings.check()
     device = torch.device(device)
     plans = [plan_epoch(e) for e in range(start_epoch, start_epoch + settings.epochs)]
@@ -254,7 +278,8 @@ def train(params: Sequence[torch.nn.Parameter], loss_of_batch: Callable[[Batch, 
     total = sum(math.ceil(len(p) / accum) for p in plans) - skip
     params = list(params)
     names = [n for n, p in zip(names, params) if p.requires_grad] if names else []
-    steps = OptimizerSteps([p for p in params if p.requires_grad], settings, device, total, resume, names)
+    steps = OptimizerSteps([p for p in params if p.requires_grad], settings, device, total, resume, names,
+                           compute_dtype)
     generator = torch.Generator().manual_seed(settings.seed)
     if resume is not None:
         generator.set_state(resume.generator.clone())
@@ -276,7 +301,10 @@ def train(params: Sequence[torch.nn.Parameter], loss_of_batch: Callable[[Batch, 
                 if step_loss is None:
                     result.cancelled = True
                     return result
+                if check_gradients is not None and result.steps == 0:
+                    check_gradients()
                 steps.step()
+                result.skipped_steps = steps.skipped
                 result.steps += 1
                 result.losses.append(step_loss)
                 at.update(rng=generator.get_state(), epoch=epoch, epoch_steps=first // accum + 1)

@@ -26,15 +26,23 @@ class LoraError(ValueError):
     """A LoRA does not fit the model (or is not a LoRA); the message says which keys and what to do."""
 
 
+class LoraGradientError(RuntimeError):
+    """LoRA layers received no gradient: something in the model cuts the backward pass (the message names them)."""
+
+
 class TrainableLoraLayer(nn.Module):
     """``up(down(x)) * alpha / rank``, added to a Linear layer's output. ``up`` starts at zero so a new LoRA
     changes nothing until it is trained."""
 
-    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float):
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float,
+                 generator: torch.Generator | None = None):
         super().__init__()
-        self.down = nn.Linear(in_features, rank, bias=False)
-        self.up = nn.Linear(rank, out_features, bias=False)
-        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        # made uninitialised, then initialised from ``generator`` (no draw from the process's random generator) with
+        # the draws nn.Linear's own initialisation made before: a seed gives the LoRA it gave in 0.2.0
+        self.down = nn.utils.skip_init(nn.Linear, in_features, rank, bias=False)
+        self.up = nn.utils.skip_init(nn.Linear, rank, out_features, bias=False)
+        for weight in (self.down.weight, self.up.weight, self.down.weight):
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
         nn.init.zeros_(self.up.weight)
         self.rank, self.alpha = rank, float(alpha)
 
@@ -70,13 +78,10 @@ class LoraNetwork(nn.Module):
         found = {path: m for path, m in model.named_modules() if isinstance(m, nn.Linear) and matches(path, targets)}
         if not found:
             raise LoraError(f"no Linear layer of the model matches {targets}; pick other target layers")
-        gen_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        try:
-            layers = {p: TrainableLoraLayer(m.in_features, m.out_features, min(rank, m.in_features, m.out_features), alpha)
-                      for p, m in found.items()}
-        finally:
-            torch.random.set_rng_state(gen_state)
+        generator = torch.Generator().manual_seed(seed)  # its own: the process's CPU and CUDA generators stay as they are
+        layers = {p: TrainableLoraLayer(m.in_features, m.out_features, min(rank, m.in_features, m.out_features), alpha,
+                                        generator=generator)
+                  for p, m in found.items()}
         return cls(layers, prefix)
 
     @classmethod
@@ -120,11 +125,14 @@ class LoraNetwork(nn.Module):
     def alpha(self) -> float:
         return self.layers[0].alpha
 
-    def attach(self, model: nn.Module) -> None:
-        """Add each LoRA layer's output to its Linear layer's output (forward hooks; :meth:`detach` undoes)."""
+    def attach(self, model: nn.Module, device: torch.device | str | None = None) -> None:
+        """Add each LoRA layer's output to its Linear layer's output (forward hooks; :meth:`detach` undoes). The
+        LoRA moves to ``device``, where the model computes (ComfyUI's load device: a model loaded in part has
+        weights on the CPU); without one it stays where it is."""
         self.detach()
         modules = dict(model.named_modules())
-        self.to(next(model.parameters()).device)
+        if device is not None:
+            self.to(device)
         for path, layer in zip(self.paths, self.layers):
             self._hooks.append(modules[path].register_forward_hook(_adder(layer)))
 
@@ -132,6 +140,13 @@ class LoraNetwork(nn.Module):
         for h in self._hooks:
             h.remove()
         self._hooks = []
+
+    def layers_without_gradient(self) -> list[str]:
+        """The module paths of the LoRA layers none of whose weights holds a non-zero gradient (after a backward
+        pass). A new LoRA's ``up`` starts at zero, so ``down``'s first gradient is zero; ``up``'s is not, unless the
+        model cut the layer off the loss (an attention without a backward pass, for one)."""
+        return [path for path, layer in zip(self.paths, self.layers)
+                if not any(p.grad is not None and bool(p.grad.any()) for p in layer.parameters())]
 
     def comfy_state_dict(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
         """``{prefix}.{path}.lora_up.weight`` / ``.lora_down.weight`` / ``.alpha``, detached, on the CPU."""
@@ -150,19 +165,33 @@ def _adder(layer: TrainableLoraLayer) -> Callable:
     return hook
 
 
+def made_in_inference_mode(tensor: torch.Tensor) -> bool:
+    """Whether autograd cannot save ``tensor`` for the backward pass: it was made under ``torch.inference_mode``.
+    Such a tensor moved or converted outside inference mode (``Module.to()``, what ComfyUI's model management does
+    when it loads a model onto the GPU) no longer says so through ``is_inference()`` but still has no version
+    counter, which is what backward needs; so the version counter is what is asked."""
+    if tensor.is_inference():
+        return True
+    try:
+        tensor._version  # noqa: B018 - raises for a tensor without a version counter
+    except RuntimeError:
+        return True
+    return False
+
+
 def release_inference_tensors(model: nn.Module) -> int:
-    """Replace parameters and buffers created under ``torch.inference_mode`` (ComfyUI loads models that way) by
-    normal copies of the same values: autograd cannot save inference tensors for the backward pass. Returns how
-    many were replaced."""
+    """Replace parameters and buffers made under ``torch.inference_mode`` (ComfyUI loads and patches models that
+    way), or moved since (see :func:`made_in_inference_mode`), by normal copies of the same values: autograd cannot
+    save them for the backward pass. Returns how many were replaced."""
     replaced = 0
     with torch.inference_mode(False), torch.no_grad():
         for module in model.modules():
             for name, p in list(module._parameters.items()):
-                if p is not None and p.is_inference():
+                if p is not None and made_in_inference_mode(p):
                     module._parameters[name] = nn.Parameter(p.clone(), requires_grad=False)
                     replaced += 1
             for name, b in list(module._buffers.items()):
-                if b is not None and b.is_inference():
+                if b is not None and made_in_inference_mode(b):
                     module._buffers[name] = b.clone()
                     replaced += 1
     return replaced

@@ -1,10 +1,12 @@
 """Peak memory of a run's phases (encoding, training, validation), measured by the pack itself: CUDA's peak
-allocation on a GPU, the process's peak resident memory (VmHWM, reset per phase) on the CPU. No ComfyUI."""
+allocation on a GPU, the process's peak resident memory (VmHWM) on the CPU, read, never reset (the benchmarks, which
+own their processes, reset VmHWM with :func:`reset_resident_peak`). No ComfyUI."""
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,16 +67,20 @@ def give_back_free_memory() -> bool:
     return bool(libc is not None and libc.malloc_trim(0))
 
 
+HOLD_FREED_MEMORY = "AESTHETE_HOLD_FREED_MEMORY"  # =1 opts in to steady_step_memory
+
+
 @contextmanager
-def steady_step_memory() -> Iterator[bool]:
-    """Keep the memory a training step frees for the next step. glibc hands blocks above its threshold (32 MiB at
-    most) back to the OS when freed, so every step took a conv's weight-sized buffers afresh from the OS: 21,600
-    page faults (84 MiB) a step on the medium Kolors, where the diffusers + peft step measured the same way had
-    almost none after its first (benchmarks/bench_training_kolors.py prints the faults per step). Inside, glibc
-    keeps freed blocks up to 1 GiB; on leaving, its settled thresholds come back and everything free is returned to
-    the OS.
-    Yields whether it applies (glibc only; elsewhere nothing changes)."""
-    libc = _glibc()
+def steady_step_memory(device: torch.device | str = "cpu") -> Iterator[bool]:
+    """Opt-in (``AESTHETE_HOLD_FREED_MEMORY=1`` in the environment), training on the CPU only: keep the memory a
+    training step frees for the next step. glibc hands blocks above its threshold (32 MiB at most) back to the OS when
+    freed, so every step can take a conv's weight-sized buffers afresh from the OS (21,600 page faults a step on the
+    medium Kolors; the benchmark prints the faults per step). Inside, glibc keeps freed blocks up to 1 GiB; on leaving,
+    fixed thresholds (the values glibc's own adaptive ones settle at) are set and everything free is returned.
+    Opt-in because glibc's thresholds cannot be read, so what the process had before cannot be put back: setting them
+    ends glibc's adaptive thresholds for the rest of the ComfyUI process.
+    Yields whether it applies (elsewhere nothing changes)."""
+    libc = _glibc() if torch.device(device).type == "cpu" and os.environ.get(HOLD_FREED_MEMORY) == "1" else None
     if libc is None:
         yield False
         return
@@ -99,16 +105,18 @@ def reset_resident_peak() -> bool:
 
 
 class PhaseMemory:
-    """``with meter.phase("encoding"): ...``: the peak memory of each phase. Phases may nest (validation inside
-    training); the memory used while an inner phase runs counts for the inner one only."""
+    """``with meter.phase("encoding"): ...``: the memory each phase of a run reached. It reads the process's peak (CUDA's
+    peak allocated on a GPU, VmHWM on the CPU) and never resets it: those statistics belong to the whole ComfyUI
+    process (other nodes and tools read them), and neither can be put back once reset. So a phase's figure is the
+    process's peak when the phase ended if the phase raised it, else "at most" the peak it ended under. Phases may nest
+    (validation inside training)."""
 
     def __init__(self, device: torch.device | str):
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda" and torch.cuda.is_available()
-        self.peaks: dict[str, int] = {}
+        self.peaks: dict[str, int] = {}  # the process's peak when each phase (last) ended
+        self.raised: dict[str, bool] = {}  # whether the phase raised the process's peak
         self.starts: dict[str, int] = {}  # the memory in use when each phase first began
-        self._active: list[str] = []
-        self.resettable = True
 
     def _peak(self) -> int:
         if self.cuda:
@@ -119,36 +127,26 @@ class PhaseMemory:
     def _now(self) -> int:
         return torch.cuda.memory_allocated(self.device) if self.cuda else resident_now()
 
-    def _reset(self) -> None:
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats(self.device)
-        elif not reset_resident_peak():
-            self.resettable = False
-
-    def _fold(self) -> None:
-        """Credit the peak since the last switch to the phase running now, and start measuring anew."""
-        if self._active:
-            name = self._active[-1]
-            self.peaks[name] = max(self.peaks.get(name, 0), self._peak())
-        self._reset()
-
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        self._fold()
         self.starts.setdefault(name, self._now())
-        self._active.append(name)
+        before = self._peak()
         try:
             yield
         finally:
-            self._fold()
-            self._active.pop()
+            after = self._peak()
+            self.peaks[name] = max(self.peaks.get(name, 0), after)
+            self.raised[name] = self.raised.get(name, False) or after > before
 
     def describe(self) -> str:
-        """``memory (CUDA peak allocated): encoding 1.20 GiB (+0.80), training 3.40 GiB (+0.20)``: each phase's
-        peak, and in brackets its rise over the memory in use when the phase began."""
-        what = "CUDA peak allocated" if self.cuda else "peak resident, whole process"
-        if not self.cuda and not self.resettable:
-            what += ", since start: the peak could not be reset per phase"
-        parts = ", ".join(f"{name} {peak / GIB:.2f} GiB (+{max(0, peak - self.starts.get(name, peak)) / GIB:.2f})"
-                          for name, peak in self.peaks.items())
-        return f"memory ({what}): {parts}"
+        """``memory (CUDA peak allocated, whole process): encoding 1.20 GiB (+0.80), training 3.40 GiB (+0.20),
+        validation at most 3.40 GiB``: the peak each phase reached, in brackets its rise over the memory in use when
+        it began; "at most" where the phase stayed under a peak reached before it."""
+        what = "CUDA peak allocated" if self.cuda else "peak resident"
+        parts = []
+        for name, peak in self.peaks.items():
+            if self.raised[name]:
+                parts.append(f"{name} {peak / GIB:.2f} GiB (+{max(0, peak - self.starts[name]) / GIB:.2f})")
+            else:
+                parts.append(f"{name} at most {peak / GIB:.2f} GiB")
+        return f"memory ({what}, whole process): {', '.join(parts)}"

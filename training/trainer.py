@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,7 +13,8 @@ import torch
 from torch import nn
 
 from .dataset import LoraDataset
-from .lora_network import TARGET_PRESETS, LoraNetwork, checkpoint_blocks, release_inference_tensors
+from .lora_network import (TARGET_PRESETS, LoraGradientError, LoraNetwork, checkpoint_blocks,
+                           release_inference_tensors)
 from .loop import Batch, LoopState, TrainResult, TrainSettings, autocast_dtype, train
 from .memory import give_back_free_memory, steady_step_memory
 from .objective import DenoisingLoss
@@ -92,9 +92,6 @@ def build_cache(dataset: LoraDataset, settings: TrainSettings, encode_images: Im
     return TrainingCache(plans, latents, conds, time.perf_counter() - started)
 
 
-_LAYOUT_CHOSEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # UNet -> channels-last chosen
-
-
 class ConvLayout:
     """On the CPU the UNet's convolutions can train in channels-last layout (oneDNN's path), which is not faster for
     every model: a step of the medium Kolors ran 1.2x faster that way, of the small SD1.5 about 0.9x
@@ -103,13 +100,16 @@ class ConvLayout:
     the layout that took less CPU time (which other processes' load moves less than wall time) is kept for the run.
     Only the layout changes, never a value. :meth:`usual_while` puts the usual layout back for a while (validation's
     sampling, so its images are the ones the graph's KSampler makes), :meth:`usual` for good (at the end, for the
-    rest of the graph). The choice is made once per loaded model, so that training it again gives the same LoRA. On a
-    GPU nothing changes."""
+    rest of the graph). ``chosen``: the choice an earlier run made for this model (the caller keeps :attr:`chosen` with
+    the model), so that training it again gives the same LoRA; it is then not measured again. On a GPU nothing
+    changes."""
 
-    def __init__(self, unet: nn.Module, device: torch.device | str, clock: Callable[[], float] = time.process_time):
+    def __init__(self, unet: nn.Module, device: torch.device | str, clock: Callable[[], float] = time.process_time,
+                 chosen: bool | None = None):
         self.unet, self.clock = unet, clock
         self.enabled = torch.device(device).type == "cpu"
         self.channels_last = False  # the layout the convolutions are in now
+        self.chosen = chosen  # channels-last or not, once measured (None: not yet)
 
     def _set(self, channels_last: bool) -> None:
         if self.enabled and channels_last != self.channels_last:
@@ -121,8 +121,8 @@ class ConvLayout:
         keep the faster."""
         if not self.enabled:
             return
-        if self.unet in _LAYOUT_CHOSEN:  # one choice per loaded model: its runs train with the same numbers
-            self._set(_LAYOUT_CHOSEN[self.unet])
+        if self.chosen is not None:  # one choice per model: its runs train with the same numbers
+            self._set(self.chosen)
             return
         one_pass()  # warm-up: first-touch allocations
         took = {}
@@ -132,7 +132,7 @@ class ConvLayout:
             one_pass()
             took[channels_last] = self.clock() - started
         self._set(took[True] < took[False])
-        _LAYOUT_CHOSEN[self.unet] = self.channels_last
+        self.chosen = self.channels_last
         log.info("Aesthete trainer: a step took %.2fs of CPU in the usual layout, %.2fs channels-last: training "
                  "goes on %s", took[False], took[True], "channels-last" if self.channels_last else "in the usual layout")
 
@@ -147,6 +147,15 @@ class ConvLayout:
             yield
         finally:
             self._set(was)
+
+
+def weights_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of most of the model's floating-point weights (by count of values)."""
+    counts: dict[torch.dtype, int] = {}
+    for p in model.parameters():
+        if p.is_floating_point():
+            counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+    return max(counts, key=counts.get) if counts else torch.float32
 
 
 def _lora_parameter_name(network: LoraNetwork, name: str) -> str:
@@ -165,17 +174,25 @@ def run_training(unet: nn.Module, model, dataset: LoraDataset, cache: TrainingCa
                  on_epoch_end: Callable[[int, LoraNetwork, TrainResult], None] | None = None,
                  stop_exceptions: tuple[type[BaseException], ...] = (),
                  transformer_options: Mapping | None = None,
-                 conv_layout: ConvLayout | None = None) -> TrainingRun:
+                 conv_layout: ConvLayout | None = None,
+                 compute_dtype: torch.dtype | None = None,
+                 copy_inference_weights: bool = True) -> TrainingRun:
     """Train a LoRA on ``unet`` (the module the LoRA keys are relative to; ``model`` runs the denoising, see
     :class:`DenoisingLoss`). The LoRA is attached to ``unet`` only while training; the returned network holds it.
     ``resume`` is a LoRA in ComfyUI's format to continue from (the cache's first planned epoch follows it),
     ``resume_state`` the loop state saved with it (optimizer, schedule, noise; see :class:`LoopState`);
     ``transformer_options``: the MODEL's (ComfyUI's ``model_options["transformer_options"]``), so that training runs
     the layers its sampling runs (an attention override, for one); ``conv_layout``: the :class:`ConvLayout` of
-    ``unet``, given when ``on_epoch_end`` samples with the model (it then uses :meth:`ConvLayout.usual_while`)."""
+    ``unet``, given when ``on_epoch_end`` samples with the model (it then uses :meth:`ConvLayout.usual_while`);
+    ``compute_dtype``: the dtype the model computes in (default: its weights'; fp16 turns loss scaling on).
+    ``copy_inference_weights``: copy weights made in inference mode (see :func:`release_inference_tensors`); off for a
+    model whose layers compute with fresh copies of their weights anyway (ComfyUI's dynamic models).
+    ``device`` is where the model computes: the LoRA layers are put there whatever device the weights are on.
+    At the first step every LoRA layer must have received a gradient, else :class:`LoraGradientError` names those
+    that did not."""
     settings.check()
     unet.requires_grad_(False)
-    if release_inference_tensors(unet):
+    if copy_inference_weights and release_inference_tensors(unet):
         log.info("Aesthete: copied the model's inference-mode weights so autograd can use them")
     if resume:
         network = LoraNetwork.from_state_dict(unet, dict(resume))
@@ -188,7 +205,7 @@ def run_training(unet: nn.Module, model, dataset: LoraDataset, cache: TrainingCa
                          transformer_options=transformer_options)
     network.to(device).train()
     network.requires_grad_(True)
-    network.attach(unet)
+    network.attach(unet, device)
     undo_checkpointing = checkpoint_blocks(unet) if settings.gradient_checkpointing else None
     layout = conv_layout or ConvLayout(unet, device)
 
@@ -201,6 +218,15 @@ def run_training(unet: nn.Module, model, dataset: LoraDataset, cache: TrainingCa
         probe.backward()
         network.zero_grad(set_to_none=True)
 
+    def check_gradients() -> None:
+        cut = network.layers_without_gradient()
+        if cut:
+            raise LoraGradientError(
+                f"{len(cut)} of {len(network.paths)} LoRA layers received no gradient at the first step, so they "
+                f"would learn nothing: {', '.join(cut[:6])}{', ...' if len(cut) > 6 else ''}. Something in the "
+                "model does not pass gradients back (an inference-only attention or layer, or a patch on the MODEL "
+                "that runs without gradients): train the MODEL without it")
+
     def epoch_end(epoch: int, result: TrainResult) -> None:
         on_epoch_end(epoch, network, result)
         give_back_free_memory()  # what validation (or saving) freed stays out of the next epoch's steps
@@ -209,12 +235,13 @@ def run_training(unet: nn.Module, model, dataset: LoraDataset, cache: TrainingCa
         named = list(network.named_parameters())
         if cache.plans[start_epoch]:
             layout.choose(probe_pass)
-        with steady_step_memory():
+        with steady_step_memory(device):
             result = train([p for _, p in named], loss, cache.plans.__getitem__, settings, device, on_step=on_step,
                            should_stop=should_stop, stop_exceptions=stop_exceptions, start_epoch=start_epoch,
                            resume=resume_state,
                            names=[_lora_parameter_name(network, n) for n, _ in named],
-                           on_epoch_end=epoch_end if on_epoch_end else None)
+                           on_epoch_end=epoch_end if on_epoch_end else None,
+                           compute_dtype=compute_dtype or weights_dtype(unet), check_gradients=check_gradients)
     finally:
         layout.usual()
         network.detach()

@@ -1,8 +1,9 @@
 """Validation by score, every epoch, in the real ComfyUI on the tiny Kolors (64x64, 2 epochs, 2 sampling steps):
-each epoch's images are KSampler's from the same seed with that epoch's saved LoRA and score what the Aesthetic
-Score node gives them; the best-scoring epoch is output; every epoch's file exists; validation leaves training
-unchanged; without a predictor the images come unscored and the last epoch is output; a cancel during validation
-keeps the epochs saved."""
+each epoch's images are KSampler's from the same seed with that epoch's saved LoRA (within float rounding: the LoRA
+is added beside each layer as in training, not merged into the weights) and score what the Aesthetic Score node gives
+them; the best-scoring epoch is output; every epoch's file exists; validation loads the trained model no second time
+and leaves training unchanged; without a predictor the images come unscored and the last epoch is output; a cancel
+during validation keeps the epochs saved."""
 
 from __future__ import annotations
 
@@ -104,7 +105,9 @@ def test_each_epoch_is_ksampler_from_the_same_seed_and_scores_as_the_score_node(
                                                                                tiny_predictor):
     """For each epoch: its saved LoRA through core LoraLoaderModelOnly, KSampler from the validation seed, VAEDecode,
     the Aesthetic Score node: the mean equals the epoch's validation mean (the same noise every epoch, the same
-    images, the same scoring path)."""
+    images, the same scoring path) within float rounding: validation adds the LoRA beside each layer, as training
+    does, where the loader merges it into the weights (about 1e-5 apart, measured, on the tiny predictor's 470-ish
+    scores; one uint8 level of a pixel moves them that much)."""
     nodes, result, _ = validated
     epochs = result.node_output(nodes["train"].id)["validation"]
     g = new_graph()
@@ -125,7 +128,15 @@ def test_each_epoch_is_ksampler_from_the_same_seed_and_scores_as_the_score_node(
     run = comfy.run(g.finalize(), timeout=300)
     for e, node in zip(epochs, shown):
         mean = float(run.node_output(node.id)["text"][0])
-        assert mean == pytest.approx(float(np.mean(e["scores"])), abs=1e-6), e
+        assert mean == pytest.approx(float(np.mean(e["scores"])), rel=1e-4), e
+
+
+def test_validation_loads_the_trained_model_once_for_the_whole_run(validated):
+    """Validation samples with the model being trained, its LoRA added as in training: ComfyUI loads the UNet once
+    for the run, never again per epoch (on a GPU each load moved the whole UNet between VRAM and RAM: twice per
+    epoch before). ComfyUI logs every load of a model that was not loaded."""
+    _, _, log = validated
+    assert log.count("Requested to load Kolors\n") == 1, log
 
 
 def test_validation_leaves_training_unchanged(validated, comfy, comfy_server, kolors):

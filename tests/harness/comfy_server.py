@@ -43,6 +43,7 @@ class ComfyServer:
     link_pack: bool = True
     # more custom-node folders beside the pack: {folder name: source folder}
     extra_nodes: dict[str, Path] = field(default_factory=dict)
+    cpu: bool = True  # --cpu; False: ComfyUI runs on its GPU (benchmarks/gpu_check.py)
     process: subprocess.Popen | None = None
     log_path: Path | None = None
 
@@ -110,7 +111,7 @@ class ComfyServer:
             pack_args = ["--extra-model-paths-config", str(yaml_path)]
         self.log_path = self.base_dir / "comfyui.log"
         cmd = [
-            self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            self.python, "main.py", *(["--cpu"] if self.cpu else []), "--listen", "127.0.0.1", "--port", str(self.port),
             "--disable-auto-launch", "--base-directory", str(self.base_dir),
             "--database-url", "sqlite:///:memory:", *pack_args, *(extra_args or []),
         ]
@@ -160,7 +161,8 @@ class ComfyServer:
 @contextmanager
 def running_server(prefix: str, keep_log: Path | None = None, settings: dict | None = None,
                    on_start_error: Callable[[str], None] | None = None,
-                   extra_nodes: dict[str, Path] | None = None) -> Iterator[ComfyServer]:
+                   extra_nodes: dict[str, Path] | None = None, cpu: bool = True,
+                   extra_args: list[str] | None = None) -> Iterator[ComfyServer]:
     """A started ComfyServer on a fresh base directory (with the user's ``settings``, if given); afterwards it is
     stopped, its log copied to ``keep_log`` and the directory removed. A failed start calls ``on_start_error`` with
     the message (which holds the log's tail), else raises."""
@@ -169,10 +171,10 @@ def running_server(prefix: str, keep_log: Path | None = None, settings: dict | N
         path = base / "user" / "default" / "comfy.settings.json"
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps(settings))
-    server = ComfyServer(base_dir=base, extra_nodes=dict(extra_nodes or {}))
+    server = ComfyServer(base_dir=base, extra_nodes=dict(extra_nodes or {}), cpu=cpu)
     try:
         try:
-            server.start()
+            server.start(extra_args=extra_args)
         except RuntimeError as e:
             if on_start_error is None:
                 raise

@@ -123,6 +123,29 @@ def test_a_failing_compiler_falls_back_to_eager_with_a_warning(caplog):
         caplog.clear()
 
 
+def test_running_out_of_memory_is_raised_and_the_compiled_scorer_is_kept():
+    """A batch too big for the GPU is not a compiler failure: the out-of-memory error reaches the caller (ComfyUI's
+    handler) and the next call runs the compiled code again; before, one OOM turned compiling off for good."""
+    predictor = AestheticPredictor.from_folder(aesthetic_predictor("tiny"), "cpu", "fp32")
+    pixels = predictor.preprocess(random_images()[:2])
+    calls = []
+
+    def compiler(module):
+        def run(x):
+            calls.append(len(x))
+            if len(calls) == 1:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB (simulated)")
+            return module(x)
+        return run
+
+    scorer = CompiledScorer(predictor.scorer, compiler)
+    with torch.inference_mode():
+        with pytest.raises(torch.OutOfMemoryError):
+            scorer(pixels)
+        scorer(pixels)
+    assert scorer.failed is None and calls == [2, 2]
+
+
 def test_packed_weights_follow_changes_to_the_model_and_wait_for_enough_ram(monkeypatch, caplog):
     if not (speed.onednn_linear_works() and speed.onednn_packing_works()):
         pytest.skip("no oneDNN weight packing in this torch build")

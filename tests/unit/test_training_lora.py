@@ -136,3 +136,21 @@ def test_inference_mode_weights_are_released_for_autograd():
     assert release_inference_tensors(unet) > 0
     unet(torch.randn(1, 3, 16)).sum().backward()
     assert all(p.grad is not None for p in net.parameters())
+
+
+def test_inference_weights_moved_outside_inference_mode_are_released_too():
+    """A weight made under inference mode and then moved by ``Module.to()`` outside it (what ComfyUI's model
+    management does when it loads a model onto the GPU inside the trainer) says ``is_inference() == False`` but has
+    no version counter; backward fails on it unless it is copied."""
+    with torch.inference_mode():
+        unet = TinyUNet()
+    unet.to(torch.float64).to(torch.float32)  # the move, outside inference mode
+    assert not any(p.is_inference() for p in unet.parameters())
+    net = LoraNetwork.create(unet, rank=2, alpha=2.0)
+    net.attach(unet)
+    with pytest.raises(RuntimeError, match="version counter"):
+        unet(torch.randn(1, 3, 16)).sum().backward()
+    assert release_inference_tensors(unet) == len(list(unet.parameters()))
+    unet(torch.randn(1, 3, 16)).sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+

@@ -90,3 +90,107 @@ class TestOnlySavePatchedWeights:
 
 
 NODE_CLASS_MAPPINGS["TestOnlySavePatchedWeights"] = TestOnlySavePatchedWeights
+
+
+# ---- conditions of a GPU run, simulated on the CPU (tests/comfy/test_training_gpu_paths.py)
+
+def _no_version_counter(t: torch.Tensor) -> bool:
+    try:
+        t._version  # noqa: B018
+    except RuntimeError:
+        return True
+    return False
+
+
+class TestOnlyMoveWeights:
+    """``Module.to()`` on the MODEL's diffusion model outside inference mode, as ComfyUI's model management moves a
+    model onto the GPU inside Train LoRA (here a dtype round trip: the same values). Says how many weights have no
+    version counter afterwards (weights patched under inference mode, moved)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "after": ("LATENT",)}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "move"
+    OUTPUT_NODE = True
+    CATEGORY = "testing"
+
+    def move(self, model, after):
+        unet = model.model.diffusion_model
+        with torch.inference_mode(False):
+            unet.to(torch.float64).to(torch.float32)
+        count = sum(_no_version_counter(p) for p in unet.parameters())
+        return {"ui": {"text": [str(count)]}, "result": (model,)}
+
+
+def no_grad(attention):
+    """``attention`` run without a backward pass, as inference-only kernels (SageAttention's) are."""
+    def run(*args, **kwargs):
+        with torch.no_grad():
+            return attention(*args, **kwargs)
+    run.aesthete_test_no_grad = True
+    return run
+
+
+class TestOnlyNoGradAttention:
+    """A MODEL whose attention override (``transformer_options["optimized_attention_override"]``, ComfyUI's per-MODEL
+    choice) runs the attention under no_grad."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",)}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = "testing"
+
+    def patch(self, model):
+        m = model.clone()
+        m.model_options["transformer_options"]["optimized_attention_override"] = \
+            lambda func, *args, **kwargs: no_grad(func)(*args, **kwargs)
+        return (m,)
+
+
+class TestOnlyOutOfMemory:
+    """A MODEL whose attention raises CUDA's out-of-memory error in training steps (gradients on) or in sampling
+    (gradients off: validation)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "when": (["training", "sampling"],)}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = "testing"
+
+    def patch(self, model, when):
+        def attn1_patch(q, k, v, extra_options):
+            if torch.is_grad_enabled() == (when == "training"):
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+            return q, k, v
+
+        m = model.clone()
+        m.set_model_attn1_patch(attn1_patch)
+        return (m,)
+
+
+NODE_CLASS_MAPPINGS.update({"TestOnlyMoveWeights": TestOnlyMoveWeights,
+                            "TestOnlyNoGradAttention": TestOnlyNoGradAttention,
+                            "TestOnlyOutOfMemory": TestOnlyOutOfMemory})
+
+
+def _attention_without_backward_everywhere() -> None:
+    """With AESTHETE_TEST_NO_GRAD_ATTENTION=1 in its environment, the server's process-wide attention (what
+    --use-sage-attention sets) runs without a backward pass."""
+    import os
+
+    if os.environ.get("AESTHETE_TEST_NO_GRAD_ATTENTION") != "1":
+        return
+    import comfy.ldm.modules.attention as attention
+
+    attention.optimized_attention = no_grad(attention.optimized_attention)
+    attention.optimized_attention_masked = no_grad(attention.optimized_attention_masked)
+
+
+_attention_without_backward_everywhere()
