@@ -1,8 +1,9 @@
 """Load a LoRA file with DiffSynth-Studio 1.1.9's own LoRA loading into its Kolors UNet and print what it did (JSON).
 
-Runs only in the separate DiffSynth venv (see scripts/make_diffsynth_fixtures.py for how to make it):
+Runs with DiffSynth 1.1.9 and its transformers<5 first on the path (`make setup-test` builds that folder from
+tests/reference/diffsynth.txt; tests/harness/reference.py runs it):
 
-    .cache/diffsynth-venv/bin/python scripts/check_diffsynth_lora.py FILE.safetensors LORA_ALPHA
+    PYTHONPATH=.cache/reference/diffsynth .venv/bin/python scripts/check_diffsynth_lora.py FILE.safetensors LORA_ALPHA
 
 DiffSynth's ``SDXLUNet(is_kolors=True)`` is built on the meta device (no memory); only the Linear layers the file
 names (and the first layer, whose device DiffSynth computes on) are given real weights, all zeros, so after ``ModelManager.load_lora`` each of them holds exactly the update

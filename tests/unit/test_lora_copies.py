@@ -1,22 +1,21 @@
 """Save LoRA's copies for other tools: the DiffSynth-Studio 1.x copy loaded by DiffSynth 1.1.9's own LoRA loading
-(in its separate venv, skipped where that venv is missing) and the diffusers/peft copy's names and peft config."""
+(in a child process with the reference folder .cache/reference/diffsynth first on its path, which `make test`
+builds) and the diffusers/peft copy's names and peft config."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from aesthete.lora import layout
+from harness.reference import run_reference
 from aesthete.training.save import TrainedLora, save_copy, save_lora
 
 ROOT = Path(__file__).resolve().parents[2]
-DIFFSYNTH_PYTHON = ROOT / ".cache" / "diffsynth-venv" / "bin" / "python"
 RANK, ALPHA = 16, 4.0  # the recipe's
 # attention blocks of Kolors (SDXL layout) at each width: level 1 (640), level 2 (1280), middle, both up levels
 BLOCKS = {"input_blocks.4.1.transformer_blocks.1": 640, "input_blocks.8.1.transformer_blocks.9": 1280,
@@ -66,18 +65,13 @@ def test_diffusers_copy_names_every_layer_for_peft_with_rank_and_alpha(tmp_path)
     assert meta["aesthete.dropped_keys"] == "0"
 
 
-@pytest.mark.skipif(not DIFFSYNTH_PYTHON.exists(), reason="no DiffSynth venv (.cache/diffsynth-venv; see "
-                                                           "scripts/make_diffsynth_fixtures.py)")
 def test_diffsynth_copy_is_loaded_by_diffsynth_1_1_9_with_our_weights(tmp_path):
     """DiffSynth's ModelManager.load_lora (GeneralLoRAFromPeft) takes every tensor of the copy and, at
     lora_alpha = 4 / rank (the scale its own alpha-4 training used), computes exactly ComfyUI's update."""
     lora = kolors_lora()
     path, _ = save_copy(lora, save_lora(lora, tmp_path / "k.safetensors"), "diffsynth")
     lora_alpha = ALPHA / RANK
-    proc = subprocess.run([str(DIFFSYNTH_PYTHON), str(ROOT / "scripts" / "check_diffsynth_lora.py"), str(path),
-                           str(lora_alpha)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0 and "@@RESULT@@" in proc.stdout, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.rsplit("@@RESULT@@", 1)[1])
+    result = run_reference("diffsynth", ROOT / "scripts" / "check_diffsynth_lora.py", str(path), str(lora_alpha))
     ours = comfy_updates(lora)
     assert result["loaded_by"] == "GeneralLoRAFromPeft"
     assert result["missing_modules"] == [] and result["lora_tensors"] == 2 * len(ours)
