@@ -101,11 +101,13 @@ class AestheteLoraSweep(io.ComfyNode):
         log.info("Aesthete sweep: %d file(s) %s, %d row(s)", len(chosen.files), chosen.order_note, len(rows))
         progress = SweepProgress(cls.hidden.unique_id, len(rows))
         base_prompts = encode_prompts(clip, validation)
-        applied: dict[int, object] = {}  # row index -> (model, clip) with its file applied
+        applied: dict[int, tuple] = {}  # the best row so far -> (model, clip) with its file applied
         try:
             for i, row in enumerate(rows):
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 judge_row(row, model, clip, vae, validation, alpha, base_prompts, applied, i)
+                best_so_far = rows.index(result.best()) if result.best() is not None else None
+                applied = {k: v for k, v in applied.items() if k == best_so_far}  # the others' patches go
                 progress.row_done(i + 1, result, f"{i + 1}/{len(rows)} {row.label}: "
                                   + (f"failed: {row.error}" if row.error else f"mean {row.mean:.3f}"))
         except comfy.model_management.InterruptProcessingException:

@@ -543,8 +543,9 @@ def wide_chatglm3_file() -> dict[str, Path]:
 
 
 def kolors_epoch_loras(comfy_folder: Path, diffsynth_folder: Path, epochs: tuple[int, ...] = (1, 2, 3),
-                       steps_per_epoch: int = 10, rank: int = 4, alpha: float = 4.0, seed: int = 0) -> list[Path]:
-    """One random LoRA per epoch for tiny_kolors's UNet (every attention's to_q/to_k/to_v/to_out, rank ``rank``),
+                       steps_per_epoch: int = 10, rank: int = 4, alpha: float = 4.0, seed: int = 0,
+                       unet_config: dict | None = None) -> list[Path]:
+    """One random LoRA per epoch for tiny_kolors's UNet (``unet_config``: another, e.g. SMALL_UNET) (every attention's to_q/to_k/to_v/to_out, rank ``rank``),
     written twice: in ComfyUI's format (``comfy_folder/run_epochNNNN.safetensors``, with ``.alpha``, what core
     LoraLoaderModelOnly reads) and, converted by Save LoRA's own DiffSynth copy, as DiffSynth-Studio 1.x's trainer
     leaves them (``diffsynth_folder/epoch=K-step=M.ckpt``: a flat dict of its peft-named tensors, no alpha; K counted
@@ -557,7 +558,7 @@ def kolors_epoch_loras(comfy_folder: Path, diffsynth_folder: Path, epochs: tuple
     from aesthete.training.save import TrainedLora, save_copy, save_lora
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**TINY_UNET)
+        unet = UNet2DConditionModel(**(unet_config or TINY_UNET))
     to_ldm = {d: ldm for ldm, d in layout.diffusers_names("sdxl").items()}
     layers = {to_ldm[name]: module for name, module in unet.named_modules()
               if name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v") or name.endswith("to_out.0")}
