@@ -10,6 +10,7 @@ formats, the alpha of files that store none, and a report of what it placed and 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import comfy.lora
@@ -131,30 +132,49 @@ class AestheteLoraLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, lora_name, strength_model, strength_clip, alpha, clip=None) -> io.NodeOutput:
-        where = f"models/loras/{lora_name}"
-        tensors, _metadata = read_lora_file(lora_path(lora_name))
-        converted = comfy.lora_convert.convert_lora(tensors)  # core converts first too
-        parsed = parse_for_model(converted, model, clip)
-        if not parsed.layers:
-            raise ValueError(nothing_placed_message(where, parsed))
+        applied = apply_lora_file(model, clip, lora_name, strength_model, strength_clip, alpha)
+        return io.NodeOutput(applied.model, applied.clip, applied.report, ui=ui.PreviewText(applied.report))
 
-        handed, to_load = loader_tensors(parsed, alpha)
-        handed = _ReadLog(handed)
-        patches = comfy.lora.load_lora(handed, to_load, log_missing=False)
-        unread = unread_tensors(parsed, handed.read)
-        if unread:  # a scale or mid matrix left out would apply its layer wrongly: apply nothing
-            raise LoraApplyError(unread_message(where, unread))
-        new_model, new_clip, missed = add_patches(model, clip, patches, strength_model, strength_clip)
-        if missed:  # ComfyUI refused a patch we placed: never let that pass silently
-            log.warning("Aesthete LoRA %s: ComfyUI did not apply %d patches, e.g. %s", lora_name, len(missed),
-                        missed[:3])
 
-        report = report_text(lora_name, parsed, alpha, missed, file_keys=len(tensors))
-        if parsed.unplaced:
-            log.warning("Aesthete LoRA %s: %d of %d tensors not placed, e.g. %s", lora_name, len(parsed.unplaced),
-                        parsed.total_keys, list(parsed.unplaced.items())[:3])
-        log.info("Aesthete LoRA %s: %s", lora_name, summary(parsed, alpha))
-        return io.NodeOutput(new_model, new_clip, report, ui=ui.PreviewText(report))
+@dataclass
+class AppliedLora:
+    model: object  # the patched MODEL clone
+    clip: object | None  # the patched CLIP clone (None without a CLIP)
+    report: str
+    clip_layers: int  # the file's layers placed on the text encoder
+
+
+def apply_lora_file(model, clip, lora_name: str, strength_model: float, strength_clip: float,
+                    alpha: float) -> AppliedLora:
+    """Load LoRA (any format)'s work: the file read safely, converted by core's converter, its layers named by the
+    model's own key map (other formats renamed), patches built by ComfyUI's weight adapters and added to clones as
+    core LoraLoader adds them. Raises with the file's name when nothing of it fits the model or a tensor it holds
+    would be left out."""
+    where = f"models/loras/{lora_name}"
+    tensors, _metadata = read_lora_file(lora_path(lora_name))
+    converted = comfy.lora_convert.convert_lora(tensors)  # core converts first too
+    parsed = parse_for_model(converted, model, clip)
+    if not parsed.layers:
+        raise ValueError(nothing_placed_message(where, parsed))
+
+    handed, to_load = loader_tensors(parsed, alpha)
+    handed = _ReadLog(handed)
+    patches = comfy.lora.load_lora(handed, to_load, log_missing=False)
+    unread = unread_tensors(parsed, handed.read)
+    if unread:  # a scale or mid matrix left out would apply its layer wrongly: apply nothing
+        raise LoraApplyError(unread_message(where, unread))
+    new_model, new_clip, missed = add_patches(model, clip, patches, strength_model, strength_clip)
+    if missed:  # ComfyUI refused a patch we placed: never let that pass silently
+        log.warning("Aesthete LoRA %s: ComfyUI did not apply %d patches, e.g. %s", lora_name, len(missed),
+                    missed[:3])
+
+    report = report_text(lora_name, parsed, alpha, missed, file_keys=len(tensors))
+    if parsed.unplaced:
+        log.warning("Aesthete LoRA %s: %d of %d tensors not placed, e.g. %s", lora_name, len(parsed.unplaced),
+                    parsed.total_keys, list(parsed.unplaced.items())[:3])
+    log.info("Aesthete LoRA %s: %s", lora_name, summary(parsed, alpha))
+    clip_layers = sum(1 for layer in parsed.layers if not layer.is_unet) if clip is not None else 0
+    return AppliedLora(new_model, new_clip, report, clip_layers)
 
 
 def parse_for_model(tensors: dict, model, clip) -> ParsedLora:

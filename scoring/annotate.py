@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -62,3 +64,54 @@ def draw_score(image: Image.Image, score: float, label: str = "") -> Image.Image
     draw.rectangle((0, 0, right - left + 2 * pad, bottom - top + 2 * pad), fill=(0, 0, 0))
     draw.text((pad - left, pad - top), text, fill=(255, 255, 255), font=font)
     return out
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one fixed-size default font
+        return ImageFont.load_default()
+
+
+def _cell(image: Image.Image, cell: int) -> Image.Image:
+    image = image.convert("RGB")
+    if max(image.size) > cell:
+        image = image.copy()
+        image.thumbnail((cell, cell), Image.Resampling.LANCZOS)
+    return image
+
+
+@dataclass
+class GridRow:
+    """One row of a scored grid: a few heading lines, the images, their scores (None: unscored)."""
+
+    heading: Sequence[str]
+    images: Sequence[Image.Image]
+    scores: Sequence[float] | None = None
+    highlight: bool = False  # the chosen row: its heading is red
+
+
+def draw_scored_grid(rows: Sequence[GridRow], cell: int = 256, label_width: int = 120) -> Image.Image:
+    """The rows one under the other, each headed by its lines, every image (shrunk to ``cell``) with its score
+    drawn on as ``draw_score`` draws it. A row without images keeps its heading (a file that failed, say)."""
+    if not rows:
+        raise ValueError("no row to draw")
+    cells = [[_cell(im, cell) for im in row.images] for row in rows]
+    sizes = [im.size for row in cells for im in row] or [(cell, cell)]
+    cell_w, cell_h = max(w for w, _ in sizes), max(h for _, h in sizes)
+    cell_h = max(cell_h, 16 * max(len(row.heading) for row in rows) + 8)
+    gap = 2
+    columns = max(1, max(len(row) for row in cells))
+    grid = Image.new("RGB", (label_width + columns * (cell_w + gap), len(rows) * (cell_h + gap)), "white")
+    draw = ImageDraw.Draw(grid)
+    font = _font(12)
+    for r, (row, images) in enumerate(zip(rows, cells)):
+        y = r * (cell_h + gap)
+        colour = (200, 30, 30) if row.highlight else (0, 0, 0)
+        for line_no, line in enumerate(row.heading):
+            draw.text((4, y + 4 + 16 * line_no), line, fill=colour, font=font)
+        for c, image in enumerate(images):
+            if row.scores is not None and c < len(row.scores):
+                image = draw_score(image, row.scores[c])
+            grid.paste(image, (label_width + c * (cell_w + gap), y))
+    return grid

@@ -38,6 +38,7 @@ PREDICTOR = "aesthetics-predictor-v2-sac-logos-ava1-l14-linearMSE"
 SD15 = "v1-5-pruned-emaonly.safetensors"
 KOLORS = "Kolors"  # AestheteKolorsLoader's default: models/kolors/Kolors, downloaded on first use
 DIFFSYNTH_LORA = "diffsynth_kolors_lora.ckpt"
+DIFFSYNTH_RUN = "kolors_run/checkpoints"  # DiffSynth-Studio's checkpoints/ folder of one training run
 SEED = 20241125
 # the recipe's own prompt, written through the Prompt Composer's fields in the recipe's order; joined with "，"
 # (the composer's choice for Chinese) it is exactly 二次元，genshin，genshin impact，ganyu，蓝发少女，白色背景
@@ -58,6 +59,7 @@ OUTPUT_IDS = {
     "AestheteTrainLora": ["model", "lora", "loss", "validation_grid", "score_graph", "report"],
     "AestheteValidationSettings": ["validation"],
     "AestheteSaveLora": ["lora_name"],
+    "AestheteLoraSweep": ["MODEL", "CLIP", "best_lora", "grid", "graph", "report"],
 }
 
 COLORS = {"models": "#3f789e", "prompt": "#8A8", "generate": "#b58b2a", "score": "#a1309b", "save": "#88A",
@@ -430,8 +432,69 @@ def the_recipe() -> WorkflowSpec:
     return b.spec(columns, groups)
 
 
+def pick_the_best_epoch() -> WorkflowSpec:
+    b = Builder("7-pick-the-best-epoch")
+    note(b, "Models · 模型", (
+        "Aesthete 7 · Pick the best epoch of a DiffSynth Kolors LoRA (挑出 DiffSynth Kolors LoRA 最好的一轮)\n\n"
+        "Put these files in place, then press R (refresh) and Queue:\n"
+        f"{KOLORS_FILES}\n"
+        f"• models/loras/{DIFFSYNTH_RUN}/ : the checkpoints/ folder of a DiffSynth-Studio 1.x Kolors LoRA run "
+        "(lightning_logs/version_0/checkpoints/epoch=0-step=500.ckpt, epoch=1-step=1000.ckpt, ...), copied as it "
+        "is. kohya's name-000001.safetensors files, Train LoRA's epochs or any LoRA files in one subfolder work the "
+        "same way; a name pattern such as my_lora-*.safetensors too.\n"
+        f"{PREDICTOR_FILES}\n\n"
+        "Every epoch's file is applied to the same Kolors model in turn and the recipe's test prompt is generated "
+        "from the same seed, then scored. The grid shows a row per epoch (the base model first) with the scores "
+        "drawn on, the graph the mean score per epoch; the table ranks them. The best epoch is applied, generated "
+        "again at full size and saved with its score.\n"
+        f"把 DiffSynth-Studio 1.x 一次训练的 checkpoints/ 文件夹整个放进 models/loras/{DIFFSYNTH_RUN}/；每一轮的 LoRA "
+        "依次应用到同一个 Kolors 模型上，用配方的测试提示词和同一种子生成并打分；网格每轮一行（第一行为不加 LoRA），"
+        "曲线为每轮平均分，表格给出排名；得分最高的一轮被应用，再生成一批并连同分数保存。"))
+    b.add("kolors", "AestheteKolorsLoader", {"kolors": KOLORS, "dtype": "auto", "text_encoder_device": "default"})
+    b.add("predictor", "AesthetePredictorLoader", {"model": PREDICTOR})
+    b.add("validation", "AestheteValidationSettings", {"seed": SEED, "control_after_generate": "fixed", "steps": 25,
+                                                       "width": 1024, "height": 1024, "images_per_prompt": 2,
+                                                       "cfg": KOLORS_CFG, "output_lora": "best score"},
+          title="The recipe's test prompt · 测试提示词")
+    b.link("predictor", 0, "validation", "predictor")
+    b.add("sweep", "AestheteLoraSweep", {"lora_set": DIFFSYNTH_RUN, "strengths": "1.0", "include_base": True,
+                                         "alpha": 4.0}, title="Judge every epoch · 评判每一轮")
+    for output, input_name in (("MODEL", "model"), ("CLIP", "clip"), ("VAE", "vae")):
+        b.link("kolors", output, "sweep", input_name)
+    b.link("validation", "validation", "sweep", "validation")
+    b.add("grid", "PreviewImage", title="Every epoch, scored · 每轮网格")
+    b.link("sweep", "grid", "grid", "images")
+    b.add("graph", "PreviewImage", title="Score per epoch · 每轮分数")
+    b.link("sweep", "graph", "graph", "images")
+    b.add("report", "PreviewAny", title="Ranking · 排名", size=(420, 260))
+    b.link("sweep", "report", "report", "source")
+    b.add("best", "PreviewAny", title="Best file · 最佳文件")
+    b.link("sweep", "best_lora", "best", "source")
+    prompt_nodes(b, ("sweep", "CLIP"), RECIPE_FIELDS, negative="recipe-zh")
+    b.add("latent", "EmptyLatentImage", {"width": 1024, "height": 1024, "batch_size": 4}, title="Batch of 4")
+    sampler(b, "sampler", ("sweep", "MODEL"), "latent", title="KSampler · the best epoch", cfg=KOLORS_CFG)
+    decode_and_score(b, "sampler", vae_src=("kolors", "VAE"))
+    b.add("save", "AestheteSaveScored", {"mode": "save", "draw_score": True, "filename_prefix": "Aesthete/best_epoch",
+                                         "model_name": PREDICTOR}, title="Saved with scores")
+    b.link("decode", 0, "save", "images")
+    b.link("score", "scores", "save", "scores")
+    groups = [
+        Group("Kolors · 模型", ["kolors", "predictor", "validation"], COLORS["models"]),
+        Group("Judge the epochs · 评判", ["sweep", "report", "best"], COLORS["train"]),
+        Group("Every epoch · 每轮", ["grid", "graph"], COLORS["save"]),
+        Group("Recipe prompt · 配方提示词", ["composer", "negative"], COLORS["prompt"]),
+        Group("Generate with the best · 用最佳一轮生成", ["positive_text", "negative_text", "latent", "sampler",
+                                                   "decode"], COLORS["generate"]),
+        Group("Score, save · 评分", ["score", "save"], COLORS["score"]),
+    ]
+    columns = [["note", 120, "kolors", "predictor", "validation"], ["sweep", "best", "report"], ["grid", "graph"],
+               ["composer", "negative"], ["positive_text", "negative_text", "latent"], ["sampler", "decode"],
+               ["score", "save"]]
+    return b.spec(columns, groups)
+
+
 SPECS = (generate_score_rank, score_a_folder, train_then_compare, use_a_diffsynth_lora,
-         kolors_generate_score_rank, the_recipe)
+         kolors_generate_score_rank, the_recipe, pick_the_best_epoch)
 
 
 def drop_absent_optional_widgets(spec: WorkflowSpec, object_info: dict) -> None:

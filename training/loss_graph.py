@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..common.charts import BOTTOM, LEFT, RIGHT, TOP, draw_axes, plotter, value_range
+
 
 def smooth(values: Sequence[float], weight: float = 0.9) -> list[float]:
     """Exponential moving average with bias correction (TensorBoard's smoothing); ``weight`` 0 returns the input."""
@@ -19,25 +21,6 @@ def smooth(values: Sequence[float], weight: float = 0.9) -> list[float]:
     return out
 
 
-LEFT, RIGHT, TOP, BOTTOM = 64, 16, 28, 36  # the plot's margins: value labels left, title above, x label below
-
-
-def _scale(values: Sequence[float]) -> tuple[float, float]:
-    lo, hi = min(values), max(values)
-    if hi - lo < 1e-12:  # a flat line still needs a scale
-        lo, hi = lo - 0.5 * abs(lo) - 1e-6, hi + 0.5 * abs(hi) + 1e-6
-    return lo, hi
-
-
-def _axes(draw: ImageDraw.ImageDraw, font, width: int, lo: float, hi: float, plot_h: int) -> None:
-    """Horizontal grid lines with their values, and the two axes."""
-    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
-        y = TOP + plot_h * frac
-        draw.line([(LEFT, y), (width - RIGHT, y)], fill=(230, 230, 230))
-        draw.text((4, y - 6), f"{hi - (hi - lo) * frac:.4g}", fill="black", font=font)
-    draw.line([(LEFT, TOP), (LEFT, TOP + plot_h), (width - RIGHT, TOP + plot_h)], fill="black", width=2)
-
-
 def draw_loss_graph(losses: Sequence[float], smoothing: float = 0.9, width: int = 800, height: int = 480,
                     title: str = "") -> Image.Image:
     """A line chart of ``losses`` per step with axes, min/max labels and the smoothed curve."""
@@ -48,11 +31,11 @@ def draw_loss_graph(losses: Sequence[float], smoothing: float = 0.9, width: int 
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default()
-    lo, hi = _scale(losses)
+    lo, hi = value_range(losses)
     plot_h = height - top - bottom
     n = len(losses)
-    point = _plotter(width, height, n, lo, hi)
-    _axes(draw, font, width, lo, hi, plot_h)
+    point = plotter(width, height, n, lo, hi)
+    draw_axes(draw, font, width, lo, hi, plot_h)
     for series, colour, w in ((losses, (150, 180, 235), 1), (smooth(losses, smoothing), (20, 60, 170), 3)):
         pts = [point(i, v) for i, v in enumerate(series)]
         if len(pts) > 1:
@@ -64,17 +47,6 @@ def draw_loss_graph(losses: Sequence[float], smoothing: float = 0.9, width: int 
     label = title or f"loss: first {losses[0]:.4g}, last {losses[-1]:.4g}, min {min(losses):.4g}"
     draw.text((left, 8), label + f"  (smoothed {smoothing:g})", fill="black", font=font)
     return img
-
-
-def _plotter(width: int, height: int, n: int, lo: float, hi: float):
-    """Image coordinates of point ``i`` (of ``n``) with value ``v`` inside the plot area, ``lo``..``hi`` top to bottom."""
-    plot_w, plot_h = width - LEFT - RIGHT, height - TOP - BOTTOM
-
-    def point(i: int, v: float) -> tuple[float, float]:
-        x = LEFT + (plot_w * i / (n - 1) if n > 1 else plot_w / 2)
-        return x, TOP + plot_h * (1 - (v - lo) / (hi - lo))
-
-    return point
 
 
 def draw_epoch_graph(values: Sequence[float], width: int = 480, height: int = 480, title: str = "",
@@ -89,10 +61,10 @@ def draw_epoch_graph(values: Sequence[float], width: int = 480, height: int = 48
     if not known:
         draw.text((LEFT, height // 2), "no score (no aesthetic predictor)", fill="black", font=font)
         return img
-    lo, hi = _scale([v for _, v in known])
+    lo, hi = value_range([v for _, v in known])
     plot_h = height - TOP - BOTTOM
-    point = _plotter(width, height, len(values), lo, hi)
-    _axes(draw, font, width, lo, hi, plot_h)
+    point = plotter(width, height, len(values), lo, hi)
+    draw_axes(draw, font, width, lo, hi, plot_h)
     pts = [point(i, v) for i, v in known]
     if len(pts) > 1:
         draw.line(pts, fill=(20, 60, 170), width=3)

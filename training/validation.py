@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from ..prompts.negative import RECIPE_NEGATIVE_ZH
-from ..scoring.annotate import draw_score, format_score
+from ..scoring.annotate import GridRow, draw_scored_grid, format_score
 from ..scoring.predictor import finite_mean
 from .loss_graph import draw_epoch_graph, draw_loss_graph
 
@@ -140,21 +140,6 @@ class ValidationHistory:
         return "\n".join(lines)
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has one fixed-size default font
-        return ImageFont.load_default()
-
-
-def _cell(image: Image.Image, cell: int) -> Image.Image:
-    image = image.convert("RGB")
-    if max(image.size) > cell:
-        image = image.copy()
-        image.thumbnail((cell, cell), Image.Resampling.LANCZOS)
-    return image
-
-
 def draw_validation_grid(history: ValidationHistory, output: str = "best score",
                          cell: int = GRID_CELL) -> Image.Image:
     """Rows = epochs, columns = the validation images; each image with its score drawn on (scoring.annotate's
@@ -162,26 +147,10 @@ def draw_validation_grid(history: ValidationHistory, output: str = "best score",
     if not history.epochs:
         raise ValidationError("no epoch was validated; nothing to draw")
     chosen = history.choose(output)
-    rows = [[_cell(im, cell) for im in e.images] for e in history.epochs]
-    cell_w = max(im.width for row in rows for im in row)
-    cell_h = max(im.height for row in rows for im in row)
-    label_w, gap = 96, 2
-    columns = max(len(row) for row in rows)
-    grid = Image.new("RGB", (label_w + columns * (cell_w + gap), len(rows) * (cell_h + gap)), "white")
-    draw = ImageDraw.Draw(grid)
-    font = _font(12)
-    for r, (entry, row) in enumerate(zip(history.epochs, rows)):
-        y = r * (cell_h + gap)
-        colour = (200, 30, 30) if entry is chosen else (0, 0, 0)
-        draw.text((4, y + 4), f"epoch {entry.epoch}", fill=colour, font=font)
-        draw.text((4, y + 20), f"loss {entry.mean_loss:.4f}", fill=colour, font=font)
-        if entry.scores:
-            draw.text((4, y + 36), f"score {format_score(entry.mean_score)}", fill=colour, font=font)
-        for c, image in enumerate(row):
-            if entry.scores is not None and c < len(entry.scores):
-                image = draw_score(image, entry.scores[c])
-            grid.paste(image, (label_w + c * (cell_w + gap), y))
-    return grid
+    rows = [GridRow([f"epoch {e.epoch}", f"loss {e.mean_loss:.4f}"]
+                    + ([f"score {format_score(e.mean_score)}"] if e.scores else []),
+                    e.images, e.scores, highlight=e is chosen) for e in history.epochs]
+    return draw_scored_grid(rows, cell=cell, label_width=96)
 
 
 def draw_score_graph(history: ValidationHistory, losses: Sequence[float], output: str = "best score",

@@ -35,7 +35,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / ".artifacts"
 DIFFSYNTH_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "diffsynth" / "tiny_kolors_lora.ckpt"
 PACK = "comfyui-aesthete"
 NAMES = ["1-generate-score-rank", "2-score-a-folder", "3-train-then-compare", "4-use-a-diffsynth-lora",
-         "5-kolors-generate-score-rank", "6-the-recipe"]
+         "5-kolors-generate-score-rank", "6-the-recipe", "7-pick-the-best-epoch"]
 DATASET = "lora_dataset"  # the folder workflows 2 and 3 read under ComfyUI's input directory
 # the frontend fetches from the internet, which CI machines may not reach: those failures are not the workflow's
 OFFLINE = re.compile(r"net::ERR_(NAME_NOT_RESOLVED|INTERNET_DISCONNECTED|CONNECTION_REFUSED|ADDRESS_UNREACHABLE)")
@@ -438,3 +438,37 @@ def test_the_recipe_runs(comfy, comfy_server, dataset, tiny_kolors_folder, predi
         mean = float(ui_text(result, one(graph, "PreviewAny", f"Mean {side}")))
         assert len(side_scores) == 2 and mean == pytest.approx(sum(side_scores) / 2, abs=1e-3)
         assert len(result.node_output(one(graph, "AestheteSaveScored", f"Images {side}"))["images"]) == 2
+
+
+def test_pick_the_best_epoch_runs(comfy, comfy_server, tiny_kolors_folder, tiny_predictor):
+    """Workflow 7 on the tiny Kolors: a DiffSynth run's checkpoints/ folder (three epochs, written as DiffSynth's
+    trainer leaves them) judged with the recipe's test prompt and negative list, the base model first; the best
+    epoch's file is named, applied, generated again and saved with its score."""
+    from harness.kolors_models import RECIPE_PROMPT, kolors_epoch_loras
+
+    graph = for_test_models(api_workflow("7-pick-the-best-epoch"), "", tiny_predictor, kolors=tiny_kolors_folder)
+    sweep_id, valid_id = one(graph, "AestheteLoraSweep"), one(graph, "AestheteValidationSettings")
+    sweep, valid = graph[sweep_id]["inputs"], graph[valid_id]["inputs"]
+    assert (sweep["lora_set"], sweep["include_base"], sweep["alpha"]) == ("kolors_run/checkpoints", True, 4.0)
+    assert valid["prompts"] == RECIPE_PROMPT and valid["predictor"][0] == one(graph, "AesthetePredictorLoader")
+    assert graph[one(graph, "KSampler")]["inputs"]["model"] == [sweep_id, 0]
+    run = comfy_server.models_dir / "loras" / "kolors_run"
+    kolors_epoch_loras(run / "comfy", run / "checkpoints")
+    valid.update(width=64, height=64, steps=2, images_per_prompt=1)  # made cheap
+    prefix = f"wf7-{uuid.uuid4().hex[:8]}/best_epoch"
+    graph[one(graph, "AestheteSaveScored")]["inputs"]["filename_prefix"] = prefix
+
+    result = run_everything(comfy, graph, timeout=400)
+
+    rows = result.node_output(sweep_id)["sweep"]
+    assert [r["epoch"] for r in rows] == [None, 0, 1, 2] and all(len(r["scores"]) == 1 for r in rows)
+    best = max(rows, key=lambda r: r["scores"][0])
+    assert ui_text(result, one(graph, "PreviewAny", "Best file")) == (best["file"] or "")
+    assert "in epoch/step order" in ui_text(result, one(graph, "PreviewAny", "Ranking"))
+    for title in ("Every epoch, scored", "Score per epoch"):
+        assert len(result.node_output(one(graph, "PreviewImage", title))["images"]) == 1, title
+    from aesthete.scoring.annotate import read_score
+
+    scores = summary_scores(ui_text(result, one(graph, "AestheteScore")))
+    saved = sorted((comfy_server.output_dir / prefix).parent.glob("best_epoch_*.png"))
+    assert len(saved) == 2 and [read_score(p) for p in saved] == pytest.approx(scores, abs=1e-3)

@@ -540,3 +540,47 @@ def wide_chatglm3_file() -> dict[str, Path]:
         _write_json(tmp / files["config"].name, config)
         shutil.copyfile(source / "tokenizer.model", tmp / files["tokenizer"].name)
     return files
+
+
+def kolors_epoch_loras(comfy_folder: Path, diffsynth_folder: Path, epochs: tuple[int, ...] = (1, 2, 3),
+                       steps_per_epoch: int = 10, rank: int = 4, alpha: float = 4.0, seed: int = 0,
+                       unet_config: dict | None = None) -> list[Path]:
+    """One random LoRA per epoch for tiny_kolors's UNet (``unet_config``: another, e.g. SMALL_UNET) (every attention's to_q/to_k/to_v/to_out, rank ``rank``),
+    written twice: in ComfyUI's format (``comfy_folder/run_epochNNNN.safetensors``, with ``.alpha``, what core
+    LoraLoaderModelOnly reads) and, converted by Save LoRA's own DiffSynth copy, as DiffSynth-Studio 1.x's trainer
+    leaves them (``diffsynth_folder/epoch=K-step=M.ckpt``: a flat dict of its peft-named tensors, no alpha; K counted
+    from 0 as Lightning does). Later epochs move further from zero, so the files differ visibly. Returns the
+    DiffSynth files in epoch order."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from aesthete.lora import layout
+    from aesthete.training.save import TrainedLora, save_copy, save_lora
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**(unet_config or TINY_UNET))
+    to_ldm = {d: ldm for ldm, d in layout.diffusers_names("sdxl").items()}
+    layers = {to_ldm[name]: module for name, module in unet.named_modules()
+              if name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v") or name.endswith("to_out.0")}
+    g = torch.Generator().manual_seed(seed)
+    comfy_folder.mkdir(parents=True, exist_ok=True)
+    diffsynth_folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for epoch in epochs:
+        tensors = {}
+        for ldm, module in sorted(layers.items()):
+            key = f"diffusion_model.{ldm}"
+            tensors[f"{key}.lora_up.weight"] = torch.randn(module.out_features, rank, generator=g) * 0.2 * epoch
+            tensors[f"{key}.lora_down.weight"] = torch.randn(rank, module.in_features, generator=g) * 0.2
+            tensors[f"{key}.alpha"] = torch.tensor(alpha)
+        lora = TrainedLora(tensors, {"aesthete.base_model": "KolorsModelConfig", "aesthete.rank": str(rank),
+                                     "aesthete.epochs": str(epoch)})
+        path = save_lora(lora, comfy_folder / f"run_epoch{epoch:04d}.safetensors")
+        copy, _ = save_copy(lora, path, "diffsynth")
+        from safetensors.torch import load_file
+
+        ckpt = diffsynth_folder / f"epoch={epoch - 1}-step={epoch * steps_per_epoch}.ckpt"
+        torch.save(load_file(str(copy)), ckpt)
+        copy.unlink()
+        written.append(ckpt)
+    return written
