@@ -24,6 +24,7 @@ from ..training.loop import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainSettings
 from ..training.loss_graph import draw_loss_graph
 from ..training.save import COPY_FORMATS, SaveError, TrainedLora, save_copy, save_lora
 from ..training.validation import (OUTPUT_CHOICES, RECIPE_NEGATIVE, RECIPE_TEST_PROMPT, ValidationSpec, parse_prompts)
+from .lora_nodes import lora_choices
 from .scoring_nodes import AestheticModel, LoadedPredictor
 from .training_adapter import train_lora
 
@@ -52,8 +53,9 @@ def loras_root() -> Path:
     return Path(folder_paths.get_folder_paths("loras")[0])
 
 
-def lora_choices() -> list[str]:
-    return [NO_LORA] + [n for n in folder_paths.get_filename_list("loras") if n.endswith(".safetensors")]
+def resume_choices() -> list[str]:
+    """What Train LoRA can continue: LoRAs it saved (safetensors), or none."""
+    return [NO_LORA] + lora_choices((".safetensors",))
 
 
 class AestheteLoraDataset(io.ComfyNode):
@@ -179,7 +181,7 @@ class AestheteTrainLora(io.ComfyNode):
                 io.String.Input("checkpoint_name", default="aesthete/lora_training",
                                 tooltip="Name under models/loras for the LoRAs saved every N epochs and on "
                                         "cancel"),
-                io.Combo.Input("resume_from", options=lora_choices(), default=NO_LORA,
+                io.Combo.Input("resume_from", options=resume_choices(), default=NO_LORA,
                                tooltip="Continue training a LoRA saved by Aesthete (models/loras) for `epochs` "
                                        "more epochs; its rank and alpha are kept. A checkpoint of this node (every "
                                        "N epochs, or _interrupted) also continues its optimizer, learning-rate "
