@@ -25,7 +25,7 @@ the figures are medians over the rounds. In each process:
 One warm-up call, then ``repeats`` timed calls (median) per process (the bare UNet forward, run after the
 sampling steps, needs no warm-up of its own); the peak RSS of the calls is read separately
 from that of loading. Prints medians and the ratios ours / reference (speed: reference time / our time, so above
-1.0x is faster; memory: ours / reference, so below 1.0x is smaller). Targets (issue 11): speed at least 1.0x, peak
+1.0x is faster; memory: ours / reference, so below 1.0x is smaller). Targets: speed at least 1.0x, peak
 memory at most 1.0x.
 """
 

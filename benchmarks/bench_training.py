@@ -74,7 +74,7 @@ def worker(kind: str, steps: int, folder: Path) -> dict:
     if kind == "ours":
         from aesthete.nodes.training_nodes import model_encoders
         from aesthete.training.loop import TrainSettings
-        from aesthete.training.trainer import build_cache, run_training
+        from aesthete.training.trainer import RunHooks, RunSpec, build_cache, run_training
         import comfy.model_management
 
         patcher = model.clone()
@@ -100,9 +100,9 @@ def worker(kind: str, steps: int, folder: Path) -> dict:
 
         t = time.perf_counter()
         with TrainingSteps(patcher.model.diffusion_model):  # as Train LoRA: ComfyUI set up for training steps
-            run_training(patcher.model.diffusion_model, patcher.model, ds, cache, settings, rank=4, alpha=1.0,
-                         device=patcher.load_device, on_step=on_step, should_stop=lambda: done["n"] >= steps,
-                         transformer_options=compat.training_transformer_options(
+            hooks = RunHooks(on_step=on_step, should_stop=lambda: done["n"] >= steps)
+            run_training(patcher.model, ds, cache, RunSpec(settings, rank=4, alpha=1.0, hooks=hooks),
+                         device=patcher.load_device, transformer_options=compat.training_transformer_options(
                              patcher.model_options.get("transformer_options", {})))
         out["train_s"] = time.perf_counter() - t
     else:

@@ -89,7 +89,7 @@ def ours(folder: Path, data: Path, resolution: int, steps: int, pytorch_attentio
     from aesthete.training.captions import CaptionRecipe
     from aesthete.training.dataset import load_dataset
     from aesthete.training.loop import TrainSettings
-    from aesthete.training.trainer import build_cache, run_training
+    from aesthete.training.trainer import RunHooks, RunSpec, build_cache, run_training
 
     torch.manual_seed(0)
     model, clip, vae = load_kolors_folder(find_kolors_folder(folder), "fp32", "default")
@@ -113,9 +113,9 @@ def ours(folder: Path, data: Path, resolution: int, steps: int, pytorch_attentio
         from aesthete.nodes.training_adapter import TrainingSteps
 
         with TrainingSteps(base.diffusion_model):  # as Train LoRA: ComfyUI set up for training steps
-            run = run_training(base.diffusion_model, base, ds, cache, settings, rank=RANK, alpha=ALPHA,
-                               targets=TARGETS, device=device, on_step=lambda *_: marks.append(mark()),
-                               should_stop=lambda: len(marks) > steps,
+            hooks = RunHooks(on_step=lambda *_: marks.append(mark()), should_stop=lambda: len(marks) > steps)
+            run = run_training(base, ds, cache, RunSpec(settings, rank=RANK, alpha=ALPHA, targets=TARGETS,
+                                                        hooks=hooks), device=device,
                                transformer_options=compat.training_transformer_options(
                                    patcher.model_options.get("transformer_options", {})))
         out["peak_mib"] = resident_peak() / MIB

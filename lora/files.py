@@ -121,9 +121,3 @@ def write_converted_copy(tensors: dict[str, torch.Tensor], metadata: dict[str, s
     converted, extra = convert_lora(dict(tensors), to=to, base=base if unet is None else None, unet=unet)
     meta = {**metadata, **{k: str(v) for k, v in (extra or {}).items()}}
     return write_safetensors(path, converted, meta), meta
-
-
-def write_diffsynth_copy(tensors: dict[str, torch.Tensor], metadata: dict[str, str],
-                         path: str | os.PathLike) -> tuple[Path, dict[str, str]]:
-    """A copy in DiffSynth's key format (``write_converted_copy``)."""
-    return write_converted_copy(tensors, metadata, path, "diffsynth")

@@ -45,8 +45,9 @@ class _ReadLog(dict):
         return default
 
 
-def lora_choices() -> list[str]:
-    return [name for name in folder_paths.get_filename_list("loras") if name.lower().endswith(LORA_SUFFIXES)]
+def lora_choices(suffixes: tuple[str, ...] = LORA_SUFFIXES) -> list[str]:
+    """The files of ComfyUI's LoRA folders whose names end with one of ``suffixes``, as its loaders list them."""
+    return [name for name in folder_paths.get_filename_list("loras") if name.lower().endswith(suffixes)]
 
 
 def lora_path(name: str) -> Path:

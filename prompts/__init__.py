@@ -1,2 +1,2 @@
-"""Prompt-order assembly (issue 4): the recipe's field order, weights, escaping, language-aware joining,
+"""Prompt-order assembly: the recipe's field order, weights, escaping, language-aware joining,
 negative presets and named composer presets. Runs without ComfyUI."""

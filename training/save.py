@@ -78,8 +78,3 @@ def save_copy(lora: TrainedLora, comfy_file: str | Path, to: str,
     path = comfy_file.with_name(comfy_file.stem + COPY_FORMATS[to][0])
     tensors = lora.tensors if dtype is None else {k: v.to(dtype) for k, v in lora.tensors.items()}
     return write_converted_copy(tensors, lora.metadata, path, to)
-
-
-def save_diffsynth_copy(lora: TrainedLora, path: str | Path) -> tuple[Path, dict[str, str]]:
-    """A copy of ``lora`` in DiffSynth's key format at ``path`` (``lora.files.write_converted_copy``)."""
-    return write_converted_copy(lora.tensors, lora.metadata, path, "diffsynth")

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -44,6 +44,32 @@ class TrainingRun:
     network: LoraNetwork
     result: TrainResult
     start_epoch: int
+
+
+@dataclass
+class RunHooks:
+    """How a run reports and is cancelled: ``on_step(step, total, loss)`` after each optimizer step,
+    ``should_stop()`` between steps, ``on_epoch_end(epoch, network, result)`` after each epoch (saving, validation),
+    and the exceptions that mean a cancel rather than an error (ComfyUI's layers raise one on an interrupt)."""
+
+    on_step: Callable[[int, int, float], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    on_epoch_end: Callable[[int, LoraNetwork, TrainResult], None] | None = None
+    stop_exceptions: tuple[type[BaseException], ...] = ()
+
+
+@dataclass
+class RunSpec:
+    """One training run as it was set up: the loop's settings, the LoRA (rank, alpha, the layers it targets, or the
+    LoRA in ComfyUI's format it continues with the loop state saved beside it), and its hooks."""
+
+    settings: TrainSettings
+    rank: int = 16
+    alpha: float = 4.0
+    targets: tuple[str, ...] = TARGET_PRESETS["attention q,k,v,out"]
+    resume: Mapping | None = None
+    resume_state: LoopState | None = None
+    hooks: RunHooks = field(default_factory=RunHooks)
 
 
 def encode_latents(dataset: LoraDataset, encode_images: ImageEncoder, batch: int = 8) -> list[torch.Tensor]:
@@ -165,41 +191,33 @@ def _lora_parameter_name(network: LoraNetwork, name: str) -> str:
     return f"{network.paths[int(index)]}.{rest}"
 
 
-def run_training(unet: nn.Module, model, dataset: LoraDataset, cache: TrainingCache, settings: TrainSettings, *,
-                 rank: int = 16, alpha: float = 4.0, targets: tuple[str, ...] = TARGET_PRESETS["attention q,k,v,out"],
-                 resume: Mapping | None = None, resume_state: LoopState | None = None,
-                 device: torch.device | str = "cpu",
-                 on_step: Callable[[int, int, float], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None,
-                 on_epoch_end: Callable[[int, LoraNetwork, TrainResult], None] | None = None,
-                 stop_exceptions: tuple[type[BaseException], ...] = (),
-                 transformer_options: Mapping | None = None,
-                 conv_layout: ConvLayout | None = None,
-                 compute_dtype: torch.dtype | None = None,
+def run_training(model, dataset: LoraDataset, cache: TrainingCache, spec: RunSpec, *,
+                 device: torch.device | str = "cpu", transformer_options: Mapping | None = None,
+                 conv_layout: ConvLayout | None = None, compute_dtype: torch.dtype | None = None,
                  copy_inference_weights: bool = True) -> TrainingRun:
-    """Train a LoRA on ``unet`` (the module the LoRA keys are relative to; ``model`` runs the denoising, see
-    :class:`DenoisingLoss`). The LoRA is attached to ``unet`` only while training; the returned network holds it.
-    ``resume`` is a LoRA in ComfyUI's format to continue from (the cache's first planned epoch follows it),
-    ``resume_state`` the loop state saved with it (optimizer, schedule, noise; see :class:`LoopState`);
-    ``transformer_options``: the MODEL's (ComfyUI's ``model_options["transformer_options"]``), so that training runs
-    the layers its sampling runs (an attention override, for one); ``conv_layout``: the :class:`ConvLayout` of
-    ``unet``, given when ``on_epoch_end`` samples with the model (it then uses :meth:`ConvLayout.usual_while`);
-    ``compute_dtype``: the dtype the model computes in (default: its weights'; fp16 turns loss scaling on).
-    ``copy_inference_weights``: copy weights made in inference mode (see :func:`release_inference_tensors`); off for a
-    model whose layers compute with fresh copies of their weights anyway (ComfyUI's dynamic models).
-    ``device`` is where the model computes: the LoRA layers are put there whatever device the weights are on.
+    """Train the LoRA ``spec`` describes on ``model`` (its ``diffusion_model`` holds the layers the LoRA keys are
+    relative to; the model runs the denoising, see :class:`DenoisingLoss`). The LoRA is attached to the layers only
+    while training; the returned network holds it. A resumed LoRA's cache must plan from the epoch after it.
+    How the model computes: ``device`` (the LoRA layers are put there whatever device the weights are on),
+    ``transformer_options`` (the MODEL's ``model_options["transformer_options"]``, so that training runs the layers
+    its sampling runs: an attention override, for one), ``conv_layout`` (the :class:`ConvLayout` of the layers, given
+    when ``on_epoch_end`` samples with the model: it then uses :meth:`ConvLayout.usual_while`), ``compute_dtype``
+    (default: the weights'; fp16 turns loss scaling on), ``copy_inference_weights`` (copy weights made in inference
+    mode, see :func:`release_inference_tensors`; off for a model whose layers compute with fresh copies of their
+    weights anyway: ComfyUI's dynamic models).
     At the first step every LoRA layer must have received a gradient, else :class:`LoraGradientError` names those
     that did not."""
+    settings, hooks, unet = spec.settings, spec.hooks, model.diffusion_model
     settings.check()
     unet.requires_grad_(False)
     if copy_inference_weights and release_inference_tensors(unet):
         log.info("Aesthete: copied the model's inference-mode weights so autograd can use them")
-    if resume:
-        network = LoraNetwork.from_state_dict(unet, dict(resume))
+    if spec.resume:
+        network = LoraNetwork.from_state_dict(unet, dict(spec.resume))
         log.info("Aesthete: resuming a LoRA of rank %d, alpha %g, %d layers", network.rank, network.alpha,
                  len(network.paths))
     else:
-        network = LoraNetwork.create(unet, rank, alpha, targets, seed=settings.seed)
+        network = LoraNetwork.create(unet, spec.rank, spec.alpha, spec.targets, seed=settings.seed)
     start_epoch = min(cache.plans)
     loss = DenoisingLoss(model, cache.latents, cache.conds, [img.size for img in dataset.images], device,
                          transformer_options=transformer_options)
@@ -228,7 +246,7 @@ def run_training(unet: nn.Module, model, dataset: LoraDataset, cache: TrainingCa
                 "that runs without gradients): train the MODEL without it")
 
     def epoch_end(epoch: int, result: TrainResult) -> None:
-        on_epoch_end(epoch, network, result)
+        hooks.on_epoch_end(epoch, network, result)
         give_back_free_memory()  # what validation (or saving) freed stays out of the next epoch's steps
 
     try:
@@ -236,11 +254,11 @@ def run_training(unet: nn.Module, model, dataset: LoraDataset, cache: TrainingCa
         if cache.plans[start_epoch]:
             layout.choose(probe_pass)
         with steady_step_memory(device):
-            result = train([p for _, p in named], loss, cache.plans.__getitem__, settings, device, on_step=on_step,
-                           should_stop=should_stop, stop_exceptions=stop_exceptions, start_epoch=start_epoch,
-                           resume=resume_state,
+            result = train([p for _, p in named], loss, cache.plans.__getitem__, settings, device,
+                           on_step=hooks.on_step, should_stop=hooks.should_stop,
+                           stop_exceptions=hooks.stop_exceptions, start_epoch=start_epoch, resume=spec.resume_state,
                            names=[_lora_parameter_name(network, n) for n, _ in named],
-                           on_epoch_end=epoch_end if on_epoch_end else None,
+                           on_epoch_end=epoch_end if hooks.on_epoch_end else None,
                            compute_dtype=compute_dtype or weights_dtype(unet), check_gradients=check_gradients)
     finally:
         layout.usual()

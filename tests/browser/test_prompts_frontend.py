@@ -1,4 +1,4 @@
-"""The composer in the real frontend: its widgets, set as a user would, become a graph ComfyUI runs (issue 4)."""
+"""The composer in the real frontend: its widgets, set as a user would, become a graph ComfyUI runs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Prompt composer, negative presets and composer presets in a real ComfyUI (issue 4).
+"""Prompt composer, negative presets and composer presets in a real ComfyUI.
 
 The weights the composer writes are checked with ComfyUI's own parser (comfy.sd1_clip.token_weights,
 escape_important, unescape_important) and its SD1 tokenizer, run from the embedded ComfyUI source in a

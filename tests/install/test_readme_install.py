@@ -1,4 +1,4 @@
-"""The README's install steps for a venv ComfyUI, run for real (issue 16).
+"""The README's install steps for a venv ComfyUI, run for real.
 
 A fresh virtual environment (no system site packages) gets what a user's ComfyUI already has: torch and ComfyUI's own
 requirements. The archive the Comfy Registry would publish (`comfy node pack`) is unpacked where `git clone` would

@@ -1,4 +1,4 @@
-"""Kolors's text encoder (issue 11): ChatGLM3 and its tokenizer give the reference's numbers.
+"""Kolors's text encoder: ChatGLM3 and its tokenizer give the reference's numbers.
 
 The reference is diffusers' KolorsPipeline.encode_prompt with its ChatGLMModel and ChatGLMTokenizer; both
 sides get the same tiny random weights and the same tiny sentencepiece model."""

@@ -1,4 +1,4 @@
-"""Installing the pack never downgrades what a user's environment already has (issue 2, Packaging)."""
+"""Installing the pack never downgrades what a user's environment already has."""
 
 from __future__ import annotations
 

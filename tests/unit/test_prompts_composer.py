@@ -1,4 +1,4 @@
-"""Prompt-order assembly without ComfyUI: order, weights, escaping, punctuation, de-duplication (issue 4)."""
+"""Prompt-order assembly without ComfyUI: order, weights, escaping, punctuation, de-duplication."""
 
 from __future__ import annotations
 

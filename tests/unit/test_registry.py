@@ -1,4 +1,4 @@
-"""Ready for the Comfy Registry (issue 16): `comfy node validate` passes, the published archive holds what a user's
+"""Ready for the Comfy Registry: `comfy node validate` passes, the published archive holds what a user's
 ComfyUI needs and nothing else, and [tool.comfy] points at real things."""
 
 from __future__ import annotations

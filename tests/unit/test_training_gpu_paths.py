@@ -17,7 +17,7 @@ from aesthete.training.captions import CaptionRecipe
 from aesthete.training.dataset import load_dataset
 from aesthete.training.lora_network import LoraGradientError, LoraNetwork
 from aesthete.training.loop import TrainSettings, train
-from aesthete.training.trainer import build_cache, run_training
+from aesthete.training.trainer import RunSpec, build_cache, run_training
 from harness.training_data import write_pattern_folder
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -73,8 +73,8 @@ def test_fp16_weights_at_1024px_train_the_lora_the_fp32_weights_train(tmp_path):
         torch.manual_seed(0)
         model = PixelModel()
         model.diffusion_model.to(dtype)
-        run = run_training(model.diffusion_model, model, dataset, cache, settings, rank=4, alpha=4.0,
-                           targets=("to_q", "to_k", "to_out"))
+        run = run_training(model, dataset, cache, RunSpec(settings, rank=4, alpha=4.0,
+                                                          targets=("to_q", "to_k", "to_out")))
         assert run.result.skipped_steps == 0
         updates[dtype] = lora_update(run)
     ref, half = updates[torch.float32], updates[torch.float16]
@@ -134,7 +134,7 @@ def test_lora_layers_cut_off_by_an_attention_without_backward_stop_the_run_and_a
     monkeypatch.setattr(F, "scaled_dot_product_attention", _no_grad(F.scaled_dot_product_attention))
     cache = build_cache(dataset, settings, encode_images, encode_caption)
     with pytest.raises(LoraGradientError, match=r"6 of 8 LoRA layers received no gradient") as error:
-        run_training(model.diffusion_model, model, dataset, cache, settings, rank=2, alpha=2.0)
+        run_training(model, dataset, cache, RunSpec(settings, rank=2, alpha=2.0))
     assert "attn1.to_q" in str(error.value) and "to_out" not in str(error.value)
     assert not model.diffusion_model.attn1.to_q._forward_hooks  # the LoRA is detached again
 

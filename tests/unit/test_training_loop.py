@@ -14,7 +14,7 @@ from aesthete.training.captions import CaptionRecipe
 from aesthete.training.dataset import load_dataset
 from aesthete.training.loop import NonFiniteLossError, TrainSettings, lr_factor, train
 from aesthete.training.objective import DenoisingLoss, stack_conds
-from aesthete.training.trainer import build_cache, run_training
+from aesthete.training.trainer import RunHooks, RunSpec, build_cache, run_training
 from harness.training_data import write_pattern_folder
 
 
@@ -196,7 +196,7 @@ def test_trainer_learns_a_pattern_on_a_toy_denoiser(tmp_path, precision):
     cache = build_cache(dataset, settings, encode_images, encode_caption)
     assert len(cache.latents) == 4 and len(cache.conds) == 4  # one encoding per distinct caption and size
     untrained = held_out_loss(model, cache, dataset)
-    run = run_training(model.diffusion_model, model, dataset, cache, settings, rank=4, alpha=4.0)
+    run = run_training(model, dataset, cache, RunSpec(settings, rank=4, alpha=4.0))
     assert run.result.steps == 60 and len(run.result.losses) == 60
     trained = held_out_loss(model, cache, dataset, run.network)
     assert trained < 0.6 * untrained, f"held-out loss {untrained:.3f} -> {trained:.3f}"
@@ -212,13 +212,13 @@ def test_resume_continues_epochs_and_weights(tmp_path):
     torch.manual_seed(0)
     model = ToyModel()
     settings = TrainSettings(epochs=2, batch_size=2, learning_rate=1e-2)
-    first = run_training(model.diffusion_model, model, dataset,
-                         build_cache(dataset, settings, encode_images, encode_caption), settings, rank=2, alpha=2.0)
+    first = run_training(model, dataset, build_cache(dataset, settings, encode_images, encode_caption),
+                         RunSpec(settings, rank=2, alpha=2.0))
     saved = first.network.comfy_state_dict()
     ends = []
-    resumed = run_training(model.diffusion_model, model, dataset,
-                           build_cache(dataset, settings, encode_images, encode_caption, start_epoch=2), settings,
-                           resume=saved, on_epoch_end=lambda e, n, r: ends.append(e))
+    resumed = run_training(model, dataset, build_cache(dataset, settings, encode_images, encode_caption, start_epoch=2),
+                           RunSpec(settings, resume=saved,
+                                   hooks=RunHooks(on_epoch_end=lambda e, n, r: ends.append(e))))
     assert ends == [3, 4] and resumed.start_epoch == 2 and resumed.network.rank == 2
     after = resumed.network.comfy_state_dict()
     assert set(after) == set(saved) and any(not torch.equal(after[k], saved[k]) for k in saved)
@@ -259,10 +259,10 @@ def _job_run(tmp_path, dataset, settings, *, resume_file=None, stop_after=None):
         job.resume_from(resume_file.name, resume_file)
     cache = build_cache(dataset, settings, encode_images, encode_caption, start_epoch=job.resume_epochs)
     done = []
-    run = run_training(model.diffusion_model, model, dataset, cache, settings, rank=2, alpha=2.0,
-                       resume=job.resume or None, resume_state=job.resume_state, on_epoch_end=job.on_epoch_end,
-                       on_step=lambda s, t, v: done.append(s),
-                       should_stop=(lambda: len(done) >= stop_after) if stop_after else None)
+    hooks = RunHooks(on_step=lambda s, t, v: done.append(s), on_epoch_end=job.on_epoch_end,
+                     should_stop=(lambda: len(done) >= stop_after) if stop_after else None)
+    run = run_training(model, dataset, cache, RunSpec(settings, rank=2, alpha=2.0, resume=job.resume or None,
+                                                      resume_state=job.resume_state, hooks=hooks))
     job.finish(run)
     return run, job
 

@@ -11,7 +11,7 @@ from PIL import Image
 from aesthete.common.paths import OutsideRootError, path_inside
 from aesthete.training.loss_graph import draw_loss_graph, smooth
 from aesthete.lora.files import numbered_path
-from aesthete.training.save import TrainedLora, build_metadata, read_lora, save_diffsynth_copy, save_lora
+from aesthete.training.save import TrainedLora, build_metadata, read_lora, save_copy, save_lora
 
 SD15_KEY = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q"
 
@@ -48,7 +48,8 @@ def test_numbered_names_and_atomic_round_trip(tmp_path):
 
 
 def test_diffsynth_copy_keeps_the_update(tmp_path):
-    path, meta = save_diffsynth_copy(lora(), tmp_path / "x.diffsynth.safetensors")
+    path, meta = save_copy(lora(), save_lora(lora(), tmp_path / "x.safetensors"), "diffsynth")
+    assert path.name == "x.diffsynth.safetensors"
     back = read_lora(path)
     assert meta["aesthete.format"] == "diffsynth" and meta.get("aesthete.dropped_keys", "0") == "0"
     a = next(v for k, v in back.tensors.items() if "lora_A" in k)
