@@ -17,8 +17,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-# every test in these folders gets these marks, so `-m "not comfy"` starts no server and `-m "not browser"` no browser
-FOLDER_MARKS = {"comfy": ("comfy",), "browser": ("browser", "comfy"), "install": ("install", "comfy")}
+# every test in these folders gets these marks, so `-m "not comfy"` starts no server, `-m "not browser"` no browser,
+# `-m "not ray"` no Ray cluster; tests/unit is the fast, ComfyUI-free rest (domain code only)
+FOLDER_MARKS = {"comfy": ("comfy",), "browser": ("browser", "comfy"), "install": ("install", "comfy"),
+                "ray": ("ray",)}
 
 
 def pytest_collection_modifyitems(config, items):
