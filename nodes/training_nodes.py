@@ -23,6 +23,7 @@ from ..common.images import pil_to_tensor, tensor_to_pil
 from ..common.parking import ParkedWeights, park_on_disk
 from ..common.paths import path_inside
 from ..lora.files import numbered_path
+from ..scoring import judge
 from ..training.captions import CaptionRecipe
 from ..training.dataset import CROP_MODES, LoraDataset, load_dataset
 from ..training.job import TrainingJob
@@ -55,9 +56,14 @@ def resolve_dataset_folder(folder: str, allow_outside: bool) -> Path:
 
 
 def aesthetic_scorer(aesthetic_model: LoadedPredictor):
-    """``score(pil_images) -> list[float]`` from the Aesthetic Predictor Loader's value (loaded to its device first)."""
-    predictor = aesthetic_model.ready()
-    return predictor.score_images
+    """``score(pil_images, captions) -> list[float]`` from a scorer's or a judge's value (loaded to its device
+    first); a prompt-aware one reads each image's caption as its prompt."""
+    scorer = aesthetic_model.ready()
+    prompt_aware = aesthetic_model.prompt_aware
+
+    def score(images, captions):
+        return scorer.score_images(images, prompts=list(captions) if prompt_aware else None)
+    return score
 
 
 def loras_root() -> Path:
@@ -103,8 +109,9 @@ class AestheteLoraDataset(io.ComfyNode):
                 io.Boolean.Input("allow_outside_input", default=False,
                                  tooltip="Allow a folder outside ComfyUI's input directory (an absolute path)"),
                 AestheticModel.Input("aesthetic_model", optional=True,
-                                     tooltip="Optional aesthetic predictor: images scoring below min_score are "
-                                             "dropped"),
+                                     tooltip="Optional scorer or judge: images scoring below min_score are "
+                                             "dropped (a prompt-aware one reads each image's caption; images "
+                                             "without one are skipped)"),
                 io.Float.Input("min_score", default=5.0, min=-1000.0, max=1000.0, step=0.05, optional=True,
                                tooltip="Lowest aesthetic score kept (LAION predictors score about 1-10; used only "
                                        "with an aesthetic_model)"),
@@ -126,7 +133,8 @@ class AestheteLoraDataset(io.ComfyNode):
         recipe = CaptionRecipe(trigger_word, keep_first_tags, shuffle_tags, caption_dropout)
         dataset = load_dataset(path, resolution=resolution, crop_mode=crop_mode, recipe=recipe, repeats=repeats,
                                require_captions=require_captions, seed=seed, min_score=min_score,
-                               score=aesthetic_scorer(aesthetic_model) if aesthetic_model is not None else None)
+                               score=aesthetic_scorer(aesthetic_model) if aesthetic_model is not None else None,
+                               score_needs_captions=aesthetic_model is not None and aesthetic_model.prompt_aware)
         report = dataset.report()
         log.info("Aesthete dataset: %s", report)
         return io.NodeOutput(dataset, report, ui=ui.PreviewText(report))
@@ -318,6 +326,7 @@ class AestheteTrainLora(io.ComfyNode):
             grid = pil_to_tensor(draw_validation_grid(history, output))
             graph = pil_to_tensor(draw_score_graph(history, result.losses, output))
             ui_extra["validation"] = [{"epoch": e.epoch, "mean_loss": e.mean_loss, "scores": e.scores,
+                                       "scorer_scores": e.columns,
                                        "lora": e.lora_name} for e in history.epochs]
         else:
             graph = pil_to_tensor(draw_loss_graph(result.losses))
@@ -399,16 +408,22 @@ class EpochValidator:
         started = time.perf_counter()
         with back_to_training(self.training_patcher), torch.no_grad():
             images = torch.cat([self.generate(self.training_patcher, positive) for positive in self.positive])
-            scores = None
-            if self.spec.predictor is not None:  # the Aesthetic Score node's path
-                scores = self.spec.predictor.ready().score_tensor(
-                    images, interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
+            scores, columns = None, None
+            if self.spec.predictor is not None:  # the Aesthetic Score node's path: a scorer or a judge
+                scorer = judge.as_judge(self.spec.predictor.ready())
+                # a prompt-aware scorer reads each image's validation prompt (images are in prompt order)
+                prompts = [p for p in self.spec.prompts for _ in range(self.spec.images_per_prompt)]
+                table = scorer.score_table(images, prompts if scorer.prompt_aware else None,
+                                           interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
+                scores, columns = table.combined, table.columns
         self.epoch = 0  # left set when a cancel ends the validation, for the log line
         self.seconds.append(time.perf_counter() - started)
         saved = self.job.saved[-1] if self.job.saved else None
         name = saved.relative_to(self.job.loras_root.resolve()).as_posix() if saved else ""
-        entry = self.history.add(epoch, result.losses, [tensor_to_pil(im) for im in images], scores, name, saved)
-        score = f", mean score {entry.mean_score:.3f}" if scores else " (no predictor: not scored)"
+        entry = self.history.add(epoch, result.losses, [tensor_to_pil(im) for im in images], scores, name, saved,
+                                 columns)
+        each = "".join(f", {k} {v:.3f}" for k, v in entry.column_means().items())
+        score = f", mean score {entry.mean_score:.3f}{each}" if scores else " (no predictor: not scored)"
         line = f"epoch {epoch}: mean loss {entry.mean_loss:.4f}{score}; saved {name}"
         log.info("Aesthete validation: %s", line)
         self.progress.on_epoch(line)
@@ -501,9 +516,12 @@ class AestheteValidationSettings(io.ComfyNode):
             display_name="Validation Settings (Aesthete)",
             category="Aesthete/training",
             description="What Train LoRA generates after every epoch to judge it: the prompts, the same seed and "
-                        "noise every epoch, the sampler settings, and the aesthetic predictor that scores the images. "
+                        "noise every epoch, the sampler settings, and the scorer or judge that scores the images. "
                         "Connect it to Train LoRA's validation input; the best-scoring epoch's LoRA is output and "
-                        "every epoch's is saved.",
+                        "every epoch's is saved. Pick by an Aesthete Judge that combines an aesthetic or preference "
+                        "score with a prompt-aware one (each image is scored against its validation prompt): an "
+                        "aesthetic score alone rewards a LoRA that draws one pleasing style whatever the prompt. The "
+                        "score graph shows every scorer's mean per epoch beside the combination.",
             inputs=[
                 io.String.Input("prompts", default=RECIPE_TEST_PROMPT, multiline=True,
                                 tooltip="One prompt per line (the recipe's test prompt by default)"),
@@ -527,8 +545,10 @@ class AestheteValidationSettings(io.ComfyNode):
                                tooltip="Which epoch's LoRA Train LoRA outputs: the best mean score, or the last "
                                        "epoch (every epoch stays saved either way)"),
                 AestheticModel.Input("predictor", optional=True,
-                                     tooltip="From Aesthetic Predictor Loader. Without one the images are shown "
-                                             "unscored and the last epoch is output"),
+                                     tooltip="From Aesthete Judge (an aesthetic or preference scorer plus a "
+                                             "prompt-aware one, the default that does not reward style collapse), "
+                                             "a scorer loader or Aesthetic Predictor Loader. Without one the images "
+                                             "are shown unscored and the last epoch is output"),
             ],
             outputs=[Validation.Output(display_name="validation", tooltip="For Train LoRA's validation input")],
         )
@@ -543,6 +563,10 @@ class AestheteValidationSettings(io.ComfyNode):
         if predictor is None:
             log.warning("Validation Settings: no aesthetic predictor; the images are shown unscored and Train LoRA "
                         "outputs the last epoch")
+        elif not predictor.prompt_aware and output_lora == "best score":
+            log.warning("Validation Settings: %s reads no prompt, so the best epoch is picked by looks alone and a "
+                        "LoRA collapsing into one style can win; combine it with a prompt-aware scorer in an "
+                        "Aesthete Judge", predictor.name)
         return io.NodeOutput(spec)
 
 

@@ -139,7 +139,10 @@ def preprocess_images(processor, images: Sequence[Image.Image | torch.Tensor]) -
 
 
 class AestheticPredictor:
-    """A loaded predictor: ``score_images`` (PIL) and ``score_tensor`` (ComfyUI IMAGE batches) give 1-10 scores."""
+    """A loaded predictor: ``score_images`` (PIL) and ``score_tensor`` (ComfyUI IMAGE batches) give 1-10 scores.
+    A scorer as scoring/judge.py takes one: it never reads a prompt (``prompt_aware`` False, ``prompts`` ignored)."""
+
+    prompt_aware = False
 
     def __init__(self, model: torch.nn.Module, processor, name: str, head: str, folder: Path | None = None,
                  compile: bool = False):
@@ -174,6 +177,14 @@ class AestheticPredictor:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def modules(self) -> list[torch.nn.Module]:
+        """What a ComfyUI ModelPatcher must own."""
+        return [self.model]
+
+    def to(self, device) -> AestheticPredictor:
+        self.model.to(device)
+        return self
+
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
@@ -188,8 +199,9 @@ class AestheticPredictor:
         with self._lock, torch.inference_mode():
             return self.scorer(pixel_values.to(self.device, self.dtype)).float().cpu()
 
-    def score_images(self, images: Sequence[Image.Image | torch.Tensor], batch_size: int = 16,
-                     progress: ScoreProgress | None = None, interrupt: Callable[[], None] | None = None) -> list[float]:
+    def score_images(self, images: Sequence[Image.Image | torch.Tensor], prompts: Sequence[str] | None = None,
+                     batch_size: int = 16, progress: ScoreProgress | None = None,
+                     interrupt: Callable[[], None] | None = None) -> list[float]:
         """One score per image, in order. ``interrupt`` is called between batches (it may raise to stop)."""
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -203,8 +215,8 @@ class AestheticPredictor:
                 progress(len(scores), len(images))
         return scores
 
-    def score_tensor(self, images: torch.Tensor, batch_size: int = 16, progress: ScoreProgress | None = None,
-                     interrupt: Callable[[], None] | None = None) -> list[float]:
+    def score_tensor(self, images: torch.Tensor, prompts: Sequence[str] | None = None, batch_size: int = 16,
+                     progress: ScoreProgress | None = None, interrupt: Callable[[], None] | None = None) -> list[float]:
         """Scores of a [B,H,W,C] 0..1 batch, equal to scoring the PNGs ComfyUI would save from it. An image with a
         NaN or infinity scores NaN (logged), the others are scored normally."""
         ok = finite_mask(images)
@@ -213,7 +225,8 @@ class AestheticPredictor:
             log.warning("images %s of the batch contain NaN or infinite values: not scored (score NaN)", bad)
         good_idx = [i for i, good in enumerate(ok.tolist()) if good]
         uint8 = tensor_to_uint8(images[good_idx]) if good_idx else None
-        good_scores = self.score_images(list(uint8), batch_size, progress, interrupt) if good_idx else []
+        good_scores = self.score_images(list(uint8), batch_size=batch_size, progress=progress,
+                                        interrupt=interrupt) if good_idx else []
         scores = [math.nan] * images.shape[0]
         for i, s in zip(good_idx, good_scores):
             scores[i] = s
