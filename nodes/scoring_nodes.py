@@ -285,7 +285,7 @@ class AestheteJudge(io.ComfyNode):
                                                tooltip="A scorer (Aesthete Scorer Loader or Aesthetic Predictor "
                                                        "Loader)" + ("; the combined score is on this scorer's scale"
                                                                     if n == 1 else "")))
-            inputs.append(io.Float.Input(f"weight_{n}", default=1.0, min=0.0, max=100.0, step=0.05,
+            inputs.append(io.Float.Input(f"weight_{n}", default=1.0, min=0.0, max=100.0, step=0.05, optional=n > 1,
                                          tooltip=f"How much scorer {n} counts in the combined score"))
         return io.Schema(
             node_id="AestheteJudge",
