@@ -1,13 +1,15 @@
-"""What can go wrong with a scorer (the contract of docs in /work/team/judge_interface.md)."""
+"""What goes wrong with a scorer, as exceptions a node or the command line can show as they are."""
+
+from __future__ import annotations
 
 
 class ScorerUnavailable(RuntimeError):
-    """A scorer's files are not on disk and cannot be downloaded; the message names the files and the folder."""
+    """The scorer's files are neither on disk nor downloadable; the message names the files and the folder."""
 
 
 class PromptRequired(ValueError):
-    """A prompt-aware scorer was given no prompt (or an empty one); the message names the scorer."""
+    """A prompt-aware scorer was asked to score without a prompt (or with an empty one); the message names it."""
 
 
 class ScorerFileError(ValueError):
-    """A half-downloaded or mismatched weight file; the message names the file."""
+    """A weight file is truncated, corrupt or of another model; the message names the file."""

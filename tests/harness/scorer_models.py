@@ -1,0 +1,117 @@
+"""Random-weight scorer models in the real file layouts (DiffSynth's ``QualityMetric/...``), built locally with the
+real classes, cached in tests/.models and written atomically (a temporary folder renamed into place).
+
+Tiny where the reference takes a config (transformers CLIPModel: PickScore, CLIPScore ViT-L/14); the real tokenizer
+(CLIP's BPE, from ComfyUI's copy) so prompts tokenize as they do for users."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from .comfy_server import COMFY_DIR
+from .factories import _cached
+
+CLIP_TOKENIZER = COMFY_DIR / "comfy" / "sd1_tokenizer"
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def tiny_clip_config(act: str, projection_dim: int = 16, image_size: int = 32):
+    from transformers import CLIPConfig
+
+    text = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=77, hidden_act=act, bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  image_size=image_size, patch_size=8, hidden_act=act)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
+
+
+def write_clip_model(folder: Path, config, seed: int) -> None:
+    import torch
+    from transformers import CLIPModel
+
+    torch.manual_seed(seed)
+    model = CLIPModel(config).eval()
+    with torch.no_grad():  # spread the embeddings so that images and prompts differ clearly
+        model.visual_projection.weight.normal_(0, 1.0)
+        model.text_projection.weight.normal_(0, 1.0)
+    model.save_pretrained(folder)
+
+
+def write_clip_processor(folder: Path, image_size: int, pad_token: str) -> None:
+    from transformers import CLIPImageProcessor, CLIPTokenizer
+
+    CLIPImageProcessor(do_resize=True, size={"shortest_edge": image_size}, resample=3, do_center_crop=True,
+                       crop_size={"height": image_size, "width": image_size}, do_rescale=True,
+                       rescale_factor=1 / 255, do_normalize=True, image_mean=CLIP_MEAN, image_std=CLIP_STD,
+                       do_convert_rgb=True).save_pretrained(folder)
+    tok = CLIPTokenizer(str(CLIP_TOKENIZER / "vocab.json"), str(CLIP_TOKENIZER / "merges.txt"),
+                        pad_token=pad_token, model_max_length=77)
+    tok.save_pretrained(folder)
+    for name in ("vocab.json", "merges.txt"):  # the slow tokenizer's files, as the published repositories have them
+        if not (folder / name).is_file():
+            shutil.copy(CLIP_TOKENIZER / name, folder / name)
+
+
+def _build_root(name: str, build: Callable[[Path], None]) -> Path:
+    root = _cached(name)
+    if root.is_dir():
+        return root
+    tmp = root.with_name(f"{root.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build(tmp)
+    try:
+        os.replace(tmp, root)
+    except OSError:  # another run finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def tiny_clip_scorers_root() -> Path:
+    """A models root with PickScore_v1 (tiny CLIPModel, gelu as ViT-H), CLIP-ViT-H-14-laion2B-s32B-b79K (its
+    processor and tokenizer, pad "!" as LAION's) and clip-vit-large-patch14 (tiny, quick_gelu as OpenAI's, with its
+    processor) under QualityMetric/."""
+    def build(root: Path) -> None:
+        qm = root / "QualityMetric"
+        write_clip_model(qm / "PickScore_v1", tiny_clip_config("gelu"), seed=1)
+        write_clip_processor(qm / "CLIP-ViT-H-14-laion2B-s32B-b79K", 32, "!")
+        write_clip_model(qm / "clip-vit-large-patch14", tiny_clip_config("quick_gelu"), seed=2)
+        write_clip_processor(qm / "clip-vit-large-patch14", 32, "<|endoftext|>")
+    return _build_root("scorers-tiny-clip-1", build)
+
+
+def reference_bar(ours: list[float], reference: list[float]) -> float:
+    """The issue's equality bar: the largest difference as a fraction of the spread of the reference's scores over
+    the images (must be <= 1e-3), after checking that no two images are ranked in opposite order."""
+    assert len(ours) == len(reference) >= 2
+    spread = max(reference) - min(reference)
+    assert spread > 0, f"the reference scores every image the same ({reference}): the test images prove nothing"
+    for i in range(len(ours)):
+        for j in range(len(ours)):
+            if reference[i] < reference[j]:
+                assert ours[i] < ours[j], f"images {i} and {j} ranked in opposite order: {ours} vs {reference}"
+    figure = max(abs(a - b) for a, b in zip(ours, reference)) / spread
+    import logging
+
+    logging.getLogger("aesthete.tests").info("difference / spread = %.2e (ours %s, reference %s)", figure, ours,
+                                             reference)
+    return figure
+
+
+def image_files(folder: Path, count: int = 4, sizes=((64, 48), (40, 72), (96, 96), (50, 50))) -> list[Path]:
+    """PNG files of different sizes and content (photo_like), written once into ``folder``."""
+    from PIL import Image
+
+    from .scoring_files import photo_like
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        w, h = sizes[i % len(sizes)]
+        path = folder / f"image{i}.png"
+        Image.fromarray(photo_like(w, h, seed=10 + i)).save(path)
+        paths.append(path)
+    return paths
