@@ -256,7 +256,7 @@ class AestheteScorerLoader(io.ComfyNode):
                 io.Combo.Input("dtype", options=["auto", "fp32", "fp16", "bf16"], default="auto",
                                tooltip="Precision; auto is fp32 on the CPU, fp16 on a GPU that ComfyUI runs in fp16"),
             ],
-            outputs=[AestheticModel.Output("scorer", display_name="scorer",
+            outputs=[AestheticModel.Output("loaded_scorer", display_name="scorer",
                                            tooltip="The loaded scorer, for every node that takes a predictor")],
         )
 
@@ -267,9 +267,12 @@ class AestheteScorerLoader(io.ComfyNode):
         load_device = predictor_device(device)
         offload = comfy.model_management.text_encoder_offload_device() if load_device.type != "cpu" else load_device
         bar = comfy.utils.ProgressBar(1)
-        loaded = load_scorer(scorer, Path(folder_paths.models_dir), device=offload,
-                             dtype=predictor_dtype(dtype, load_device),
-                             progress=lambda done, total, *what: bar.update_absolute(done, max(total, 1)))
+        # ComfyUI runs nodes in inference mode: weights made there would be inference tensors, which the fast
+        # path's packed-weight cache (it reads a weight's version counter) and ModelPatcher's moves cannot use
+        with torch.inference_mode(False):
+            loaded = load_scorer(scorer, Path(folder_paths.models_dir), device=offload,
+                                 dtype=predictor_dtype(dtype, load_device),
+                                 progress=lambda done, total, *what: bar.update_absolute(done, max(total, 1)))
         return io.NodeOutput(LoadedScorer(loaded, load_device))
 
 

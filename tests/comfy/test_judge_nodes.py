@@ -12,12 +12,25 @@ import pytest
 from harness.client import ExecutionError
 from harness.graph import new_graph
 from harness.kolors_models import RECIPE_PROMPT, tiny_kolors
+from harness.scorer_models import tiny_clip_scorers_root
 from harness.scoring_files import photo_like
 from harness.training_data import write_pattern_folder
 from PIL import Image
 
-PROMPT_RANGE = (-100.0, 100.0)  # the tiny prompt-aware scorer's scale (tests/harness/tiny_scorer.py)
+CLIPSCORE = "clipscore-vit-l-14"
+PROMPT_RANGE = (0.1, 0.4)  # its catalog range
 LAION_RANGE = (1.0, 10.0)
+
+
+@pytest.fixture(scope="module")
+def catalog_scorers(comfy_server) -> None:
+    """The catalog's CLIPScore ViT-L/14 and PickScore (tiny random weights) in models/QualityMetric."""
+    for folder in sorted((tiny_clip_scorers_root() / "QualityMetric").iterdir()):
+        comfy_server.link_model("QualityMetric", folder)
+
+
+def clipscore(g):
+    return g.node("AestheteScorerLoader", scorer=CLIPSCORE, device="cpu", dtype="fp32")
 
 
 def judge_graph(ckpt: str, predictor: str, weights: tuple[float, float], prompt_from_composer: bool = True):
@@ -25,7 +38,7 @@ def judge_graph(ckpt: str, predictor: str, weights: tuple[float, float], prompt_
     Aesthetic Score with the prompt -> Rank (top 1)."""
     g = new_graph()
     ckpt = g.node("CheckpointLoaderSimple", ckpt_name=ckpt)
-    composer = g.node("AesthetePromptComposer", separator="auto", dedupe=True, scene="a lighthouse at dawn")
+    composer = g.node("AesthetePromptComposer", separator="auto", dedupe=True, scene="a bowl of ramen")
     positive = g.node("CLIPTextEncode", text=composer.out(0), clip=ckpt.out(1))
     negative = g.node("CLIPTextEncode", text="blurry", clip=ckpt.out(1))
     latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=4)
@@ -34,7 +47,7 @@ def judge_graph(ckpt: str, predictor: str, weights: tuple[float, float], prompt_
                      scheduler="normal", denoise=1.0)
     decoded = g.node("VAEDecode", samples=sampled.out(0), vae=ckpt.out(2))
     laion = g.node("AesthetePredictorLoader", model=predictor, device="cpu", dtype="fp32")
-    aligned = g.node("TestOnlyTinyPromptScorer", seed=6, load_device="cpu")
+    aligned = clipscore(g)
     judge = g.node("AestheteJudge", scorer_1=laion.out(0), weight_1=weights[0], scorer_2=aligned.out(0),
                    weight_2=weights[1])
     prompt = composer.out(0) if prompt_from_composer else ""
@@ -57,7 +70,7 @@ def kept_index(comfy, result, kept) -> int:
     return int(result.node_output(kept.id)["text"][0])
 
 
-def test_the_combined_rank_follows_the_weights_where_the_scorers_disagree(comfy, sd15_ckpt, tiny_predictor):
+def test_the_combined_rank_follows_the_weights_where_the_scorers_disagree(catalog_scorers, comfy, sd15_ckpt, tiny_predictor):
     runs = {}
     for weights in ((1.0, 0.0), (0.0, 1.0), (1.0, 1.0)):
         g, score, rank = judge_graph(sd15_ckpt, tiny_predictor, weights)
@@ -65,7 +78,7 @@ def test_the_combined_rank_follows_the_weights_where_the_scorers_disagree(comfy,
         header, rows = shown_table(result.node_output(score.id)["text"][0])
         runs[weights] = (header, rows, kept_index(comfy, result, rank))
     header, rows, _ = runs[(1.0, 1.0)]
-    assert header == ["combined", tiny_predictor, "tiny-clipscore"]
+    assert header == ["combined", tiny_predictor, CLIPSCORE]
     aesthetic, aligned = rows[:, 1], rows[:, 2]
     assert int(np.argmax(aesthetic)) != int(np.argmax(aligned)), "pick images the two scorers disagree on"
     # the same images in every run, so the same columns
@@ -80,24 +93,24 @@ def test_the_combined_rank_follows_the_weights_where_the_scorers_disagree(comfy,
     assert runs[(1.0, 1.0)][2] == int(np.argmax(expected))
 
 
-def test_a_prompt_aware_judge_without_a_prompt_is_an_error(comfy, sd15_ckpt, tiny_predictor):
+def test_a_prompt_aware_judge_without_a_prompt_is_an_error(catalog_scorers, comfy, sd15_ckpt, tiny_predictor):
     g, score, _ = judge_graph(sd15_ckpt, tiny_predictor, (1.0, 1.0), prompt_from_composer=False)
     with pytest.raises(ExecutionError, match=r"(?s)AestheteScore.*scores how well an image matches its prompt"):
         comfy.run(g.finalize())
 
 
-def test_scorers_on_two_devices_in_one_judge_are_refused(comfy, tiny_predictor):
+def test_scorers_on_two_devices_in_one_judge_are_refused(catalog_scorers, comfy, tiny_predictor):
     g = new_graph()
     laion = g.node("AesthetePredictorLoader", model=tiny_predictor, device="cpu", dtype="fp32")
-    other = g.node("TestOnlyTinyPromptScorer", seed=0, load_device="meta")
+    other = g.node("TestOnlyOnAnotherDevice", scorer=clipscore(g).out(0))
     judge = g.node("AestheteJudge", scorer_1=laion.out(0), weight_1=1.0, scorer_2=other.out(0), weight_2=1.0)
     g.node("AestheteScoreFolder", predictor=judge.out(0), folder="nowhere", recursive=False,
            allow_outside_input=False, batch_size=4)
-    with pytest.raises(ExecutionError, match=r"different devices \(.* on cpu, tiny-clipscore on meta\)"):
+    with pytest.raises(ExecutionError, match=r"different devices \(.* on cpu, clipscore-vit-l-14 on meta\)"):
         comfy.run(g.finalize())
 
 
-def test_score_folder_reads_captions_and_skips_the_uncaptioned(comfy, comfy_server, tiny_predictor):
+def test_score_folder_reads_captions_and_skips_the_uncaptioned(catalog_scorers, comfy, comfy_server, tiny_predictor):
     folder = comfy_server.input_dir / "judge_captions"
     folder.mkdir(exist_ok=True)
     for i in range(3):
@@ -106,7 +119,7 @@ def test_score_folder_reads_captions_and_skips_the_uncaptioned(comfy, comfy_serv
     (folder / "metadata.csv").write_text("file_name,text\nim2.png,a bowl of ramen\n", encoding="utf-8")
     g = new_graph()
     laion = g.node("AesthetePredictorLoader", model=tiny_predictor, device="cpu", dtype="fp32")
-    aligned = g.node("TestOnlyTinyPromptScorer", seed=0, load_device="cpu")
+    aligned = clipscore(g)
     judge = g.node("AestheteJudge", scorer_1=laion.out(0), weight_1=1.0, scorer_2=aligned.out(0), weight_2=1.0)
     node = g.node("AestheteScoreFolder", predictor=judge.out(0), folder="judge_captions", recursive=False,
                   allow_outside_input=False, batch_size=4, threshold=0.0)
@@ -114,7 +127,7 @@ def test_score_folder_reads_captions_and_skips_the_uncaptioned(comfy, comfy_serv
     text = result.node_output(node.id)["text"][0]
     assert "mean" in text and "2 skipped" not in text and "1 skipped" in text
     assert "im1.png: no caption (.txt, .json or metadata.csv)" in text and "needs the prompt of every image" in text
-    assert f"combined\t{tiny_predictor}\ttiny-clipscore\tfile" in text
+    assert f"combined\t{tiny_predictor}\t{CLIPSCORE}\tfile" in text
     assert re.search(r"\tim0.png$", text, re.M) and re.search(r"\tim2.png$", text, re.M)
 
 
@@ -128,7 +141,7 @@ VALIDATION = {"prompts": RECIPE_PROMPT + "\nptn, stripes", "negative": "模糊",
               "output_lora": "best score"}
 
 
-def test_validation_records_every_scorer_per_epoch_and_picks_by_the_combination(comfy, comfy_server,
+def test_validation_records_every_scorer_per_epoch_and_picks_by_the_combination(catalog_scorers, comfy, comfy_server,
                                                                                  tiny_predictor):
     write_pattern_folder(comfy_server.input_dir / DATA, count=2)
     kolors = comfy_server.link_model("kolors", tiny_kolors("kolors", "fp16"), "tiny-kolors")
@@ -138,7 +151,7 @@ def test_validation_records_every_scorer_per_epoch_and_picks_by_the_combination(
                   keep_first_tags=1, shuffle_tags=False, caption_dropout=0.0, repeats=1, require_captions=True,
                   allow_outside_input=False, seed=0)
     laion = g.node("AesthetePredictorLoader", model=tiny_predictor, device="cpu", dtype="fp32")
-    aligned = g.node("TestOnlyTinyPromptScorer", seed=0, load_device="cpu")
+    aligned = clipscore(g)
     judge = g.node("AestheteJudge", scorer_1=laion.out(0), weight_1=1.0, scorer_2=aligned.out(0), weight_2=1.0)
     settings = g.node("AestheteValidationSettings", **VALIDATION, predictor=judge.out(0))
     train = g.node("AestheteTrainLora", model=loader.out(0), clip=loader.out(1), vae=loader.out(2),
@@ -149,15 +162,15 @@ def test_validation_records_every_scorer_per_epoch_and_picks_by_the_combination(
     epochs = out["validation"]
     assert [e["epoch"] for e in epochs] == [1, 2]
     for e in epochs:
-        assert list(e["scorer_scores"]) == [tiny_predictor, "tiny-clipscore"]
+        assert list(e["scorer_scores"]) == [tiny_predictor, CLIPSCORE]
         aesthetic, prompt_aware = (np.array(v) for v in e["scorer_scores"].values())
         assert len(aesthetic) == 2 == len(prompt_aware)
-        fraction = ((aesthetic - 1.0) / 9.0 + (prompt_aware + 100.0) / 200.0) / 2
+        fraction = ((aesthetic - 1.0) / 9.0 + (prompt_aware - PROMPT_RANGE[0]) / (PROMPT_RANGE[1] - PROMPT_RANGE[0])) / 2
         assert np.allclose(e["scores"], 1.0 + 9.0 * fraction, atol=1e-6)
     means = [float(np.mean(e["scores"])) for e in epochs]
     best = int(np.argmax(means)) + 1
     report = out["text"][0]
     assert f"output: epoch {best} (best mean score" in report
-    assert f"epoch\tmean loss\tmean score\tmean {tiny_predictor}\tmean tiny-clipscore\tlora" in report
+    assert f"epoch\tmean loss\tmean score\tmean {tiny_predictor}\tmean {CLIPSCORE}\tlora" in report
     picture = Image.open(io.BytesIO(comfy.output_images(result, graph.id)[0]))
     assert picture.size == (640 + 3 * 480, 400)  # loss, combination, each scorer

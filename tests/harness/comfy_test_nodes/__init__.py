@@ -196,33 +196,20 @@ def _attention_without_backward_everywhere() -> None:
 _attention_without_backward_everywhere()
 
 
-class TestOnlyTinyPromptScorer:
-    """A tiny prompt-aware scorer (tests/harness/tiny_scorer.py) as the pack's loaders give one: an AESTHETIC_MODEL
-    owned by a ModelPatcher (the pack's LoadedScorer). ``load_device`` "meta" stands in for a second device."""
+class TestOnlyOnAnotherDevice:
+    """The same scorer as the pack's loader gave, claiming another load device ("meta"): a judge must refuse to
+    combine it with scorers loading on the CPU."""
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0}), "load_device": (["cpu", "meta"],)}}
+        return {"required": {"scorer": ("AESTHETIC_MODEL",)}}
 
     RETURN_TYPES = ("AESTHETIC_MODEL",)
-    FUNCTION = "load"
+    FUNCTION = "move"
     CATEGORY = "testing"
 
-    def load(self, seed, load_device):
-        import importlib.util
-        import sys
-        from pathlib import Path
-
-        module = sys.modules.get("aesthete_test_tiny_scorer")
-        if module is None:
-            path = Path(__file__).resolve().parents[1] / "tiny_scorer.py"
-            spec = importlib.util.spec_from_file_location("aesthete_test_tiny_scorer", path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
-        pack = next(m for name, m in sys.modules.items()
-                    if name.endswith(".nodes.scoring_nodes") and hasattr(m, "LoadedScorer"))
-        return (pack.LoadedScorer(module.TinyClipScore(seed), torch.device(load_device)),)
+    def move(self, scorer):
+        return (type(scorer)(scorer.scorer, torch.device("meta")),)
 
 
-NODE_CLASS_MAPPINGS["TestOnlyTinyPromptScorer"] = TestOnlyTinyPromptScorer
+NODE_CLASS_MAPPINGS["TestOnlyOnAnotherDevice"] = TestOnlyOnAnotherDevice
