@@ -58,10 +58,12 @@ def open_engine(args, folder: Path):
         return RayEngine(folder, RayOptions(address=args.address, batch_size=args.batch_size, actors=args.actors,
                                             device=args.device, dtype=args.dtype, compile=args.compile,
                                             progress_bars=not args.no_progress))
+    from .cli import load_scoring_model
     from .filter import LocalEngine
-    from .predictor import load_predictor
 
-    return LocalEngine(load_predictor(folder, args.device, args.dtype, compile=args.compile), args.batch_size)
+    src = getattr(args, "src", None)
+    return LocalEngine(load_scoring_model(args), args.batch_size, prompt=args.prompt,
+                       root=src if isinstance(src, Path) else None)
 
 
 def progress_bar(args, total_hint: str):
@@ -74,8 +76,9 @@ def progress_bar(args, total_hint: str):
 
 
 def run(args) -> int:
-    from .cli import resolve_model
+    from .cli import refuse_ray_with_scorers, resolve_model
     from .filter import filter_folder
+    from .scorers.errors import ScorerUnavailable
     from .folder import NothingScorable
     from .ray_engine import EngineUnavailable
 
@@ -89,12 +92,14 @@ def run(args) -> int:
         bar.update(done - bar.n)
 
     try:
-        folder = resolve_model(args.model, args.models_dir)
+        refuse_ray_with_scorers(args)
+        folder = resolve_model(args.model, args.models_dir) if not args.scorer else None
         with open_engine(args, folder) as engine:
             report = filter_folder(args.src, args.dst, engine, min_score=args.min_score, top_k=args.top_k,
                                    mode=args.mode, recursive=args.recursive, results=args.results,
                                    progress=progress if bar is not None else None)
-    except (OSError, ValueError, registry.PredictorUnavailable, EngineUnavailable, NothingScorable) as e:
+    except (OSError, ValueError, registry.PredictorUnavailable, EngineUnavailable, NothingScorable,
+            ScorerUnavailable) as e:
         log.error("%s", e)
         return EXIT_ERROR
     finally:
@@ -102,7 +107,8 @@ def run(args) -> int:
             bar.close()
     for f in report.files:
         if f.score is not None:
-            sys.stdout.write(f"{f.score:.4f}\t{'kept' if f.kept else '-'}\t{f.name}\n")
+            each = "".join(f"\t{k} {v:.4f}" for k, v in (f.scores or {}).items())
+            sys.stdout.write(f"{f.score:.4f}\t{'kept' if f.kept else '-'}\t{f.name}{each}\n")
     sys.stdout.write(f"mean before\t{report.mean_before:.4f}\tafter\t{report.mean_after:.4f}\t"
                      f"({len(report.kept)} kept of {len(report.scored)} scored, "
                      f"{len(report.files) - len(report.scored)} skipped)\n")

@@ -22,7 +22,11 @@ log = logging.getLogger("aesthete.scoring")
 
 
 class NothingScorable(ValueError):
-    """No file could be scored; the message lists why each one was skipped."""
+    """No file could be scored; the message lists why each one was skipped (``skipped``: file, reason)."""
+
+    def __init__(self, message: str, skipped: list | None = None):
+        super().__init__(message)
+        self.skipped = skipped or []
 
 
 @dataclass
@@ -186,7 +190,7 @@ def score_files(predictor, files: Sequence[Path], batch_size: int = 16,
     if not report.scored:
         reasons = report.skipped_text() or "it holds no files"
         where = root if root is not None else "the given paths"
-        raise NothingScorable(f"{where}: no image could be scored; {reasons}")
+        raise NothingScorable(f"{where}: no image could be scored; {reasons}", report.skipped)
     return report
 
 
