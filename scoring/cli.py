@@ -97,33 +97,25 @@ def parse_scorer(text: str) -> tuple[str, float]:
         raise ValueError(f"--scorer {text}: the weight after '=' must be a number") from None
 
 
+def scorer_specs(args) -> list[tuple[str, float]]:
+    return [parse_scorer(text) for text in args.scorer or []]
+
+
+def catalog_root(args) -> Path:
+    """Where catalog scorers' files are found or downloaded: the models root (the parent of --models-dir)."""
+    return (args.models_dir or default_models_dir()).parent
+
+
 def load_scoring_model(args):
     """The predictor of --model, or the scorer / judge of the --scorer options, loaded once for this run."""
-    from .judge import Judge
+    from .judge import load_judge
     from .predictor import load_predictor
 
     if not args.scorer:
         return load_predictor(resolve_model(args.model, args.models_dir), args.device, args.dtype,
                               compile=args.compile)
-    from .scorers import load_scorer
-
-    root = (args.models_dir or default_models_dir()).parent
-    entries = []
-    for text in args.scorer:
-        name, weight = parse_scorer(text)
-        if Path(name).is_dir():
-            scorer = load_predictor(Path(name), args.device, args.dtype, compile=args.compile)
-        else:
-            scorer = load_scorer(name, root, args.device, args.dtype,
-                                 progress=lambda done, total, what: log.info("download %s (%d/%d)", what, done, total))
-        entries.append((scorer, weight))
-    return entries[0][0] if len(entries) == 1 and entries[0][1] == 1.0 else Judge(entries)
-
-
-def refuse_ray_with_scorers(args) -> None:
-    if args.engine == "ray" and (args.scorer or args.prompt):
-        raise ValueError("--scorer and --prompt work with the local engine (--engine local); the Ray engine scores "
-                         "with --model")
+    return load_judge(scorer_specs(args), catalog_root(args), args.device, args.dtype, compile=args.compile,
+                      progress=lambda done, total, what: log.info("download %s (%d/%d)", what, done, total))
 
 
 def score_with_engine(args, folder: Path, predictor, root: Path | None, progress):
@@ -133,7 +125,8 @@ def score_with_engine(args, folder: Path, predictor, root: Path | None, progress
 
     files = source_files(args.paths, args.recursive, root=root)
     store = ResultsStore(args.results) if args.results is not None else None
-    engine = open_engine(args, folder) if predictor is None else _local(predictor, args.batch_size, args.prompt, root)
+    engine = open_engine(args, folder, root) if predictor is None else _local(predictor, args.batch_size, args.prompt,
+                                                                             root)
     with engine:
         return score_report(files, engine, store, root, progress)
 
@@ -156,7 +149,6 @@ def run(args) -> int:
         log.error("%s: URIs are read by the Ray engine only (add --engine ray), or mount the folder", uris[0])
         return EXIT_ERROR
     try:
-        refuse_ray_with_scorers(args)
         files = [] if args.engine == "ray" else collect_files(args.paths, args.recursive)
         folder = resolve_model(args.model, args.models_dir) if not args.scorer else None
         # the Ray engine loads the predictor in its actors, not here

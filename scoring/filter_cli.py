@@ -50,20 +50,24 @@ def add_subcommand(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def open_engine(args, folder: Path):
-    """The engine the arguments ask for, as a context manager (the Ray engine connects to its cluster)."""
+def open_engine(args, folder: Path | None, root: Path | None = None):
+    """The engine the arguments ask for, as a context manager (the Ray engine connects to its cluster). ``root``:
+    where captions' metadata.csv names start (filter: SRC)."""
+    src = getattr(args, "src", None)
+    root = root if root is not None else (src if isinstance(src, Path) else None)
     if args.engine == "ray":
+        from .cli import catalog_root, scorer_specs
         from .ray_engine import RayEngine, RayOptions
 
         return RayEngine(folder, RayOptions(address=args.address, batch_size=args.batch_size, actors=args.actors,
                                             device=args.device, dtype=args.dtype, compile=args.compile,
-                                            progress_bars=not args.no_progress))
+                                            progress_bars=not args.no_progress,
+                                            scorers=tuple(scorer_specs(args)), models_root=str(catalog_root(args)),
+                                            prompt=args.prompt, root=str(root) if root is not None else None))
     from .cli import load_scoring_model
     from .filter import LocalEngine
 
-    src = getattr(args, "src", None)
-    return LocalEngine(load_scoring_model(args), args.batch_size, prompt=args.prompt,
-                       root=src if isinstance(src, Path) else None)
+    return LocalEngine(load_scoring_model(args), args.batch_size, prompt=args.prompt, root=root)
 
 
 def progress_bar(args, total_hint: str):
@@ -76,7 +80,7 @@ def progress_bar(args, total_hint: str):
 
 
 def run(args) -> int:
-    from .cli import refuse_ray_with_scorers, resolve_model
+    from .cli import resolve_model
     from .filter import filter_folder
     from .scorers.errors import ScorerUnavailable
     from .folder import NothingScorable
@@ -92,7 +96,6 @@ def run(args) -> int:
         bar.update(done - bar.n)
 
     try:
-        refuse_ray_with_scorers(args)
         folder = resolve_model(args.model, args.models_dir) if not args.scorer else None
         with open_engine(args, folder) as engine:
             report = filter_folder(args.src, args.dst, engine, min_score=args.min_score, top_k=args.top_k,

@@ -187,6 +187,41 @@ class Judge:
         return self.score_table(list(images), prompts, batch_size, progress).combined
 
 
+def load_judge(specs: Sequence[tuple[str, float]], models_root, device="cpu", dtype="auto", compile: bool = False,
+               progress=None):
+    """The scorers named by ``specs`` (catalog ids or predictor folders, each with its weight), loaded now: a lone
+    scorer of weight 1 as itself, several as a Judge. Nothing is kept here (the command line and the Ray actors
+    load one per run)."""
+    from pathlib import Path
+
+    from .predictor import load_predictor
+    from .scorers import load_scorer
+
+    entries = []
+    for name, weight in specs:
+        if Path(name).is_dir():
+            scorer = load_predictor(Path(name), device, dtype, compile=compile)
+        else:
+            scorer = load_scorer(name, Path(models_root), device, dtype, progress=progress)
+        entries.append((scorer, float(weight)))
+    return entries[0][0] if len(entries) == 1 and entries[0][1] == 1.0 else Judge(entries)
+
+
+def spec_name(specs: Sequence[tuple[str, float]]) -> str:
+    """The name ``Judge.name`` gives the judge of ``specs``, without loading it (a folder's scorer is named by it)."""
+    from pathlib import Path
+
+    ids = [Path(n).name if Path(n).is_dir() else n for n, _ in specs]
+    return ids[0] if len(ids) == 1 else " + ".join(f"{float(w):g}*{i}" for i, (_, w) in zip(ids, specs))
+
+
+def spec_prompt_aware(specs: Sequence[tuple[str, float]]) -> bool:
+    """Whether the judge of ``specs`` reads prompts (from the catalog, without loading it)."""
+    from .scorers import CATALOG
+
+    return any(CATALOG[n].prompt_aware for n, _ in specs if n in CATALOG)
+
+
 def as_judge(scorer) -> Judge:
     """A judge from a scorer or a judge (a lone scorer is a judge of one, weight 1)."""
     return scorer if isinstance(scorer, Judge) else Judge([(scorer, 1.0)])

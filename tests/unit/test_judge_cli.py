@@ -97,8 +97,3 @@ def test_filter_keeps_by_the_combined_score_with_every_scorer_in_the_report(data
     # captions travel with their images
     assert all((dst / n).with_suffix(".txt").is_file() or (dst / n).with_suffix(".json").is_file()
                or (dst / "metadata.csv").is_file() for n in (r["file"] for r in best))
-
-
-def test_the_ray_engine_refuses_scorers_it_cannot_run_yet(data, caplog):
-    assert main(["score", str(data), *judge_args(), "--engine", "ray"]) == 2
-    assert "--engine local" in caplog.text
