@@ -430,7 +430,11 @@ class AestheteRank(io.ComfyNode):
                 io.Float.Input("scores", force_input=True, tooltip="Their scores, from Aesthetic Score"),
                 io.Int.Input("top_k", default=0, min=0, max=4096, tooltip="Keep at most this many; 0 keeps all"),
                 io.Float.Input("min_score", default=0.0, min=-1000.0, max=1000.0, step=0.01,
-                               tooltip="Reject images scoring below this (the LAION scale is 1-10; 6 is a common bar)"),
+                               tooltip="Reject images scoring below this (the LAION scale is 1-10; 6 is a common bar; "
+                                       "a judge's combined score is on its first scorer's scale)"),
+                io.String.Input("table", default="", force_input=True, optional=True,
+                                tooltip="Optional: Aesthetic Score's table (every scorer's column), to pass on the "
+                                        "kept images' rows"),
             ],
             outputs=[
                 io.Image.Output("kept_images", display_name="kept images", is_output_list=True,
@@ -443,24 +447,32 @@ class AestheteRank(io.ComfyNode):
                                 tooltip="Images that did not pass, best first, unscorable last"),
                 io.Int.Output("kept_count", display_name="kept count",
                               tooltip="How many images were kept (0 when none passed)"),
+                io.String.Output("kept_table", display_name="kept table",
+                                 tooltip="The table's rows of the kept images, best first (empty without a table), "
+                                         "for Save Image with Score"),
             ],
         )
 
     @classmethod
-    def execute(cls, images, scores, top_k, min_score) -> io.NodeOutput:
+    def execute(cls, images, scores, top_k, min_score, table=None) -> io.NodeOutput:
         singles = split_images(images)
         if len(singles) != len(scores):
             raise ValueError(f"{len(singles)} image(s) but {len(scores)} score(s): connect the scores of the same "
                              f"images, in the same order")
+        table = first(table) or ""
+        if table and len(judge.table_rows(table)) != len(scores):
+            raise ValueError(f"the table has {len(judge.table_rows(table))} rows for {len(scores)} score(s): connect "
+                             f"the table of the same Aesthetic Score")
         ranking = rank_by_score(scores, first(top_k), first(min_score))
         text = ranking.summary(scores)
         rejected = [singles[i] for i in ranking.rejected] or [ExecutionBlocker(None)]
         if not ranking.kept:
             log.info("Aesthetic Rank: no image passed (min score %s); kept outputs blocked", first(min_score))
             blocked = [ExecutionBlocker(None)]
-            return io.NodeOutput(blocked, blocked, blocked, rejected, 0, ui=ui.PreviewText(text))
+            return io.NodeOutput(blocked, blocked, blocked, rejected, 0, "", ui=ui.PreviewText(text))
+        kept_table = judge.select_rows(table, ranking.kept) if table else ""
         return io.NodeOutput([singles[i] for i in ranking.kept], [scores[i] for i in ranking.kept],
-                             list(ranking.kept), rejected, len(ranking.kept), ui=ui.PreviewText(text))
+                             list(ranking.kept), rejected, len(ranking.kept), kept_table, ui=ui.PreviewText(text))
 
 
 class AestheteScoreFolder(io.ComfyNode):
@@ -550,7 +562,8 @@ class AestheteSaveScored(io.ComfyNode):
             display_name="Save Image with Score",
             category="Aesthete/scoring",
             description="Saves images with their aesthetic score kept: in the file name and in PNG metadata "
-                        "(aesthetic_score, aesthetic_model, plus the workflow). In preview mode it only shows them. "
+                        "(aesthetic_score, aesthetic_model, a judge's every scorer as aesthetic_scores when its table "
+                        "is connected, plus the workflow). In preview mode it only shows them. "
                         "Drawing the score is done on the previews, never on the saved files.",
             is_input_list=True,
             is_output_node=True,
@@ -566,6 +579,10 @@ class AestheteSaveScored(io.ComfyNode):
                 io.Boolean.Input("draw_score", default=False, tooltip="Show previews with the score drawn on them"),
                 io.String.Input("model_name", default="", optional=True,
                                 tooltip="Predictor name stored beside the score (optional)"),
+                io.String.Input("table", default="", force_input=True, optional=True,
+                                tooltip="Optional: the table of these images (Aesthetic Rank's kept table, or "
+                                        "Aesthetic Score's): every scorer's score is stored in the PNG metadata "
+                                        "(aesthetic_scores)"),
             ],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             outputs=[],
@@ -573,8 +590,12 @@ class AestheteSaveScored(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, scores, filename_prefix, mode, score_in_filename, score_in_metadata, draw_score,
-                model_name=None) -> io.NodeOutput:
+                model_name=None, table=None) -> io.NodeOutput:
         singles = split_images(images)
+        rows = judge.table_rows(first(table)) if first(table) else None
+        if rows is not None and len(rows) != len(singles):
+            raise ValueError(f"the table has {len(rows)} rows for {len(singles)} image(s): connect the table of the "
+                             f"same images (Aesthetic Rank's kept table after a Rank)")
         if len(singles) != len(scores):
             raise ValueError(f"{len(singles)} image(s) but {len(scores)} score(s): connect the scores of the same "
                              f"images, in the same order")
@@ -592,11 +613,12 @@ class AestheteSaveScored(io.ComfyNode):
                 extra[key] = json.dumps(value)
         model = first(model_name) or ""
         shown, saved = [], []
-        for image, score in zip(singles, scores):
+        for n, (image, score) in enumerate(zip(singles, scores)):
             pil = tensor_to_pil(image)
             name = annotate.score_filename(stem, counter, score) if first(score_in_filename) else \
                 f"{stem}_{counter:05}_.png"
-            info = annotate.png_info(score, model, extra) if first(score_in_metadata) else None
+            each = {k: v for k, v in rows[n].items() if k != "combined"} if rows is not None else None
+            info = annotate.png_info(score, model, extra, each) if first(score_in_metadata) else None
             annotate.save_png(pil, Path(out_dir) / name, info, compress_level=4 if save else 1)
             saved.append(ui.SavedResult(name, subfolder, io.FolderType.output if save else io.FolderType.temp))
             if first(draw_score):

@@ -69,6 +69,22 @@ class JudgeScores:
         return {"combined": _finite_mean(self.combined), **{k: _finite_mean(v) for k, v in self.columns.items()}}
 
 
+def table_rows(text: str) -> list[dict[str, float]]:
+    """The rows of ``JudgeScores.table()`` text as {column: value} (the ``file`` column left out)."""
+    lines = [ln for ln in (text or "").splitlines() if ln.strip()]
+    if not lines or not lines[0].startswith("combined\t"):
+        raise ValueError("not a judge's score table (its first line must start with 'combined'): connect the "
+                         "table output of Aesthetic Score")
+    header = lines[0].split("\t")
+    return [{k: float(v) for k, v in zip(header, ln.split("\t")) if k != "file"} for ln in lines[1:]]
+
+
+def select_rows(text: str, indices: Sequence[int]) -> str:
+    """The table with only the rows ``indices`` (in that order): a ranked selection's table."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return "\n".join([lines[0]] + [lines[1 + i] for i in indices])
+
+
 def _fmt(v: float) -> str:
     return f"{v:.4f}" if math.isfinite(v) else "nan"
 

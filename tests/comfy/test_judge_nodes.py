@@ -5,6 +5,7 @@ on two devices), Score Folder reading captions, and Train LoRA's validation reco
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import numpy as np
@@ -52,8 +53,12 @@ def judge_graph(ckpt: str, predictor: str, weights: tuple[float, float], prompt_
                    weight_2=weights[1])
     prompt = composer.out(0) if prompt_from_composer else ""
     score = g.node("AestheteScore", predictor=judge.out(0), images=decoded.out(0), batch_size=3, prompt=prompt)
-    rank = g.node("AestheteRank", images=decoded.out(0), scores=score.out(0), top_k=1, min_score=-1000.0)
+    rank = g.node("AestheteRank", images=decoded.out(0), scores=score.out(0), top_k=1, min_score=-1000.0,
+                  table=score.out(3))
     kept = g.node("PreviewAny", source=rank.out(2))  # the kept image's index
+    g.node("AestheteSaveScored", images=rank.out(0), scores=rank.out(1), table=rank.out(5),
+           filename_prefix=f"judge/w{weights[0]:g}_{weights[1]:g}", mode="save", score_in_filename=True,
+           score_in_metadata=True, draw_score=False)
     return g, score, kept
 
 
@@ -70,7 +75,8 @@ def kept_index(comfy, result, kept) -> int:
     return int(result.node_output(kept.id)["text"][0])
 
 
-def test_the_combined_rank_follows_the_weights_where_the_scorers_disagree(catalog_scorers, comfy, sd15_ckpt, tiny_predictor):
+def test_the_combined_rank_follows_the_weights_where_the_scorers_disagree(catalog_scorers, comfy, comfy_server,
+                                                                         sd15_ckpt, tiny_predictor):
     runs = {}
     for weights in ((1.0, 0.0), (0.0, 1.0), (1.0, 1.0)):
         g, score, rank = judge_graph(sd15_ckpt, tiny_predictor, weights)
@@ -91,6 +97,15 @@ def test_the_combined_rank_follows_the_weights_where_the_scorers_disagree(catalo
     expected = LAION_RANGE[0] + (LAION_RANGE[1] - LAION_RANGE[0]) * fraction
     assert np.allclose(rows[:, 0], expected, atol=2e-3)
     assert runs[(1.0, 1.0)][2] == int(np.argmax(expected))
+    # the kept image is saved with every scorer's score in its metadata (Rank passes the table's kept rows on)
+    best = int(np.argmax(aligned))
+    saved = sorted((comfy_server.output_dir / "judge").glob("w0_1_*.png"))
+    assert len(saved) == 1
+    with Image.open(saved[0]) as im:
+        each = json.loads(im.text["aesthetic_scores"])
+        combined = float(im.text["aesthetic_score"])
+    assert combined == pytest.approx(runs[(0.0, 1.0)][1][best, 0], abs=1e-3)
+    assert each == pytest.approx({tiny_predictor: aesthetic[best], CLIPSCORE: aligned[best]}, abs=1e-3)
 
 
 def test_a_prompt_aware_judge_without_a_prompt_is_an_error(catalog_scorers, comfy, sd15_ckpt, tiny_predictor):
