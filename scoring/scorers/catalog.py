@@ -55,6 +55,8 @@ def _publisher(repo: str) -> tuple[str, ...]:
     return (repo.split("/")[-1],)
 
 
+CLIP_H_CONFIG = Part(CLIP_H, ("config.json", "preprocessor_config.json") + TOKENIZER_FILES,
+                     "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", _publisher("laion/" + CLIP_H))
 CLIP_H_PROCESSOR = Part(CLIP_H, ("preprocessor_config.json",) + TOKENIZER_FILES,
                         "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", _publisher("laion/" + CLIP_H))
 
@@ -72,6 +74,13 @@ SPECS: dict[str, ScorerSpec] = {s.info.id: s for s in (
         (0.1, 0.4), f"{QUALITY_METRIC}/clip-vit-large-patch14"),
         (Part("clip-vit-large-patch14", ("config.json", "model.safetensors", "preprocessor_config.json")
               + TOKENIZER_FILES, "openai/clip-vit-large-patch14", _publisher("openai/clip-vit-large-patch14")),)),
+    ScorerSpec(ScorerInfo(
+        "mps-overall", "MPS (overall)", True, 3940, "Apache-2.0 (Kwai-Kolors MPS)",
+        "multi-dimensional human preference (Kolors team), overall condition: aesthetics, quality, alignment",
+        (0.0, 15.0), f"{QUALITY_METRIC}/MPS_overall_checkpoint"),
+        # the publisher's own checkpoint is a pickled model object; only DiffSynth publishes safetensors
+        (Part("MPS_overall_checkpoint", ("MPS_overall_checkpoint_diffsynth.safetensors",)),
+         CLIP_H_CONFIG)),
 )}
 
 

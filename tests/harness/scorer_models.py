@@ -115,3 +115,22 @@ def image_files(folder: Path, count: int = 4, sizes=((64, 48), (40, 72), (96, 96
         Image.fromarray(photo_like(w, h, seed=10 + i)).save(path)
         paths.append(path)
     return paths
+
+
+def tiny_mps_root() -> Path:
+    """A models root for MPS: QualityMetric/CLIP-ViT-H-14-laion2B-s32B-b79K (a tiny CLIP config projecting to the
+    cross model's fixed 1024 width, its processor and tokenizer) and MPS_overall_checkpoint/
+    MPS_overall_checkpoint_diffsynth.safetensors written by DiffSynth's own MPS class (the real key layout; its
+    cross model is full size, 4 layers of 1024: about 470 MB)."""
+    from .reference import run_reference
+
+    def build(root: Path) -> None:
+        qm = root / "QualityMetric"
+        clip = qm / "CLIP-ViT-H-14-laion2B-s32B-b79K"
+        tiny_clip_config("gelu", projection_dim=1024).save_pretrained(clip)
+        write_clip_processor(clip, 32, "!")
+        (qm / "MPS_overall_checkpoint").mkdir(parents=True)
+        run_reference("diffsynth", Path(__file__).resolve().parents[1] / "reference" / "build_diffsynth_mps.py",
+                      str(clip), str(qm / "MPS_overall_checkpoint" / "MPS_overall_checkpoint_diffsynth.safetensors"),
+                      "3")
+    return _build_root("scorers-tiny-mps-1", build)
