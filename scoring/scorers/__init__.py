@@ -34,8 +34,21 @@ def _load_mps(info, parts, device, dtype):
     return load_mps(info, parts[0] / "MPS_overall_checkpoint_diffsynth.safetensors", parts[1], device, dtype)
 
 
+def _load_openclip(file_name: str):
+    def load(info, parts, device, dtype):
+        from .clip_pair import load_openclip_pair
+        from .files import present
+
+        return load_openclip_pair(info, present(parts[0], file_name), parts[1] / "bpe_simple_vocab_16e6.txt.gz",
+                                  device, dtype)
+    return load
+
+
 # scorer id -> (ScorerInfo, the folder of each of its parts in SPECS order, device, dtype) -> Scorer
-LOADERS = {"pickscore-v1": _load_pickscore, "clipscore-vit-l-14": _load_clipscore_l, "mps-overall": _load_mps}
+LOADERS = {"pickscore-v1": _load_pickscore, "clipscore-vit-l-14": _load_clipscore_l, "mps-overall": _load_mps,
+           "hpsv2": _load_openclip("HPS_v2_compressed.safetensors"),
+           "hpsv2.1": _load_openclip("HPS_v2.1_compressed.safetensors"),
+           "clipscore-vit-h-14": _load_openclip("open_clip_pytorch_model.bin|open_clip_model.safetensors")}
 
 
 def load_scorer(scorer_id: str, models_root: Path, device="cpu", dtype="auto",

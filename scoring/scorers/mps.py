@@ -153,7 +153,7 @@ class MPSScorer(PromptScorer):
         reason = unsupported_reason(model.model, head=False)
         if reason is not None:
             log.warning("%s: scoring images with the model's own forward (slower): %s", info.id, reason)
-        self.fast = None if reason is not None else FastScorer(model.model, head=False)
+        self.fast = None if reason is not None else FastScorer(model.model, head=False, pack=False)
 
     def modules(self) -> list[nn.Module]:
         return [self.mps]

@@ -134,3 +134,36 @@ def tiny_mps_root() -> Path:
                       str(clip), str(qm / "MPS_overall_checkpoint" / "MPS_overall_checkpoint_diffsynth.safetensors"),
                       "3")
     return _build_root("scorers-tiny-mps-1", build)
+
+
+def bpe_vocabulary(path: Path) -> None:
+    """open_clip's ``bpe_simple_vocab_16e6.txt.gz`` format (a header line, then the merges) from CLIP's merges as
+    ComfyUI ships them: the 48894 merges CLIP's tokenizer reads."""
+    import gzip
+
+    lines = (CLIP_TOKENIZER / "merges.txt").read_text(encoding="utf-8").split("\n")
+    merges = [line for line in lines[1:] if line.strip()]
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8") as f:
+        f.write("bpe_simple_vocab_16e6.txt#version: 0.2\n" + "\n".join(merges) + "\n")
+    os.replace(tmp, path)
+
+
+def full_vit_h_root() -> Path:
+    """A models root where HPS_v2/HPS_v2_compressed.safetensors, HPS_v2/HPS_v2.1_compressed.safetensors and
+    CLIP-ViT-H-14-laion2B-s32B-b79K/open_clip_model.safetensors are ONE file (hard links): a full-size random-weight
+    open_clip ViT-H-14 (DiffSynth hard-codes the size) written by DiffSynth's own open_clip in fp16 (about 2 GB),
+    and bpe_simple_vocab_16e6.txt.gz. Built once, cached."""
+    from .reference import run_reference
+
+    def build(root: Path) -> None:
+        qm = root / "QualityMetric"
+        (qm / "HPS_v2").mkdir(parents=True)
+        (qm / "CLIP-ViT-H-14-laion2B-s32B-b79K").mkdir()
+        weights = qm / "HPS_v2" / "HPS_v2.1_compressed.safetensors"
+        run_reference("diffsynth", Path(__file__).resolve().parents[1] / "reference" / "build_diffsynth_openclip.py",
+                      str(weights), "4")
+        os.link(weights, qm / "HPS_v2" / "HPS_v2_compressed.safetensors")
+        os.link(weights, qm / "CLIP-ViT-H-14-laion2B-s32B-b79K" / "open_clip_model.safetensors")
+        bpe_vocabulary(qm / "bpe_simple_vocab_16e6.txt.gz")
+    return _build_root("scorers-full-vit-h-1", build)
