@@ -44,8 +44,16 @@ def _load_openclip(file_name: str):
     return load
 
 
+def _load_imagereward(info, parts, device, dtype):
+    from .imagereward import load_imagereward
+
+    return load_imagereward(info, parts[0] / "ImageReward.safetensors", parts[0] / "med_config.json", parts[1],
+                            device, dtype)
+
+
 # scorer id -> (ScorerInfo, the folder of each of its parts in SPECS order, device, dtype) -> Scorer
 LOADERS = {"pickscore-v1": _load_pickscore, "clipscore-vit-l-14": _load_clipscore_l, "mps-overall": _load_mps,
+           "imagereward-v1": _load_imagereward,
            "hpsv2": _load_openclip("HPS_v2_compressed.safetensors"),
            "hpsv2.1": _load_openclip("HPS_v2.1_compressed.safetensors"),
            "clipscore-vit-h-14": _load_openclip("open_clip_pytorch_model.bin|open_clip_model.safetensors")}

@@ -86,6 +86,14 @@ SPECS: dict[str, ScorerSpec] = {s.info.id: s for s in (
         # the publisher's own checkpoint is a pickled model object; only DiffSynth publishes safetensors
         (Part("MPS_overall_checkpoint", ("MPS_overall_checkpoint_diffsynth.safetensors",)),
          CLIP_H_CONFIG)),
+    # ImageReward's publisher (THUDM/ImageReward) publishes a pickled .pt; only DiffSynth publishes safetensors
+    ScorerSpec(ScorerInfo(
+        "imagereward-v1", "ImageReward v1.0", True, 1790, "Apache-2.0 (ImageReward)",
+        "human preference for text-to-image (ImageRewardDB), BLIP image-text reward, standardised",
+        (-2.0, 2.0), f"{QUALITY_METRIC}/ImageReward"),
+        (Part("ImageReward", ("ImageReward.safetensors", "med_config.json")),
+         Part("bert-base-uncased", ("vocab.txt", "tokenizer_config.json"), "google-bert/bert-base-uncased",
+              _publisher("google-bert/bert-base-uncased")))),
     # HPS's publisher (xswu/HPSv2) publishes pickled .pt files; only DiffSynth publishes safetensors
     ScorerSpec(ScorerInfo(
         "hpsv2", "HPS v2", True, 1970, "Apache-2.0 (HPSv2)",

@@ -6,6 +6,7 @@ Tiny where the reference takes a config (transformers CLIPModel: PickScore, CLIP
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -167,3 +168,33 @@ def full_vit_h_root() -> Path:
         os.link(weights, qm / "CLIP-ViT-H-14-laion2B-s32B-b79K" / "open_clip_model.safetensors")
         bpe_vocabulary(qm / "bpe_simple_vocab_16e6.txt.gz")
     return _build_root("scorers-full-vit-h-1", build)
+
+
+BERT_VOCAB = COMFY_DIR / "comfy" / "text_encoders" / "hydit_clip_tokenizer" / "vocab.txt"  # a real WordPiece one
+
+
+def imagereward_root() -> Path:
+    """A models root for ImageReward: ImageReward/ImageReward.safetensors written by DiffSynth's own class (BLIP's
+    ViT-L at full size, which it hard-codes; a 2-layer MED text encoder of BERT width 768, which its MLP needs),
+    ImageReward/med_config.json, and bert-base-uncased/ (a WordPiece vocabulary: ComfyUI's copy of one)."""
+    from .reference import run_reference
+
+    def build(root: Path) -> None:
+        qm = root / "QualityMetric"
+        (qm / "ImageReward").mkdir(parents=True)
+        bert = qm / "bert-base-uncased"
+        bert.mkdir()
+        shutil.copy(BERT_VOCAB, bert / "vocab.txt")
+        vocab = len(BERT_VOCAB.read_text(encoding="utf-8").splitlines())
+        (bert / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 512}))
+        med = {"architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
+               "hidden_dropout_prob": 0.1, "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 1024,
+               "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "model_type": "bert",
+               "num_attention_heads": 12, "num_hidden_layers": 2, "pad_token_id": 0, "type_vocab_size": 2,
+               "vocab_size": vocab + 2, "encoder_width": 768, "add_cross_attention": True}
+        (qm / "ImageReward" / "med_config.json").write_text(json.dumps(med, indent=2))
+        run_reference("diffsynth", Path(__file__).resolve().parents[1] / "reference" / "build_diffsynth_imagereward.py",
+                      str(qm / "ImageReward" / "med_config.json"), str(bert),
+                      str(qm / "ImageReward" / "ImageReward.safetensors"), "5")
+    return _build_root("scorers-imagereward-1", build)
