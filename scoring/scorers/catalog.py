@@ -33,15 +33,18 @@ class ScorerInfo:
 class Part:
     """Files that must sit in one folder: ``folder`` under QualityMetric ("" for its top), the publisher's Hugging Face
     repository for the second source (None where it publishes no file of this format), and other folders under the
-    models root where a user may already keep them (the publisher's layout)."""
+    models root where a user may already keep them (the publisher's layout). A file given as "a|b" is either name
+    (ModelScope has the first, Hugging Face the last)."""
 
     folder: str
     files: tuple[str, ...]
     huggingface: str | None = None
     elsewhere: tuple[str, ...] = ()
 
-    def paths(self) -> list[str]:
-        return [f"{self.folder}/{f}" if self.folder else f for f in self.files]
+    def paths(self, pick: int | None = None) -> list[str]:
+        """Every file's path under QualityMetric; ``pick`` (0 or -1) chooses among a file's alternative names."""
+        names = [f if pick is None else f.split("|")[pick] for f in self.files]
+        return [f"{self.folder}/{f}" if self.folder else f for f in names]
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,12 @@ def _publisher(repo: str) -> tuple[str, ...]:
     return (repo.split("/")[-1],)
 
 
+CLIP_H_CONFIG = Part(CLIP_H, ("config.json", "preprocessor_config.json") + TOKENIZER_FILES,
+                     "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", _publisher("laion/" + CLIP_H))
 CLIP_H_PROCESSOR = Part(CLIP_H, ("preprocessor_config.json",) + TOKENIZER_FILES,
                         "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", _publisher("laion/" + CLIP_H))
+
+BPE = Part("", ("bpe_simple_vocab_16e6.txt.gz",))  # open_clip's tokenizer vocabulary (ships inside open_clip)
 
 SPECS: dict[str, ScorerSpec] = {s.info.id: s for s in (
     ScorerSpec(ScorerInfo(
@@ -72,6 +79,38 @@ SPECS: dict[str, ScorerSpec] = {s.info.id: s for s in (
         (0.1, 0.4), f"{QUALITY_METRIC}/clip-vit-large-patch14"),
         (Part("clip-vit-large-patch14", ("config.json", "model.safetensors", "preprocessor_config.json")
               + TOKENIZER_FILES, "openai/clip-vit-large-patch14", _publisher("openai/clip-vit-large-patch14")),)),
+    ScorerSpec(ScorerInfo(
+        "mps-overall", "MPS (overall)", True, 3940, "Apache-2.0 (Kwai-Kolors MPS)",
+        "multi-dimensional human preference (Kolors team), overall condition: aesthetics, quality, alignment",
+        (0.0, 15.0), f"{QUALITY_METRIC}/MPS_overall_checkpoint"),
+        # the publisher's own checkpoint is a pickled model object; only DiffSynth publishes safetensors
+        (Part("MPS_overall_checkpoint", ("MPS_overall_checkpoint_diffsynth.safetensors",)),
+         CLIP_H_CONFIG)),
+    # ImageReward's publisher (THUDM/ImageReward) publishes a pickled .pt; only DiffSynth publishes safetensors
+    ScorerSpec(ScorerInfo(
+        "imagereward-v1", "ImageReward v1.0", True, 1790, "Apache-2.0 (ImageReward)",
+        "human preference for text-to-image (ImageRewardDB), BLIP image-text reward, standardised",
+        (-2.0, 2.0), f"{QUALITY_METRIC}/ImageReward"),
+        (Part("ImageReward", ("ImageReward.safetensors", "med_config.json")),
+         Part("bert-base-uncased", ("vocab.txt", "tokenizer_config.json"), "google-bert/bert-base-uncased",
+              _publisher("google-bert/bert-base-uncased")))),
+    # HPS's publisher (xswu/HPSv2) publishes pickled .pt files; only DiffSynth publishes safetensors
+    ScorerSpec(ScorerInfo(
+        "hpsv2", "HPS v2", True, 1970, "Apache-2.0 (HPSv2)",
+        "human preference (HPD v2), an open_clip ViT-H/14 fine-tuned: cosine of prompt and image",
+        (0.2, 0.3), f"{QUALITY_METRIC}/HPS_v2"),
+        (Part("HPS_v2", ("HPS_v2_compressed.safetensors",)), BPE)),
+    ScorerSpec(ScorerInfo(
+        "hpsv2.1", "HPS v2.1", True, 1970, "Apache-2.0 (HPSv2)",
+        "human preference (HPD v2, v2.1 training), an open_clip ViT-H/14: cosine of prompt and image",
+        (0.2, 0.35), f"{QUALITY_METRIC}/HPS_v2"),
+        (Part("HPS_v2", ("HPS_v2.1_compressed.safetensors",)), BPE)),
+    ScorerSpec(ScorerInfo(
+        "clipscore-vit-h-14", "CLIPScore ViT-H/14", True, 3940, "MIT (LAION CLIP ViT-H/14)",
+        "prompt alignment: cosine of the prompt's and the image's LAION CLIP ViT-H/14 embeddings",
+        (0.1, 0.4), f"{QUALITY_METRIC}/{CLIP_H}"),
+        (Part(CLIP_H, ("open_clip_pytorch_model.bin|open_clip_model.safetensors",),
+              "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", _publisher("laion/" + CLIP_H)), BPE)),
 )}
 
 

@@ -10,7 +10,7 @@ distinct prompt is encoded once. Same math: the L2-normalised image and text emb
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -38,8 +38,10 @@ def load_clip_model(folder: Path, device: torch.device, dtype: torch.dtype):
 
 
 class ClipPairScorer(PromptScorer):
-    def __init__(self, info: ScorerInfo, model, image_processor, tokenizer, logit_scaled: bool):
+    def __init__(self, info: ScorerInfo, model, image_processor, tokenizer, logit_scaled: bool,
+                 clean: Callable[[str], str] | None = None):
         super().__init__(info)
+        self.clean = clean or (lambda text: text)  # the reference's text cleaning before its tokenizer
         self.model = model
         self.image_processor = image_processor
         self.tokenizer = tokenizer
@@ -49,7 +51,7 @@ class ClipPairScorer(PromptScorer):
         reason = unsupported_reason(model, head=False)
         if reason is not None:
             log.warning("%s: scoring images with the model's own forward (slower): %s", info.id, reason)
-        self.fast = None if reason is not None else FastScorer(model, head=False)
+        self.fast = None if reason is not None else FastScorer(model, head=False, pack=False)  # packing: slower here, +RAM
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.model]
@@ -59,7 +61,7 @@ class ClipPairScorer(PromptScorer):
         return self.model.logit_scale.exp().float() if self.logit_scaled else 1.0
 
     def warn_cut(self, prompts: list[str]) -> None:
-        warn_cut_prompts(self.info.id, self.tokenizer, prompts, self.max_tokens)
+        warn_cut_prompts(self.info.id, self.tokenizer, [self.clean(p) for p in prompts], self.max_tokens)
 
     def image_embeds(self, images: Sequence[Image.Image | torch.Tensor]) -> torch.Tensor:
         pixels = self.image_processor(images).to(self.device, self.dtype)
@@ -70,7 +72,7 @@ class ClipPairScorer(PromptScorer):
         return embeds / embeds.norm(dim=-1, keepdim=True)
 
     def text_embeds(self, prompts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.max_tokens,
+        tokens = self.tokenizer([self.clean(p) for p in prompts], padding=True, truncation=True, max_length=self.max_tokens,
                                 return_tensors="pt").to(self.device)
         pooled = self.model.text_model(input_ids=tokens["input_ids"],
                                        attention_mask=tokens["attention_mask"]).pooler_output
@@ -94,3 +96,17 @@ def load_clip_pair(info: ScorerInfo, model_folder: Path, processor_folder: Path,
     tokenizer = AutoTokenizer.from_pretrained(str(processor_folder))
     log.info("loaded %s from %s (%s, %s)", info.id, model_folder, dev, dt)
     return ClipPairScorer(info, model, processor, tokenizer, logit_scaled)
+
+
+def load_openclip_pair(info: ScorerInfo, weights: Path, bpe: Path, device="cpu", dtype="auto") -> ClipPairScorer:
+    """HPSv2, HPSv2.1, CLIPScore ViT-H/14: an open_clip state dict read as a transformers CLIPModel, open_clip's
+    tokenizer and preprocessing (openclip_files, pixels.Letterbox); the score is the cosine, as DiffSynth's."""
+    from .openclip_files import clean_prompt, load_openclip_as_transformers, tokenizer_from_bpe
+    from .pixels import Letterbox
+
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    model = load_openclip_as_transformers(weights, read_weights(weights), dev, dt)
+    log.info("loaded %s from %s (%s, %s)", info.id, weights, dev, dt)
+    return ClipPairScorer(info, model, Letterbox(model.config.vision_config.image_size), tokenizer_from_bpe(bpe),
+                          logit_scaled=False, clean=clean_prompt)

@@ -40,9 +40,14 @@ def candidate_folders(part: Part, models_root: Path) -> list[Path]:
             + [Path(models_root) / e for e in part.elsewhere])
 
 
+def present(folder: Path, name: str) -> Path | None:
+    """The file ``name`` ("a|b": either) in ``folder``, or None."""
+    return next((folder / n for n in name.split("|") if (folder / n).is_file()), None)
+
+
 def find_part(part: Part, models_root: Path) -> Path | None:
     for folder in candidate_folders(part, models_root):
-        if all((folder / f).is_file() for f in part.files):
+        if all(present(folder, f) for f in part.files):
             return folder
     return None
 
@@ -81,6 +86,7 @@ def fetch_from_huggingface(parts: list[Part], dest: Path, progress: DownloadProg
     done = 0
     for part in parts:
         for name in part.files:
+            name = name.split("|")[-1]  # the safe format where there is a choice
             progress(done, total, name)
             hf_hub_download(part.huggingface, name, local_dir=str(dest / part.folder))
             done += 1
@@ -89,7 +95,7 @@ def fetch_from_huggingface(parts: list[Part], dest: Path, progress: DownloadProg
 
 def _check(parts: list[Part]):
     def check(folder: Path) -> None:
-        absent = [p for part in parts for p in part.paths() if not (folder / p).is_file()]
+        absent = [p for part in parts for p in part.paths() if not present(folder, p)]
         if absent:
             raise FileNotFoundError(f"the download lacks {', '.join(absent)}")
     return check
@@ -98,15 +104,16 @@ def _check(parts: list[Part]):
 def _move_into_place(staging: Path, parts: list[Part], qm: Path) -> None:
     for part in parts:
         for rel in part.paths():
-            target = qm / rel
+            source = present(staging, rel)
+            target = qm / source.relative_to(staging)
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging / rel, target)
+            os.replace(source, target)
     shutil.rmtree(staging, ignore_errors=True)
 
 
 def missing_message(scorer_id: str, models_root: Path, parts: list[Part], reasons: list[str]) -> str:
     qm = Path(models_root) / QUALITY_METRIC
-    files = ", ".join(p for part in parts for p in part.paths())
+    files = ", ".join(p.replace("|", " or ") for part in parts for p in part.paths())
     why = "; ".join(reasons) if reasons else "not downloadable"
     return (f"scorer {scorer_id!r}: {files} not found under {qm} and could not be downloaded ({why}). Put those files "
             f"there (ModelScope {DIFFSYNTH_REPO} has each at that path), then try again.")
@@ -131,7 +138,7 @@ def ensure_scorer_files(scorer_id: str, models_root: Path, progress: DownloadPro
         try:  # a download whose files were not all moved into place before an interruption
             check(staging)
         except FileNotFoundError:
-            paths = [p for part in missing for p in part.paths()]
+            paths = [p for part in missing for p in part.paths(pick=0)]
             if fetchers is None:
                 fetchers = [("ModelScope", lambda d, p: fetch_from_modelscope(paths, d, p)),
                             ("Hugging Face", lambda d, p: fetch_from_huggingface(missing, d, p))]

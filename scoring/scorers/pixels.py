@@ -71,3 +71,35 @@ class Preprocess:
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
         return (batch - mean) / std
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """open_clip's preprocessing as HPSv2 and DiffSynth run it (``light_augmentation``: ``ResizeMaxSize``): the
+    image as 0..1 floats, its longest side resized to ``size`` (bicubic on the tensor, antialiased, as torchvision
+    resizes a tensor), the rest padded with 0 around it (centred), then normalised."""
+
+    size: int = 224
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+
+    def one(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        if isinstance(image, torch.Tensor):  # [3,H,W] uint8
+            pixels = image.float() / 255.0
+        else:
+            rgb = image if image.mode == "RGB" else image.convert("RGB")
+            pixels = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float() / 255.0
+        h, w = pixels.shape[1:]
+        scale = self.size / float(max(h, w))
+        if scale != 1.0:
+            new_h, new_w = round(h * scale), round(w * scale)
+            pixels = torch.nn.functional.interpolate(pixels[None], size=(new_h, new_w), mode="bicubic",
+                                                     align_corners=False, antialias=True)[0]
+        pad_h, pad_w = self.size - pixels.shape[1], self.size - pixels.shape[2]
+        pixels = torch.nn.functional.pad(pixels, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (pixels - mean) / std
+
+    def __call__(self, images: Sequence[Image.Image | torch.Tensor]) -> torch.Tensor:
+        return torch.stack([self.one(im) for im in images])

@@ -6,6 +6,7 @@ Tiny where the reference takes a config (transformers CLIPModel: PickScore, CLIP
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -115,3 +116,85 @@ def image_files(folder: Path, count: int = 4, sizes=((64, 48), (40, 72), (96, 96
         Image.fromarray(photo_like(w, h, seed=10 + i)).save(path)
         paths.append(path)
     return paths
+
+
+def tiny_mps_root() -> Path:
+    """A models root for MPS: QualityMetric/CLIP-ViT-H-14-laion2B-s32B-b79K (a tiny CLIP config projecting to the
+    cross model's fixed 1024 width, its processor and tokenizer) and MPS_overall_checkpoint/
+    MPS_overall_checkpoint_diffsynth.safetensors written by DiffSynth's own MPS class (the real key layout; its
+    cross model is full size, 4 layers of 1024: about 470 MB)."""
+    from .reference import run_reference
+
+    def build(root: Path) -> None:
+        qm = root / "QualityMetric"
+        clip = qm / "CLIP-ViT-H-14-laion2B-s32B-b79K"
+        tiny_clip_config("gelu", projection_dim=1024).save_pretrained(clip)
+        write_clip_processor(clip, 32, "!")
+        (qm / "MPS_overall_checkpoint").mkdir(parents=True)
+        run_reference("diffsynth", Path(__file__).resolve().parents[1] / "reference" / "build_diffsynth_mps.py",
+                      str(clip), str(qm / "MPS_overall_checkpoint" / "MPS_overall_checkpoint_diffsynth.safetensors"),
+                      "3")
+    return _build_root("scorers-tiny-mps-1", build)
+
+
+def bpe_vocabulary(path: Path) -> None:
+    """open_clip's ``bpe_simple_vocab_16e6.txt.gz`` format (a header line, then the merges) from CLIP's merges as
+    ComfyUI ships them: the 48894 merges CLIP's tokenizer reads."""
+    import gzip
+
+    lines = (CLIP_TOKENIZER / "merges.txt").read_text(encoding="utf-8").split("\n")
+    merges = [line for line in lines[1:] if line.strip()]
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8") as f:
+        f.write("bpe_simple_vocab_16e6.txt#version: 0.2\n" + "\n".join(merges) + "\n")
+    os.replace(tmp, path)
+
+
+def full_vit_h_root() -> Path:
+    """A models root where HPS_v2/HPS_v2_compressed.safetensors, HPS_v2/HPS_v2.1_compressed.safetensors and
+    CLIP-ViT-H-14-laion2B-s32B-b79K/open_clip_model.safetensors are ONE file (hard links): a full-size random-weight
+    open_clip ViT-H-14 (DiffSynth hard-codes the size) written by DiffSynth's own open_clip in fp16 (about 2 GB),
+    and bpe_simple_vocab_16e6.txt.gz. Built once, cached."""
+    from .reference import run_reference
+
+    def build(root: Path) -> None:
+        qm = root / "QualityMetric"
+        (qm / "HPS_v2").mkdir(parents=True)
+        (qm / "CLIP-ViT-H-14-laion2B-s32B-b79K").mkdir()
+        weights = qm / "HPS_v2" / "HPS_v2.1_compressed.safetensors"
+        run_reference("diffsynth", Path(__file__).resolve().parents[1] / "reference" / "build_diffsynth_openclip.py",
+                      str(weights), "4")
+        os.link(weights, qm / "HPS_v2" / "HPS_v2_compressed.safetensors")
+        os.link(weights, qm / "CLIP-ViT-H-14-laion2B-s32B-b79K" / "open_clip_model.safetensors")
+        bpe_vocabulary(qm / "bpe_simple_vocab_16e6.txt.gz")
+    return _build_root("scorers-full-vit-h-1", build)
+
+
+BERT_VOCAB = COMFY_DIR / "comfy" / "text_encoders" / "hydit_clip_tokenizer" / "vocab.txt"  # a real WordPiece one
+
+
+def imagereward_root() -> Path:
+    """A models root for ImageReward: ImageReward/ImageReward.safetensors written by DiffSynth's own class (BLIP's
+    ViT-L at full size, which it hard-codes; a 2-layer MED text encoder of BERT width 768, which its MLP needs),
+    ImageReward/med_config.json, and bert-base-uncased/ (a WordPiece vocabulary: ComfyUI's copy of one)."""
+    from .reference import run_reference
+
+    def build(root: Path) -> None:
+        qm = root / "QualityMetric"
+        (qm / "ImageReward").mkdir(parents=True)
+        bert = qm / "bert-base-uncased"
+        bert.mkdir()
+        shutil.copy(BERT_VOCAB, bert / "vocab.txt")
+        vocab = len(BERT_VOCAB.read_text(encoding="utf-8").splitlines())
+        (bert / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 512}))
+        med = {"architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
+               "hidden_dropout_prob": 0.1, "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 1024,
+               "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "model_type": "bert",
+               "num_attention_heads": 12, "num_hidden_layers": 2, "pad_token_id": 0, "type_vocab_size": 2,
+               "vocab_size": vocab + 2, "encoder_width": 768, "add_cross_attention": True}
+        (qm / "ImageReward" / "med_config.json").write_text(json.dumps(med, indent=2))
+        run_reference("diffsynth", Path(__file__).resolve().parents[1] / "reference" / "build_diffsynth_imagereward.py",
+                      str(qm / "ImageReward" / "med_config.json"), str(bert),
+                      str(qm / "ImageReward" / "ImageReward.safetensors"), "5")
+    return _build_root("scorers-imagereward-1", build)
