@@ -189,3 +189,21 @@ def test_validation_records_every_scorer_per_epoch_and_picks_by_the_combination(
     assert f"epoch\tmean loss\tmean score\tmean {tiny_predictor}\tmean {CLIPSCORE}\tlora" in report
     picture = Image.open(io.BytesIO(comfy.output_images(result, graph.id)[0]))
     assert picture.size == (640 + 3 * 480, 400)  # loss, combination, each scorer
+
+
+def test_lora_dataset_filters_by_a_prompt_aware_judge_reading_captions(catalog_scorers, comfy, comfy_server,
+                                                                      tiny_predictor):
+    folder = comfy_server.input_dir / "judge_dataset"
+    write_pattern_folder(folder, count=3, layouts=("txt",))
+    (folder / "pattern_01.txt").unlink()  # one image without a caption
+    g = new_graph()
+    laion = g.node("AesthetePredictorLoader", model=tiny_predictor, device="cpu", dtype="fp32")
+    judge = g.node("AestheteJudge", scorer_1=laion.out(0), weight_1=1.0, scorer_2=clipscore(g).out(0), weight_2=1.0)
+    data = g.node("AestheteLoraDataset", folder="judge_dataset", resolution=64, crop_mode="center crop",
+                  trigger_word="", keep_first_tags=0, shuffle_tags=False, caption_dropout=0.0, repeats=1,
+                  require_captions=False, allow_outside_input=False, seed=0, aesthetic_model=judge.out(0),
+                  min_score=-1000.0)
+    shown = g.node("PreviewAny", source=data.out(1))
+    report = comfy.run(g.finalize()).node_output(shown.id)["text"][0]
+    assert "2 images kept" in report or "kept 2" in report, report
+    assert "pattern_01.png: no caption (.txt, .json or metadata.csv): the scorer reads each image's caption" in report
