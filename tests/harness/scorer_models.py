@@ -198,3 +198,38 @@ def imagereward_root() -> Path:
                       str(qm / "ImageReward" / "med_config.json"), str(bert),
                       str(qm / "ImageReward" / "ImageReward.safetensors"), "5")
     return _build_root("scorers-imagereward-1", build)
+
+
+def tiny_aesthetic_v25_root() -> Path:
+    """A models root for Aesthetic Predictor V2.5: QualityMetric/siglip-so400m-patch14-384 (a tiny random SiglipModel,
+    text tower included as in the published repository, and its 32 px image processor) and
+    QualityMetric/aesthetic-predictor-v2-5/aesthetic_predictor_v2_5.pth (the head's tensors, pickled as the
+    publisher's file is)."""
+    def build(root: Path) -> None:
+        from collections import OrderedDict
+
+        import torch
+        from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+        qm = root / "QualityMetric"
+        siglip = qm / "siglip-so400m-patch14-384"
+        config = SiglipConfig(text_config=dict(vocab_size=128, hidden_size=32, intermediate_size=64,
+                                               num_hidden_layers=2, num_attention_heads=4,
+                                               max_position_embeddings=16),
+                              vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                 num_attention_heads=4, image_size=32, patch_size=8))
+        torch.manual_seed(6)
+        SiglipModel(config).save_pretrained(siglip)
+        SiglipImageProcessor(do_resize=True, size={"height": 32, "width": 32}, resample=3, do_rescale=True,
+                             rescale_factor=1 / 255, do_normalize=True, image_mean=[0.5] * 3,
+                             image_std=[0.5] * 3).save_pretrained(siglip)
+        head = torch.nn.Sequential(torch.nn.Linear(32, 1024), torch.nn.Dropout(0.5), torch.nn.Linear(1024, 128),
+                                   torch.nn.Dropout(0.5), torch.nn.Linear(128, 64), torch.nn.Dropout(0.5),
+                                   torch.nn.Linear(64, 16), torch.nn.Dropout(0.2), torch.nn.Linear(16, 1))
+        with torch.no_grad():
+            for p in head.parameters():
+                p.normal_(0, 0.3)
+        (qm / "aesthetic-predictor-v2-5").mkdir(parents=True)
+        torch.save(OrderedDict((f"scoring_head.{k}", v) for k, v in head.state_dict().items()),
+                   qm / "aesthetic-predictor-v2-5" / "aesthetic_predictor_v2_5.pth")
+    return _build_root("scorers-tiny-aesthetic-v25-1", build)
