@@ -51,9 +51,16 @@ def _load_imagereward(info, parts, device, dtype):
                             device, dtype)
 
 
+def _load_aesthetic_v25(info, parts, device, dtype):
+    from .aesthetic_v25 import load_aesthetic_v25
+
+    return load_aesthetic_v25(info, parts[0] / "aesthetic_predictor_v2_5.pth", parts[1], device, dtype)
+
+
 # scorer id -> (ScorerInfo, the folder of each of its parts in SPECS order, device, dtype) -> Scorer
 LOADERS = {"pickscore-v1": _load_pickscore, "clipscore-vit-l-14": _load_clipscore_l, "mps-overall": _load_mps,
            "imagereward-v1": _load_imagereward,
+           "aesthetic-v2.5": _load_aesthetic_v25,
            "hpsv2": _load_openclip("HPS_v2_compressed.safetensors"),
            "hpsv2.1": _load_openclip("HPS_v2.1_compressed.safetensors"),
            "clipscore-vit-h-14": _load_openclip("open_clip_pytorch_model.bin|open_clip_model.safetensors")}

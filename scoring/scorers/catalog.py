@@ -40,6 +40,8 @@ class Part:
     files: tuple[str, ...]
     huggingface: str | None = None
     elsewhere: tuple[str, ...] = ()
+    modelscope: str | None = DIFFSYNTH_REPO  # another repository holds the files at its top (None: none does)
+    url: str | None = None  # the publisher's own download of a single file (a third source)
 
     def paths(self, pick: int | None = None) -> list[str]:
         """Every file's path under QualityMetric; ``pick`` (0 or -1) chooses among a file's alternative names."""
@@ -73,6 +75,15 @@ SPECS: dict[str, ScorerSpec] = {s.info.id: s for s in (
         (Part("PickScore_v1", ("config.json", "model.safetensors"), "yuvalkirstain/PickScore_v1",
               _publisher("yuvalkirstain/PickScore_v1")),
          CLIP_H_PROCESSOR)),
+    ScorerSpec(ScorerInfo(
+        "aesthetic-v2.5", "Aesthetic Predictor V2.5", False, 3520, "AGPL-3.0 (aesthetic-predictor-v2-5)",
+        "aesthetic rating from the image alone (SigLIP so400m/14, about 1-10; 5.5+ is good)",
+        (1.0, 10.0), f"{QUALITY_METRIC}/aesthetic-predictor-v2-5"),
+        (Part("aesthetic-predictor-v2-5", ("aesthetic_predictor_v2_5.pth",), modelscope=None,
+              url="https://github.com/discus0434/aesthetic-predictor-v2-5/raw/main/models/aesthetic_predictor_v2_5.pth"),
+         Part("siglip-so400m-patch14-384", ("config.json", "model.safetensors", "preprocessor_config.json"),
+              "google/siglip-so400m-patch14-384", _publisher("google/siglip-so400m-patch14-384"),
+              modelscope="AI-ModelScope/siglip-so400m-patch14-384"))),
     ScorerSpec(ScorerInfo(
         "clipscore-vit-l-14", "CLIPScore ViT-L/14", True, 1710, "MIT (OpenAI CLIP)",
         "prompt alignment: cosine of the prompt's and the image's CLIP ViT-L/14 embeddings",

@@ -64,33 +64,59 @@ def locate(scorer_id: str, models_root: Path) -> tuple[dict[Part, Path], list[Pa
     return found, missing
 
 
-def fetch_from_modelscope(paths: list[str], dest: Path, progress: DownloadProgress) -> None:
+def fetch_from_modelscope(part: Part, dest: Path, progress: DownloadProgress) -> None:
+    if part.modelscope is None:
+        raise FileNotFoundError(f"no ModelScope repository publishes {', '.join(part.paths())}")
     if offline_forced() or not host_reachable("www.modelscope.cn"):
         raise ConnectionError("ModelScope is not reachable")
     from modelscope import snapshot_download
 
-    progress(0, 1, f"ModelScope {DIFFSYNTH_REPO}")
-    snapshot_download(DIFFSYNTH_REPO, allow_file_pattern=paths, local_dir=str(dest))
-    progress(1, 1, f"ModelScope {DIFFSYNTH_REPO}")
+    progress(0, 1, f"ModelScope {part.modelscope}")
+    if part.modelscope == DIFFSYNTH_REPO:  # every file at DiffSynth's path
+        snapshot_download(DIFFSYNTH_REPO, allow_file_pattern=part.paths(pick=0), local_dir=str(dest))
+    else:  # the files at the top of the repository
+        names = [f.split("|")[0] for f in part.files]
+        snapshot_download(part.modelscope, allow_file_pattern=names, local_dir=str(dest / part.folder))
+    progress(1, 1, f"ModelScope {part.modelscope}")
 
 
-def fetch_from_huggingface(parts: list[Part], dest: Path, progress: DownloadProgress) -> None:
-    lacking = [p.folder or p.files[0] for p in parts if p.huggingface is None]
-    if lacking:
-        raise FileNotFoundError(f"no Hugging Face repository publishes {', '.join(lacking)} in this format")
+def fetch_from_huggingface(part: Part, dest: Path, progress: DownloadProgress) -> None:
+    if part.huggingface is None:
+        raise FileNotFoundError(f"no Hugging Face repository publishes {', '.join(part.paths())} in this format")
     if offline_forced() or not host_reachable("huggingface.co"):
         raise ConnectionError("Hugging Face is not reachable")
     from huggingface_hub import hf_hub_download
 
-    total = sum(len(p.files) for p in parts)
-    done = 0
-    for part in parts:
-        for name in part.files:
-            name = name.split("|")[-1]  # the safe format where there is a choice
-            progress(done, total, name)
-            hf_hub_download(part.huggingface, name, local_dir=str(dest / part.folder))
-            done += 1
-    progress(total, total, "Hugging Face")
+    for i, name in enumerate(part.files):
+        name = name.split("|")[-1]  # the safe format where there is a choice
+        progress(i, len(part.files), name)
+        hf_hub_download(part.huggingface, name, local_dir=str(dest / part.folder))
+    progress(len(part.files), len(part.files), part.huggingface)
+
+
+def fetch_from_url(part: Part, dest: Path, progress: DownloadProgress) -> None:
+    """The publisher's own link to a single file."""
+    import urllib.parse
+    import urllib.request
+
+    host = urllib.parse.urlparse(part.url).hostname or ""
+    if offline_forced() or not host_reachable(host):
+        raise ConnectionError(f"{host} is not reachable")
+    target = dest / part.paths(pick=0)[0]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    progress(0, 1, target.name)
+    with urllib.request.urlopen(part.url, timeout=30) as response, open(target, "wb") as f:  # noqa: S310 - fixed https
+        while chunk := response.read(1 << 20):
+            f.write(chunk)
+    progress(1, 1, target.name)
+
+
+def default_fetchers(part: Part) -> list[tuple[str, Fetcher]]:
+    fetchers = [("ModelScope", lambda d, p: fetch_from_modelscope(part, d, p)),
+                ("Hugging Face", lambda d, p: fetch_from_huggingface(part, d, p))]
+    if part.url:
+        fetchers.append(("the publisher's link", lambda d, p: fetch_from_url(part, d, p)))
+    return fetchers
 
 
 def _check(parts: list[Part]):
@@ -116,13 +142,14 @@ def missing_message(scorer_id: str, models_root: Path, parts: list[Part], reason
     files = ", ".join(p.replace("|", " or ") for part in parts for p in part.paths())
     why = "; ".join(reasons) if reasons else "not downloadable"
     return (f"scorer {scorer_id!r}: {files} not found under {qm} and could not be downloaded ({why}). Put those files "
-            f"there (ModelScope {DIFFSYNTH_REPO} has each at that path), then try again.")
+            f"there (at those paths), then try again.")
 
 
 def ensure_scorer_files(scorer_id: str, models_root: Path, progress: DownloadProgress | None = None,
                         fetchers: list[tuple[str, Fetcher]] | None = None) -> Path:
     """The folder of the scorer's weights (its first part, or the LAION predictor's folder), downloading whatever
-    is missing. ``fetchers`` (label, function(dest, progress)) replace the default sources (tests)."""
+    is missing, part by part. ``fetchers`` (label, function(dest, progress)) replace the default sources (tests):
+    each writes the part's files at their QualityMetric path under ``dest``."""
     models_root = Path(models_root)
     if scorer_id in KNOWN_PREDICTORS:
         try:
@@ -131,23 +158,26 @@ def ensure_scorer_files(scorer_id: str, models_root: Path, progress: DownloadPro
             raise ScorerUnavailable(str(e)) from None
     spec = spec_of(scorer_id)
     found, missing = locate(scorer_id, models_root)
-    if missing:
-        qm = models_root / QUALITY_METRIC
-        staging = qm / f".download-{scorer_id}"
-        check = _check(missing)
+    qm = models_root / QUALITY_METRIC
+    failed: list[Part] = []
+    reasons: list[str] = []
+    for part in missing:
+        staging = qm / f".download-{scorer_id}-{spec.parts.index(part)}"
+        check = _check([part])
         try:  # a download whose files were not all moved into place before an interruption
             check(staging)
         except FileNotFoundError:
-            paths = [p for part in missing for p in part.paths(pick=0)]
-            if fetchers is None:
-                fetchers = [("ModelScope", lambda d, p: fetch_from_modelscope(paths, d, p)),
-                            ("Hugging Face", lambda d, p: fetch_from_huggingface(missing, d, p))]
             try:
-                download_into_place(staging, fetchers, check, progress)
+                download_into_place(staging, fetchers if fetchers is not None else default_fetchers(part), check,
+                                    progress)
             except DownloadFailed as e:
-                raise ScorerUnavailable(missing_message(scorer_id, models_root, missing, e.reasons)) from None
-        _move_into_place(staging, missing, qm)
-        found, missing = locate(scorer_id, models_root)
-        if missing:  # cannot happen unless the folder changed meanwhile
-            raise ScorerUnavailable(missing_message(scorer_id, models_root, missing, ["moved, then not found"]))
+                failed.append(part)
+                reasons.extend(e.reasons)
+                continue
+        _move_into_place(staging, [part], qm)
+    if failed:
+        raise ScorerUnavailable(missing_message(scorer_id, models_root, failed, list(dict.fromkeys(reasons))))
+    found, missing = locate(scorer_id, models_root)
+    if missing:  # cannot happen unless the folder changed meanwhile
+        raise ScorerUnavailable(missing_message(scorer_id, models_root, missing, ["moved, then not found"]))
     return found[spec.parts[0]]

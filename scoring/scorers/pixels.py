@@ -103,3 +103,35 @@ class Letterbox:
 
     def __call__(self, images: Sequence[Image.Image | torch.Tensor]) -> torch.Tensor:
         return torch.stack([self.one(im) for im in images])
+
+
+@dataclass(frozen=True)
+class Squash:
+    """SigLIP's preprocessing as transformers 4 ran it: the whole image resized to ``size`` x ``size`` (PIL bicubic,
+    the aspect ratio not kept), scaled to 0..1, normalised."""
+
+    size: int = 384
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    resample: int = Image.Resampling.BICUBIC
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> Squash:
+        config = json.loads((Path(folder) / "preprocessor_config.json").read_text(encoding="utf-8"))
+        size = config.get("size", 384)
+        size = size.get("height", size.get("shortest_edge")) if isinstance(size, dict) else size
+        return cls(int(size), tuple(config.get("image_mean", (0.5,) * 3)), tuple(config.get("image_std", (0.5,) * 3)),
+                   int(config.get("resample", 3)))
+
+    def __call__(self, images: Sequence[Image.Image | torch.Tensor]) -> torch.Tensor:
+        arrays = []
+        for image in images:
+            if isinstance(image, torch.Tensor):
+                image = Image.fromarray(image.permute(1, 2, 0).numpy(), "RGB")
+            elif image.mode != "RGB":
+                image = image.convert("RGB")
+            if image.size != (self.size, self.size):
+                image = image.resize((self.size, self.size), resample=self.resample)
+            arrays.append(np.asarray(image))
+        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+        return (batch - torch.tensor(self.mean).view(1, 3, 1, 1)) / torch.tensor(self.std).view(1, 3, 1, 1)
