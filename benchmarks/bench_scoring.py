@@ -132,7 +132,7 @@ def run_phase(phase: str, model: Path, files: list[Path], batch_size: int, devic
 
             batch = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])).float() / 255
             start = time.perf_counter()
-            scores = predictor.score_tensor(batch, batch_size)
+            scores = predictor.score_tensor(batch, batch_size=batch_size)
             seconds = time.perf_counter() - start
         batches = -(-len(files) // batch_size)
         return {"phase": phase, "seconds": seconds, "scores": scores, "peak_rss_mib": peak_rss_mib(),

@@ -13,6 +13,7 @@ import torch
 import comfy.model_management
 import comfy.sample
 
+from ..scoring.judge import as_judge
 from ..training.validation import ValidationSpec
 
 
@@ -60,18 +61,20 @@ def image_prompts(spec: ValidationSpec) -> list[str]:
 
 @dataclass
 class Judgement:
-    """The judge's score per image and each scorer's scores (one column while the judge is one predictor)."""
+    """The judge's score per image (the combination) and each scorer's raw scores, by scorer id."""
 
     scores: list[float]
     columns: dict[str, list[float]]
 
 
 def judge(scorer, images: torch.Tensor, prompts: list[str]) -> Judgement | None:
-    """Scores of ``images`` by ``scorer`` (the AESTHETIC_MODEL value; None: not judged), on the Aesthetic Score
-    node's path (loaded through ComfyUI's model management, interruptible between batches)."""
+    """Scores of ``images`` by ``scorer`` (the AESTHETIC_MODEL value: a scorer or an Aesthete Judge; None: not
+    judged) on the Aesthetic Score node's path (loaded through ComfyUI's model management, interruptible between
+    batches); a prompt-aware one reads each image's prompt."""
     if scorer is None:
         return None
-    predictor = scorer.ready()
+    combined = as_judge(scorer.ready())
     with torch.no_grad():
-        scores = predictor.score_tensor(images, interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
-    return Judgement(list(scores), {"aesthetic": list(scores)})
+        table = combined.score_table(images, prompts if combined.prompt_aware else None,
+                                     interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
+    return Judgement(list(table.combined), {k: list(v) for k, v in table.columns.items()})

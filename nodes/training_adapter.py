@@ -207,8 +207,8 @@ def trained_outcome(model, lora: TrainedLora, run: TrainingRun, cache: TrainingC
                   history.table(output)]
         grid = pil_to_tensor(draw_validation_grid(history, output))
         graph = pil_to_tensor(draw_score_graph(history, result.losses, output))
-        epochs = [{"epoch": e.epoch, "mean_loss": e.mean_loss, "scores": e.scores, "lora": e.lora_name}
-                  for e in history.epochs]
+        epochs = [{"epoch": e.epoch, "mean_loss": e.mean_loss, "scores": e.scores, "scorer_scores": e.columns,
+                   "lora": e.lora_name} for e in history.epochs]
     else:
         graph = pil_to_tensor(draw_loss_graph(result.losses))
     lines.append(memory)
@@ -289,13 +289,15 @@ class EpochValidator:
         with back_to_training(self.training_patcher):
             images = generate(self.training_patcher, self.vae, self.prompts, self.spec)
             judgement = judge(self.spec.predictor, images, image_prompts(self.spec))
-        scores = judgement.scores if judgement is not None else None
+        scores, columns = (judgement.scores, judgement.columns) if judgement is not None else (None, None)
         self.epoch = 0  # left set when a cancel ends the validation, for the log line
         self.seconds.append(time.perf_counter() - started)
         saved = self.job.saved[-1] if self.job.saved else None
         name = saved.relative_to(self.job.loras_root.resolve()).as_posix() if saved else ""
-        entry = self.history.add(epoch, result.losses, [tensor_to_pil(im) for im in images], scores, name, saved)
-        score = f", mean score {entry.mean_score:.3f}" if scores else " (no predictor: not scored)"
+        entry = self.history.add(epoch, result.losses, [tensor_to_pil(im) for im in images], scores, name, saved,
+                                 columns)
+        each = "".join(f", {k} {v:.3f}" for k, v in entry.column_means().items())
+        score = f", mean score {entry.mean_score:.3f}{each}" if scores else " (no predictor: not scored)"
         line = f"epoch {epoch}: mean loss {entry.mean_loss:.4f}{score}; saved {name}"
         log.info("Aesthete validation: %s", line)
         self.progress.on_epoch(line)

@@ -45,8 +45,14 @@ def resolve_dataset_folder(folder: str, allow_outside: bool) -> Path:
 
 
 def predictor_scores(predictor: LoadedPredictor):
-    """``score(pil_images) -> list[float]`` from the Aesthetic Predictor Loader's value (loaded to its device first)."""
-    return predictor.ready().score_images
+    """``score(pil_images, captions) -> list[float]`` from a scorer's or a judge's value (loaded to its device
+    first); a prompt-aware one reads each image's caption as its prompt."""
+    scorer = predictor.ready()
+    prompt_aware = predictor.prompt_aware
+
+    def score(images, captions):
+        return scorer.score_images(images, prompts=list(captions) if prompt_aware else None)
+    return score
 
 
 def loras_root() -> Path:
@@ -93,8 +99,9 @@ class AestheteLoraDataset(io.ComfyNode):
                 io.Boolean.Input("allow_outside_input", default=False,
                                  tooltip="Allow a folder outside ComfyUI's input directory (an absolute path)"),
                 AestheticModel.Input("aesthetic_model", optional=True,
-                                     tooltip="Optional aesthetic predictor: images scoring below min_score are "
-                                             "dropped"),
+                                     tooltip="Optional scorer or judge: images scoring below min_score are "
+                                             "dropped (a prompt-aware one reads each image's caption; images "
+                                             "without one are skipped)"),
                 io.Float.Input("min_score", default=5.0, min=-1000.0, max=1000.0, step=0.05, optional=True,
                                tooltip="Lowest aesthetic score kept (LAION predictors score about 1-10; used only "
                                        "with an aesthetic_model)"),
@@ -116,7 +123,8 @@ class AestheteLoraDataset(io.ComfyNode):
         recipe = CaptionRecipe(trigger_word, keep_first_tags, shuffle_tags, caption_dropout)
         dataset = load_dataset(path, resolution=resolution, crop_mode=crop_mode, recipe=recipe, repeats=repeats,
                                require_captions=require_captions, seed=seed, min_score=min_score,
-                               score=predictor_scores(aesthetic_model) if aesthetic_model is not None else None)
+                               score=predictor_scores(aesthetic_model) if aesthetic_model is not None else None,
+                               score_needs_captions=aesthetic_model is not None and aesthetic_model.prompt_aware)
         report = dataset.report()
         log.info("Aesthete dataset: %s", report)
         return io.NodeOutput(dataset, report, ui=ui.PreviewText(report))
@@ -240,9 +248,12 @@ class AestheteValidationSettings(io.ComfyNode):
             display_name="Validation Settings (Aesthete)",
             category="Aesthete/training",
             description="What Train LoRA generates after every epoch to judge it: the prompts, the same seed and "
-                        "noise every epoch, the sampler settings, and the aesthetic predictor that scores the images. "
+                        "noise every epoch, the sampler settings, and the scorer or judge that scores the images. "
                         "Connect it to Train LoRA's validation input; the best-scoring epoch's LoRA is output and "
-                        "every epoch's is saved.",
+                        "every epoch's is saved. Pick by an Aesthete Judge that combines an aesthetic or preference "
+                        "score with a prompt-aware one (each image is scored against its validation prompt): an "
+                        "aesthetic score alone rewards a LoRA that draws one pleasing style whatever the prompt. The "
+                        "score graph shows every scorer's mean per epoch beside the combination.",
             inputs=[
                 io.String.Input("prompts", default=RECIPE_TEST_PROMPT, multiline=True,
                                 tooltip="One prompt per line (the recipe's test prompt by default)"),
@@ -266,8 +277,10 @@ class AestheteValidationSettings(io.ComfyNode):
                                tooltip="Which epoch's LoRA Train LoRA outputs: the best mean score, or the last "
                                        "epoch (every epoch stays saved either way)"),
                 AestheticModel.Input("predictor", optional=True,
-                                     tooltip="From Aesthetic Predictor Loader. Without one the images are shown "
-                                             "unscored and the last epoch is output"),
+                                     tooltip="From Aesthete Judge (an aesthetic or preference scorer plus a "
+                                             "prompt-aware one, the default that does not reward style collapse), "
+                                             "a scorer loader or Aesthetic Predictor Loader. Without one the images "
+                                             "are shown unscored and the last epoch is output"),
             ],
             outputs=[Validation.Output(display_name="validation", tooltip="For Train LoRA's validation input")],
         )
@@ -282,6 +295,10 @@ class AestheteValidationSettings(io.ComfyNode):
         if predictor is None:
             log.warning("Validation Settings: no aesthetic predictor; the images are shown unscored and Train LoRA "
                         "outputs the last epoch")
+        elif not predictor.prompt_aware and output_lora == "best score":
+            log.warning("Validation Settings: %s reads no prompt, so the best epoch is picked by looks alone and a "
+                        "LoRA collapsing into one style can win; combine it with a prompt-aware scorer in an "
+                        "Aesthete Judge", predictor.name)
         return io.NodeOutput(spec)
 
 

@@ -14,6 +14,7 @@ from ..common.files import write_atomic
 
 SCORE_KEY = "aesthetic_score"
 MODEL_KEY = "aesthetic_model"
+SCORES_KEY = "aesthetic_scores"  # a judge's every scorer's score, JSON
 
 
 def format_score(score: float) -> str:
@@ -25,15 +26,20 @@ def score_filename(stem: str, counter: int, score: float) -> str:
     return f"{stem}_{counter:05}_{format_score(score)}_.png"
 
 
-def png_info(score: float, model: str = "", extra: dict[str, str] | None = None) -> PngInfo:
-    """PNG text chunks: ``aesthetic_score`` (full precision), ``aesthetic_model``, and ``extra`` (ComfyUI's prompt
-    and workflow)."""
+def png_info(score: float, model: str = "", extra: dict[str, str] | None = None,
+             scores: dict[str, float] | None = None) -> PngInfo:
+    """PNG text chunks: ``aesthetic_score`` (full precision), ``aesthetic_model``, ``aesthetic_scores`` (a judge's
+    every scorer, JSON) and ``extra`` (ComfyUI's prompt and workflow)."""
+    import json
+
     info = PngInfo()
     for key, value in (extra or {}).items():
         info.add_text(key, value)
     info.add_text(SCORE_KEY, repr(float(score)))
     if model:
         info.add_text(MODEL_KEY, model)
+    if scores:
+        info.add_text(SCORES_KEY, json.dumps(scores))
     return info
 
 

@@ -58,6 +58,16 @@ def add_model_arguments(p) -> None:
     p.add_argument("--models-dir", type=Path, default=None,
                    help="folder of predictor folders (default: models/aesthetic of the ComfyUI the pack is "
                         "installed in, or $AESTHETE_MODELS_DIR/aesthetic)")
+    p.add_argument("--scorer", action="append", default=None, metavar="ID[=WEIGHT]",
+                   help="score with a catalog scorer (e.g. clipscore-vit-l-14, pickscore-v1, a LAION head's name) or "
+                        "a predictor folder instead of --model; repeat it to combine several into a judge, each with "
+                        "its weight (default 1): every score is placed on its scorer's fixed range and the weighted "
+                        "mean is put on the first scorer's scale. Catalog files are found or downloaded under the "
+                        "models root (the parent of --models-dir)")
+    p.add_argument("--prompt", default=None,
+                   help="for a prompt-aware scorer: the prompt of every image; without it each image's caption is "
+                        "its prompt (.txt or .json beside it, or its metadata.csv row) and images without one are "
+                        "skipped with the reason")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
@@ -78,6 +88,36 @@ def resolve_model(model: str, models_dir: Path | None) -> Path:
                                      lambda done, total, what: log.info("download %s (%d/%d)", what, done, total))
 
 
+def parse_scorer(text: str) -> tuple[str, float]:
+    """``ID[=WEIGHT]`` of --scorer."""
+    name, sep, weight = text.rpartition("=") if "=" in text else (text, "", "")
+    try:
+        return (name, float(weight)) if sep else (text, 1.0)
+    except ValueError:
+        raise ValueError(f"--scorer {text}: the weight after '=' must be a number") from None
+
+
+def scorer_specs(args) -> list[tuple[str, float]]:
+    return [parse_scorer(text) for text in args.scorer or []]
+
+
+def catalog_root(args) -> Path:
+    """Where catalog scorers' files are found or downloaded: the models root (the parent of --models-dir)."""
+    return (args.models_dir or default_models_dir()).parent
+
+
+def load_scoring_model(args):
+    """The predictor of --model, or the scorer / judge of the --scorer options, loaded once for this run."""
+    from .judge import load_judge
+    from .predictor import load_predictor
+
+    if not args.scorer:
+        return load_predictor(resolve_model(args.model, args.models_dir), args.device, args.dtype,
+                              compile=args.compile)
+    return load_judge(scorer_specs(args), catalog_root(args), args.device, args.dtype, compile=args.compile,
+                      progress=lambda done, total, what: log.info("download %s (%d/%d)", what, done, total))
+
+
 def score_with_engine(args, folder: Path, predictor, root: Path | None, progress):
     """``score`` through an engine (scoring/filter.py, scoring/ray_engine.py), with a results store if asked."""
     from .filter import ResultsStore, score_report, source_files
@@ -85,20 +125,21 @@ def score_with_engine(args, folder: Path, predictor, root: Path | None, progress
 
     files = source_files(args.paths, args.recursive, root=root)
     store = ResultsStore(args.results) if args.results is not None else None
-    engine = open_engine(args, folder) if predictor is None else _local(predictor, args.batch_size)
+    engine = open_engine(args, folder, root) if predictor is None else _local(predictor, args.batch_size, args.prompt,
+                                                                             root)
     with engine:
         return score_report(files, engine, store, root, progress)
 
 
-def _local(predictor, batch_size: int):
+def _local(predictor, batch_size: int, prompt: str | None = None, root: Path | None = None):
     from .filter import LocalEngine
 
-    return LocalEngine(predictor, batch_size)
+    return LocalEngine(predictor, batch_size, prompt=prompt, root=root)
 
 
 def run(args) -> int:
     from .folder import NothingScorable, collect_files, write_report
-    from .predictor import load_predictor
+    from .scorers.errors import ScorerUnavailable
 
     if args.batch_size < 1:
         log.error("--batch-size must be at least 1")
@@ -109,11 +150,10 @@ def run(args) -> int:
         return EXIT_ERROR
     try:
         files = [] if args.engine == "ray" else collect_files(args.paths, args.recursive)
-        folder = resolve_model(args.model, args.models_dir)
+        folder = resolve_model(args.model, args.models_dir) if not args.scorer else None
         # the Ray engine loads the predictor in its actors, not here
-        predictor = None if args.engine == "ray" else load_predictor(folder, args.device, args.dtype,
-                                                                     compile=args.compile)
-    except (OSError, ValueError, registry.PredictorUnavailable) as e:
+        predictor = None if args.engine == "ray" else load_scoring_model(args)
+    except (OSError, ValueError, registry.PredictorUnavailable, ScorerUnavailable) as e:
         log.error("%s", e)
         return EXIT_ERROR
     bar = None
@@ -132,8 +172,10 @@ def run(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-    for path, score in report.scored:
-        sys.stdout.write(f"{score:.4f}\t{report.name_of(path)}\n")
+    sys.stdout.write(report.table() + "\n")
+    if report.per_scorer:
+        means = "\t".join(f"{k} {v:.4f}" for k, v in report.column_means().items())
+        sys.stdout.write(f"scorer means\t{means}\n")
     sys.stdout.write(f"mean\t{report.mean:.4f}\t({report.count} scored, {len(report.skipped)} skipped)\n")
     if args.json:
         write_report(report, args.json, "json")

@@ -64,6 +64,7 @@ class ScoreRecord:
     score: float | None
     reason: str = ""
     note: str = ""
+    scores: dict[str, float] | None = None  # a judge of several scorers: each one's score (``score`` combines them)
 
     @property
     def key(self) -> tuple[str, int, int, str]:
@@ -156,26 +157,54 @@ def record_from_row(row: dict) -> ScoreRecord:
     score = row.get("score")
     if score is not None and not math.isfinite(score):
         score = None
+    scores = json.loads(row["scores"]) if row.get("scores") else None
     return ScoreRecord(path=row["path"], name=row["name"], size=int(row["size"]), mtime_ns=int(row["mtime_ns"]),
-                       model=row["model"], score=score, reason=row.get("reason") or "", note=row.get("note") or "")
+                       model=row["model"], score=score, reason=row.get("reason") or "", note=row.get("note") or "",
+                       scores=scores)
 
 
 # (files done, files in all) -> None
 
 
+def scorer_key(scorer) -> str:
+    """What identifies a scorer's scores: a predictor folder's ``model_key``, a catalog scorer's id and dtype, a
+    judge's scorers with their weights."""
+    from .judge import Judge, scorer_id
+    from .predictor import DTYPES
+
+    if isinstance(scorer, Judge):
+        if len(scorer.entries) == 1:
+            return scorer_key(scorer.entries[0][0])
+        return "judge:" + ";".join(f"{w:g}*{scorer_key(s)}" for s, w in scorer.entries)
+    dtype = next((k for k, v in DTYPES.items() if v == scorer.dtype), str(scorer.dtype))
+    folder = getattr(scorer, "folder", None)
+    return model_key(folder, dtype) if folder is not None else f"{scorer_id(scorer)}|{dtype}"
+
+
 class LocalEngine:
     """The local engine: ``score_files`` (scoring/folder.py) on ``batch_size`` files at a time, each batch stored
     before the next is read. Engines are context managers (the Ray engine connects to its cluster) and callables:
-    ``engine(files, store, progress)`` gives one record per file; ``engine.model`` identifies the predictor."""
+    ``engine(files, store, progress)`` gives one record per file; ``engine.model`` identifies the predictor.
+    A prompt-aware scorer or judge reads ``prompt`` for every file, else each file's caption (``root``: where
+    metadata.csv's names start); ``reuse`` is False then, as a caption may change without its image."""
 
-    def __init__(self, predictor, batch_size: int = 16, max_pixels: int = DEFAULT_MAX_PIXELS):
-        from .predictor import DTYPES
+    def __init__(self, predictor, batch_size: int = 16, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 prompt: str | None = None, root: Path | None = None):
+        import hashlib
 
         self.predictor = predictor
         self.batch_size = batch_size
         self.max_pixels = max_pixels
-        dtype = next((k for k, v in DTYPES.items() if v == predictor.dtype), str(predictor.dtype))
-        self.model = model_key(predictor.folder, dtype) if predictor.folder is not None else predictor.name
+        self.prompt = (prompt or "").strip() or None
+        self.root = root
+        self.model = scorer_key(predictor)
+        self.reuse = True
+        if getattr(predictor, "prompt_aware", False):
+            if self.prompt is not None:
+                self.model += "|prompt:" + hashlib.sha256(self.prompt.encode()).hexdigest()[:16]
+            else:
+                self.model += "|captions"
+                self.reuse = False
 
     def __enter__(self) -> LocalEngine:
         return self
@@ -188,7 +217,8 @@ class LocalEngine:
         records: list[ScoreRecord] = []
         for start in range(0, len(files), self.batch_size):
             chunk = files[start:start + self.batch_size]
-            batch = _score_chunk(self.predictor, chunk, self.model, self.batch_size, self.max_pixels)
+            batch = _score_chunk(self.predictor, chunk, self.model, self.batch_size, self.max_pixels, self.prompt,
+                                 self.root)
             if store is not None:
                 store.append(batch)
             records.extend(batch)
@@ -198,20 +228,26 @@ class LocalEngine:
 
 
 def _score_chunk(predictor, chunk: Sequence[SourceFile], model: str, batch_size: int,
-                 max_pixels: int) -> list[ScoreRecord]:
+                 max_pixels: int, prompt: str | None = None, root: Path | None = None) -> list[ScoreRecord]:
     by_path = {Path(f.path): f for f in chunk}
     try:
-        report = score_files(predictor, list(by_path), batch_size=batch_size, max_pixels=max_pixels)
-    except NothingScorable:  # every file of this chunk is bad: the opener says why, one by one
-        report = FolderReport(skipped=[(p, open_image(p, max_pixels=max_pixels).reason) for p in by_path])
+        report = score_files(predictor, list(by_path), batch_size=batch_size, max_pixels=max_pixels, prompt=prompt,
+                             root=Path(os.path.abspath(root)) if root is not None else None)
+    except NothingScorable as e:  # every file of this chunk is bad: each one's reason, one by one
+        report = FolderReport(skipped=e.skipped or [(p, open_image(p, max_pixels=max_pixels).reason)
+                                                    for p in by_path])
     notes = dict(report.notes)
-    out = {p: _record(by_path[p], model, score=s, note=notes.get(p, "")) for p, s in report.scored}
+    each = [{k: c[i] for k, c in report.columns.items()} if report.per_scorer else None
+            for i in range(len(report.scored))]
+    out = {p: _record(by_path[p], model, score=s, note=notes.get(p, ""), scores=e)
+           for (p, s), e in zip(report.scored, each)}
     out.update({p: _record(by_path[p], model, reason=r) for p, r in report.skipped})
     return [out[p] for p in by_path]
 
 
-def _record(f: SourceFile, model: str, score: float | None = None, reason: str = "", note: str = "") -> ScoreRecord:
-    return ScoreRecord(f.path, f.name, f.size, f.mtime_ns, model, score, reason, note)
+def _record(f: SourceFile, model: str, score: float | None = None, reason: str = "", note: str = "",
+            scores: dict[str, float] | None = None) -> ScoreRecord:
+    return ScoreRecord(f.path, f.name, f.size, f.mtime_ns, model, score, reason, note, scores)
 
 
 def score_with_store(files: Sequence[SourceFile], engine, store: ResultsStore | None = None,
@@ -219,13 +255,14 @@ def score_with_store(files: Sequence[SourceFile], engine, store: ResultsStore | 
     """One record per file, in file order: from the store where a file (same path, size, mtime, predictor) was
     scored before, from ``engine`` for the others. Logs files per second of the new ones."""
     model = engine.model
-    known = store.load() if store is not None else {}
+    known = store.load() if store is not None and getattr(engine, "reuse", True) else {}
     records: dict[str, ScoreRecord] = {}
     todo = []
     for f in files:
         rec = known.get((f.path, f.size, f.mtime_ns, model)) if f.size >= 0 else None
         if rec is not None:
-            records[f.path] = ScoreRecord(f.path, f.name, f.size, f.mtime_ns, model, rec.score, rec.reason, rec.note)
+            records[f.path] = ScoreRecord(f.path, f.name, f.size, f.mtime_ns, model, rec.score, rec.reason, rec.note,
+                                          rec.scores)
         else:
             todo.append(f)
     if records:
@@ -253,12 +290,17 @@ def folder_report(records: Sequence[ScoreRecord]) -> FolderReport:
     """The records as ``aesthete score`` reports them (scores, skips with reasons, notes), in file order, each named
     as it was listed (``SourceFile.name``)."""
     report = FolderReport()
+    names = list(dict.fromkeys(k for r in records if r.score is not None and r.scores for k in r.scores))
+    if len(names) > 1:
+        report.columns = {k: [] for k in names}
     for r in records:
         path = Path(r.name)
         if r.score is None:
             report.skipped.append((path, r.reason))
         else:
             report.scored.append((path, r.score))
+            for k in report.columns:
+                report.columns[k].append((r.scores or {}).get(k, math.nan))
             if r.note:
                 report.notes.append((path, r.note))
     return report
@@ -285,6 +327,7 @@ class FileOutcome:
     reason: str = ""  # why it was skipped (not scored) or not kept
     placed: str = ""  # copied, linked, already there, or why it was left alone
     note: str = ""
+    scores: dict[str, float] | None = None  # a judge of several scorers: each one's score
 
 
 @dataclass
@@ -331,6 +374,7 @@ class FilterReport:
                 "skipped": len(self.files) - len(self.scored),
                 "mean_before": num(self.mean_before), "mean_after": num(self.mean_after),
                 "files": [{"file": f.name, "score": f.score, "kept": f.kept, "reason": f.reason,
+                           **({"scores": f.scores} if f.scores else {}),
                            **({"placed": f.placed} if f.placed else {}), **({"note": f.note} if f.note else {})}
                           for f in self.files],
                 "captions": [{"file": n, "placed": w} for n, w in self.captions]}
@@ -338,9 +382,11 @@ class FilterReport:
     def csv_text(self) -> str:
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(["file", "score", "kept", "placed", "reason", "note"])
-        writer.writerows([f.name, "" if f.score is None else f"{f.score:.6f}", int(f.kept), f.placed, f.reason,
-                          f.note] for f in self.files)
+        names = list(dict.fromkeys(k for f in self.files if f.scores for k in f.scores))
+        writer.writerow(["file", "score", *names, "kept", "placed", "reason", "note"])
+        writer.writerows([f.name, "" if f.score is None else f"{f.score:.6f}",
+                          *("" if not f.scores or k not in f.scores else f"{f.scores[k]:.6f}" for k in names),
+                          int(f.kept), f.placed, f.reason, f.note] for f in self.files)
         return buf.getvalue()
 
     def write(self, path: Path, fmt: str) -> None:
@@ -367,7 +413,7 @@ def choose(records: Sequence[ScoreRecord], min_score: float | None, top_k: int =
             reason = f"below --min-score {min_score:g}"
         else:
             reason = f"not among the --top-k {top_k} best"
-        out.append(FileOutcome(r.name, r.score, i in kept, reason, note=r.note))
+        out.append(FileOutcome(r.name, r.score, i in kept, reason, note=r.note, scores=r.scores))
     return out
 
 

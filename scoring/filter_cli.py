@@ -50,18 +50,24 @@ def add_subcommand(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def open_engine(args, folder: Path):
-    """The engine the arguments ask for, as a context manager (the Ray engine connects to its cluster)."""
+def open_engine(args, folder: Path | None, root: Path | None = None):
+    """The engine the arguments ask for, as a context manager (the Ray engine connects to its cluster). ``root``:
+    where captions' metadata.csv names start (filter: SRC)."""
+    src = getattr(args, "src", None)
+    root = root if root is not None else (src if isinstance(src, Path) else None)
     if args.engine == "ray":
+        from .cli import catalog_root, scorer_specs
         from .ray_engine import RayEngine, RayOptions
 
         return RayEngine(folder, RayOptions(address=args.address, batch_size=args.batch_size, actors=args.actors,
                                             device=args.device, dtype=args.dtype, compile=args.compile,
-                                            progress_bars=not args.no_progress))
+                                            progress_bars=not args.no_progress,
+                                            scorers=tuple(scorer_specs(args)), models_root=str(catalog_root(args)),
+                                            prompt=args.prompt, root=str(root) if root is not None else None))
+    from .cli import load_scoring_model
     from .filter import LocalEngine
-    from .predictor import load_predictor
 
-    return LocalEngine(load_predictor(folder, args.device, args.dtype, compile=args.compile), args.batch_size)
+    return LocalEngine(load_scoring_model(args), args.batch_size, prompt=args.prompt, root=root)
 
 
 def progress_bar(args, total_hint: str):
@@ -76,6 +82,7 @@ def progress_bar(args, total_hint: str):
 def run(args) -> int:
     from .cli import resolve_model
     from .filter import filter_folder
+    from .scorers.errors import ScorerUnavailable
     from .folder import NothingScorable
     from .ray_engine import EngineUnavailable
 
@@ -89,12 +96,13 @@ def run(args) -> int:
         bar.update(done - bar.n)
 
     try:
-        folder = resolve_model(args.model, args.models_dir)
+        folder = resolve_model(args.model, args.models_dir) if not args.scorer else None
         with open_engine(args, folder) as engine:
             report = filter_folder(args.src, args.dst, engine, min_score=args.min_score, top_k=args.top_k,
                                    mode=args.mode, recursive=args.recursive, results=args.results,
                                    progress=progress if bar is not None else None)
-    except (OSError, ValueError, registry.PredictorUnavailable, EngineUnavailable, NothingScorable) as e:
+    except (OSError, ValueError, registry.PredictorUnavailable, EngineUnavailable, NothingScorable,
+            ScorerUnavailable) as e:
         log.error("%s", e)
         return EXIT_ERROR
     finally:
@@ -102,7 +110,8 @@ def run(args) -> int:
             bar.close()
     for f in report.files:
         if f.score is not None:
-            sys.stdout.write(f"{f.score:.4f}\t{'kept' if f.kept else '-'}\t{f.name}\n")
+            each = "".join(f"\t{k} {v:.4f}" for k, v in (f.scores or {}).items())
+            sys.stdout.write(f"{f.score:.4f}\t{'kept' if f.kept else '-'}\t{f.name}{each}\n")
     sys.stdout.write(f"mean before\t{report.mean_before:.4f}\tafter\t{report.mean_after:.4f}\t"
                      f"({len(report.kept)} kept of {len(report.scored)} scored, "
                      f"{len(report.files) - len(report.scored)} skipped)\n")

@@ -139,7 +139,10 @@ def preprocess_images(processor, images: Sequence[Image.Image | torch.Tensor]) -
 
 
 class AestheticPredictor:
-    """A loaded predictor: ``score_images`` (PIL) and ``score_tensor`` (ComfyUI IMAGE batches) give 1-10 scores."""
+    """A loaded predictor: ``score_images`` (PIL) and ``score_tensor`` (ComfyUI IMAGE batches) give 1-10 scores.
+    It is a ``scorers.Scorer`` that never reads a prompt (``prompts`` is accepted and ignored)."""
+
+    prompt_aware = False
 
     def __init__(self, model: torch.nn.Module, processor, name: str, head: str, folder: Path | None = None,
                  compile: bool = False):
@@ -171,6 +174,20 @@ class AestheticPredictor:
         return cls(model, processor, folder.name, head, folder, compile)
 
     @property
+    def info(self):
+        from .scorers.catalog import laion_info
+
+        return laion_info(self.name)
+
+    def modules(self) -> list[torch.nn.Module]:
+        """What a ModelPatcher must own."""
+        return [self.model]
+
+    def to(self, device: str | torch.device) -> AestheticPredictor:
+        self.model.to(device)
+        return self
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -188,9 +205,13 @@ class AestheticPredictor:
         with self._lock, torch.inference_mode():
             return self.scorer(pixel_values.to(self.device, self.dtype)).float().cpu()
 
-    def score_images(self, images: Sequence[Image.Image | torch.Tensor], batch_size: int = 16,
-                     progress: ScoreProgress | None = None, interrupt: Callable[[], None] | None = None) -> list[float]:
-        """One score per image, in order. ``interrupt`` is called between batches (it may raise to stop)."""
+    def score_images(self, images: Sequence[Image.Image | torch.Tensor], prompts: Sequence[str] | None = None,
+                     batch_size: int = 16, progress: ScoreProgress | None = None,
+                     interrupt: Callable[[], None] | None = None) -> list[float]:
+        """One score per image, in order. ``interrupt`` is called between batches (it may raise to stop).
+        ``prompts`` is ignored: the LAION head sees the image only."""
+        if isinstance(prompts, int):  # callers written before prompts existed pass the batch size second
+            batch_size = prompts
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         scores: list[float] = []
@@ -203,17 +224,21 @@ class AestheticPredictor:
                 progress(len(scores), len(images))
         return scores
 
-    def score_tensor(self, images: torch.Tensor, batch_size: int = 16, progress: ScoreProgress | None = None,
+    def score_tensor(self, images: torch.Tensor, prompts: Sequence[str] | None = None, batch_size: int = 16,
+                     progress: ScoreProgress | None = None,
                      interrupt: Callable[[], None] | None = None) -> list[float]:
         """Scores of a [B,H,W,C] 0..1 batch, equal to scoring the PNGs ComfyUI would save from it. An image with a
-        NaN or infinity scores NaN (logged), the others are scored normally."""
+        NaN or infinity scores NaN (logged), the others are scored normally. ``prompts`` is ignored (an int there is
+        the batch size, as callers written before prompts existed pass it)."""
+        if isinstance(prompts, int):
+            batch_size = prompts
         ok = finite_mask(images)
         bad = [i for i, good in enumerate(ok.tolist()) if not good]
         if bad:
             log.warning("images %s of the batch contain NaN or infinite values: not scored (score NaN)", bad)
         good_idx = [i for i, good in enumerate(ok.tolist()) if good]
         uint8 = tensor_to_uint8(images[good_idx]) if good_idx else None
-        good_scores = self.score_images(list(uint8), batch_size, progress, interrupt) if good_idx else []
+        good_scores = self.score_images(list(uint8), None, batch_size, progress, interrupt) if good_idx else []
         scores = [math.nan] * images.shape[0]
         for i, s in zip(good_idx, good_scores):
             scores[i] = s

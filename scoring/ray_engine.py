@@ -36,7 +36,7 @@ log = logging.getLogger("aesthete.scoring")
 
 RAY_MISSING = ("the Ray engine needs Ray Data, which is not installed here: pip install 'comfyui-aesthete[ray]' "
                "(or pip install 'ray[data]'), or score with --engine local")
-RESULT_COLUMNS = ("path", "name", "size", "mtime_ns", "model", "score", "reason", "note")
+RESULT_COLUMNS = ("path", "name", "size", "mtime_ns", "model", "score", "reason", "note", "scores")
 
 
 class EngineUnavailable(RuntimeError):
@@ -79,6 +79,11 @@ class RayOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     progress_bars: bool = True
     compile: bool = False  # torch.compile in each actor (see --compile)
+    # --scorer: catalog ids or predictor folders with weights (then actors load these, not the predictor folder)
+    scorers: tuple[tuple[str, float], ...] = ()
+    models_root: str | None = None  # where catalog scorers' files are
+    prompt: str | None = None  # a prompt-aware judge's prompt for every image; else each image's caption
+    root: str | None = None  # where captions' metadata.csv names start
 
 
 @dataclass(frozen=True)
@@ -200,7 +205,80 @@ class PredictorActor:
                     pixels = np.stack(list(pixels))
                 scores[rows] = self.predictor.forward(torch.from_numpy(np.ascontiguousarray(pixels))).numpy()
         out = {k: batch[k] for k in ("path", "name", "size", "mtime_ns", "reason", "note")}
-        out.update(model=np.array([self.model] * len(ok), dtype=object), score=scores)
+        out.update(model=np.array([self.model] * len(ok), dtype=object), score=scores,
+                   scores=np.array([""] * len(ok), dtype=object))
+        return out
+
+
+def decode_for_judge(batch: dict, max_pixels: int, prompt: str | None, root: str | None, needs_prompt: str) -> dict:
+    """CPU task of the judge path: open every file (skips keep their reason) and give the good ones as uint8 [H,W,3]
+    arrays with their prompt: ``prompt``, else the caption (folder.caption_of, the local engine's rule). With
+    ``needs_prompt`` (a prompt-aware judge's name) a file without one is skipped with the local engine's reason."""
+    import numpy as np
+
+    from .folder import caption_of
+    from .remote import is_uri
+
+    log.setLevel(logging.ERROR)  # the driver logs each skip once, with its real path
+    caption = caption_of(Path(root) if root else None) if needs_prompt and not prompt else None
+    opened = [open_any(str(p), max_pixels) for p in batch["path"]]
+    images = np.empty(len(opened), dtype=object)
+    prompts, reasons = [], []
+    for i, (path, o) in enumerate(zip(batch["path"], opened)):
+        text, why = prompt or "", o.reason if o.skipped else ""
+        if not why and caption is not None:
+            try:
+                text = "" if is_uri(str(path)) else caption(Path(str(path)))
+            except ValueError as e:  # a caption file that cannot be read
+                why = str(e)
+            if not text and not why:
+                why = f"no caption (.txt, .json or metadata.csv): {needs_prompt} needs the prompt of every image"
+        images[i] = np.asarray(o.image, dtype=np.uint8) if not why else np.zeros((1, 1, 3), dtype=np.uint8)
+        prompts.append(text)
+        reasons.append(why)
+    ok = np.array([not r for r in reasons], dtype=bool)
+    out = {k: batch[k] for k in ("path", "name", "size", "mtime_ns", "group")}
+    out.update(ok=ok, image=images, prompt=np.array(prompts, dtype=object), reason=np.array(reasons, dtype=object),
+               note=np.array([o.reason if not o.skipped else "" for o in opened], dtype=object))
+    return out
+
+
+class JudgeActor:
+    """Scoring actor of the judge path: the scorers of --scorer (judge.load_judge, as the local engine loads them),
+    the local engine's ``score_table`` on each group's images with their prompts."""
+
+    def __init__(self, scorers: tuple, models_root: str, device: str, dtype: str, threads: int, model: str,
+                 compile: bool = False):
+        import torch
+
+        from .judge import as_judge, load_judge
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.judge = as_judge(load_judge(scorers, models_root, device, dtype, compile=compile))
+        self.model = model
+
+    def __call__(self, batch: dict) -> dict:
+        import json
+
+        import numpy as np
+        from PIL import Image
+
+        ok, groups = batch["ok"], batch["group"]
+        scores = np.full(len(ok), np.nan, dtype=np.float64)
+        each = np.array([""] * len(ok), dtype=object)
+        for g in dict.fromkeys(groups.tolist()):  # one call per group: the local engine's batches
+            rows = np.flatnonzero(ok & (groups == g))
+            if len(rows):
+                images = [Image.fromarray(np.asarray(batch["image"][r], dtype=np.uint8)) for r in rows]
+                prompts = [str(batch["prompt"][r]) for r in rows] if self.judge.prompt_aware else None
+                table = self.judge.score_table(images, prompts, batch_size=len(rows))
+                scores[rows] = table.combined
+                if len(table.columns) > 1:
+                    for n, r in enumerate(rows):
+                        each[r] = json.dumps({k: v[n] for k, v in table.columns.items()})
+        out = {k: batch[k] for k in ("path", "name", "size", "mtime_ns", "reason", "note")}
+        out.update(model=np.array([self.model] * len(ok), dtype=object), score=scores, scores=each)
         return out
 
 
@@ -210,11 +288,12 @@ class RayEngine:
     """``with RayEngine(folder, options) as engine: engine(files, store, progress)``: connects to (or starts) Ray on
     entering, scores on the cluster when called, and disconnects on leaving if it started Ray."""
 
-    def __init__(self, folder: Path, options: RayOptions):
-        self.folder = Path(folder)
+    def __init__(self, folder: Path | None, options: RayOptions):
+        self.folder = Path(folder) if folder is not None else None
         self.options = options
         self.plan: ActorPlan | None = None
         self.model = ""
+        self.reuse = True  # False when captions are the prompts (a caption may change without its image)
         self._started = False
 
     def __enter__(self) -> RayEngine:
@@ -224,7 +303,23 @@ class RayEngine:
                      configure_logging=True, include_dashboard=False if self.options.address is None else None)
             self._started = True
         self.plan = plan_actors(ray.cluster_resources(), self.options)
-        self.model = model_key(self.folder, self.plan.dtype)
+        if self.options.scorers:
+            from .judge import spec_name, spec_prompt_aware
+
+            import hashlib
+
+            specs = ";".join(f"{w:g}*{model_key(Path(n), self.plan.dtype) if Path(n).is_dir() else n}"
+                             for n, w in self.options.scorers)
+            self.model = f"judge:{specs}|{self.plan.dtype}"
+            self.judge_name = spec_name(self.options.scorers)
+            self.prompt_aware = spec_prompt_aware(self.options.scorers)
+            if self.prompt_aware and self.options.prompt:
+                self.model += "|prompt:" + hashlib.sha256(self.options.prompt.encode()).hexdigest()[:16]
+            elif self.prompt_aware:
+                self.model += "|captions"
+                self.reuse = False
+        else:
+            self.model = model_key(self.folder, self.plan.dtype)
         log.info("Ray engine: %d scoring actor(s) on %s (%s)%s, batches of %d", self.plan.actors, self.plan.device,
                  self.plan.dtype, f", {self.plan.threads} thread(s) each" if self.plan.threads else "",
                  self.options.batch_size)
@@ -242,6 +337,8 @@ class RayEngine:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = self.options.progress_bars
         plan, bs = self.plan, self.options.batch_size
+        if self.options.scorers:
+            return self.judge_dataset(files)
         # group = the local engine's batch (batch_size files in order); blocks hold whole groups, so every decode
         # batch is one group and no block splits one (a bigger block limit keeps large GPU batches whole)
         group_bytes = bs * 4 * math.prod(_pixel_shape(str(self.folder)))
@@ -264,6 +361,23 @@ class RayEngine:
             except TypeError:
                 return ds.map_batches(PredictorActor, **actor_args)
 
+    def judge_dataset(self, files: Sequence[SourceFile]):
+        """The judge path: file list -> decode, with prompts (CPU tasks) -> the judge's scores (actor pool)."""
+        import ray
+
+        plan, opts = self.plan, self.options
+        ds = ray.data.from_arrow(group_tables(files, opts.batch_size, max_blocks=MAX_INPUT_BLOCKS))
+        ds = ds.map_batches(decode_for_judge, batch_size=opts.batch_size, batch_format="numpy", num_cpus=1,
+                            fn_kwargs={"max_pixels": opts.max_pixels, "prompt": (opts.prompt or "").strip() or None,
+                                       "root": opts.root,
+                                       "needs_prompt": self.judge_name if self.prompt_aware else ""})
+        return ds.map_batches(JudgeActor, batch_size=None, batch_format="numpy", concurrency=plan.actors, num_cpus=1,
+                              num_gpus=plan.gpus_per_actor or None,
+                              fn_constructor_kwargs={"scorers": tuple(opts.scorers), "models_root": opts.models_root,
+                                                     "device": plan.device, "dtype": plan.dtype,
+                                                     "threads": plan.threads, "model": self.model,
+                                                     "compile": opts.compile})
+
     def __call__(self, files: Sequence[SourceFile], store: ResultsStore | None = None,
                  progress=None) -> list[ScoreRecord]:
         if not files:
@@ -285,7 +399,7 @@ class RayEngine:
             kept = f"the results so far are in {store.folder}, a re-run continues; " if store is not None else ""
             raise RayJobFailed(f"the Ray job failed after {len(records)} of {len(files)} file(s) ({cause}); {kept}"
                                f"Ray's log above has the details. Every node needs the pack and the predictor folder "
-                               f"{self.folder}") from e
+                               f"{self.folder or self.options.models_root}") from e
         for rec in records:
             if rec.score is None:
                 log.warning("skipped %s: %s", rec.path, rec.reason)

@@ -101,13 +101,14 @@ def _aten(x: torch.Tensor, layer: torch.nn.Linear, bias: torch.Tensor | None = N
     return F.silu(y, inplace=True) if post == "swish" else y
 
 
-def unsupported_reason(model: torch.nn.Module) -> str | None:
+def unsupported_reason(model: torch.nn.Module, head: bool = True) -> str | None:
     """Why ``FastScorer`` cannot run this model (a transformers version with other module names, an unknown head),
-    or None. The predictor then uses the model's own forward."""
+    or None. The predictor then uses the model's own forward. ``head=False``: only the image embedding is needed (a
+    CLIPModel of a prompt-aware scorer)."""
     vision = getattr(model, "vision_model", None)
     if vision is None or not hasattr(model, "visual_projection"):
         return "no vision_model/visual_projection"
-    if not (hasattr(model, "predictor") or hasattr(model, "layers")):
+    if head and not (hasattr(model, "predictor") or hasattr(model, "layers")):
         return "no predictor head"
     for name in ("embeddings", "pre_layrnorm", "post_layernorm", "encoder.layers"):
         if _get(vision, name) is None:
@@ -134,14 +135,19 @@ class FastScorer(torch.nn.Module):
     It holds the model without changing it, so ComfyUI's memory management and the model's own forward see the
     same weights. ``onednn``: None picks oneDNN on the CPU in fp32 when it works here; False always uses ATen.
     ``pack``: None packs the weights for oneDNN when RAM allows (decided on the first CPU batch and logged).
+    ``head=False``: the output is the L2-normalised image embedding [B, D] instead of the head's score (a CLIPModel's
+    ``vision_model`` + ``visual_projection``, for the prompt-aware scorers).
     """
 
-    def __init__(self, model: torch.nn.Module, onednn: bool | None = None, pack: bool | None = None):
+    def __init__(self, model: torch.nn.Module, onednn: bool | None = None, pack: bool | None = None,
+                 head: bool = True):
         super().__init__()
         self.model = model
+        self.head = head
         self.onednn = onednn
         self.pack = pack
-        self.quick_gelu = getattr(model.config, "hidden_act", None) == "quick_gelu"
+        config = getattr(model.config, "vision_config", model.config)  # a CLIPModel's, or the vision model's own
+        self.quick_gelu = getattr(config, "hidden_act", None) == "quick_gelu"
         self._packs: dict[int, tuple[tuple, torch.Tensor]] = {}  # id(linear) -> (weight stamp, packed weight)
 
     def _linear(self, x: torch.Tensor) -> Callable:
@@ -194,6 +200,8 @@ class FastScorer(torch.nn.Module):
         pooled = vision.post_layernorm(self.layer(layers[-1], hidden, linear, cls_only=True)[:, 0])
         embeds = model.visual_projection(pooled)
         embeds = embeds / embeds.norm(dim=-1, keepdim=True)
+        if not self.head:
+            return embeds
         head = model.predictor if hasattr(model, "predictor") else model.layers  # V1 : V2
         return head(embeds)[:, 0]
 

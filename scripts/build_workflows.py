@@ -51,8 +51,8 @@ OUTPUT_IDS = {
     "AestheteKolorsLoader": ["MODEL", "CLIP", "VAE"],
     "AesthetePromptComposer": ["prompt", "fields", "token_report"],
     "AestheteNegativePrompt": ["negative"],
-    "AestheteScore": ["scores", "mean", "summary"],
-    "AestheteRank": ["kept_images", "kept_scores", "kept_indices", "rejected", "kept_count"],
+    "AestheteScore": ["scores", "mean", "summary", "table"],
+    "AestheteRank": ["kept_images", "kept_scores", "kept_indices", "rejected", "kept_count", "kept_table"],
     "AestheteScoreFolder": ["mean", "count", "table", "skipped"],
     "AestheteLoraLoader": ["MODEL", "CLIP", "report"],
     "AestheteLoraDataset": ["dataset", "report"],
@@ -71,6 +71,22 @@ PREDICTOR_FILES = (
     f"  or https://modelscope.cn/models/AI-ModelScope/{PREDICTOR}\n"
     "  (downloaded there on the first run when ComfyUI is online)\n"
     f"  美学评分模型放在 models/aesthetic/{PREDICTOR}/（联网时首次运行自动下载）")
+
+ALIGNMENT = "clipscore-vit-l-14"  # the prompt-aware scorer the judge adds (catalog id)
+ALIGNMENT_FILES = (
+    "• models/QualityMetric/clip-vit-large-patch14/ : config.json, model.safetensors, preprocessor_config.json and "
+    "the tokenizer files, from ModelScope DiffSynth-Studio/QualityMetric_reward_pretrained or "
+    "https://huggingface.co/openai/clip-vit-large-patch14 (downloaded there on the first run when ComfyUI is online)\n"
+    "  提示词一致性评分 CLIPScore 放在 models/QualityMetric/clip-vit-large-patch14/（联网时首次运行自动下载）")
+
+
+def judge_nodes(b: Builder) -> None:
+    """The LAION head ("predictor") and CLIPScore combined, equal weights: looks and prompt alignment."""
+    b.add("alignment", "AestheteScorerLoader", {"scorer": ALIGNMENT}, title="Prompt alignment · 提示词一致性")
+    b.add("judge", "AestheteJudge", {"weight_1": 1.0, "weight_2": 1.0}, title="Judge: looks + prompt · 综合评分")
+    b.link("predictor", 0, "judge", "scorer_1")
+    b.link("alignment", 0, "judge", "scorer_2")
+
 
 KOLORS_FILES = (
     f"• models/kolors/{KOLORS}/ : the Kwai-Kolors/Kolors repository's unet/, vae/, scheduler/ and text_encoder/ "
@@ -139,22 +155,30 @@ def sampler(b: Builder, key: str, model_src: tuple[str, str], latent: str, title
 
 
 def decode_and_score(b: Builder, sampler_key: str, decode: str = "decode", score: str = "score",
-                     title: str | None = None, vae_src: tuple[str, str] = ("checkpoint", "VAE")) -> None:
-    """VAEDecode of a sampler's latent (the checkpoint's VAE), scored by the predictor node."""
+                     title: str | None = None, vae_src: tuple[str, str] = ("checkpoint", "VAE"),
+                     scorer: str = "predictor") -> None:
+    """VAEDecode of a sampler's latent (the checkpoint's VAE), scored by ``scorer`` (the predictor node, or the judge:
+    then the composer's prompt goes in too)."""
     b.add(decode, "VAEDecode")
     b.link(sampler_key, 0, decode, "samples")
     b.link(*vae_src, decode, "vae")
     b.add(score, "AestheteScore", title=title)
-    b.link("predictor", 0, score, "predictor")
+    b.link(scorer, 0, score, "predictor")
     b.link(decode, 0, score, "images")
+    if scorer == "judge":
+        b.link("composer", "prompt", score, "prompt")
 
 
-def rank_and_keep(b: Builder, top_k: int, prefix: str, previews_title: str, best_title: str) -> None:
+def rank_and_keep(b: Builder, top_k: int, prefix: str, previews_title: str, best_title: str,
+                  table: bool = False) -> None:
     """Rank the scored batch ("decode", "score"), preview all of it with the scores drawn, save the best ``top_k``
-    with the score in the file name and metadata (``<prefix>all`` / ``<prefix>best``)."""
+    with the score in the file name and metadata (``<prefix>all`` / ``<prefix>best``); ``table``: a judge's every
+    scorer goes into the saved files' metadata too."""
     b.add("rank", "AestheteRank", {"top_k": top_k, "min_score": 0.0})
     b.link("decode", 0, "rank", "images")
     b.link("score", "scores", "rank", "scores")
+    if table:
+        b.link("score", "table", "rank", "table")
     b.add("previews", "AestheteSaveScored", {"mode": "preview", "draw_score": True,
                                               "filename_prefix": f"{prefix}all"}, title=previews_title)
     b.link("decode", 0, "previews", "images")
@@ -164,19 +188,23 @@ def rank_and_keep(b: Builder, top_k: int, prefix: str, previews_title: str, best
                                                "model_name": PREDICTOR}, title=best_title)
     b.link("rank", "kept_images", "save_best", "images")
     b.link("rank", "kept_scores", "save_best", "scores")
+    if table:
+        b.link("rank", "kept_table", "save_best", "table")
 
 
 def generate_rank_layout(b: Builder, model: str, models_title: str, prompt_title: str,
                          generate_title: str) -> WorkflowSpec:
-    """Groups and columns of a generate -> score -> rank -> keep workflow (workflows 1 and 5)."""
+    """Groups and columns of a generate -> score -> rank -> keep workflow (workflows 1 and 5; with a judge in 1)."""
+    judged = "judge" in b.types
+    scorers = ["predictor", "alignment", "judge"] if judged else ["predictor"]
     groups = [
-        Group(models_title, [model, "predictor"], COLORS["models"]),
+        Group(models_title, [model, *scorers], COLORS["models"]),
         Group(prompt_title, ["composer", "negative"], COLORS["prompt"]),
         Group(generate_title, ["positive_text", "negative_text", "latent", "sampler", "decode"], COLORS["generate"]),
         Group("Score, rank · 评分排序", ["score", "rank"], COLORS["score"]),
         Group("Keep the best · 保存最佳", ["previews", "save_best"], COLORS["save"]),
     ]
-    columns = [["note", 120, model, "predictor"], ["composer", "negative"],
+    columns = [["note", 120, model, *scorers], ["composer", "negative"],
                ["positive_text", "negative_text", "latent"], ["sampler", "decode"], ["score", "rank"],
                ["previews", "save_best"]]
     return b.spec(columns, groups)
@@ -189,19 +217,24 @@ def generate_score_rank() -> WorkflowSpec:
         "Put these files in place, then press R (refresh) and Queue:\n"
         f"• models/checkpoints/{SD15} : Stable Diffusion 1.5 (any SD1.5 checkpoint; for an SDXL one set the "
         "latent to 1024×1024)\n"
-        f"{PREDICTOR_FILES}\n\n"
-        "8 images from one prompt are scored 1-10 and ranked. The best 3 go to output/Aesthete/best_*_<score>_.png "
-        "with the score in the file name and the PNG metadata (aesthetic_score). Every image is previewed with its "
-        "score drawn on it.\n"
-        "一个提示词生成 8 张图，逐张打分（1-10）并排序；最好的 3 张连同分数保存，所有图的预览都标出分数。"))
+        f"{PREDICTOR_FILES}\n"
+        f"{ALIGNMENT_FILES}\n\n"
+        "8 images from one prompt are scored by a judge: the LAION aesthetic head (looks, 1-10) and CLIPScore (how "
+        "well each image matches the composer's prompt), equal weights, combined on the 1-10 scale; then ranked. "
+        "The best 3 go to output/Aesthete/best_*_<score>_.png with the combined score in the file name and the PNG "
+        "metadata (aesthetic_score; each scorer's in aesthetic_scores). Every image is previewed with its score "
+        "drawn on it; the score node's table shows each scorer's column.\n"
+        "一个提示词生成 8 张图，由综合评分打分：LAION 美学分（1-10）与 CLIPScore（图与提示词是否一致）等权合成到 "
+        "1-10 的尺度，然后排序；最好的 3 张连同分数保存（每个评分器的分数写入 PNG 元数据），所有图的预览都标出分数。"))
     b.add("checkpoint", "CheckpointLoaderSimple", {"ckpt_name": SD15})
     b.add("predictor", "AesthetePredictorLoader", {"model": PREDICTOR})
+    judge_nodes(b)
     prompt_nodes(b, ("checkpoint", "CLIP"))
     b.add("latent", "EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 8}, title="Batch of 8")
     sampler(b, "sampler", ("checkpoint", "MODEL"), "latent")
-    decode_and_score(b, "sampler")
+    decode_and_score(b, "sampler", scorer="judge")
     rank_and_keep(b, top_k=3, prefix="Aesthete/", previews_title="All 8, with scores",
-                  best_title="Best 3, saved with scores")
+                  best_title="Best 3, saved with scores", table=True)
     return generate_rank_layout(b, "checkpoint", "Models · 模型", "Prompt · 提示词", "Generate 8 · 生成")
 
 
@@ -364,16 +397,19 @@ def the_recipe() -> WorkflowSpec:
         "Put these files in place, then press R (refresh) and Queue:\n"
         f"{KOLORS_FILES}\n"
         f"{PREDICTOR_FILES}\n"
+        f"{ALIGNMENT_FILES}\n"
         "• input/lora_dataset/ : the pixiv images with their tags as captions (name.png + name.txt, the tags joined "
         "by commas; name.json tag lists work too)\n\n"
         "Images scoring under 6 are left out. Train LoRA uses the recipe's defaults (5 epochs, rank 16, alpha 4; "
         "rank 4 for one character) at 1024 with buckets. After every epoch the recipe's test prompt is generated "
-        "with the same seed and scored: the grid and the score-per-epoch graph are previewed, every epoch is saved "
+        "with the same seed and scored by the judge (the LAION aesthetic head plus CLIPScore against the test prompt, "
+        "so an epoch that draws one pretty style whatever the prompt does not win): the grid and the score-per-epoch "
+        "graph (the combination and each scorer) are previewed, every epoch is saved "
         "under models/loras/aesthete/recipe_epochNNNN.safetensors, and the best-scoring epoch is output and saved "
         "to models/loras/aesthete/recipe_best_00001.safetensors. The same prompt and seed are then generated "
         "without and with that LoRA, both batches are scored, and the two mean scores are shown side by side.\n"
         "低于 6 分的图片不参与训练；按配方默认值（5 轮、rank 16、alpha 4）在 Kolors 上训练，每轮用配方的测试提示词和"
-        "同一种子生成并打分，预览网格和每轮分数曲线；每轮的 LoRA 都保存，得分最高的一轮另存；同一提示词和种子分别"
+        "同一种子生成，由综合评分（美学分加 CLIPScore 提示词一致性，避免只会画一种好看画风的轮次胜出）打分，预览网格和每轮分数曲线；每轮的 LoRA 都保存，得分最高的一轮另存；同一提示词和种子分别"
         "不加 / 加 LoRA 生成，两组都打分，平均分并排显示。"))
     b.add("kolors", "AestheteKolorsLoader", {"kolors": KOLORS, "dtype": "auto", "text_encoder_device": "default"})
     b.add("predictor", "AesthetePredictorLoader", {"model": PREDICTOR})
@@ -385,7 +421,8 @@ def the_recipe() -> WorkflowSpec:
                                                        "width": 1024, "height": 1024, "images_per_prompt": 2,
                                                        "cfg": KOLORS_CFG, "output_lora": "best score"},
           title="Validation: the recipe's test prompt · 验证")
-    b.link("predictor", 0, "validation", "predictor")
+    judge_nodes(b)
+    b.link("judge", 0, "validation", "predictor")
     b.add("train", "AestheteTrainLora", {"epochs": 5, "rank": 16, "alpha": 4.0, "seed": 0,
                                          "control_after_generate": "fixed", "checkpoint_name": "aesthete/recipe"})
     for output, input_name in (("MODEL", "model"), ("CLIP", "clip"), ("VAE", "vae")):
@@ -406,7 +443,7 @@ def the_recipe() -> WorkflowSpec:
     sampler(b, "sampler_lora", ("train", "model"), "latent", title="KSampler · with LoRA", cfg=KOLORS_CFG)
     for side, label in (("base", "without LoRA · 不加"), ("lora", "with LoRA · 加 LoRA")):
         decode_and_score(b, f"sampler_{side}", f"decode_{side}", f"score_{side}", title=f"Score {label}",
-                         vae_src=("kolors", "VAE"))
+                         vae_src=("kolors", "VAE"), scorer="judge")
         b.add(f"preview_{side}", "AestheteSaveScored", {"mode": "preview", "draw_score": True},
               title=f"Images {label}")
         b.link(f"decode_{side}", 0, f"preview_{side}", "images")
@@ -414,7 +451,7 @@ def the_recipe() -> WorkflowSpec:
         b.add(f"mean_{side}", "PreviewAny", title=f"Mean {label}")
         b.link(f"score_{side}", "mean", f"mean_{side}", "source")
     groups = [
-        Group("Kolors · 模型", ["kolors", "predictor"], COLORS["models"]),
+        Group("Kolors · 模型", ["kolors", "predictor", "alignment", "judge"], COLORS["models"]),
         Group("Dataset, validation · 数据集与验证", ["dataset", "validation"], COLORS["score"]),
         Group("Train, keep the best · 训练", ["train", "save_lora"], COLORS["train"]),
         Group("Every epoch · 每轮", ["score_graph", "grid", "report"], COLORS["save"]),
@@ -424,7 +461,8 @@ def the_recipe() -> WorkflowSpec:
         Group("Score both · 评分", ["score_base", "score_lora", "preview_base", "preview_lora"], COLORS["score"]),
         Group("Means · 平均分", ["mean_base", "mean_lora"], COLORS["compare"]),
     ]
-    columns = [["note", 120, "kolors", "predictor"], ["dataset", "validation"], ["train", "save_lora"],
+    columns = [["note", 120, "kolors", "predictor", "alignment", "judge"], ["dataset", "validation"],
+               ["train", "save_lora"],
                ["score_graph", "grid", "report"], ["composer", "negative"],
                ["positive_text", "negative_text", "latent"], ["sampler_base", "sampler_lora"],
                ["decode_base", "decode_lora"], ["score_base", "preview_base"], ["score_lora", "preview_lora"],

@@ -22,7 +22,8 @@ from .captions import CaptionError, CaptionRecipe, find_caption, read_metadata_c
 log = logging.getLogger("aesthete.training")
 
 CROP_MODES = ("buckets", "center crop", "random crop")
-ScoreFn = Callable[[list[Image.Image]], Sequence[float]]
+# images, their captions (the prompts of a prompt-aware scorer) -> one score each
+ScoreFn = Callable[[list[Image.Image], list[str]], Sequence[float]]
 
 
 class DatasetError(ValueError):
@@ -148,10 +149,11 @@ def fit_image(image: Image.Image, size: tuple[int, int], crop: str, rng: random.
 def load_dataset(folder: str | Path, *, resolution: int = 512, crop_mode: str = "buckets",
                  recipe: CaptionRecipe | None = None, repeats: int = 1, require_captions: bool = False,
                  score: ScoreFn | None = None, min_score: float = 0.0, seed: int = 0,
-                 score_batch: int = 16) -> LoraDataset:
+                 score_batch: int = 16, score_needs_captions: bool = False) -> LoraDataset:
     """Read every image of ``folder`` with its caption into a :class:`LoraDataset`.
 
-    ``score`` (optional) maps a list of PIL images to aesthetic scores; images below ``min_score`` are skipped.
+    ``score`` (optional) maps PIL images and their captions to scores; images below ``min_score`` are skipped.
+    ``score_needs_captions`` (a prompt-aware scorer): images without a caption are skipped with the reason.
     Unreadable images, images without a caption (when ``require_captions``) and low scores are skipped and
     listed in ``skipped`` with the reason; a folder left with no image raises :class:`DatasetError`."""
     folder = Path(folder)
@@ -164,9 +166,12 @@ def load_dataset(folder: str | Path, *, resolution: int = 512, crop_mode: str = 
     rng = random.Random(seed)
     skipped: list[tuple[str, str]] = []
     images: list[TrainingImage] = []
-    candidates = captioned_images(folder, read_metadata_csv(folder), require_captions, skipped)
+    candidates = captioned_images(folder, read_metadata_csv(folder), require_captions, skipped,
+                                  needs_caption="the scorer reads each image's caption as its prompt"
+                                  if score is not None and score_needs_captions else "")
     for chunk in iter(lambda: list(itertools.islice(candidates, score_batch)), []):  # one scoring batch in memory
-        for candidate, s in zip(chunk, aesthetic_scores(score, [c.image for c in chunk])):
+        scores = aesthetic_scores(score, [c.image for c in chunk], [", ".join(c.tags) for c in chunk])
+        for candidate, s in zip(chunk, scores):
             if s is not None and s < min_score:
                 skipped.append((candidate.name, f"aesthetic score {s:.2f} < {min_score:.2f}"))
                 continue
@@ -193,7 +198,7 @@ class Candidate:
 
 
 def captioned_images(folder: Path, metadata: dict[str, str], require_captions: bool,
-                     skipped: list[tuple[str, str]]) -> Iterator[Candidate]:
+                     skipped: list[tuple[str, str]], needs_caption: str = "") -> Iterator[Candidate]:
     """Every image of ``folder`` (subfolders too) that opens (``common.images.open_image``, the rule Score Folder
     keeps) and has a readable caption, in order; the others go to ``skipped`` with the reason."""
     for path in list_images(folder, recursive=True):
@@ -207,17 +212,18 @@ def captioned_images(folder: Path, metadata: dict[str, str], require_captions: b
         except CaptionError as e:
             skipped.append((name, str(e)))
             continue
-        if require_captions and not tags:
-            skipped.append((name, "no caption (.txt, .json or metadata.csv)"))
+        if (require_captions or needs_caption) and not tags:
+            skipped.append((name, "no caption (.txt, .json or metadata.csv)" + (f": {needs_caption}"
+                                                                                  if needs_caption else "")))
             continue
         yield Candidate(path, name, tags, source, opened.image)
 
 
-def aesthetic_scores(score: ScoreFn | None, images: list[Image.Image]) -> list[float | None]:
+def aesthetic_scores(score: ScoreFn | None, images: list[Image.Image], captions: list[str]) -> list[float | None]:
     """One score per image from ``score`` (None each when there is no scorer)."""
     if score is None or not images:
         return [None] * len(images)
-    scores = [float(s) for s in score(images)]
+    scores = [float(s) for s in score(images, captions)]
     if len(scores) != len(images):
         raise DatasetError(f"the aesthetic scorer returned {len(scores)} scores for {len(images)} images")
     return scores

@@ -86,10 +86,15 @@ class EpochValidation:
     scores: list[float] | None = None
     lora_name: str = ""
     path: Path | None = None  # the saved LoRA file
+    # a judge's every scorer's scores of the images ({} for one scorer: ``scores`` are its own)
+    columns: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def mean_score(self) -> float:
         return finite_mean(self.scores) if self.scores else math.nan
+
+    def column_means(self) -> dict[str, float]:
+        return {k: finite_mean(v) for k, v in self.columns.items()}
 
 
 @dataclass
@@ -100,12 +105,15 @@ class ValidationHistory:
     _losses_seen: int = 0
 
     def add(self, epoch: int, losses_so_far: Sequence[float], images: Sequence[Image.Image],
-            scores: Sequence[float] | None, lora_name: str = "", path: Path | None = None) -> EpochValidation:
-        """Record ``epoch``; its mean loss is that of the losses added since the previous epoch."""
+            scores: Sequence[float] | None, lora_name: str = "", path: Path | None = None,
+            columns: dict[str, Sequence[float]] | None = None) -> EpochValidation:
+        """Record ``epoch``; its mean loss is that of the losses added since the previous epoch. ``columns``: a
+        judge's per-scorer scores (``scores`` being their combination); kept when there are several."""
         new = [float(v) for v in losses_so_far[self._losses_seen:]]
         self._losses_seen = len(losses_so_far)
+        kept = {k: [float(v) for v in c] for k, c in (columns or {}).items()} if len(columns or {}) > 1 else {}
         entry = EpochValidation(epoch, finite_mean(new) if new else math.nan, list(images),
-                                None if scores is None else [float(s) for s in scores], lora_name, path)
+                                None if scores is None else [float(s) for s in scores], lora_name, path, kept)
         self.epochs.append(entry)
         return entry
 
@@ -129,14 +137,25 @@ class ValidationHistory:
             return f"epoch {chosen.epoch} (the last: no scores, connect an aesthetic predictor to choose by score)"
         return f"epoch {chosen.epoch} (best mean score {format_score(chosen.mean_score)})"
 
+    def scorer_names(self) -> list[str]:
+        """The judge's scorers whose own means every epoch shows (none for a single scorer)."""
+        names: list[str] = []
+        for e in self.epochs:
+            names += [k for k in e.columns if k not in names]
+        return names
+
     def table(self, output: str = "best score") -> str:
-        """Tab-separated: epoch, mean loss, mean score, the saved LoRA; the output epoch marked with ``*``."""
+        """Tab-separated: epoch, mean loss, mean score (a judge's combination), each scorer's mean when a judge
+        has several, the saved LoRA; the output epoch marked with ``*``."""
         chosen = self.choose(output)
-        lines = ["epoch\tmean loss\tmean score\tlora"]
+        names = self.scorer_names()
+        lines = ["\t".join(["epoch", "mean loss", "mean score", *(f"mean {n}" for n in names), "lora"])]
         for e in self.epochs:
             score = format_score(e.mean_score) if e.scores else "-"
+            means = e.column_means()
+            extra = [f"{means[n]:.4f}" if n in means and math.isfinite(means[n]) else "-" for n in names]
             mark = " *" if e is chosen else ""
-            lines.append(f"{e.epoch}\t{e.mean_loss:.4f}\t{score}\t{e.lora_name}{mark}")
+            lines.append("\t".join([str(e.epoch), f"{e.mean_loss:.4f}", score, *extra, e.lora_name + mark]))
         return "\n".join(lines)
 
 
@@ -156,12 +175,22 @@ def draw_validation_grid(history: ValidationHistory, output: str = "best score",
 def draw_score_graph(history: ValidationHistory, losses: Sequence[float], output: str = "best score",
                      height: int = 400) -> Image.Image:
     """The loss curve (training/loss_graph's plot) with the mean score per epoch beside it, the output epoch
-    circled."""
+    circled; with a judge of several scorers, each scorer's mean per epoch beside that (e.g. aesthetic and prompt
+    alignment: a LoRA collapsing into one style rises on the first and falls on the second)."""
     chosen = history.choose(output)
     scores = [e.mean_score for e in history.epochs]
     highlight = history.epochs.index(chosen) if chosen is not None else None
-    title = "mean validation score per epoch" + (f" (output: epoch {chosen.epoch})" if chosen else "")
-    right = draw_epoch_graph(scores, width=height + 80, height=height, title=title, highlight=highlight)
+    names = history.scorer_names()
+    title = ("mean combined score per epoch" if names else "mean validation score per epoch") + (
+        f" (output: epoch {chosen.epoch})" if chosen else "")
+    panels = [draw_epoch_graph(scores, width=height + 80, height=height, title=title, highlight=highlight)]
+    for name in names:
+        values = [e.column_means().get(name, math.nan) for e in history.epochs]
+        panels.append(draw_epoch_graph(values, width=height + 80, height=height, title=f"mean {name} per epoch",
+                                       highlight=highlight))
+    right = Image.new("RGB", (sum(p.width for p in panels), height), "white")
+    for i, panel in enumerate(panels):
+        right.paste(panel, (i * panels[0].width, 0))
     finite = [v for v in losses if math.isfinite(float(v))]
     if not finite:
         return right

@@ -129,6 +129,16 @@ def dataset(comfy_server) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
+def catalog_scorers(comfy_server) -> None:
+    """The catalog's CLIPScore ViT-L/14 (the judge's prompt-aware scorer in workflows 1 and 6) and PickScore, tiny
+    random weights in DiffSynth's layout under models/QualityMetric."""
+    from harness.scorer_models import tiny_clip_scorers_root
+
+    for folder in sorted((tiny_clip_scorers_root() / "QualityMetric").iterdir()):
+        comfy_server.link_model("QualityMetric", folder)
+
+
+@pytest.fixture(scope="module")
 def tiny_kolors_folder(comfy_server) -> str:
     """The tiny Kolors (repository layout, fp16) as the Kolors Loader lists it under models/kolors."""
     from harness.kolors_models import tiny_kolors
@@ -210,7 +220,7 @@ def test_workflow_opens_cleanly_and_converts_to_its_api_copy(frontend, name):
     screenshot_graph(frontend.page, ARTIFACTS / f"workflow-{name}.png")
 
 
-def test_generate_score_rank_runs(comfy, comfy_server, sd15_ckpt, tiny_predictor):
+def test_generate_score_rank_runs(comfy, comfy_server, sd15_ckpt, tiny_predictor, catalog_scorers):
     graph = for_test_models(api_workflow("1-generate-score-rank"), sd15_ckpt, tiny_predictor)
     save_id = one(graph, "AestheteSaveScored", "Best")
     prefix = f"wf1-{uuid.uuid4().hex[:8]}/best"
@@ -231,6 +241,13 @@ def test_generate_score_rank_runs(comfy, comfy_server, sd15_ckpt, tiny_predictor
     saved_scores = [read_score(p) for p in saved]  # counter order = rank order
     assert saved_scores == sorted(saved_scores, reverse=True)
     assert saved_scores == pytest.approx(sorted(scores, reverse=True)[:3], abs=1e-3)
+    # the judge: the LAION head and CLIPScore against the composer's prompt, each scorer's score kept in the PNG
+    score_node = graph[one(graph, "AestheteScore")]["inputs"]
+    assert score_node["predictor"][0] == one(graph, "AestheteJudge")
+    assert score_node["prompt"][0] == one(graph, "AesthetePromptComposer")
+    for path in saved:
+        with Image.open(path) as im:
+            assert set(json.loads(im.text["aesthetic_scores"])) == {tiny_predictor, "clipscore-vit-l-14"}
     write_ranked_grid(comfy, previews, scores, ARTIFACTS / "generate-score-rank-grid.png")
 
 
@@ -390,7 +407,7 @@ def test_kolors_generate_score_rank_runs(comfy, comfy_server, tiny_kolors_folder
     assert read_score(saved[0]) == pytest.approx(max(scores), abs=1e-3)
 
 
-def test_the_recipe_runs(comfy, comfy_server, dataset, tiny_kolors_folder, predictor_for_the_bar):
+def test_the_recipe_runs(comfy, comfy_server, dataset, tiny_kolors_folder, predictor_for_the_bar, catalog_scorers):
     """Workflow 6 on the tiny Kolors: the dataset filtered at 6, Train LoRA with validation (2 epochs, one 64 px
     image per epoch, 1 step), the best epoch saved, then both batches scored and their means shown."""
     from harness.kolors_models import RECIPE_PROMPT
@@ -403,7 +420,10 @@ def test_the_recipe_runs(comfy, comfy_server, dataset, tiny_kolors_folder, predi
     train, valid = graph[train_id]["inputs"], graph[valid_id]["inputs"]
     assert (train["epochs"], train["rank"], train["alpha"], graph[data_id]["inputs"]["min_score"]) == (5, 16, 4.0, 6.0)
     assert valid["prompts"] == RECIPE_PROMPT and valid["output_lora"] == "best score"
-    assert valid["predictor"][0] == one(graph, "AesthetePredictorLoader")
+    judge = graph[valid["predictor"][0]]  # validation picks by looks AND prompt alignment (no style collapse)
+    assert judge["class_type"] == "AestheteJudge" and judge["inputs"]["scorer_1"][0] == one(
+        graph, "AesthetePredictorLoader") and judge["inputs"]["scorer_2"][0] == one(graph, "AestheteScorerLoader")
+    assert graph[data_id]["inputs"]["aesthetic_model"][0] == one(graph, "AesthetePredictorLoader")  # the bar of 6
     assert train["model"][0] == one(graph, "AestheteKolorsLoader") and train["validation"][0] == valid_id
     assert graph[one(graph, "KSampler", "with LoRA")]["inputs"]["model"] == [train_id, 0]
     run_id = uuid.uuid4().hex[:8]
@@ -418,6 +438,7 @@ def test_the_recipe_runs(comfy, comfy_server, dataset, tiny_kolors_folder, predi
     assert f"{kept} images kept" in report, report
     epochs = result.node_output(train_id)["validation"]
     assert [e["epoch"] for e in epochs] == [1, 2] and all(len(e["scores"]) == 1 for e in epochs), epochs
+    assert all(list(e["scorer_scores"]) == [predictor, "clipscore-vit-l-14"] for e in epochs), epochs
     means = [sum(e["scores"]) / len(e["scores"]) for e in epochs]
     best = epochs[max(range(2), key=lambda i: (means[i], -i))]
     train_report = ui_text(result, train_id)

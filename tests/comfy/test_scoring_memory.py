@@ -68,3 +68,22 @@ def test_twenty_queued_prompts_with_two_predictors_keep_memory_flat(comfy, comfy
     assert after - before < size // 2, (f"16 more prompts grew the server by {(after - before) >> 20} MiB "
                                         f"(one predictor is {size >> 20} MiB)")
     comfy.free()
+
+
+def test_free_releases_a_judges_scorers(comfy, comfy_server, medium_predictors):
+    """A judge holds no weights of its own: its scorers' loaders' outputs (their ModelPatchers) do, so POST /free
+    releases both scorers' weights after a judge has scored with them."""
+    names, size = medium_predictors
+    g = new_graph()
+    loaders = [g.node("AesthetePredictorLoader", model=n, device="cpu", dtype="fp32") for n in names]
+    judge = g.node("AestheteJudge", scorer_1=loaders[0].out(0), weight_1=1.0, scorer_2=loaders[1].out(0),
+                   weight_2=1.0)
+    image = g.node("EmptyImage", width=64, height=64, batch_size=2, color=7)
+    score = g.node("AestheteScore", predictor=judge.out(0), images=image.out(0), batch_size=2)
+    result = comfy.run(g.finalize())
+    assert f"combined\t{names[0]}\t{names[1]}" in result.node_output(score.id)["text"][0]
+    loaded = settled_rss(comfy_server)
+    comfy.free()
+    freed = settled_rss(comfy_server, below=loaded - 2 * size)
+    assert loaded - freed > size, (f"POST /free released {(loaded - freed) >> 20} MiB of two {size >> 20} MiB "
+                                   f"scorers (RSS {loaded >> 20} -> {freed >> 20} MiB)")

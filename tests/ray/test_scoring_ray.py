@@ -156,3 +156,33 @@ def test_a_killed_actor_loses_and_doubles_nothing(cluster, src, tmp_path):
             assert r.score is None and r.reason == local[r.name].reason
         else:
             assert np.isclose(r.score, local[r.name].score, rtol=0, atol=1e-6), r.name
+
+
+def test_ray_scores_a_prompt_aware_judge_as_the_local_engine_does(cluster, tmp_path, capsys):
+    """The catalog's CLIPScore (tiny weights) beside the LAION head, captions as prompts: the same combined and
+    per-scorer scores and the same skip (an uncaptioned image) on Ray as locally."""
+    import json
+
+    from harness.scorer_models import tiny_clip_scorers_root
+
+    folder = tmp_path / "captioned"
+    folder.mkdir()
+    for i in range(6):
+        Image.fromarray(photo_like(40 + 4 * i, 44, seed=30 + i)).save(folder / f"c{i}.png")
+        if i != 2:
+            (folder / f"c{i}.txt").write_text(f"a photo number {i}, lighthouse", encoding="utf-8")
+    args = ["--scorer", str(aesthetic_predictor("tiny")), "--scorer", "clipscore-vit-l-14=2", "--models-dir",
+            str(tiny_clip_scorers_root() / "aesthetic"), "--device", "cpu", "--batch-size", "4", "--no-progress"]
+    reports = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / f"{engine}.json"
+        assert main(["score", str(folder), *args, "--engine", engine, "--json", str(out)]) == 0
+        reports[engine] = json.loads(out.read_text())
+    local, remote = reports["local"], reports["ray"]
+    assert [f["file"] for f in remote["files"]] == [f["file"] for f in local["files"]] == [
+        f"c{i}.png" for i in (0, 1, 3, 4, 5)]
+    for a, b in zip(local["files"], remote["files"]):
+        assert b["score"] == pytest.approx(a["score"], abs=1e-5)
+        assert b["scores"] == pytest.approx(a["scores"], abs=1e-5) and len(a["scores"]) == 2
+    assert remote["skipped"] == local["skipped"] and remote["skipped"][0]["file"] == "c2.png"
+    assert "no caption" in remote["skipped"][0]["reason"]

@@ -96,7 +96,7 @@ def test_aesthetic_filter_drops_low_scores(tmp_path):
     write_pattern_folder(tmp_path, count=4)
     seen = []
 
-    def score(images: list[Image.Image]) -> list[float]:
+    def score(images: list[Image.Image], captions: list[str]) -> list[float]:
         seen.extend(images)
         return [float(i) * 2 for i in range(len(images))]  # 0, 2, 4, 6 in file order
 
@@ -106,10 +106,29 @@ def test_aesthetic_filter_drops_low_scores(tmp_path):
     assert sorted(n for n, _ in ds.skipped) == ["pattern_00.png", "pattern_01.png"]
     assert "aesthetic score 0.00 < 3.00" in ds.report()
     with pytest.raises(DatasetError, match="returned 1 scores for 4"):
-        load_dataset(tmp_path, resolution=64, score=lambda imgs: [1.0])
+        load_dataset(tmp_path, resolution=64, score=lambda imgs, captions: [1.0])
     # nothing left after the filter: a clear error naming why each image went
     with pytest.raises(DatasetError, match=r"no usable training image \(pattern_00.png: aesthetic score 0.00 < 9.00"):
         load_dataset(tmp_path, resolution=64, score=score, min_score=9.0)
+
+
+def test_prompt_aware_filter_reads_captions_and_skips_the_uncaptioned(tmp_path):
+    write_pattern_folder(tmp_path, count=3, layouts=("txt",))
+    for p in sorted(tmp_path.glob("*.txt")):
+        p.unlink()
+    (tmp_path / "pattern_00.txt").write_text("a red fox, snow", encoding="utf-8")
+    (tmp_path / "metadata.csv").write_text("file_name,text\npattern_02.png,blue sky\n", encoding="utf-8")
+    got = []
+
+    def score(images, captions):
+        got.extend(captions)
+        return [7.0] * len(images)
+
+    ds = load_dataset(tmp_path, resolution=64, score=score, min_score=3.0, score_needs_captions=True)
+    assert got == ["a red fox, snow", "blue sky"]
+    assert [img.path.name for img in ds.images] == ["pattern_00.png", "pattern_02.png"]
+    assert ds.skipped == [("pattern_01.png", "no caption (.txt, .json or metadata.csv): the scorer reads each "
+                                             "image's caption as its prompt")]
 
 
 def test_plan_epoch_repeats_batches_by_bucket_and_is_reproducible(tmp_path):

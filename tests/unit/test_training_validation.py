@@ -99,6 +99,28 @@ def test_score_graph_is_drawn_beside_the_loss_curve():
     assert (right == np.array([200, 30, 30])).all(axis=-1).any()  # the output epoch is circled in red
 
 
+def test_a_judges_scorers_each_have_their_mean_per_epoch_in_the_table_and_graph():
+    # style collapse: the aesthetic score rises while prompt alignment falls; the combination picks epoch 2
+    h, losses = ValidationHistory(), []
+    for n, (aesthetic, aligned, combined) in enumerate(((5.0, 30.0, 6.0), (6.0, 28.0, 6.5), (7.0, 5.0, 5.5)), 1):
+        losses += [1.0 / n]
+        h.add(n, losses, [image(40 * n), image(40 * n + 20)], [combined, combined], f"e{n}.safetensors",
+              columns={"aesthetic": [aesthetic, aesthetic], "clipscore": [aligned, aligned]})
+    assert h.choose().epoch == 2
+    table = h.table().splitlines()
+    assert table[0] == "epoch\tmean loss\tmean score\tmean aesthetic\tmean clipscore\tlora"
+    assert table[3] == "3\t0.3333\t5.50\t7.0000\t5.0000\te3.safetensors"
+    graph = draw_score_graph(h, losses)
+    assert graph.size == (640 + 3 * 480, 400)  # the loss, the combination, then each scorer
+    panels = np.asarray(graph)
+    for k in range(3):  # every panel has the chosen epoch circled
+        assert (panels[:, 640 + k * 480:640 + (k + 1) * 480] == np.array([200, 30, 30])).all(axis=-1).any()
+    # a single scorer's columns are its scores: nothing extra is kept or drawn
+    one = ValidationHistory()
+    one.add(1, [1.0], [image(40)], [5.0], columns={"aesthetic": [5.0]})
+    assert one.epochs[0].columns == {} and draw_score_graph(one, [1.0]).size == (640 + 480, 400)
+
+
 class Block(torch.nn.Module):
     def __init__(self):
         super().__init__()

@@ -194,3 +194,22 @@ def _attention_without_backward_everywhere() -> None:
 
 
 _attention_without_backward_everywhere()
+
+
+class TestOnlyOnAnotherDevice:
+    """The same scorer as the pack's loader gave, claiming another load device ("meta"): a judge must refuse to
+    combine it with scorers loading on the CPU."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"scorer": ("AESTHETIC_MODEL",)}}
+
+    RETURN_TYPES = ("AESTHETIC_MODEL",)
+    FUNCTION = "move"
+    CATEGORY = "testing"
+
+    def move(self, scorer):
+        return (type(scorer)(scorer.scorer, torch.device("meta")),)
+
+
+NODE_CLASS_MAPPINGS["TestOnlyOnAnotherDevice"] = TestOnlyOnAnotherDevice

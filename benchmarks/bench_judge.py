@@ -1,0 +1,134 @@
+"""The judge's scorers: our path against the reference's own scoring loop, per scorer, in one run.
+
+For each scorer: the same full-size random-weight files (tests/harness/scorer_models.full_bench_root: the real
+architectures and sizes, fp16 files loaded in fp32 by both sides) and the same N images of SIZE x SIZE, each with its
+prompt. The reference is DiffSynth 1.1.9's ImageQualityMetric class (Aesthetic V2.5: its publisher's package), one
+``score(image, prompt)`` call per image as its callers do; ours is ``load_scorer(...).score_images`` in batches.
+Each side runs in its own process (so its peak memory, model loading included, is its own), warms up on one image,
+then scores the N images once, timed. Prints images/s, the speed ratio, peak memory of both, and the largest score
+difference as a fraction of the reference's spread over the images.
+
+  .venv/bin/python -m benchmarks.bench_judge [--images 4] [--size 512] [--scorers pickscore-v1,hpsv2,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCORERS = ("pickscore-v1", "clipscore-vit-l-14", "clipscore-vit-h-14", "hpsv2", "hpsv2.1", "mps-overall",
+           "imagereward-v1", "aesthetic-v2.5")
+PROMPTS = ("a red fox in the snow at dawn", "a bowl of ramen, studio light", "an old castle on a hill",
+           "a portrait of a woman, warm light, soft color")
+
+
+def reference_job(scorer: str, qm: Path) -> dict:
+    clip_h = qm / "CLIP-ViT-H-14-laion2B-s32B-b79K"
+    bpe = str(qm / "bpe_simple_vocab_16e6.txt.gz")
+    return {
+        "pickscore-v1": {"scorer": "PickScore", "path": {"pickscore": str(qm / "PickScore_v1"), "clip": str(clip_h)}},
+        "clipscore-vit-l-14": {"scorer": "PickScore", "path": {"pickscore": str(qm / "clip-vit-large-patch14"),
+                                                               "clip": str(qm / "clip-vit-large-patch14")}},
+        "clipscore-vit-h-14": {"scorer": "CLIPScore", "path": {"open_clip_bpe": bpe},
+                               "load_state": str(clip_h / "open_clip_model.safetensors")},
+        "hpsv2": {"scorer": "HPScore_v2", "kwargs": {"model_version": "v2"},
+                  "path": {"hpsv2": str(qm / "HPS_v2" / "HPS_v2_compressed.safetensors"), "open_clip_bpe": bpe}},
+        "hpsv2.1": {"scorer": "HPScore_v2", "kwargs": {"model_version": "v21"},
+                    "path": {"hpsv2.1": str(qm / "HPS_v2" / "HPS_v2.1_compressed.safetensors"), "open_clip_bpe": bpe}},
+        "mps-overall": {"scorer": "MPScore", "path": {"clip": str(clip_h), "mps": str(
+            qm / "MPS_overall_checkpoint" / "MPS_overall_checkpoint_diffsynth.safetensors")}},
+        "imagereward-v1": {"scorer": "ImageRewardScore", "path": {
+            "imagereward": str(qm / "ImageReward" / "ImageReward.safetensors"),
+            "med_config": str(qm / "ImageReward" / "med_config.json"), "bert_model_path": str(qm / "bert-base-uncased")}},
+    }[scorer]
+
+
+def run_reference_side(scorer: str, root: Path, images: list[Path], prompts: list[str], work: Path) -> dict:
+    sys.path.insert(0, str(REPO / "tests"))
+    from harness.reference import run_reference
+
+    qm = root / "QualityMetric"
+    if scorer == "aesthetic-v2.5":
+        return run_reference("aesthetic_v25", REPO / "tests" / "reference" / "aesthetic_v25_scores.py",
+                             str(qm / "aesthetic-predictor-v2-5" / "aesthetic_predictor_v2_5.pth"),
+                             str(qm / "siglip-so400m-patch14-384"), "2", *map(str, images))
+    job = work / f"{scorer}.json"
+    # repeat 2: the first pass warms up (its time is not kept: the minimum is)
+    job.write_text(json.dumps({**reference_job(scorer, qm), "images": list(map(str, images)), "prompts": prompts,
+                               "repeat": 2}))
+    return run_reference("diffsynth", REPO / "tests" / "reference" / "diffsynth_scorers.py", str(job))
+
+
+def run_ours_side(scorer: str, root: Path, images: list[Path], prompts: list[str]) -> dict:
+    """In its own process (``--ours``): load, warm up on one image, score all once."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_judge", "--ours", scorer, str(root),
+                           json.dumps(prompts), *map(str, images)], capture_output=True, text=True, cwd=str(REPO),
+                          timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ours ({scorer}) failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def ours_child(scorer: str, root: str, prompts_json: str, paths: list[str]) -> None:
+    from PIL import Image
+
+    from aesthete.scoring.scorers import load_scorer
+
+    prompts = json.loads(prompts_json)
+    model = load_scorer(scorer, Path(root), device="cpu", dtype="fp32")
+    images = [Image.open(p).convert("RGB") for p in paths]
+    model.score_images(images[:1], prompts[:1])
+    started = time.perf_counter()
+    scores = model.score_images(images, prompts, batch_size=len(images))
+    seconds = time.perf_counter() - started
+    sys.stdout.write(json.dumps({"scores": scores, "seconds": seconds,
+                                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}) + "\n")
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--ours":
+        ours_child(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--scorers", default=",".join(SCORERS))
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO / "tests"))
+    from benchmarks.bench_scoring import make_images
+    from harness.scorer_models import full_bench_root
+
+    root = full_bench_root()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        images = make_images(Path(tmp) / "images", args.images, args.size)
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.images)]
+        for scorer in args.scorers.split(","):
+            ref = run_reference_side(scorer, root, images, prompts, Path(tmp))
+            ours = run_ours_side(scorer, root, images, prompts)
+            spread = max(ref["scores"]) - min(ref["scores"])
+            diff = max(abs(a - b) for a, b in zip(ours["scores"], ref["scores"])) / spread if spread else float("nan")
+            rows.append((scorer, args.images / ref["seconds"], args.images / ours["seconds"],
+                         ref["seconds"] / ours["seconds"], ref["peak_rss_mb"], ours["peak_rss_mb"], diff))
+            sys.stdout.write(f"{scorer}: done\n")
+            sys.stdout.flush()
+    load = os.getloadavg()
+    sys.stdout.write(f"\n{args.images} images of {args.size}x{args.size}, CPU ({os.cpu_count()} cores), load average "
+                     f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}\n")
+    sys.stdout.write("| scorer | reference img/s | ours img/s | speed | reference peak MiB | ours peak MiB | "
+                     "max diff / spread |\n|---|---|---|---|---|---|---|\n")
+    for scorer, r, o, ratio, rm, om, diff in rows:
+        sys.stdout.write(f"| {scorer} | {r:.2f} | {o:.2f} | {ratio:.2f}x | {rm:.0f} | {om:.0f} | {diff:.1e} |\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
