@@ -106,21 +106,17 @@ def comfy_configs(device: str, tiny: bool) -> list[tuple[str, list[str]]]:
 
 def train_graph(model: TrainedModel, precision: str, tag: str):
     from tests.harness.graph import new_graph
+    from tests.harness.training_graphs import dataset_node, train_node
 
     g = new_graph()
     unet, clip, vae = model.load(g)
     r = model.resolution
-    data = g.node("AestheteLoraDataset", folder="gpu_check", resolution=r, crop_mode="center crop", trigger_word="ptn",
-                  keep_first_tags=1, shuffle_tags=False, caption_dropout=0.0, repeats=1, require_captions=True,
-                  allow_outside_input=False, seed=0)
+    data = dataset_node(g, "gpu_check", resolution=r)
     validation = g.node("AestheteValidationSettings", prompts="ptn, stripes", negative="", seed=1, steps=2, width=r,
                         height=r, images_per_prompt=1, cfg=5.0, sampler_name="euler", scheduler="normal",
                         output_lora="last epoch")
-    train = g.node("AestheteTrainLora", model=unet, clip=clip, vae=vae, dataset=data.out(0), epochs=EPOCHS, rank=4,
-                   alpha=4.0, learning_rate=1e-4, batch_size=2, grad_accumulation=1, optimizer="AdamW",
-                   lr_schedule="constant", warmup_steps=0, seed=0, precision=precision, gradient_checkpointing=False,
-                   target_layers="attention q,k,v,out", save_every_n_epochs=0, checkpoint_name=f"gpu_check/{tag}",
-                   resume_from="[None]", validation=validation.out(0))
+    train = train_node(g, unet, clip, vae, data.out(0), epochs=EPOCHS, learning_rate=1e-4, precision=precision,
+                       checkpoint_name=f"gpu_check/{tag}", validation=validation.out(0))
     g.node("AestheteSaveLora", lora=train.out(1), name_prefix=f"gpu_check/{tag}_out", precision="fp32",
            diffsynth_copy=False)
     return g, train

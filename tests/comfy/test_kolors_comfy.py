@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from harness.graph import new_graph
+from harness.training_graphs import dataset_node, train_node
 from harness.kolors_models import RECIPE_PROMPT, small_kolors, tiny_kolors
 from harness.lora_models import comfy_diffusers_names
 from PIL import Image
@@ -201,14 +202,9 @@ def test_train_lora_takes_the_kolors_model_clip_and_vae(comfy, comfy_server, kol
     g = new_graph()
     loader = g.node("AestheteKolorsLoader", kolors=kolors_folders["kolors"], dtype="fp32",
                     text_encoder_device="default")
-    data = g.node("AestheteLoraDataset", folder="kolors_pattern", resolution=64, crop_mode="center crop",
-                  trigger_word="ptn", keep_first_tags=1, shuffle_tags=False, caption_dropout=0.0, repeats=1,
-                  require_captions=True, allow_outside_input=False, seed=0)
-    train = g.node("AestheteTrainLora", model=loader.out(0), clip=loader.out(1), vae=loader.out(2),
-                   dataset=data.out(0), epochs=2, rank=4, alpha=4.0, learning_rate=1e-3, batch_size=2,
-                   grad_accumulation=1, optimizer="AdamW", lr_schedule="constant", warmup_steps=0, seed=0,
-                   precision="fp32", gradient_checkpointing=False, target_layers="attention q,k,v,out",
-                   save_every_n_epochs=0, checkpoint_name="kolors_test/checkpoint", resume_from="[None]")
+    data = dataset_node(g, "kolors_pattern")
+    train = train_node(g, loader.out(0), loader.out(1), loader.out(2), data.out(0), learning_rate=1e-3,
+                       checkpoint_name="kolors_test/checkpoint")
     g.node("AestheteSaveLora", lora=train.out(1), name_prefix="kolors_test/pattern", precision="fp32",
            diffsynth_copy=False)
     comfy.run(g.finalize(), timeout=480)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from harness.graph import new_graph
+from harness.training_graphs import dataset_node, train_node
 from harness.in_comfy import run_in_comfy
 from harness.kolors_models import RECIPE_PROMPT, tiny_kolors
 
@@ -101,14 +102,9 @@ def test_lora_trained_in_the_server_and_saved_for_diffusers_loads_in_kolors_pipe
     write_pattern_folder(comfy_server.input_dir / "kolors_diffusers_pattern", count=2)
     g = new_graph()
     loader = g.node("AestheteKolorsLoader", kolors=name, dtype="fp32", text_encoder_device="default")
-    data = g.node("AestheteLoraDataset", folder="kolors_diffusers_pattern", resolution=64, crop_mode="center crop",
-                  trigger_word="ptn", keep_first_tags=1, shuffle_tags=False, caption_dropout=0.0, repeats=1,
-                  require_captions=True, allow_outside_input=False, seed=0)
-    train = g.node("AestheteTrainLora", model=loader.out(0), clip=loader.out(1), vae=loader.out(2),
-                   dataset=data.out(0), epochs=3, rank=4, alpha=4.0, learning_rate=5e-2, batch_size=2,
-                   grad_accumulation=1, optimizer="AdamW", lr_schedule="constant", warmup_steps=0, seed=0,
-                   precision="fp32", gradient_checkpointing=False, target_layers="attention q,k,v,out",
-                   save_every_n_epochs=0, checkpoint_name="kolors_diffusers/checkpoint", resume_from="[None]")
+    data = dataset_node(g, "kolors_diffusers_pattern")
+    train = train_node(g, loader.out(0), loader.out(1), loader.out(2), data.out(0), epochs=3, learning_rate=5e-2,
+                       checkpoint_name="kolors_diffusers/checkpoint")
     g.node("AestheteSaveLora", lora=train.out(1), name_prefix="kolors_diffusers/pattern", precision="fp32",
            diffsynth_copy=False, diffusers_copy=True)
     comfy.run(g.finalize(), timeout=480)

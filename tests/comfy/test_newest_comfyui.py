@@ -18,6 +18,7 @@ import pytest
 import requests
 from harness.comfy_server import running_server
 from harness.graph import new_graph
+from harness.training_graphs import dataset_node, train_node
 from harness.in_comfy import run_in_comfy
 from harness.kolors_models import tiny_kolors
 from harness.training_data import write_pattern_folder
@@ -83,13 +84,8 @@ def test_a_kolors_unet_file_is_found_kolors_by_core_unet_loader_the_newest_way(n
     assert "no match" not in new_log and "unet unexpected" not in new_log and "left over keys" not in new_log
 
 
-TRAIN = {"epochs": 500, "rank": 4, "alpha": 4.0, "learning_rate": 1e-2, "batch_size": 4, "grad_accumulation": 1,
-         "optimizer": "AdamW", "lr_schedule": "constant", "warmup_steps": 0, "seed": 1, "precision": "fp32",
-         "gradient_checkpointing": False, "target_layers": "attention q,k,v,out", "save_every_n_epochs": 1,
-         "checkpoint_name": "newest/cancelled", "resume_from": "[None]"}
-DATASET = {"folder": "newest_pattern", "resolution": 64, "crop_mode": "center crop", "trigger_word": "ptn",
-           "keep_first_tags": 1, "shuffle_tags": False, "caption_dropout": 0.0, "repeats": 1, "require_captions": True,
-           "allow_outside_input": False, "seed": 0}
+TRAIN = {"epochs": 500, "batch_size": 4, "seed": 1, "save_every_n_epochs": 1, "checkpoint_name": "newest/cancelled"}
+DATASET = "newest_pattern"
 
 
 def _interrupt_at(client, node_id: str, value: int):
@@ -105,12 +101,11 @@ def _interrupt_at(client, node_id: str, value: int):
 
 
 def test_a_cancel_that_is_a_base_exception_keeps_what_was_trained(newest):
-    write_pattern_folder(newest.input_dir / DATASET["folder"], count=4)
+    write_pattern_folder(newest.input_dir / DATASET, count=4)
     g = new_graph()
     ckpt = g.node("CheckpointLoaderSimple", ckpt_name=newest.sd15)
-    dataset = g.node("AestheteLoraDataset", **DATASET)
-    train = g.node("AestheteTrainLora", model=ckpt.out(0), clip=ckpt.out(1), vae=ckpt.out(2), dataset=dataset.out(0),
-                   **TRAIN)
+    dataset = dataset_node(g, DATASET)
+    train = train_node(g, ckpt.out(0), ckpt.out(1), ckpt.out(2), dataset.out(0), **TRAIN)
     g.node("AestheteLossGraph", loss=train.out(2), smoothing=0.9)
     result = newest.client.run(g.finalize(), timeout=300, on_event=_interrupt_at(newest.client, train.id, 2),
                                expect_interrupted=True)

@@ -11,19 +11,14 @@ from harness.comfy_server import running_server
 from harness.client import ComfyClient
 from harness.factories import small_sd15_checkpoint
 from harness.graph import new_graph
+from harness.training_graphs import dataset_node, train_node
 from harness.training_data import write_pattern_folder
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 DATASET = "aesthete_gpu_paths"
 # 2 images of 64x64, batch 2: one step per epoch; lr 1e-2 moves every LoRA layer visibly in 2 steps
-TRAIN = {"epochs": 2, "rank": 2, "alpha": 2.0, "learning_rate": 1e-2, "batch_size": 2, "grad_accumulation": 1,
-         "optimizer": "AdamW", "lr_schedule": "constant", "warmup_steps": 0, "seed": 0, "precision": "fp32",
-         "gradient_checkpointing": False, "target_layers": "attention q,k,v,out", "save_every_n_epochs": 0,
-         "resume_from": "[None]"}
-DATASET_INPUTS = {"folder": DATASET, "resolution": 64, "crop_mode": "center crop", "trigger_word": "ptn",
-                  "keep_first_tags": 1, "shuffle_tags": False, "caption_dropout": 0.0, "repeats": 1,
-                  "require_captions": True, "allow_outside_input": False, "seed": 0}
+TRAIN = {"epochs": 2, "rank": 2, "alpha": 2.0}
 
 
 def train_graph(ckpt: str, name: str, patch=None, validate: bool = False):
@@ -31,14 +26,14 @@ def train_graph(ckpt: str, name: str, patch=None, validate: bool = False):
     g = new_graph()
     loader = g.node("CheckpointLoaderSimple", ckpt_name=ckpt)
     model = patch(g, loader) if patch else loader.out(0)
-    data = g.node("AestheteLoraDataset", **DATASET_INPUTS)
+    data = dataset_node(g, DATASET)
     extra = {}
     if validate:
         extra["validation"] = g.node("AestheteValidationSettings", prompts="ptn, stripes", negative="", seed=1,
                                      steps=1, width=64, height=64, images_per_prompt=1, cfg=1.0, sampler_name="euler",
                                      scheduler="normal", output_lora="last epoch").out(0)
-    train = g.node("AestheteTrainLora", model=model, clip=loader.out(1), vae=loader.out(2), dataset=data.out(0),
-                   checkpoint_name=f"gpu_paths/{name}_ckpt", **TRAIN, **extra)
+    train = train_node(g, model, loader.out(1), loader.out(2), data.out(0), checkpoint_name=f"gpu_paths/{name}_ckpt",
+                       **TRAIN, **extra)
     g.node("AestheteSaveLora", lora=train.out(1), name_prefix=f"gpu_paths/{name}", precision="fp32",
            diffsynth_copy=False)
     return g, train

@@ -15,21 +15,14 @@ from PIL import Image
 from safetensors import safe_open
 
 from harness.graph import new_graph
+from harness.training_graphs import dataset_node, train_node
 from harness.training_data import write_pattern_folder
 
 
 DATASET = "aesthete_train_pattern"
 # 30 optimizer steps of 4 images at 64x64; lr 1e-2 (scale alpha/rank = 1) makes the loss fall by more than half
 # in this run, measured at about 1.1 -> 0.45 (the mean of the first five steps against the last five)
-TRAIN = {"epochs": 30, "rank": 4, "alpha": 4.0, "learning_rate": 1e-2, "batch_size": 4, "grad_accumulation": 1,
-         "optimizer": "AdamW", "lr_schedule": "constant", "warmup_steps": 0, "seed": 0, "precision": "fp32",
-         "gradient_checkpointing": False, "target_layers": "attention q,k,v,out", "save_every_n_epochs": 0,
-         "checkpoint_name": "aesthete_test/checkpoint", "resume_from": "[None]"}
-
-
-DATASET_INPUTS = {"folder": DATASET, "resolution": 64, "crop_mode": "center crop", "trigger_word": "ptn",
-                  "keep_first_tags": 1, "shuffle_tags": False, "caption_dropout": 0.0, "repeats": 1,
-                  "require_captions": True, "allow_outside_input": False, "seed": 0}
+TRAIN = {"epochs": 30, "batch_size": 4}
 
 
 def base_graph(ckpt: str, **train):
@@ -37,9 +30,8 @@ def base_graph(ckpt: str, **train):
     training is reused by the tests that add nodes to it)."""
     g = new_graph()
     ckpt = g.node("CheckpointLoaderSimple", ckpt_name=ckpt)
-    dataset = g.node("AestheteLoraDataset", **DATASET_INPUTS)
-    train = g.node("AestheteTrainLora", model=ckpt.out(0), clip=ckpt.out(1), vae=ckpt.out(2),
-                   dataset=dataset.out(0), **{**TRAIN, **train})
+    dataset = dataset_node(g, DATASET)
+    train = train_node(g, ckpt.out(0), ckpt.out(1), ckpt.out(2), dataset.out(0), **{**TRAIN, **train})
     return g, SimpleNamespace(ckpt=ckpt, dataset=dataset, train=train)
 
 
@@ -139,7 +131,7 @@ def test_core_loader_maps_every_key_and_weights_match_the_in_graph_model(trained
 def dataset_graph(**inputs):
     """LoRA Dataset (Folder) alone, its report shown; returns the builder and the dataset node."""
     g = new_graph()
-    dataset = g.node("AestheteLoraDataset", **{**DATASET_INPUTS, **inputs})
+    dataset = dataset_node(g, DATASET, **inputs)
     g.node("PreviewAny", source=dataset.out(1))
     return g, dataset
 
@@ -189,8 +181,7 @@ def test_aesthetic_predictor_drops_low_scoring_images(comfy, comfy_server, tiny_
     def report(min_score: float) -> str:
         g = new_graph()
         loader = g.node("AesthetePredictorLoader", model=tiny_predictor, device="cpu", dtype="fp32")
-        dataset = g.node("AestheteLoraDataset", **{**DATASET_INPUTS, "folder": folder.name, "min_score": min_score,
-                                                   "aesthetic_model": loader.out(0)})
+        dataset = dataset_node(g, folder.name, min_score=min_score, aesthetic_model=loader.out(0))
         g.node("PreviewAny", source=dataset.out(1))
         return comfy.run(g.finalize()).node_output(dataset.id)["text"][0]
 

@@ -5,25 +5,21 @@ from __future__ import annotations
 
 import pytest
 from harness.graph import new_graph
+from harness.training_graphs import dataset_node, train_node
 from harness.training_data import write_pattern_folder
 from safetensors import safe_open
 
 pytestmark = pytest.mark.comfy
 
 DATASET = "aesthete_resume_pattern"
-TRAIN = {"rank": 4, "alpha": 4.0, "learning_rate": 1e-2, "batch_size": 2, "grad_accumulation": 1,
-         "optimizer": "AdamW", "lr_schedule": "constant", "warmup_steps": 0, "seed": 5, "precision": "fp32",
-         "gradient_checkpointing": False, "target_layers": "attention q,k,v,out"}
+TRAIN = {"seed": 5}
 
 
 def train_graph(ckpt: str, **train):
     g = new_graph()
     loader = g.node("CheckpointLoaderSimple", ckpt_name=ckpt)
-    data = g.node("AestheteLoraDataset", folder=DATASET, resolution=64, crop_mode="center crop", trigger_word="ptn",
-                  keep_first_tags=1, shuffle_tags=True, caption_dropout=0.0, repeats=1, require_captions=True,
-                  allow_outside_input=False, seed=0)
-    node = g.node("AestheteTrainLora", model=loader.out(0), clip=loader.out(1), vae=loader.out(2),
-                  dataset=data.out(0), **{**TRAIN, **train})
+    data = dataset_node(g, DATASET, shuffle_tags=True)
+    node = train_node(g, loader.out(0), loader.out(1), loader.out(2), data.out(0), **{**TRAIN, **train})
     g.node("AestheteLossGraph", loss=node.out(2), smoothing=0.5)
     return g, node
 
