@@ -14,6 +14,7 @@ import pytest
 import requests
 import torch
 from harness.graph import new_graph
+from harness.training_graphs import TRAIN, dataset_node, train_node
 from harness.kolors_models import RECIPE_PROMPT, tiny_kolors
 from harness.training_data import write_pattern_folder
 from PIL import Image
@@ -22,11 +23,8 @@ from safetensors.torch import load as load_safetensors
 
 DATA = "kolors_validation"
 NEGATIVE = "低质量，模糊"
-# lr 1e-2 moves the tiny model's images (and scores) visibly in one step; batch 2 of 2 images: one step per epoch
-TRAIN = {"epochs": 2, "rank": 4, "alpha": 4.0, "learning_rate": 1e-2, "batch_size": 2, "grad_accumulation": 1,
-         "optimizer": "AdamW", "lr_schedule": "constant", "warmup_steps": 0, "seed": 0, "precision": "fp32",
-         "gradient_checkpointing": False, "target_layers": "attention q,k,v,out", "save_every_n_epochs": 0,
-         "resume_from": "[None]"}
+# the builder's training (harness/training_graphs.py): lr 1e-2 moves the tiny model's images (and scores) visibly in
+# one step; batch 2 of 2 images: one step per epoch, 2 epochs
 VALIDATION = {"prompts": RECIPE_PROMPT, "negative": NEGATIVE, "seed": 5, "steps": 2, "width": 64, "height": 64,
               "images_per_prompt": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",
               "output_lora": "best score"}
@@ -41,9 +39,7 @@ def kolors(comfy_server) -> str:
 def train_graph(kolors: str, checkpoint: str, predictor: str | None = None, validate: bool = True, **changes):
     g = new_graph()
     loader = g.node("AestheteKolorsLoader", kolors=kolors, dtype="fp32", text_encoder_device="default")
-    data = g.node("AestheteLoraDataset", folder=DATA, resolution=64, crop_mode="center crop", trigger_word="ptn",
-                  keep_first_tags=1, shuffle_tags=False, caption_dropout=0.0, repeats=1, require_captions=True,
-                  allow_outside_input=False, seed=0)
+    data = dataset_node(g, DATA)
     extra = {}
     if validate:
         settings = {**VALIDATION, **{k: v for k, v in changes.items() if k in VALIDATION}}
@@ -51,9 +47,8 @@ def train_graph(kolors: str, checkpoint: str, predictor: str | None = None, vali
             settings["predictor"] = g.node("AesthetePredictorLoader", model=predictor, device="cpu",
                                            dtype="fp32").out(0)
         extra["validation"] = g.node("AestheteValidationSettings", **settings).out(0)
-    train = g.node("AestheteTrainLora", model=loader.out(0), clip=loader.out(1), vae=loader.out(2),
-                   dataset=data.out(0), checkpoint_name=checkpoint,
-                   **{**TRAIN, **{k: v for k, v in changes.items() if k in TRAIN}}, **extra)
+    train = train_node(g, loader.out(0), loader.out(1), loader.out(2), data.out(0), checkpoint_name=checkpoint,
+                       **{k: v for k, v in changes.items() if k in TRAIN}, **extra)
     save = g.node("AestheteSaveLora", lora=train.out(1), name_prefix=checkpoint + "_out", precision="fp32",
                   diffsynth_copy=False)
     nodes = {"loader": loader, "train": train, "save": save}
