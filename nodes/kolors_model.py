@@ -116,7 +116,10 @@ class KolorsModelConfig(comfy.supported_models.SDXL):
         if "encoder_hid_dim" not in self.unet_config:  # found by detection: read the width off the weights
             key = next(k for k in state_dict if k.startswith(prefix) and k.endswith(ENCODER_HID_KEY))
             self.unet_config["encoder_hid_dim"] = state_dict[key].shape[1]
-        return Kolors(self, model_type=self.model_type(state_dict, prefix), device=device)
+        model = Kolors(self, model_type=self.model_type(state_dict, prefix), device=device)
+        if self.inpaint_model():  # Kolors-Inpainting: 9 input channels (latent, mask, masked image's latent)
+            model.set_inpaint()
+        return model
 
     def clip_target(self, state_dict={}):
         return None  # a single-file Kolors UNet carries no text encoder: load ChatGLM3 with its own loader

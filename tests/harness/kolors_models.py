@@ -117,6 +117,17 @@ def small_kolors() -> Path:
     return path
 
 
+def tiny_kolors_inpainting() -> Path:
+    """Kolors-Inpainting at the tiny size: the repository layout (fp32) whose UNet takes 9 input channels (the noisy
+    latent, the mask, the masked image's latent), as Kwai-Kolors/Kolors-Inpainting's unet/config.json says."""
+    path = _kolors_cached("kolors-inpainting-fp32")
+    if (path / "model_index.json").exists():
+        return path
+    with _building(path) as tmp:
+        _save_kolors_layout(tmp, "fp32", unet_config=dict(TINY_UNET, in_channels=9))
+    return path
+
+
 def _kolors_cached(name: str) -> Path:
     return _cached(f"{name}-k{KOLORS_FACTORY_VERSION}")
 

@@ -153,3 +153,66 @@ def real_chatglm3_keys(prefix: str = "transformer.") -> dict[str, tuple[int, ...
     with torch.device("meta"):
         model = ChatGLMModel(config)
     return {f"{prefix}{k}": tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+# --- add-ons: img2img, inpainting ---------------------------------------------------------------------------------
+
+@torch.no_grad()
+def vae_latent(pipe, pixels: torch.Tensor) -> torch.Tensor:
+    """The latent (scaled by the VAE's scaling factor, as the pipelines use it) of ``pixels`` [B, H, W, 3] in 0..1,
+    the mean of the VAE's posterior: what ComfyUI's VAEEncode keeps (the pipelines draw a sample from it instead,
+    which only adds the posterior's noise)."""
+    image = pixels.permute(0, 3, 1, 2).to(pipe.vae.dtype) * 2 - 1
+    return pipe.vae.encode(image).latent_dist.mode() * pipe.vae.config.scaling_factor
+
+
+@torch.no_grad()
+def img2img_one_step(pipe, pixels: torch.Tensor, prompt: str, timestep: int, seed: int) -> torch.Tensor:
+    """diffusers' KolorsImg2ImgPipeline (the same components as ``pipe``), one Euler step from ``timestep`` with
+    guidance 1: noise drawn from ``torch.manual_seed(seed)`` (as ComfyUI draws it), added to the image's latent at
+    sigma(timestep), then x0 = x - sigma * eps. The image goes in as its latent (``vae_latent``) so the pipeline does
+    not draw a posterior sample from the same generator first. The pipeline's size conditioning is the image's size
+    (height and width given): left out, it would condition on its default 1024 x 1024 (the UNet's sample size x 8)
+    whatever the image's size, where ComfyUI takes the latent's size. Returns the latent unscaled, as SaveLatent
+    writes it."""
+    from diffusers import KolorsImg2ImgPipeline
+
+    img2img = KolorsImg2ImgPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                    unet=pipe.unet, scheduler=pipe.scheduler, force_zeros_for_empty_prompt=False)
+    img2img.set_progress_bar_config(disable=True)
+    height, width = pixels.shape[1:3]
+    latent = img2img(prompt=prompt, image=vae_latent(pipe, pixels), strength=1.0, timesteps=[timestep],
+                     height=height, width=width,
+                     guidance_scale=1.0, generator=torch.manual_seed(seed), output_type="latent").images
+    return latent / pipe.vae.config.scaling_factor
+
+
+@torch.no_grad()
+def inpaint_one_step(pipe, start: torch.Tensor, pixels: torch.Tensor, mask: torch.Tensor, prompt: str,
+                     height: int, width: int) -> torch.Tensor:
+    """One Euler step of Kwai-Kolors's inpainting pipeline (Kwai-Kolors/Kolors,
+    kolors/pipelines/pipeline_stable_diffusion_xl_chatglm_256_inpainting.py: ``prepare_mask_and_masked_image``,
+    ``prepare_mask_latents`` and the denoising loop of ``__call__``), from sigma_max (timestep 1099), guidance 1:
+
+        mask          = (mask >= 0.5)                                    [B, 1, H, W], 1 = repaint
+        masked_image  = image * (mask < 0.5)                             (image in -1..1)
+        masked_latent = vae(masked_image) * scaling_factor               (the posterior's mean, as ComfyUI's VAEEncode)
+        mask_latent   = interpolate(mask, (H/8, W/8))                    (nearest)
+        eps           = unet(cat([x / sqrt(1 + sigma^2), mask_latent, masked_latent]), 1099, cond)
+        x0            = x - sigma * eps
+
+    ``start`` is the noisy latent x the step starts from (model space). Kwai-Kolors starts from noise *
+    init_noise_sigma (strength 1) or the image's latent plus noise (strength < 1); ComfyUI's KSampler adds the
+    latent it is given to the scaled noise: the driver takes x as given so both start from the same point. Kwai-Kolors's
+    code cannot be installed here; this driver runs the same operations on diffusers' UNet2DConditionModel, which holds
+    the same weights. Returns the latent unscaled, as SaveLatent writes it."""
+    sigma = scheduler_sigmas(pipe)[-1].item()
+    mask = (mask >= 0.5).to(torch.float32)
+    image = pixels.permute(0, 3, 1, 2) * 2 - 1
+    masked = image * (mask < 0.5)
+    masked_latent = pipe.vae.encode(masked).latent_dist.mode() * pipe.vae.config.scaling_factor
+    mask_latent = torch.nn.functional.interpolate(mask, size=(height // 8, width // 8))
+    embeds, pooled = encode(pipe, prompt)
+    model_input = torch.cat([start / (1 + sigma ** 2) ** 0.5, mask_latent, masked_latent], dim=1)
+    eps = unet_eps(pipe, model_input, 1099, embeds, pooled, height, width)
+    return (start - sigma * eps) / pipe.vae.config.scaling_factor
