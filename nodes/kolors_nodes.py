@@ -16,7 +16,7 @@ from ..kolors.folder import KolorsFolderError
 from ..kolors.download import DEFAULT_NAME, ensure_kolors
 from ..kolors.folder import (chatglm_config_for_file, find_kolors_folder, find_tokenizer_for_file, looks_like_kolors,
                              LazyWeights, read_json)
-from . import kolors_model
+from . import kolors_controlnet, kolors_model
 
 log = logging.getLogger("aesthete.kolors")
 
@@ -202,4 +202,36 @@ class AestheteChatGLM3Loader(io.ComfyNode):
         return io.NodeOutput(kolors_model.kolors_clip([path], config, tokenizer, dtype, device, state_dict=sd))
 
 
-NODES = [AestheteKolorsLoader, AestheteKolorsUNetLoader, AestheteChatGLM3Loader]
+class AestheteKolorsControlNetLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AestheteKolorsControlNetLoader",
+            display_name="Kolors ControlNet Loader",
+            category="Aesthete/kolors",
+            description="Loads a Kolors ControlNet (Kwai-Kolors's Kolors-ControlNet-Canny, -Depth or -Pose: "
+                        "diffusion_pytorch_model.safetensors with its config.json, in a folder of its own under "
+                        "models/controlnet) as a core CONTROL_NET. Use it with core Apply ControlNet (strength, "
+                        "start/end percent) on prompts encoded by the Kolors CLIP and the Kolors MODEL. The hint is "
+                        "an image: core Canny for the canny model, a depth map or a pose picture for the others.",
+            inputs=[
+                io.Combo.Input("control_net_name", options=folder_paths.get_filename_list("controlnet"),
+                               tooltip="The ControlNet's weights in models/controlnet (for example "
+                                       "Kolors-ControlNet-Canny/diffusion_pytorch_model.safetensors); its config.json "
+                                       "is read from beside it, or Kolors's own when there is none"),
+                io.Combo.Input("dtype", options=DTYPE_OPTIONS, default="auto", tooltip=DTYPE_TOOLTIP),
+            ],
+            outputs=[io.ControlNet.Output("CONTROL_NET", tooltip="For core Apply ControlNet on the Kolors MODEL")],
+        )
+
+    @classmethod
+    def execute(cls, control_net_name, dtype) -> io.NodeOutput:
+        path = Path(folder_paths.get_full_path_or_raise("controlnet", control_net_name))
+        weights = LazyWeights([path])  # each tensor read as it is copied into the model
+        config_path = kolors_controlnet.controlnet_config_path(path)
+        config = read_json(config_path) if config_path else read_json(STOCK_UNET_CONFIG)
+        return io.NodeOutput(kolors_controlnet.kolors_controlnet(weights, config, dtype, where=str(path),
+                                                                 take=weights.take))
+
+
+NODES = [AestheteKolorsLoader, AestheteKolorsUNetLoader, AestheteChatGLM3Loader, AestheteKolorsControlNetLoader]

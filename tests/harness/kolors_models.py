@@ -128,6 +128,27 @@ def tiny_kolors_inpainting() -> Path:
     return path
 
 
+def tiny_kolors_controlnet() -> Path:
+    """A Kolors ControlNet as Kwai-Kolors publishes Kolors-ControlNet-Canny: a folder with ``config.json`` and
+    ``diffusion_pytorch_model.safetensors`` of diffusers' ControlNetModel, made from tiny_kolors("kolors", "fp32")'s
+    UNet the way ``ControlNetModel.from_unet`` makes one (so it carries ``encoder_hid_dim`` / ``text_proj`` and its own
+    ``encoder_hid_proj``), every weight then randomised (the zero convolutions included)."""
+    path = _kolors_cached("kolors-controlnet-fp32")
+    if (path / "config.json").exists():
+        return path
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_kolors("kolors", "fp32") / "unet")
+    with _building(path) as tmp:
+        controlnet = ControlNetModel.from_unet(unet)
+        _spread(controlnet, SEED + 7)
+        controlnet.save_config(tmp)
+        save_file({k: v.contiguous() for k, v in controlnet.state_dict().items()},
+                  tmp / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
+    return path
+
+
 def _kolors_cached(name: str) -> Path:
     return _cached(f"{name}-k{KOLORS_FACTORY_VERSION}")
 

@@ -216,3 +216,48 @@ def inpaint_one_step(pipe, start: torch.Tensor, pixels: torch.Tensor, mask: torc
     model_input = torch.cat([start / (1 + sigma ** 2) ** 0.5, mask_latent, masked_latent], dim=1)
     eps = unet_eps(pipe, model_input, 1099, embeds, pooled, height, width)
     return (start - sigma * eps) / pipe.vae.config.scaling_factor
+
+
+# --- add-ons: ControlNet ------------------------------------------------------------------------------------------
+
+def load_controlnet(folder: str | Path, dtype: torch.dtype = torch.float32):
+    """diffusers' ControlNetModel from a Kolors ControlNet folder (config.json + weights): the class whose weights
+    Kwai-Kolors's own ControlNet (kolors/models/controlnet.py) holds."""
+    from diffusers import ControlNetModel
+
+    return ControlNetModel.from_pretrained(folder, torch_dtype=dtype).eval()
+
+
+@torch.no_grad()
+def controlnet_residuals(controlnet, sample: torch.Tensor, timestep, context: torch.Tensor, pooled: torch.Tensor,
+                         hint: torch.Tensor, scale: float, height: int, width: int):
+    """(down residuals, mid residual) as Kwai-Kolors's ControlNetModel.forward (Kwai-Kolors/Kolors,
+    kolors/models/controlnet.py) computes them: the ChatGLM3 context is first projected by the ControlNet's own
+    ``encoder_hid_proj`` (diffusers' ControlNetModel.forward, which holds the same weights, does not do this), then
+    diffusers' forward with ``hint`` ([B, 3, H, W] in 0..1, as its pipelines' prepare_control_image makes it) and
+    ``conditioning_scale``."""
+    time_ids = add_time_ids(height, width).repeat(sample.shape[0], 1)
+    return controlnet(sample, torch.as_tensor(float(timestep)), encoder_hidden_states=controlnet.encoder_hid_proj(context),
+                      controlnet_cond=hint, conditioning_scale=scale,
+                      added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}, return_dict=False)
+
+
+@torch.no_grad()
+def controlnet_one_step(pipe, controlnet, noise: torch.Tensor, prompt: str, hint: torch.Tensor, scale: float,
+                        height: int, width: int) -> torch.Tensor:
+    """One Euler step from sigma_max (timestep 1099, guidance 1) of Kwai-Kolors's ControlNet pipeline
+    (kolors/pipelines/pipeline_controlnet_xl_kolors_img2img.py, the denoising loop of ``__call__``): the ControlNet's
+    residuals (``controlnet_residuals``) of the scaled latent are added to the UNet's down and mid blocks
+    (``down_block_additional_residuals``, ``mid_block_additional_residual``). Starts from ``noise`` as ComfyUI's
+    KSampler does at full denoise (x = noise * sqrt(1 + sigma^2)); returns the latent unscaled, as SaveLatent
+    writes it."""
+    sigma = scheduler_sigmas(pipe)[-1].item()
+    embeds, pooled = encode(pipe, prompt)
+    x = noise * (1 + sigma ** 2) ** 0.5
+    model_input = x / (1 + sigma ** 2) ** 0.5
+    down, mid = controlnet_residuals(controlnet, model_input, 1099, embeds, pooled, hint, scale, height, width)
+    time_ids = add_time_ids(height, width)
+    eps = pipe.unet(model_input, torch.as_tensor(1099.0), encoder_hidden_states=embeds,
+                    added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
+                    down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False)[0]
+    return (x - sigma * eps) / pipe.vae.config.scaling_factor
