@@ -35,7 +35,7 @@ from comfy.ldm.modules.encoders.noise_aug_modules import CLIPEmbeddingNoiseAugme
 from comfy.ldm.modules.diffusionmodules.openaimodel import Timestep
 
 from ..common.tensors import load_into_module
-from ..kolors import configs
+from ..kolors import configs, quantize
 from ..kolors.chatglm import ChatGLM3, load_chatglm_state_dict
 from ..kolors.folder import KolorsFolder, KolorsFolderError, LazyWeights, read_weights
 from ..kolors.tokenizer import ChatGLM3Tokenizer
@@ -47,6 +47,7 @@ ENCODER_KEY = "chatglm3"  # the tokenizer's and text encoder's name in ComfyUI's
 MAX_TOKENS = 256  # Kolors's context length: ChatGLM3's prefix tokens, the prompt, left padding
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 FP8 = "fp8_e4m3fn"  # weight-only storage for ChatGLM3 (half of fp16); ComfyUI's manual_cast ops compute in fp16/fp32
+QUANTIZED = quantize.KINDS  # 8-bit and 4-bit block storage for ChatGLM3 (kolors.quantize), dequantized per layer
 
 
 # ---------------------------------------------------------------------------------------------------- the MODEL
@@ -321,13 +322,20 @@ def kolors_clip(te_files: list[Path], te_config: dict, tokenizer_model: Path, dt
     elif device == "gpu":
         model_options["load_device"] = mm.get_torch_device()
     load_device = model_options.setdefault("load_device", mm.text_encoder_device())
-    if dtype_name in ("auto", FP8):
+    if dtype_name in ("auto", FP8, *QUANTIZED):
         dtype = text_encoder_dtype(load_device)
     else:
         dtype = DTYPES[dtype_name]
     if dtype_name == FP8:
         model_options["compute_dtype"] = torch.float32 if mm.is_device_cpu(load_device) else torch.float16
         dtype = torch.float8_e4m3fn
+    elif dtype_name in QUANTIZED:
+        # matrices and the embedding table in blocks of 8 or 4 bits; norms and biases in the compute dtype
+        dtype = torch.float32 if mm.is_device_cpu(load_device) else torch.float16
+        model_options["compute_dtype"] = dtype
+        ops = quantize.quantized_operations(dtype_name)
+        model_options["custom_operations"] = type(f"Quantized_{dtype_name}", (comfy.ops.manual_cast,),
+                                                  {"Linear": ops.Linear, "Embedding": ops.Embedding})
     model_options["dtype"] = dtype
     target = comfy.supported_models_base.ClipTarget(KolorsTokenizer, kolors_text_encoder_class(te_config, tokenizer))
     parameters = _chatglm_parameters(te_config)
@@ -372,12 +380,18 @@ def kolors_vae(vae_files: list[Path], vae_config: dict) -> comfy.sd.VAE:
 
 
 TE_FP8 = "auto, text encoder fp8"  # the loader's dtype choice for GPUs under 16 GB
+TE_QUANTIZED = {f"auto, text encoder {kind}": kind for kind in QUANTIZED}  # for GPUs of 8-12 GB
 
 
 def load_kolors_folder(folder: KolorsFolder, dtype_name: str = "auto", text_encoder_device: str = "default"):
     """(MODEL, CLIP, VAE) of a Kolors folder in either layout. ``dtype_name``: auto, fp16, bf16, fp32, or
-    TE_FP8 (UNet auto, ChatGLM3 stored in fp8)."""
-    unet_dtype, te_dtype = ("auto", FP8) if dtype_name == TE_FP8 else (dtype_name, dtype_name)
+    TE_FP8 (UNet auto, ChatGLM3 stored in fp8) or one of TE_QUANTIZED (UNet auto, ChatGLM3 in 8 or 4 bits)."""
+    if dtype_name == TE_FP8:
+        unet_dtype, te_dtype = "auto", FP8
+    elif dtype_name in TE_QUANTIZED:
+        unet_dtype, te_dtype = "auto", TE_QUANTIZED[dtype_name]
+    else:
+        unet_dtype, te_dtype = dtype_name, dtype_name
     model = kolors_unet_from_diffusers(LazyWeights(folder.unet_files), folder.unet_config, folder.scheduler_config,
                                        unet_dtype, where=str(folder.root / "unet"))
     clip = kolors_clip(folder.text_encoder_files, folder.text_encoder_config, folder.tokenizer_model, te_dtype,

@@ -25,8 +25,8 @@ DEFAULT_KOLORS_DIR = os.path.join(folder_paths.models_dir, KOLORS_FOLDER)
 DIFFUSERS_PREFIX = "diffusers/"
 LLM_FOLDER = "LLM"  # where Kolors-MZ users keep chatglm3-fp16.safetensors
 DTYPE_OPTIONS = ["auto", "fp16", "bf16", "fp32"]
-KOLORS_DTYPE_OPTIONS = DTYPE_OPTIONS + [kolors_model.TE_FP8]
-TE_DTYPE_OPTIONS = DTYPE_OPTIONS + [kolors_model.FP8]
+KOLORS_DTYPE_OPTIONS = DTYPE_OPTIONS + [kolors_model.TE_FP8, *kolors_model.TE_QUANTIZED]
+TE_DTYPE_OPTIONS = DTYPE_OPTIONS + [kolors_model.FP8, *kolors_model.QUANTIZED]
 DEVICE_OPTIONS = ["default", "cpu", "gpu"]
 
 
@@ -98,7 +98,9 @@ class AestheteKolorsLoader(io.ComfyNode):
                                        "is missing"),
                 io.Combo.Input("dtype", options=KOLORS_DTYPE_OPTIONS, default="auto",
                                tooltip=DTYPE_TOOLTIP + "; 'auto, text encoder fp8' stores ChatGLM3 in fp8 (about 6.5 GB "
-                                                       "instead of 12.5, for GPUs under 16 GB)"),
+                                                       "instead of 12.5, for GPUs under 16 GB); '... q8_0' in 8 bits "
+                                                       "(about 6.4 GB), '... q4_1' in 4 bits (about 3.9 GB, for 8-12 GB "
+                                                       "GPUs), dequantized layer by layer, no compiled kernel"),
                 io.Combo.Input("text_encoder_device", options=DEVICE_OPTIONS, default="default",
                                tooltip=DEVICE_TOOLTIP),
             ],
@@ -181,13 +183,16 @@ class AestheteChatGLM3Loader(io.ComfyNode):
             category="Aesthete/kolors",
             description="Loads Kolors's ChatGLM3 text encoder kept as one file (for example chatglm3-fp16.safetensors "
                         "in models/text_encoders or models/LLM) as a CLIP. Its tokenizer.model is taken from beside "
-                        "the file or from a Kolors folder in models/kolors; quantized (4/8-bit) files are refused.",
+                        "the file or from a Kolors folder in models/kolors. The q8_0 and q4_1 choices quantize the fp16 "
+                        "file to 8 or 4 bits while it loads; already quantized (4/8-bit) files are refused.",
             inputs=[
                 io.Combo.Input("text_encoder", options=text_encoder_choices(),
                                tooltip="The ChatGLM3 weights (safetensors; .bin is read with weights_only)"),
                 io.Combo.Input("dtype", options=TE_DTYPE_OPTIONS, default="auto",
                                tooltip=DTYPE_TOOLTIP + "; fp8_e4m3fn stores the weights in fp8 (about half of fp16) "
-                                                       "and computes in fp16 (fp32 on a CPU)"),
+                                                       "and computes in fp16 (fp32 on a CPU); q8_0 and q4_1 store "
+                                                       "them in blocks of 8 or 4 bits (about 6.4 and 3.9 GB), "
+                                                       "quantized from the fp16 file as it loads"),
                 io.Combo.Input("device", options=DEVICE_OPTIONS, default="default", tooltip=DEVICE_TOOLTIP),
             ],
             outputs=[io.Clip.Output("CLIP", tooltip="ChatGLM3 for CLIPTextEncode: context 256 x hidden, pooled")],

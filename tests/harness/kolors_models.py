@@ -572,3 +572,34 @@ def wide_chatglm3_file() -> dict[str, Path]:
         _write_json(tmp / files["config"].name, config)
         shutil.copyfile(source / "tokenizer.model", tmp / files["tokenizer"].name)
     return files
+
+
+def medium_chatglm3_file() -> dict[str, Path]:
+    """A single ``chatglm3-fp16.safetensors`` with ChatGLM3-6B's real layer shape (MEDIUM_CHATGLM: hidden 4096,
+    feed-forward 13696, 32 heads, 2 key/value groups, vocabulary 65024) and 2 of its 28 layers, no LM head (the
+    loaders never read it): 1.35 GB in fp16, for the quantized text encoder's benchmark. Matrices normal(0.02), norm
+    scales 1 + normal(0.05), biases normal(0.02), fixed seed. ``{"chatglm3", "tokenizer", "config"}`` paths."""
+    import torch
+    from diffusers.pipelines.kolors.text_encoder import ChatGLMConfig, ChatGLMModel
+    from safetensors.torch import save_file
+
+    path = _kolors_cached("chatglm3-medium")
+    files = dict(chatglm3=path / "chatglm3-fp16.safetensors", tokenizer=path / "tokenizer.model",
+                 config=path / "config.json")
+    if files["chatglm3"].exists():
+        return files
+    source = tiny_kolors("kolors", "fp16") / "text_encoder"
+    with _building(path) as tmp:
+        config = dict(tiny_text_encoder_config(64000, "fp16", chatglm=MEDIUM_CHATGLM), padded_vocab_size=65024)
+        with torch.device("meta"):
+            shapes = {k: v.shape for k, v in ChatGLMModel(ChatGLMConfig(**config)).state_dict().items()
+                      if "output_layer" not in k and "rotary" not in k}
+        gen = torch.Generator().manual_seed(SEED)
+        state = {}
+        for key, shape in shapes.items():
+            noise = torch.randn(shape, generator=gen)
+            state[f"transformer.{key}"] = (1 + 0.05 * noise if "norm" in key else 0.02 * noise).to(torch.float16)
+        save_file(state, tmp / files["chatglm3"].name, metadata={"format": "pt"})
+        _write_json(tmp / files["config"].name, config)
+        shutil.copyfile(source / "tokenizer.model", tmp / files["tokenizer"].name)
+    return files
