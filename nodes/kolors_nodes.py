@@ -16,7 +16,8 @@ from ..kolors.folder import KolorsFolderError
 from ..kolors.download import DEFAULT_NAME, ensure_kolors
 from ..kolors.folder import (chatglm_config_for_file, find_kolors_folder, find_tokenizer_for_file, looks_like_kolors,
                              LazyWeights, read_json)
-from . import kolors_controlnet, kolors_model
+from ..kolors.ip_adapter import IPAdapterPlus, read_ip_adapter
+from . import kolors_controlnet, kolors_ip_adapter, kolors_model
 
 log = logging.getLogger("aesthete.kolors")
 
@@ -24,6 +25,8 @@ KOLORS_FOLDER = "kolors"
 DEFAULT_KOLORS_DIR = os.path.join(folder_paths.models_dir, KOLORS_FOLDER)
 DIFFUSERS_PREFIX = "diffusers/"
 LLM_FOLDER = "LLM"  # where Kolors-MZ users keep chatglm3-fp16.safetensors
+IPADAPTER_FOLDER = "ipadapter"  # where IP-Adapter users keep their files (ComfyUI_IPAdapter_plus's folder)
+KolorsIPAdapter = io.Custom("KOLORS_IPADAPTER")
 DTYPE_OPTIONS = ["auto", "fp16", "bf16", "fp32"]
 KOLORS_DTYPE_OPTIONS = DTYPE_OPTIONS + [kolors_model.TE_FP8, *kolors_model.TE_QUANTIZED]
 TE_DTYPE_OPTIONS = DTYPE_OPTIONS + [kolors_model.FP8, *kolors_model.QUANTIZED]
@@ -35,6 +38,9 @@ def register() -> None:
     `LLM:`), and Kolors in ComfyUI's model detection (so core loaders load a Kolors UNet file too)."""
     folder_paths.add_model_folder_path(KOLORS_FOLDER, DEFAULT_KOLORS_DIR)
     folder_paths.add_model_folder_path(LLM_FOLDER, os.path.join(folder_paths.models_dir, LLM_FOLDER))
+    ipadapter_dir = os.path.join(folder_paths.models_dir, IPADAPTER_FOLDER)
+    if ipadapter_dir not in folder_paths.folder_names_and_paths.get(IPADAPTER_FOLDER, ([], set()))[0]:
+        folder_paths.add_model_folder_path(IPADAPTER_FOLDER, ipadapter_dir)
     kolors_model.register_model_config()
 
 
@@ -239,4 +245,55 @@ class AestheteKolorsControlNetLoader(io.ComfyNode):
                                                                  take=weights.take))
 
 
-NODES = [AestheteKolorsLoader, AestheteKolorsUNetLoader, AestheteChatGLM3Loader, AestheteKolorsControlNetLoader]
+class AestheteKolorsIPAdapterLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AestheteKolorsIPAdapterLoader",
+            display_name="Kolors IP-Adapter Loader",
+            category="Aesthete/kolors",
+            description="Loads Kolors-IP-Adapter-Plus (ip_adapter_plus_general.bin, in models/ipadapter). Its image "
+                        "encoder (Kolors-IP-Adapter-Plus/image_encoder, CLIP ViT-L/14-336) loads with core Load CLIP "
+                        "Vision from models/clip_vision; apply both with Kolors IP-Adapter.",
+            inputs=[io.Combo.Input("ipadapter_name", options=folder_paths.get_filename_list(IPADAPTER_FOLDER),
+                                   tooltip="The IP-Adapter file (.bin as published, or .safetensors)")],
+            outputs=[KolorsIPAdapter.Output("IPADAPTER", tooltip="For Kolors IP-Adapter")],
+        )
+
+    @classmethod
+    def execute(cls, ipadapter_name) -> io.NodeOutput:
+        path = Path(folder_paths.get_full_path_or_raise(IPADAPTER_FOLDER, ipadapter_name))
+        adapter = IPAdapterPlus(read_ip_adapter(path), where=str(path)).eval()
+        return io.NodeOutput(kolors_ip_adapter.ip_adapter_patcher(adapter))
+
+
+class AestheteKolorsIPAdapter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AestheteKolorsIPAdapter",
+            display_name="Kolors IP-Adapter",
+            category="Aesthete/kolors",
+            description="Applies Kolors-IP-Adapter-Plus to the Kolors MODEL: the reference image, read by its image "
+                        "encoder, steers every cross-attention with the given weight (as diffusers' KolorsPipeline "
+                        "with ip_adapter_image). Sample the returned MODEL with core KSampler.",
+            inputs=[
+                io.Model.Input("model", tooltip="The Kolors MODEL (Kolors Loader or Kolors UNet Loader)"),
+                KolorsIPAdapter.Input("ipadapter", tooltip="From Kolors IP-Adapter Loader"),
+                io.ClipVision.Input("clip_vision", tooltip="The IP-Adapter's image encoder (core Load CLIP Vision: "
+                                                           "Kolors-IP-Adapter-Plus/image_encoder, CLIP ViT-L/14-336)"),
+                io.Image.Input("image", tooltip="The reference image (several: their tokens are joined)"),
+                io.Float.Input("weight", default=0.5, min=-1.0, max=3.0, step=0.05,
+                               tooltip="How strongly the image steers (diffusers' ip_adapter_scale; Kwai-Kolors's "
+                                       "samples use 0.3-0.5)"),
+            ],
+            outputs=[io.Model.Output("MODEL", tooltip="The Kolors MODEL with the IP-Adapter applied")],
+        )
+
+    @classmethod
+    def execute(cls, model, ipadapter, clip_vision, image, weight) -> io.NodeOutput:
+        return io.NodeOutput(kolors_ip_adapter.apply_ip_adapter(model, ipadapter, clip_vision, image, weight))
+
+
+NODES = [AestheteKolorsLoader, AestheteKolorsUNetLoader, AestheteChatGLM3Loader, AestheteKolorsControlNetLoader,
+         AestheteKolorsIPAdapterLoader, AestheteKolorsIPAdapter]

@@ -603,3 +603,62 @@ def medium_chatglm3_file() -> dict[str, Path]:
         _write_json(tmp / files["config"].name, config)
         shutil.copyfile(source / "tokenizer.model", tmp / files["tokenizer"].name)
     return files
+
+
+# --- Kolors-IP-Adapter-Plus ---------------------------------------------------------------------------------------
+# the image encoder Kolors-IP-Adapter-Plus ships (image_encoder/config.json: CLIP ViT-L/14 at 336 px), full size:
+# core Load CLIP Vision recognises an image encoder only by its real layer count and widths
+KOLORS_IMAGE_ENCODER = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                            image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu",
+                            layer_norm_eps=1e-5)
+# the Resampler at a small width (Kolors's: 1280 wide, 20 heads, 16 queries), depth 4, reading ViT-L's 1024-wide states
+# and giving tokens of the tiny UNet's cross-attention width
+TINY_RESAMPLER = dict(dim=128, depth=4, queries=16, ff=512)  # diffusers reads no depth: 4, as Kolors
+
+
+def tiny_kolors_ip_adapter() -> Path:
+    """A Kolors-IP-Adapter-Plus folder as Kwai-Kolors publishes it: ``ip_adapter_plus_general.bin`` (a pickled
+    ``{"image_proj": Resampler weights in IP-Adapter's own names, "ip_adapter": {"<n>.to_k_ip.weight", ...}}`` for
+    tiny_kolors's UNet, n = 1, 3, 5, ... over its cross-attentions in diffusers' order) and ``image_encoder/``
+    (config.json + model.safetensors of a random full-size CLIPVisionModelWithProjection ViT-L/14-336, fp16, about
+    0.6 GB). Built once (about 30 s) and cached."""
+    path = _kolors_cached("kolors-ip-adapter-plus")
+    if (path / "ip_adapter_plus_general.bin").exists():
+        return path
+    import torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_kolors("kolors", "fp32") / "unet")
+    cross = [name for name in unet.attn_processors if ".attn2." in name]
+    modules = dict(unet.named_modules())
+    gen = torch.Generator().manual_seed(SEED + 11)
+
+    def rand(*shape, around=0.0, spread=0.05):
+        return around + spread * torch.randn(shape, generator=gen)
+
+    r, width = TINY_RESAMPLER, TINY_UNET["cross_attention_dim"]
+    image_width = KOLORS_IMAGE_ENCODER["hidden_size"]
+    proj = {"latents": rand(1, r["queries"], r["dim"], spread=r["dim"] ** -0.5),
+            "proj_in.weight": rand(r["dim"], image_width), "proj_in.bias": rand(r["dim"]),
+            "proj_out.weight": rand(width, r["dim"], spread=0.1), "proj_out.bias": rand(width),
+            "norm_out.weight": rand(width, around=1.0), "norm_out.bias": rand(width)}
+    for i in range(r["depth"]):
+        p = f"layers.{i}."
+        for norm in ("0.norm1", "0.norm2", "1.0"):
+            proj[f"{p}{norm}.weight"], proj[f"{p}{norm}.bias"] = rand(r["dim"], around=1.0), rand(r["dim"])
+        proj[f"{p}0.to_q.weight"] = rand(r["dim"], r["dim"])
+        proj[f"{p}0.to_kv.weight"] = rand(2 * r["dim"], r["dim"])
+        proj[f"{p}0.to_out.weight"] = rand(r["dim"], r["dim"])
+        proj[f"{p}1.1.weight"], proj[f"{p}1.3.weight"] = rand(r["ff"], r["dim"]), rand(r["dim"], r["ff"])
+    adapter = {}
+    for n, name in zip(range(1, 2 * len(cross), 2), cross):
+        to_k = modules[name[: -len(".processor")]].to_k.weight
+        adapter[f"{n}.to_k_ip.weight"] = rand(*to_k.shape, spread=0.3)
+        adapter[f"{n}.to_v_ip.weight"] = rand(*to_k.shape, spread=0.3)
+    with _building(path) as tmp:
+        torch.save({"image_proj": proj, "ip_adapter": adapter}, tmp / "ip_adapter_plus_general.bin")
+        torch.manual_seed(SEED)
+        encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**KOLORS_IMAGE_ENCODER)).to(torch.float16)
+        encoder.save_pretrained(tmp / "image_encoder", safe_serialization=True)
+    return path

@@ -261,3 +261,25 @@ def controlnet_one_step(pipe, controlnet, noise: torch.Tensor, prompt: str, hint
                     added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
                     down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False)[0]
     return (x - sigma * eps) / pipe.vae.config.scaling_factor
+
+
+# --- add-ons: IP-Adapter Plus ---------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def ip_adapter_one_step(pipe, adapter_folder: str | Path, image, weight: float, noise: torch.Tensor, prompt: str,
+                        height: int, width: int) -> torch.Tensor:
+    """One KolorsPipeline step from sigma_max (``timesteps=[1099]``, guidance 1, ``latents=noise``) with
+    Kolors-IP-Adapter-Plus loaded by diffusers' ``load_ip_adapter`` as Kwai-Kolors's sample
+    (ipadapter/sample_ipadapter_plus.py) loads it: the folder's ``ip_adapter_plus_general.bin`` and its
+    ``image_encoder/``; ``set_ip_adapter_scale(weight)``; ``ip_adapter_image`` a PIL image. The pipeline keeps the
+    UNet's text projection as ``text_encoder_hid_proj`` and puts the image projection in its place. The adapter is
+    unloaded afterwards. Returns the latent unscaled, as SaveLatent writes it."""
+    pipe.load_ip_adapter(str(adapter_folder), subfolder="", weight_name="ip_adapter_plus_general.bin",
+                         image_encoder_folder="image_encoder", low_cpu_mem_usage=False)
+    try:
+        pipe.set_ip_adapter_scale(weight)
+        latent = pipe(prompt=prompt, ip_adapter_image=image, timesteps=[1099], guidance_scale=1.0,
+                      latents=noise.to(pipe.unet.dtype), height=height, width=width, output_type="latent").images
+    finally:
+        pipe.unload_ip_adapter()
+    return latent / pipe.vae.config.scaling_factor
