@@ -132,7 +132,8 @@ class AestheteKolorsUNetLoader(io.ComfyNode):
             description="Loads a Kolors UNet kept as one file in models/unet or models/diffusion_models: diffusers "
                         "names (the repository's diffusion_pytorch_model.safetensors, with its config.json beside "
                         "it or the stock Kolors config) or ComfyUI names (as ModelSave writes it; core Load "
-                        "Diffusion Model loads those too).",
+                        "Diffusion Model loads those too). Kolors-Inpainting's UNet (9 input channels) is found by "
+                        "its channels and works with core InpaintModelConditioning and VAEEncodeForInpaint.",
             inputs=[
                 io.Combo.Input("unet_name", options=folder_paths.get_filename_list("diffusion_models"),
                                tooltip="The UNet file"),
@@ -150,7 +151,12 @@ class AestheteKolorsUNetLoader(io.ComfyNode):
             model = comfy_detected_unet({k: sd.take(k) for k in list(sd)}, dtype, path)  # ComfyUI's loader
         else:
             config_path = path.parent / "config.json"
-            config = read_json(config_path) if config_path.is_file() else read_json(STOCK_UNET_CONFIG)
+            if config_path.is_file():
+                config = read_json(config_path)
+            else:  # the stock Kolors config, with the file's input channels (Kolors-Inpainting's UNet takes 9)
+                config = read_json(STOCK_UNET_CONFIG)
+                if "conv_in.weight" in sd:
+                    config["in_channels"] = sd["conv_in.weight"].shape[1]
             model = kolors_model.kolors_unet_from_diffusers(sd, config, None, dtype, where=str(path))
         return io.NodeOutput(model)
 
