@@ -4,6 +4,8 @@ CLIP Vision reads), and the errors of a wrong pairing."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -104,3 +106,37 @@ def test_a_truncated_ip_adapter_file_is_a_clear_error(comfy, comfy_server, names
     error = result.events_of("execution_error")[0]["data"]
     assert error["node_type"] == "AestheteKolorsIPAdapterLoader"
     assert "truncated-ip-adapter.bin" in error["exception_message"] and "again" in error["exception_message"]
+
+
+def _modified_adapter(tmp_path_factory, name: str, change) -> Path:
+    data = torch.load(tiny_kolors_ip_adapter() / "ip_adapter_plus_general.bin", weights_only=True)
+    change(data)
+    path = tmp_path_factory.mktemp("ip") / name
+    torch.save(data, path)
+    return path
+
+
+def _apply_error(comfy, comfy_server, names, path: Path) -> dict:
+    g = _graph(dict(names, ipadapter=comfy_server.link_model("ipadapter", path, path.name)), f"bad-{path.stem}")
+    return comfy.run(g.finalize(), expect_error=True).events_of("execution_error")[0]["data"]
+
+
+def test_an_ip_adapter_for_another_unet_is_refused(comfy, comfy_server, names, tmp_path_factory):
+    """Fewer attention weights than the Kolors UNet's cross-attentions (as an SD1.5 IP-Adapter has)."""
+    def drop_last(data):
+        for key in [k for k in data["ip_adapter"] if k.startswith(f"{2 * 12 - 1}.")]:
+            del data["ip_adapter"][key]
+
+    error = _apply_error(comfy, comfy_server, names, _modified_adapter(tmp_path_factory, "fewer-attn.bin", drop_last))
+    assert error["node_type"] == "AestheteKolorsIPAdapter"
+    assert "11 cross-attentions" in error["exception_message"] and "12" in error["exception_message"]
+
+
+def test_an_image_encoder_of_another_width_is_refused(comfy, comfy_server, names, tmp_path_factory):
+    """An IP-Adapter Plus that reads 1280-wide states (SDXL's, from ViT-H) with Kolors's ViT-L encoder (1024)."""
+    def wider(data):
+        data["image_proj"]["proj_in.weight"] = torch.zeros(data["image_proj"]["proj_in.weight"].shape[0], 1280)
+
+    error = _apply_error(comfy, comfy_server, names, _modified_adapter(tmp_path_factory, "vit-h.bin", wider))
+    assert error["node_type"] == "AestheteKolorsIPAdapter"
+    assert "1024" in error["exception_message"] and "1280" in error["exception_message"]
