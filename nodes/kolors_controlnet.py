@@ -17,11 +17,12 @@ import comfy.model_management as mm
 import comfy.ops
 import comfy.utils
 import torch
+from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
 from ..common.tensors import load_into_module
 from ..kolors import configs
 from ..kolors.folder import KolorsFolderError
-from .kolors_model import DTYPES, KolorsModelConfig
+from .kolors_model import DTYPES, KolorsModelConfig, cpu_attention_options
 
 
 class KolorsControlNetModel(comfy.cldm.cldm.ControlNet):
@@ -31,12 +32,30 @@ class KolorsControlNetModel(comfy.cldm.cldm.ControlNet):
         super().__init__(context_dim=context_dim, dtype=dtype, device=device, operations=operations, **kwargs)
         self.encoder_hid_proj = operations.Linear(encoder_hid_dim, context_dim, dtype=dtype, device=device)
 
+    # the attention the Kolors MODEL uses (set by kolors_controlnet: PyTorch's SDPA on the CPU where ComfyUI would
+    # take its slower sub-quadratic kernel); core's ControlNet forward passes its blocks no transformer options
+    transformer_options: dict = {}
+
     def forward(self, x, hint, timesteps, context, y=None, **kwargs):
+        """comfy.cldm.cldm.ControlNet.forward (without the union ControlNet's control types, which Kolors's have not)
+        on the projected context, its attention chosen as the Kolors MODEL's."""
         if context.shape[-1] != self.encoder_hid_proj.in_features:
             raise ValueError(f"a Kolors ControlNet reads Kolors's ChatGLM3 context ({self.encoder_hid_proj.in_features} "
                              f"wide), this model's conditioning is {context.shape[-1]} wide: apply it to prompts "
                              f"encoded by the Kolors CLIP and sample with the Kolors MODEL")
-        return super().forward(x, hint, timesteps, self.encoder_hid_proj(context), y=y, **kwargs)
+        context = self.encoder_hid_proj(context)
+        options = self.transformer_options
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels, repeat_only=False).to(x.dtype))
+        guided_hint = self.input_hint_block(hint, emb, context)
+        emb = emb + self.label_emb(y)
+        h, outputs = x, []
+        for index, (module, zero_conv) in enumerate(zip(self.input_blocks, self.zero_convs)):
+            h = module(h, emb, context, transformer_options=options)
+            if index == 0:
+                h = h + guided_hint
+            outputs.append(zero_conv(h, emb, context))
+        h = self.middle_block(h, emb, context, transformer_options=options)
+        return {"middle": [self.middle_block_out(h, emb, context)], "output": outputs}
 
 
 def _diffusers_names(settings: dict, weights: Mapping[str, torch.Tensor]) -> dict[str, str]:
@@ -87,6 +106,7 @@ def kolors_controlnet(weights: Mapping[str, torch.Tensor], config: dict, dtype_n
         raise KolorsFolderError(f"{where}: the weights do not fit the ControlNet its config.json describes (missing "
                                 f"{report.missing[:3]}, unexpected {report.unexpected[:3]}"
                                 f"{'; ' + report.errors[0].strip() if report.errors else ''})")
+    model.transformer_options = cpu_attention_options(load_device)
     return comfy.controlnet.ControlNet(model, load_device=load_device, manual_cast_dtype=manual_cast)
 
 

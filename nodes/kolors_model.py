@@ -181,10 +181,18 @@ def _kolors_model(comfy_sd: dict, model_config, dtype_name: str, where: str, lef
                                 f"{report.missing[:3]}, unexpected {report.unexpected[:3]}{_first(report.errors)}); "
                                 f"download the UNet again")
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
-    if mm.is_device_cpu(load_device) and _cpu_default_attention_is_sub_quad():
-        patcher.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = \
-            _pytorch_attention
+    options = cpu_attention_options(load_device)
+    if options:
+        patcher.model_options.setdefault("transformer_options", {}).update(options)
     return patcher
+
+
+def cpu_attention_options(load_device) -> dict:
+    """The transformer options that make a Kolors model on the CPU attend with PyTorch's SDPA where ComfyUI would take
+    its sub-quadratic kernel (no attention option on its command line); empty elsewhere."""
+    if mm.is_device_cpu(load_device) and _cpu_default_attention_is_sub_quad():
+        return {"optimized_attention_override": _pytorch_attention}
+    return {}
 
 
 def _cpu_default_attention_is_sub_quad() -> bool:

@@ -54,10 +54,13 @@ def test_control_residuals_equal_kolors_controlnet():
             out["down"].append(max((a - b).abs().max().item() for a, b in zip(control["output"], down)))
             out["mid"].append((control["middle"][0] - mid).abs().max().item())
             out["scale"] = max(d.abs().max().item() for d in down)
+        # on the CPU (no attention flag given) the ControlNet attends with PyTorch's SDPA, as the MODEL does
+        out["sdpa_on_cpu"] = "optimized_attention_override" in ours.transformer_options
         answer(out)
     """)
     assert all(a == b for a, b in result["count"]), result["count"]
     assert result["scale"] > 1e-2  # residuals that matter
+    assert result["sdpa_on_cpu"]
     assert max(result["down"]) < 1e-4 and max(result["mid"]) < 1e-4, result
 
 

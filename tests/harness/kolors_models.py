@@ -662,3 +662,70 @@ def tiny_kolors_ip_adapter() -> Path:
         encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**KOLORS_IMAGE_ENCODER)).to(torch.float16)
         encoder.save_pretrained(tmp / "image_encoder", safe_serialization=True)
     return path
+
+
+def medium_kolors_controlnet() -> Path:
+    """A Kolors ControlNet made from medium_kolors's UNet as ``ControlNetModel.from_unet`` makes one (Kolors's real
+    widths, the medium depths), random weights, fp16, in Kwai-Kolors's layout (config.json + weights); for benchmarks."""
+    path = _kolors_cached("kolors-controlnet-medium-fp16")
+    if (path / "config.json").exists():
+        return path
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(medium_kolors() / "unet", variant="fp16", torch_dtype=torch.float32)
+    with _building(path) as tmp, torch.no_grad():
+        controlnet = ControlNetModel.from_unet(unet)
+        del unet
+        _spread(controlnet, SEED + 7)
+        controlnet.save_config(tmp)
+        save_file({k: v.half().contiguous() for k, v in controlnet.state_dict().items()},
+                  tmp / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
+    return path
+
+
+# Kolors-IP-Adapter-Plus's Resampler at its real size: 1280 wide (20 heads of 64), depth 4, 16 queries, 2048-wide tokens
+REAL_RESAMPLER = dict(dim=1280, depth=4, queries=16, ff=5120)
+
+
+def medium_kolors_ip_adapter() -> Path:
+    """Kolors-IP-Adapter-Plus at its real Resampler size for medium_kolors's UNet (``to_k_ip``/``to_v_ip`` for each of
+    its cross-attentions), random weights, with tiny_kolors_ip_adapter's full-size image encoder; for benchmarks."""
+    path = _kolors_cached("kolors-ip-adapter-plus-medium")
+    if (path / "ip_adapter_plus_general.bin").exists():
+        return path
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(medium_kolors() / "unet", variant="fp16", torch_dtype=torch.float32)
+    cross = [name for name in unet.attn_processors if ".attn2." in name]
+    modules = dict(unet.named_modules())
+    gen = torch.Generator().manual_seed(SEED + 13)
+
+    def rand(*shape, around=0.0, spread=0.02):
+        return around + spread * torch.randn(shape, generator=gen)
+
+    r, width, image_width = REAL_RESAMPLER, unet.config.cross_attention_dim, KOLORS_IMAGE_ENCODER["hidden_size"]
+    proj = {"latents": rand(1, r["queries"], r["dim"], spread=r["dim"] ** -0.5),
+            "proj_in.weight": rand(r["dim"], image_width), "proj_in.bias": rand(r["dim"]),
+            "proj_out.weight": rand(width, r["dim"]), "proj_out.bias": rand(width),
+            "norm_out.weight": rand(width, around=1.0), "norm_out.bias": rand(width)}
+    for i in range(r["depth"]):
+        p = f"layers.{i}."
+        for norm in ("0.norm1", "0.norm2", "1.0"):
+            proj[f"{p}{norm}.weight"], proj[f"{p}{norm}.bias"] = rand(r["dim"], around=1.0), rand(r["dim"])
+        proj[f"{p}0.to_q.weight"] = rand(r["dim"], r["dim"])
+        proj[f"{p}0.to_kv.weight"] = rand(2 * r["dim"], r["dim"])
+        proj[f"{p}0.to_out.weight"] = rand(r["dim"], r["dim"])
+        proj[f"{p}1.1.weight"], proj[f"{p}1.3.weight"] = rand(r["ff"], r["dim"]), rand(r["dim"], r["ff"])
+    adapter = {}
+    for n, name in zip(range(1, 2 * len(cross), 2), cross):
+        shape = modules[name[: -len(".processor")]].to_k.weight.shape
+        adapter[f"{n}.to_k_ip.weight"], adapter[f"{n}.to_v_ip.weight"] = rand(*shape), rand(*shape)
+    encoder = tiny_kolors_ip_adapter() / "image_encoder"
+    with _building(path) as tmp:
+        torch.save({"image_proj": {k: v.half() for k, v in proj.items()},
+                    "ip_adapter": {k: v.half() for k, v in adapter.items()}}, tmp / "ip_adapter_plus_general.bin")
+        (tmp / "image_encoder").symlink_to(encoder, target_is_directory=True)
+    return path
