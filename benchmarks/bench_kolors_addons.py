@@ -7,7 +7,8 @@ The weights (tests/harness/kolors_models.py, built once and cached): ``medium_ko
 transformer depths [1, 1, 2]), ``medium_kolors_controlnet`` (a ControlNet made from that UNet as
 ``ControlNetModel.from_unet`` makes Kolors's) and ``medium_kolors_ip_adapter`` (the Resampler at its real size, the
 real-size ViT-L/14-336 image encoder); fp16 files, everything run in fp32 on the CPU, the same text embeddings on both
-sides (bench_kolors.conditioning). Each contender runs in its own process (its peak RSS is its own), the order
+sides (bench_kolors.conditioning), one step from sigma_max (timestep 1099, as KSampler's one "normal" step) from the
+same seed's noise, so the two latents are compared too. Each contender runs in its own process (its peak RSS is its own), the order
 alternating by round; one warm-up call, then ``repeats`` timed calls; medians over rounds.
 
 - ControlNet, ours: the MODEL of our loader, the CONTROL_NET of Kolors ControlNet Loader's code, core Apply ControlNet
@@ -146,7 +147,7 @@ def ref_cn(folders, size, repeats, out):
              "time_ids": torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).repeat(2, 1)}
 
     def step():
-        scheduler.set_timesteps(1)
+        scheduler.set_timesteps(timesteps=[1099])  # KSampler's one "normal" step: sigma_max -> 0
         latents = torch.randn(1, 4, size // 8, size // 8, generator=torch.manual_seed(0)) * scheduler.init_noise_sigma
         t = scheduler.timesteps[0]
         x = scheduler.scale_model_input(torch.cat([latents] * 2), t)
@@ -187,7 +188,7 @@ def ref_ip(folders, size, repeats, out):
     def step():
         return pipe(prompt_embeds=c["context"], pooled_prompt_embeds=c["pooled"],
                     negative_prompt_embeds=c["neg_context"], negative_pooled_prompt_embeds=c["neg_pooled"],
-                    ip_adapter_image_embeds=embeds, num_inference_steps=1, guidance_scale=CFG, height=size,
+                    ip_adapter_image_embeds=embeds, timesteps=[1099], guidance_scale=CFG, height=size,
                     width=size, output_type="latent", generator=torch.Generator().manual_seed(0)).images
 
     out["step_s"], result = timed(step, repeats)

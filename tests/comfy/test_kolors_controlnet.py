@@ -173,3 +173,27 @@ def test_an_sdxl_layout_controlnet_on_kolors_stops_with_a_shape_error(comfy, com
     error = result.events_of("execution_error")[0]["data"]
     assert error["node_type"] == "KSampler"
     assert "shape" in error["exception_message"] and "64" in error["exception_message"], error["exception_message"]
+
+
+def test_a_truncated_controlnet_file_is_a_clear_error(comfy, comfy_server, names, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("truncated-cn")
+    data = (tiny_kolors_controlnet() / "diffusion_pytorch_model.safetensors").read_bytes()
+    (folder / "diffusion_pytorch_model.safetensors").write_bytes(data[: len(data) // 2])
+    (folder / "config.json").write_bytes((tiny_kolors_controlnet() / "config.json").read_bytes())
+    name = comfy_server.link_model("controlnet", folder, "truncated-kolors-controlnet")
+    broken = dict(names, controlnet=f"{name}/diffusion_pytorch_model.safetensors")
+    g = new_graph()
+    loader = g.node("AestheteKolorsLoader", kolors=broken["kolors"], dtype="fp32", text_encoder_device="default")
+    positive = g.node("CLIPTextEncode", text=RECIPE_PROMPT, clip=loader.out(1))
+    cn = g.node("AestheteKolorsControlNetLoader", control_net_name=broken["controlnet"], dtype="fp32")
+    image = g.node("LoadImage", image=broken["hint"])
+    apply = g.node("ControlNetApplyAdvanced", positive=positive.out(0), negative=positive.out(0),
+                   control_net=cn.out(0), image=image.out(0), strength=1.0, start_percent=0.0, end_percent=1.0)
+    latent = g.node("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
+    sampler = g.node("KSampler", model=loader.out(0), positive=apply.out(0), negative=apply.out(1),
+                     latent_image=latent.out(0), seed=1, steps=1, cfg=1.0, sampler_name="euler", scheduler="normal",
+                     denoise=1.0)
+    g.node("SaveLatent", samples=sampler.out(0), filename_prefix="latents/truncated-cn")
+    error = comfy.run(g.finalize(), expect_error=True).events_of("execution_error")[0]["data"]
+    assert error["node_type"] == "AestheteKolorsControlNetLoader"
+    assert "truncated" in error["exception_message"] and "again" in error["exception_message"], error
