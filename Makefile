@@ -31,6 +31,8 @@ bench: setup-test
 	@$(PY) -m benchmarks.bench_training_kolors
 	@$(PY) -m benchmarks.bench_kolors_text
 	@$(PY) -m benchmarks.bench_kolors
+	@$(PY) -m benchmarks.bench_kolors_quantized
+	@$(PY) -m benchmarks.bench_kolors_addons
 
 clean:
 	rm -rf .venv .comfyui .cache tests/.models tests/.artifacts

@@ -245,7 +245,9 @@ class ChatGLM3(nn.Module):
         compute dtype: CUDA's embedding lookup has no fp8 kernel. ComfyUI's operations cast the table for it
         (``out_dtype``, as ComfyUI's own text encoders ask); plain torch modules are read as bytes."""
         embedding = self.get_input_embeddings()
-        weight = embedding.weight
+        weight = getattr(embedding, "weight", None)
+        if weight is None:  # a quantized table (kolors.quantize) dequantizes the rows it reads
+            return embedding(input_ids, out_dtype=dtype)
         if dtype is None or weight.element_size() != 1 or not weight.is_floating_point():
             return embedding(input_ids)
         if hasattr(embedding, "comfy_cast_weights"):

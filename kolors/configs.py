@@ -53,11 +53,14 @@ def unet_settings(config: dict) -> dict:
     # diffusers calls the number of heads "attention_head_dim" unless num_attention_heads is set
     heads = _per_level(config.get("num_attention_heads") or config.get("attention_head_dim", 8), levels,
                        "attention_head_dim")
-    head_channels = {c // h for c, h in zip(channels, heads)}
+    # only levels with attention have heads (Kolors's first level is a DownBlock2D whose entry is unused); the middle
+    # block attends with the last level's count
+    attends = [down_types[i] == CROSS_ATTN_DOWN or i == levels - 1 for i in range(levels)]
+    head_channels = {c // h for c, h, a in zip(channels, heads, attends) if a}
     if len(head_channels) == 1:
         num_heads, num_head_channels = -1, head_channels.pop()
-    elif len(set(heads)) == 1:
-        num_heads, num_head_channels = heads[0], -1
+    elif len({h for h, a in zip(heads, attends) if a}) == 1:
+        num_heads, num_head_channels = next(h for h, a in zip(heads, attends) if a), -1
     else:
         raise KolorsFolderError("unet/config.json: neither the head count nor the head width is the same on every "
                                 "level, which ComfyUI's UNet cannot express")
@@ -97,6 +100,33 @@ def unet_settings(config: dict) -> dict:
         "use_temporal_resblock": False,
         "encoder_hid_dim": config["encoder_hid_dim"],
     }
+
+
+# the hint encoder of ComfyUI's ControlNet class (comfy.cldm): diffusers' default conditioning embedding
+HINT_CHANNELS = (16, 32, 96, 256)
+
+
+def controlnet_settings(config: dict) -> dict:
+    """ComfyUI ``comfy.cldm.cldm.ControlNet`` keyword arguments (plus ``encoder_hid_dim``) for a Kolors ControlNet
+    config (diffusers' ControlNetModel, as Kwai-Kolors publishes Kolors-ControlNet-Canny/-Depth/-Pose): the UNet's
+    encoder half, whose up blocks mirror the down blocks."""
+    if config.get("encoder_hid_dim_type", "text_proj") != "text_proj" or not config.get("encoder_hid_dim"):
+        raise KolorsFolderError("controlnet config.json: no encoder_hid_dim with encoder_hid_dim_type 'text_proj'; "
+                                "this is not a Kolors ControlNet (an SDXL ControlNet loads with core Load ControlNet "
+                                "Model, but does not fit Kolors)")
+    hint = tuple(config.get("conditioning_embedding_out_channels", HINT_CHANNELS))
+    if hint != HINT_CHANNELS or config.get("controlnet_conditioning_channel_order", "rgb") != "rgb" \
+            or config.get("global_pool_conditions", False):
+        raise KolorsFolderError(f"controlnet config.json: conditioning embedding {list(hint)} (channel order "
+                                f"{config.get('controlnet_conditioning_channel_order', 'rgb')}, global pooling "
+                                f"{config.get('global_pool_conditions', False)}) is not the one Kolors ControlNets use "
+                                f"({list(HINT_CHANNELS)}, rgb, none)")
+    ups = {CROSS_ATTN_DOWN: CROSS_ATTN_UP, PLAIN_DOWN: PLAIN_UP}
+    up_types = [ups.get(t, t) for t in reversed(config.get("down_block_types", []))]
+    settings = unet_settings({**config, "up_block_types": up_types})
+    settings.pop("out_channels")
+    settings["hint_channels"] = 3
+    return settings
 
 
 def vae_settings(config: dict) -> dict:

@@ -35,7 +35,7 @@ from comfy.ldm.modules.encoders.noise_aug_modules import CLIPEmbeddingNoiseAugme
 from comfy.ldm.modules.diffusionmodules.openaimodel import Timestep
 
 from ..common.tensors import load_into_module
-from ..kolors import configs
+from ..kolors import configs, quantize
 from ..kolors.chatglm import ChatGLM3, load_chatglm_state_dict
 from ..kolors.folder import KolorsFolder, KolorsFolderError, LazyWeights, read_weights
 from ..kolors.tokenizer import ChatGLM3Tokenizer
@@ -47,6 +47,7 @@ ENCODER_KEY = "chatglm3"  # the tokenizer's and text encoder's name in ComfyUI's
 MAX_TOKENS = 256  # Kolors's context length: ChatGLM3's prefix tokens, the prompt, left padding
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 FP8 = "fp8_e4m3fn"  # weight-only storage for ChatGLM3 (half of fp16); ComfyUI's manual_cast ops compute in fp16/fp32
+QUANTIZED = quantize.KINDS  # 8-bit and 4-bit block storage for ChatGLM3 (kolors.quantize), dequantized per layer
 
 
 # ---------------------------------------------------------------------------------------------------- the MODEL
@@ -116,7 +117,10 @@ class KolorsModelConfig(comfy.supported_models.SDXL):
         if "encoder_hid_dim" not in self.unet_config:  # found by detection: read the width off the weights
             key = next(k for k in state_dict if k.startswith(prefix) and k.endswith(ENCODER_HID_KEY))
             self.unet_config["encoder_hid_dim"] = state_dict[key].shape[1]
-        return Kolors(self, model_type=self.model_type(state_dict, prefix), device=device)
+        model = Kolors(self, model_type=self.model_type(state_dict, prefix), device=device)
+        if self.inpaint_model():  # Kolors-Inpainting: 9 input channels (latent, mask, masked image's latent)
+            model.set_inpaint()
+        return model
 
     def clip_target(self, state_dict={}):
         return None  # a single-file Kolors UNet carries no text encoder: load ChatGLM3 with its own loader
@@ -177,10 +181,18 @@ def _kolors_model(comfy_sd: dict, model_config, dtype_name: str, where: str, lef
                                 f"{report.missing[:3]}, unexpected {report.unexpected[:3]}{_first(report.errors)}); "
                                 f"download the UNet again")
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
-    if mm.is_device_cpu(load_device) and _cpu_default_attention_is_sub_quad():
-        patcher.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = \
-            _pytorch_attention
+    options = cpu_attention_options(load_device)
+    if options:
+        patcher.model_options.setdefault("transformer_options", {}).update(options)
     return patcher
+
+
+def cpu_attention_options(load_device) -> dict:
+    """The transformer options that make a Kolors model on the CPU attend with PyTorch's SDPA where ComfyUI would take
+    its sub-quadratic kernel (no attention option on its command line); empty elsewhere."""
+    if mm.is_device_cpu(load_device) and _cpu_default_attention_is_sub_quad():
+        return {"optimized_attention_override": _pytorch_attention}
+    return {}
 
 
 def _cpu_default_attention_is_sub_quad() -> bool:
@@ -318,13 +330,20 @@ def kolors_clip(te_files: list[Path], te_config: dict, tokenizer_model: Path, dt
     elif device == "gpu":
         model_options["load_device"] = mm.get_torch_device()
     load_device = model_options.setdefault("load_device", mm.text_encoder_device())
-    if dtype_name in ("auto", FP8):
+    if dtype_name in ("auto", FP8, *QUANTIZED):
         dtype = text_encoder_dtype(load_device)
     else:
         dtype = DTYPES[dtype_name]
     if dtype_name == FP8:
         model_options["compute_dtype"] = torch.float32 if mm.is_device_cpu(load_device) else torch.float16
         dtype = torch.float8_e4m3fn
+    elif dtype_name in QUANTIZED:
+        # matrices and the embedding table in blocks of 8 or 4 bits; norms and biases in the compute dtype
+        dtype = torch.float32 if mm.is_device_cpu(load_device) else torch.float16
+        model_options["compute_dtype"] = dtype
+        ops = quantize.quantized_operations(dtype_name)
+        model_options["custom_operations"] = type(f"Quantized_{dtype_name}", (comfy.ops.manual_cast,),
+                                                  {"Linear": ops.Linear, "Embedding": ops.Embedding})
     model_options["dtype"] = dtype
     target = comfy.supported_models_base.ClipTarget(KolorsTokenizer, kolors_text_encoder_class(te_config, tokenizer))
     parameters = _chatglm_parameters(te_config)
@@ -369,12 +388,18 @@ def kolors_vae(vae_files: list[Path], vae_config: dict) -> comfy.sd.VAE:
 
 
 TE_FP8 = "auto, text encoder fp8"  # the loader's dtype choice for GPUs under 16 GB
+TE_QUANTIZED = {f"auto, text encoder {kind}": kind for kind in QUANTIZED}  # for GPUs of 8-12 GB
 
 
 def load_kolors_folder(folder: KolorsFolder, dtype_name: str = "auto", text_encoder_device: str = "default"):
     """(MODEL, CLIP, VAE) of a Kolors folder in either layout. ``dtype_name``: auto, fp16, bf16, fp32, or
-    TE_FP8 (UNet auto, ChatGLM3 stored in fp8)."""
-    unet_dtype, te_dtype = ("auto", FP8) if dtype_name == TE_FP8 else (dtype_name, dtype_name)
+    TE_FP8 (UNet auto, ChatGLM3 stored in fp8) or one of TE_QUANTIZED (UNet auto, ChatGLM3 in 8 or 4 bits)."""
+    if dtype_name == TE_FP8:
+        unet_dtype, te_dtype = "auto", FP8
+    elif dtype_name in TE_QUANTIZED:
+        unet_dtype, te_dtype = "auto", TE_QUANTIZED[dtype_name]
+    else:
+        unet_dtype, te_dtype = dtype_name, dtype_name
     model = kolors_unet_from_diffusers(LazyWeights(folder.unet_files), folder.unet_config, folder.scheduler_config,
                                        unet_dtype, where=str(folder.root / "unet"))
     clip = kolors_clip(folder.text_encoder_files, folder.text_encoder_config, folder.tokenizer_model, te_dtype,

@@ -16,7 +16,8 @@ from ..kolors.folder import KolorsFolderError
 from ..kolors.download import DEFAULT_NAME, ensure_kolors
 from ..kolors.folder import (chatglm_config_for_file, find_kolors_folder, find_tokenizer_for_file, looks_like_kolors,
                              LazyWeights, read_json)
-from . import kolors_model
+from ..kolors.ip_adapter import IPAdapterPlus, read_ip_adapter
+from . import kolors_controlnet, kolors_ip_adapter, kolors_model
 
 log = logging.getLogger("aesthete.kolors")
 
@@ -24,9 +25,11 @@ KOLORS_FOLDER = "kolors"
 DEFAULT_KOLORS_DIR = os.path.join(folder_paths.models_dir, KOLORS_FOLDER)
 DIFFUSERS_PREFIX = "diffusers/"
 LLM_FOLDER = "LLM"  # where Kolors-MZ users keep chatglm3-fp16.safetensors
+IPADAPTER_FOLDER = "ipadapter"  # where IP-Adapter users keep their files (ComfyUI_IPAdapter_plus's folder)
+KolorsIPAdapter = io.Custom("KOLORS_IPADAPTER")
 DTYPE_OPTIONS = ["auto", "fp16", "bf16", "fp32"]
-KOLORS_DTYPE_OPTIONS = DTYPE_OPTIONS + [kolors_model.TE_FP8]
-TE_DTYPE_OPTIONS = DTYPE_OPTIONS + [kolors_model.FP8]
+KOLORS_DTYPE_OPTIONS = DTYPE_OPTIONS + [kolors_model.TE_FP8, *kolors_model.TE_QUANTIZED]
+TE_DTYPE_OPTIONS = DTYPE_OPTIONS + [kolors_model.FP8, *kolors_model.QUANTIZED]
 DEVICE_OPTIONS = ["default", "cpu", "gpu"]
 
 
@@ -35,6 +38,9 @@ def register() -> None:
     `LLM:`), and Kolors in ComfyUI's model detection (so core loaders load a Kolors UNet file too)."""
     folder_paths.add_model_folder_path(KOLORS_FOLDER, DEFAULT_KOLORS_DIR)
     folder_paths.add_model_folder_path(LLM_FOLDER, os.path.join(folder_paths.models_dir, LLM_FOLDER))
+    ipadapter_dir = os.path.join(folder_paths.models_dir, IPADAPTER_FOLDER)
+    if ipadapter_dir not in folder_paths.folder_names_and_paths.get(IPADAPTER_FOLDER, ([], set()))[0]:
+        folder_paths.add_model_folder_path(IPADAPTER_FOLDER, ipadapter_dir)
     kolors_model.register_model_config()
 
 
@@ -98,7 +104,9 @@ class AestheteKolorsLoader(io.ComfyNode):
                                        "is missing"),
                 io.Combo.Input("dtype", options=KOLORS_DTYPE_OPTIONS, default="auto",
                                tooltip=DTYPE_TOOLTIP + "; 'auto, text encoder fp8' stores ChatGLM3 in fp8 (about 6.5 GB "
-                                                       "instead of 12.5, for GPUs under 16 GB)"),
+                                                       "instead of 12.5, for GPUs under 16 GB); '... q8_0' in 8 bits "
+                                                       "(about 6.4 GB), '... q4_1' in 4 bits (about 3.9 GB, for 8-12 GB "
+                                                       "GPUs), dequantized layer by layer, no compiled kernel"),
                 io.Combo.Input("text_encoder_device", options=DEVICE_OPTIONS, default="default",
                                tooltip=DEVICE_TOOLTIP),
             ],
@@ -124,7 +132,8 @@ class AestheteKolorsUNetLoader(io.ComfyNode):
             description="Loads a Kolors UNet kept as one file in models/unet or models/diffusion_models: diffusers "
                         "names (the repository's diffusion_pytorch_model.safetensors, with its config.json beside "
                         "it or the stock Kolors config) or ComfyUI names (as ModelSave writes it; core Load "
-                        "Diffusion Model loads those too).",
+                        "Diffusion Model loads those too). Kolors-Inpainting's UNet (9 input channels) is found by "
+                        "its channels and works with core InpaintModelConditioning and VAEEncodeForInpaint.",
             inputs=[
                 io.Combo.Input("unet_name", options=folder_paths.get_filename_list("diffusion_models"),
                                tooltip="The UNet file"),
@@ -142,7 +151,12 @@ class AestheteKolorsUNetLoader(io.ComfyNode):
             model = comfy_detected_unet({k: sd.take(k) for k in list(sd)}, dtype, path)  # ComfyUI's loader
         else:
             config_path = path.parent / "config.json"
-            config = read_json(config_path) if config_path.is_file() else read_json(STOCK_UNET_CONFIG)
+            if config_path.is_file():
+                config = read_json(config_path)
+            else:  # the stock Kolors config, with the file's input channels (Kolors-Inpainting's UNet takes 9)
+                config = read_json(STOCK_UNET_CONFIG)
+                if "conv_in.weight" in sd:
+                    config["in_channels"] = sd["conv_in.weight"].shape[1]
             model = kolors_model.kolors_unet_from_diffusers(sd, config, None, dtype, where=str(path))
         return io.NodeOutput(model)
 
@@ -181,13 +195,16 @@ class AestheteChatGLM3Loader(io.ComfyNode):
             category="Aesthete/kolors",
             description="Loads Kolors's ChatGLM3 text encoder kept as one file (for example chatglm3-fp16.safetensors "
                         "in models/text_encoders or models/LLM) as a CLIP. Its tokenizer.model is taken from beside "
-                        "the file or from a Kolors folder in models/kolors; quantized (4/8-bit) files are refused.",
+                        "the file or from a Kolors folder in models/kolors. The q8_0 and q4_1 choices quantize the fp16 "
+                        "file to 8 or 4 bits while it loads; already quantized (4/8-bit) files are refused.",
             inputs=[
                 io.Combo.Input("text_encoder", options=text_encoder_choices(),
                                tooltip="The ChatGLM3 weights (safetensors; .bin is read with weights_only)"),
                 io.Combo.Input("dtype", options=TE_DTYPE_OPTIONS, default="auto",
                                tooltip=DTYPE_TOOLTIP + "; fp8_e4m3fn stores the weights in fp8 (about half of fp16) "
-                                                       "and computes in fp16 (fp32 on a CPU)"),
+                                                       "and computes in fp16 (fp32 on a CPU); q8_0 and q4_1 store "
+                                                       "them in blocks of 8 or 4 bits (about 6.4 and 3.9 GB), "
+                                                       "quantized from the fp16 file as it loads"),
                 io.Combo.Input("device", options=DEVICE_OPTIONS, default="default", tooltip=DEVICE_TOOLTIP),
             ],
             outputs=[io.Clip.Output("CLIP", tooltip="ChatGLM3 for CLIPTextEncode: context 256 x hidden, pooled")],
@@ -202,4 +219,87 @@ class AestheteChatGLM3Loader(io.ComfyNode):
         return io.NodeOutput(kolors_model.kolors_clip([path], config, tokenizer, dtype, device, state_dict=sd))
 
 
-NODES = [AestheteKolorsLoader, AestheteKolorsUNetLoader, AestheteChatGLM3Loader]
+class AestheteKolorsControlNetLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AestheteKolorsControlNetLoader",
+            display_name="Kolors ControlNet Loader",
+            category="Aesthete/kolors",
+            description="Loads a Kolors ControlNet (Kwai-Kolors's Kolors-ControlNet-Canny, -Depth or -Pose: "
+                        "diffusion_pytorch_model.safetensors with its config.json, in a folder of its own under "
+                        "models/controlnet) as a core CONTROL_NET. Use it with core Apply ControlNet (strength, "
+                        "start/end percent) on prompts encoded by the Kolors CLIP and the Kolors MODEL. The hint is "
+                        "an image: core Canny for the canny model, a depth map or a pose picture for the others.",
+            inputs=[
+                io.Combo.Input("control_net_name", options=folder_paths.get_filename_list("controlnet"),
+                               tooltip="The ControlNet's weights in models/controlnet (for example "
+                                       "Kolors-ControlNet-Canny/diffusion_pytorch_model.safetensors); its config.json "
+                                       "is read from beside it, or Kolors's own when there is none"),
+                io.Combo.Input("dtype", options=DTYPE_OPTIONS, default="auto", tooltip=DTYPE_TOOLTIP),
+            ],
+            outputs=[io.ControlNet.Output("CONTROL_NET", tooltip="For core Apply ControlNet on the Kolors MODEL")],
+        )
+
+    @classmethod
+    def execute(cls, control_net_name, dtype) -> io.NodeOutput:
+        path = Path(folder_paths.get_full_path_or_raise("controlnet", control_net_name))
+        weights = LazyWeights([path])  # each tensor read as it is copied into the model
+        config_path = kolors_controlnet.controlnet_config_path(path)
+        config = read_json(config_path) if config_path else read_json(STOCK_UNET_CONFIG)
+        return io.NodeOutput(kolors_controlnet.kolors_controlnet(weights, config, dtype, where=str(path),
+                                                                 take=weights.take))
+
+
+class AestheteKolorsIPAdapterLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AestheteKolorsIPAdapterLoader",
+            display_name="Kolors IP-Adapter Loader",
+            category="Aesthete/kolors",
+            description="Loads Kolors-IP-Adapter-Plus (ip_adapter_plus_general.bin, in models/ipadapter). Its image "
+                        "encoder (Kolors-IP-Adapter-Plus/image_encoder, CLIP ViT-L/14-336) loads with core Load CLIP "
+                        "Vision from models/clip_vision; apply both with Kolors IP-Adapter.",
+            inputs=[io.Combo.Input("ipadapter_name", options=folder_paths.get_filename_list(IPADAPTER_FOLDER),
+                                   tooltip="The IP-Adapter file (.bin as published, or .safetensors)")],
+            outputs=[KolorsIPAdapter.Output("IPADAPTER", tooltip="For Kolors IP-Adapter")],
+        )
+
+    @classmethod
+    def execute(cls, ipadapter_name) -> io.NodeOutput:
+        path = Path(folder_paths.get_full_path_or_raise(IPADAPTER_FOLDER, ipadapter_name))
+        adapter = IPAdapterPlus(read_ip_adapter(path), where=str(path)).eval()
+        return io.NodeOutput(kolors_ip_adapter.ip_adapter_patcher(adapter))
+
+
+class AestheteKolorsIPAdapter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AestheteKolorsIPAdapter",
+            display_name="Kolors IP-Adapter",
+            category="Aesthete/kolors",
+            description="Applies Kolors-IP-Adapter-Plus to the Kolors MODEL: the reference image, read by its image "
+                        "encoder, steers every cross-attention with the given weight (as diffusers' KolorsPipeline "
+                        "with ip_adapter_image). Sample the returned MODEL with core KSampler.",
+            inputs=[
+                io.Model.Input("model", tooltip="The Kolors MODEL (Kolors Loader or Kolors UNet Loader)"),
+                KolorsIPAdapter.Input("ipadapter", tooltip="From Kolors IP-Adapter Loader"),
+                io.ClipVision.Input("clip_vision", tooltip="The IP-Adapter's image encoder (core Load CLIP Vision: "
+                                                           "Kolors-IP-Adapter-Plus/image_encoder, CLIP ViT-L/14-336)"),
+                io.Image.Input("image", tooltip="The reference image (several: their tokens are joined)"),
+                io.Float.Input("weight", default=0.5, min=-1.0, max=3.0, step=0.05,
+                               tooltip="How strongly the image steers (diffusers' ip_adapter_scale; Kwai-Kolors's "
+                                       "samples use 0.3-0.5)"),
+            ],
+            outputs=[io.Model.Output("MODEL", tooltip="The Kolors MODEL with the IP-Adapter applied")],
+        )
+
+    @classmethod
+    def execute(cls, model, ipadapter, clip_vision, image, weight) -> io.NodeOutput:
+        return io.NodeOutput(kolors_ip_adapter.apply_ip_adapter(model, ipadapter, clip_vision, image, weight))
+
+
+NODES = [AestheteKolorsLoader, AestheteKolorsUNetLoader, AestheteChatGLM3Loader, AestheteKolorsControlNetLoader,
+         AestheteKolorsIPAdapterLoader, AestheteKolorsIPAdapter]

@@ -34,13 +34,15 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / ".artifacts"
 # no alpha, blocks.7 attention of the SDXL layout at 320 channels with 2048-wide text, as small_kolors's UNet
 DIFFSYNTH_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "diffsynth" / "tiny_kolors_lora.ckpt"
 PACK = "comfyui-aesthete"
-NAMES = ["1-generate-score-rank", "2-score-a-folder", "3-train-then-compare", "4-use-a-diffsynth-lora",
-         "5-kolors-generate-score-rank", "6-the-recipe", "7-pick-the-best-epoch"]
+NAMES = sorted(["1-generate-score-rank", "2-score-a-folder", "3-train-then-compare", "4-use-a-diffsynth-lora",
+                "5-kolors-generate-score-rank", "6-the-recipe", "7-kolors-img2img", "8-kolors-inpainting",
+                "9-kolors-controlnet-canny", "10-kolors-ip-adapter", "11-pick-the-best-epoch"])  # as the templates API lists them
 DATASET = "lora_dataset"  # the folder workflows 2 and 3 read under ComfyUI's input directory
 # the frontend fetches from the internet, which CI machines may not reach: those failures are not the workflow's
 OFFLINE = re.compile(r"net::ERR_(NAME_NOT_RESOLVED|INTERNET_DISCONNECTED|CONNECTION_REFUSED|ADDRESS_UNREACHABLE)")
 # widgets naming model files the user provides: their values need not be on this server
-MODEL_FILE_WIDGETS = {"ckpt_name", "lora_name"}
+MODEL_FILE_WIDGETS = {"ckpt_name", "lora_name", "unet_name", "control_net_name", "ipadapter_name", "clip_name",
+                      "image"}
 
 
 def ui_workflow(name: str) -> dict:
@@ -199,8 +201,17 @@ LAYOUT_JS = """
 """
 
 
+@pytest.fixture(scope="module")
+def example_picture(comfy_server) -> None:
+    """input/example.png, the picture every ComfyUI install ships (Load Image's default, used by workflows 7-10)."""
+    from harness.comfy_server import COMFY_DIR
+
+    if not (comfy_server.input_dir / "example.png").exists():
+        shutil.copyfile(COMFY_DIR / "input" / "example.png", comfy_server.input_dir / "example.png")
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_workflow_opens_cleanly_and_converts_to_its_api_copy(frontend, name):
+def test_workflow_opens_cleanly_and_converts_to_its_api_copy(frontend, example_picture, name):
     before = len(frontend.errors)
     loaded = frontend.load_workflow(ui_workflow(name))
     frontend.page.wait_for_timeout(500)  # errors of widgets drawn after the load
@@ -462,12 +473,12 @@ def test_the_recipe_runs(comfy, comfy_server, dataset, tiny_kolors_folder, predi
 
 
 def test_pick_the_best_epoch_runs(comfy, comfy_server, tiny_kolors_folder, tiny_predictor):
-    """Workflow 7 on the tiny Kolors: a DiffSynth run's checkpoints/ folder (three epochs, written as DiffSynth's
+    """Workflow 11 on the tiny Kolors: a DiffSynth run's checkpoints/ folder (three epochs, written as DiffSynth's
     trainer leaves them) judged with the recipe's test prompt and negative list, the base model first; the best
     epoch's file is named, applied, generated again and saved with its score."""
     from harness.kolors_models import RECIPE_PROMPT, kolors_epoch_loras
 
-    graph = for_test_models(api_workflow("7-pick-the-best-epoch"), "", tiny_predictor, kolors=tiny_kolors_folder)
+    graph = for_test_models(api_workflow("11-pick-the-best-epoch"), "", tiny_predictor, kolors=tiny_kolors_folder)
     sweep_id, valid_id = one(graph, "AestheteLoraSweep"), one(graph, "AestheteValidationSettings")
     sweep, valid = graph[sweep_id]["inputs"], graph[valid_id]["inputs"]
     assert (sweep["lora_set"], sweep["include_base"], sweep["alpha"]) == ("kolors_run/checkpoints", True, 4.0)
@@ -493,3 +504,74 @@ def test_pick_the_best_epoch_runs(comfy, comfy_server, tiny_kolors_folder, tiny_
     scores = summary_scores(ui_text(result, one(graph, "AestheteScore")))
     saved = sorted((comfy_server.output_dir / prefix).parent.glob("best_epoch_*.png"))
     assert len(saved) == 2 and [read_score(p) for p in saved] == pytest.approx(scores, abs=1e-3)
+
+
+# --- the Kolors add-on workflows (7-10) on the tiny Kolors models ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def addon_picture(comfy_server) -> str:
+    """A 64x64 picture whose right half is transparent (Load Image's mask: 1 there)."""
+    yy, xx = np.mgrid[0:64, 0:64] / 64
+    rgba = np.dstack([np.stack([xx, yy, 1 - xx * yy], axis=-1) * 255, np.where(xx < 0.5, 255, 0)])
+    name = "aesthete-kolors-addon.png"
+    Image.fromarray(rgba.round().astype(np.uint8), "RGBA").save(comfy_server.input_dir / name)
+    return name
+
+
+def run_addon(comfy, name: str, kolors: str, picture: str, **files) -> np.ndarray:
+    """Workflow ``name`` on the tiny Kolors, the test picture and ``files`` (input name -> model file), every node run;
+    returns the first saved image (for_test_models makes a batch of 1 into 2)."""
+    graph = for_test_models(api_workflow(name), "", "", kolors=kolors)
+    for node in graph.values():
+        for key, value in files.items():
+            if key in node["inputs"]:
+                node["inputs"][key] = value
+        if node["class_type"] == "LoadImage":
+            node["inputs"]["image"] = picture
+    save = one(graph, "SaveImage")
+    graph[save]["inputs"]["filename_prefix"] = f"{name}-{uuid.uuid4().hex[:8]}"
+    result = run_everything(comfy, graph, timeout=300)
+    images = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB"), dtype=np.float32)
+              for b in comfy.output_images(result, save)]
+    assert images and all(im.shape == (64, 64, 3) and np.isfinite(im).all() for im in images)
+    return images[0]
+
+
+def test_kolors_img2img_runs(comfy, tiny_kolors_folder, addon_picture):
+    graph = api_workflow("7-kolors-img2img")
+    assert graph[one(graph, "KSampler")]["inputs"]["latent_image"][0] == one(graph, "VAEEncode")
+    assert graph[one(graph, "KSampler")]["inputs"]["denoise"] < 1
+    run_addon(comfy, "7-kolors-img2img", tiny_kolors_folder, addon_picture)
+
+
+def test_kolors_inpainting_runs(comfy, comfy_server, tiny_kolors_folder, addon_picture):
+    from harness.kolors_models import tiny_kolors_inpainting
+
+    unet = comfy_server.link_model("unet", tiny_kolors_inpainting() / "unet", "aesthete-tiny-kolors-inpainting")
+    graph = api_workflow("8-kolors-inpainting")
+    assert graph[one(graph, "KSampler")]["inputs"]["model"][0] == one(graph, "AestheteKolorsUNetLoader")
+    run_addon(comfy, "8-kolors-inpainting", tiny_kolors_folder, addon_picture,
+              unet_name=f"{unet}/diffusion_pytorch_model.safetensors")
+
+
+def test_kolors_controlnet_canny_runs(comfy, comfy_server, tiny_kolors_folder, addon_picture):
+    from harness.kolors_models import tiny_kolors_controlnet
+
+    folder = comfy_server.link_model("controlnet", tiny_kolors_controlnet(), "aesthete-tiny-kolors-controlnet")
+    graph = api_workflow("9-kolors-controlnet-canny")
+    assert graph[one(graph, "ControlNetApplyAdvanced")]["inputs"]["image"][0] == one(graph, "Canny")
+    run_addon(comfy, "9-kolors-controlnet-canny", tiny_kolors_folder, addon_picture,
+              control_net_name=f"{folder}/diffusion_pytorch_model.safetensors")
+
+
+def test_kolors_ip_adapter_runs(comfy, comfy_server, tiny_kolors_folder, addon_picture):
+    from harness.kolors_models import tiny_kolors_ip_adapter
+
+    folder = tiny_kolors_ip_adapter()
+    adapter = comfy_server.link_model("ipadapter", folder / "ip_adapter_plus_general.bin", "aesthete-tiny-ip.bin")
+    encoder = comfy_server.link_model("clip_vision", folder / "image_encoder" / "model.safetensors",
+                                      "aesthete-kolors-image-encoder.safetensors")
+    graph = api_workflow("10-kolors-ip-adapter")
+    assert graph[one(graph, "KSampler")]["inputs"]["model"][0] == one(graph, "AestheteKolorsIPAdapter")
+    run_addon(comfy, "10-kolors-ip-adapter", tiny_kolors_folder, addon_picture, ipadapter_name=adapter,
+              clip_name=encoder)

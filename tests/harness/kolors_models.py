@@ -117,6 +117,38 @@ def small_kolors() -> Path:
     return path
 
 
+def tiny_kolors_inpainting() -> Path:
+    """Kolors-Inpainting at the tiny size: the repository layout (fp32) whose UNet takes 9 input channels (the noisy
+    latent, the mask, the masked image's latent), as Kwai-Kolors/Kolors-Inpainting's unet/config.json says."""
+    path = _kolors_cached("kolors-inpainting-fp32")
+    if (path / "model_index.json").exists():
+        return path
+    with _building(path) as tmp:
+        _save_kolors_layout(tmp, "fp32", unet_config=dict(TINY_UNET, in_channels=9))
+    return path
+
+
+def tiny_kolors_controlnet() -> Path:
+    """A Kolors ControlNet as Kwai-Kolors publishes Kolors-ControlNet-Canny: a folder with ``config.json`` and
+    ``diffusion_pytorch_model.safetensors`` of diffusers' ControlNetModel, made from tiny_kolors("kolors", "fp32")'s
+    UNet the way ``ControlNetModel.from_unet`` makes one (so it carries ``encoder_hid_dim`` / ``text_proj`` and its own
+    ``encoder_hid_proj``), every weight then randomised (the zero convolutions included)."""
+    path = _kolors_cached("kolors-controlnet-fp32")
+    if (path / "config.json").exists():
+        return path
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_kolors("kolors", "fp32") / "unet")
+    with _building(path) as tmp:
+        controlnet = ControlNetModel.from_unet(unet)
+        _spread(controlnet, SEED + 7)
+        controlnet.save_config(tmp)
+        save_file({k: v.contiguous() for k, v in controlnet.state_dict().items()},
+                  tmp / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
+    return path
+
+
 def _kolors_cached(name: str) -> Path:
     return _cached(f"{name}-k{KOLORS_FACTORY_VERSION}")
 
@@ -584,3 +616,160 @@ def kolors_epoch_loras(comfy_folder: Path, diffsynth_folder: Path, epochs: tuple
         copy.unlink()
         written.append(ckpt)
     return written
+
+
+def medium_chatglm3_file() -> dict[str, Path]:
+    """A single ``chatglm3-fp16.safetensors`` with ChatGLM3-6B's real layer shape (MEDIUM_CHATGLM: hidden 4096,
+    feed-forward 13696, 32 heads, 2 key/value groups, vocabulary 65024) and 2 of its 28 layers, no LM head (the
+    loaders never read it): 1.35 GB in fp16, for the quantized text encoder's benchmark. Matrices normal(0.02), norm
+    scales 1 + normal(0.05), biases normal(0.02), fixed seed. ``{"chatglm3", "tokenizer", "config"}`` paths."""
+    import torch
+    from diffusers.pipelines.kolors.text_encoder import ChatGLMConfig, ChatGLMModel
+    from safetensors.torch import save_file
+
+    path = _kolors_cached("chatglm3-medium")
+    files = dict(chatglm3=path / "chatglm3-fp16.safetensors", tokenizer=path / "tokenizer.model",
+                 config=path / "config.json")
+    if files["chatglm3"].exists():
+        return files
+    source = tiny_kolors("kolors", "fp16") / "text_encoder"
+    with _building(path) as tmp:
+        config = dict(tiny_text_encoder_config(64000, "fp16", chatglm=MEDIUM_CHATGLM), padded_vocab_size=65024)
+        with torch.device("meta"):
+            shapes = {k: v.shape for k, v in ChatGLMModel(ChatGLMConfig(**config)).state_dict().items()
+                      if "output_layer" not in k and "rotary" not in k}
+        gen = torch.Generator().manual_seed(SEED)
+        state = {}
+        for key, shape in shapes.items():
+            noise = torch.randn(shape, generator=gen)
+            state[f"transformer.{key}"] = (1 + 0.05 * noise if "norm" in key else 0.02 * noise).to(torch.float16)
+        save_file(state, tmp / files["chatglm3"].name, metadata={"format": "pt"})
+        _write_json(tmp / files["config"].name, config)
+        shutil.copyfile(source / "tokenizer.model", tmp / files["tokenizer"].name)
+    return files
+
+
+# --- Kolors-IP-Adapter-Plus ---------------------------------------------------------------------------------------
+# the image encoder Kolors-IP-Adapter-Plus ships (image_encoder/config.json: CLIP ViT-L/14 at 336 px), full size:
+# core Load CLIP Vision recognises an image encoder only by its real layer count and widths
+KOLORS_IMAGE_ENCODER = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                            image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu",
+                            layer_norm_eps=1e-5)
+# the Resampler at a small width (Kolors's: 1280 wide, 20 heads, 16 queries), depth 4, reading ViT-L's 1024-wide states
+# and giving tokens of the tiny UNet's cross-attention width
+TINY_RESAMPLER = dict(dim=128, depth=4, queries=16, ff=512)  # diffusers reads no depth: 4, as Kolors
+
+
+def tiny_kolors_ip_adapter() -> Path:
+    """A Kolors-IP-Adapter-Plus folder as Kwai-Kolors publishes it: ``ip_adapter_plus_general.bin`` (a pickled
+    ``{"image_proj": Resampler weights in IP-Adapter's own names, "ip_adapter": {"<n>.to_k_ip.weight", ...}}`` for
+    tiny_kolors's UNet, n = 1, 3, 5, ... over its cross-attentions in diffusers' order) and ``image_encoder/``
+    (config.json + model.safetensors of a random full-size CLIPVisionModelWithProjection ViT-L/14-336, fp16, about
+    0.6 GB). Built once (about 30 s) and cached."""
+    path = _kolors_cached("kolors-ip-adapter-plus")
+    if (path / "ip_adapter_plus_general.bin").exists():
+        return path
+    import torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_kolors("kolors", "fp32") / "unet")
+    cross = [name for name in unet.attn_processors if ".attn2." in name]
+    modules = dict(unet.named_modules())
+    gen = torch.Generator().manual_seed(SEED + 11)
+
+    def rand(*shape, around=0.0, spread=0.05):
+        return around + spread * torch.randn(shape, generator=gen)
+
+    r, width = TINY_RESAMPLER, TINY_UNET["cross_attention_dim"]
+    image_width = KOLORS_IMAGE_ENCODER["hidden_size"]
+    proj = {"latents": rand(1, r["queries"], r["dim"], spread=r["dim"] ** -0.5),
+            "proj_in.weight": rand(r["dim"], image_width), "proj_in.bias": rand(r["dim"]),
+            "proj_out.weight": rand(width, r["dim"], spread=0.1), "proj_out.bias": rand(width),
+            "norm_out.weight": rand(width, around=1.0), "norm_out.bias": rand(width)}
+    for i in range(r["depth"]):
+        p = f"layers.{i}."
+        for norm in ("0.norm1", "0.norm2", "1.0"):
+            proj[f"{p}{norm}.weight"], proj[f"{p}{norm}.bias"] = rand(r["dim"], around=1.0), rand(r["dim"])
+        proj[f"{p}0.to_q.weight"] = rand(r["dim"], r["dim"])
+        proj[f"{p}0.to_kv.weight"] = rand(2 * r["dim"], r["dim"])
+        proj[f"{p}0.to_out.weight"] = rand(r["dim"], r["dim"])
+        proj[f"{p}1.1.weight"], proj[f"{p}1.3.weight"] = rand(r["ff"], r["dim"]), rand(r["dim"], r["ff"])
+    adapter = {}
+    for n, name in zip(range(1, 2 * len(cross), 2), cross):
+        to_k = modules[name[: -len(".processor")]].to_k.weight
+        adapter[f"{n}.to_k_ip.weight"] = rand(*to_k.shape, spread=0.3)
+        adapter[f"{n}.to_v_ip.weight"] = rand(*to_k.shape, spread=0.3)
+    with _building(path) as tmp:
+        torch.save({"image_proj": proj, "ip_adapter": adapter}, tmp / "ip_adapter_plus_general.bin")
+        torch.manual_seed(SEED)
+        encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**KOLORS_IMAGE_ENCODER)).to(torch.float16)
+        encoder.save_pretrained(tmp / "image_encoder", safe_serialization=True)
+    return path
+
+
+def medium_kolors_controlnet() -> Path:
+    """A Kolors ControlNet made from medium_kolors's UNet as ``ControlNetModel.from_unet`` makes one (Kolors's real
+    widths, the medium depths), random weights, fp16, in Kwai-Kolors's layout (config.json + weights); for benchmarks."""
+    path = _kolors_cached("kolors-controlnet-medium-fp16")
+    if (path / "config.json").exists():
+        return path
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(medium_kolors() / "unet", variant="fp16", torch_dtype=torch.float32)
+    with _building(path) as tmp, torch.no_grad():
+        controlnet = ControlNetModel.from_unet(unet)
+        del unet
+        _spread(controlnet, SEED + 7)
+        controlnet.save_config(tmp)
+        save_file({k: v.half().contiguous() for k, v in controlnet.state_dict().items()},
+                  tmp / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
+    return path
+
+
+# Kolors-IP-Adapter-Plus's Resampler at its real size: 1280 wide (20 heads of 64), depth 4, 16 queries, 2048-wide tokens
+REAL_RESAMPLER = dict(dim=1280, depth=4, queries=16, ff=5120)
+
+
+def medium_kolors_ip_adapter() -> Path:
+    """Kolors-IP-Adapter-Plus at its real Resampler size for medium_kolors's UNet (``to_k_ip``/``to_v_ip`` for each of
+    its cross-attentions), random weights, with tiny_kolors_ip_adapter's full-size image encoder; for benchmarks."""
+    path = _kolors_cached("kolors-ip-adapter-plus-medium")
+    if (path / "ip_adapter_plus_general.bin").exists():
+        return path
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(medium_kolors() / "unet", variant="fp16", torch_dtype=torch.float32)
+    cross = [name for name in unet.attn_processors if ".attn2." in name]
+    modules = dict(unet.named_modules())
+    gen = torch.Generator().manual_seed(SEED + 13)
+
+    def rand(*shape, around=0.0, spread=0.02):
+        return around + spread * torch.randn(shape, generator=gen)
+
+    r, width, image_width = REAL_RESAMPLER, unet.config.cross_attention_dim, KOLORS_IMAGE_ENCODER["hidden_size"]
+    proj = {"latents": rand(1, r["queries"], r["dim"], spread=r["dim"] ** -0.5),
+            "proj_in.weight": rand(r["dim"], image_width), "proj_in.bias": rand(r["dim"]),
+            "proj_out.weight": rand(width, r["dim"]), "proj_out.bias": rand(width),
+            "norm_out.weight": rand(width, around=1.0), "norm_out.bias": rand(width)}
+    for i in range(r["depth"]):
+        p = f"layers.{i}."
+        for norm in ("0.norm1", "0.norm2", "1.0"):
+            proj[f"{p}{norm}.weight"], proj[f"{p}{norm}.bias"] = rand(r["dim"], around=1.0), rand(r["dim"])
+        proj[f"{p}0.to_q.weight"] = rand(r["dim"], r["dim"])
+        proj[f"{p}0.to_kv.weight"] = rand(2 * r["dim"], r["dim"])
+        proj[f"{p}0.to_out.weight"] = rand(r["dim"], r["dim"])
+        proj[f"{p}1.1.weight"], proj[f"{p}1.3.weight"] = rand(r["ff"], r["dim"]), rand(r["dim"], r["ff"])
+    adapter = {}
+    for n, name in zip(range(1, 2 * len(cross), 2), cross):
+        shape = modules[name[: -len(".processor")]].to_k.weight.shape
+        adapter[f"{n}.to_k_ip.weight"], adapter[f"{n}.to_v_ip.weight"] = rand(*shape), rand(*shape)
+    encoder = tiny_kolors_ip_adapter() / "image_encoder"
+    with _building(path) as tmp:
+        torch.save({"image_proj": {k: v.half() for k, v in proj.items()},
+                    "ip_adapter": {k: v.half() for k, v in adapter.items()}}, tmp / "ip_adapter_plus_general.bin")
+        (tmp / "image_encoder").symlink_to(encoder, target_is_directory=True)
+    return path

@@ -153,3 +153,133 @@ def real_chatglm3_keys(prefix: str = "transformer.") -> dict[str, tuple[int, ...
     with torch.device("meta"):
         model = ChatGLMModel(config)
     return {f"{prefix}{k}": tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+# --- add-ons: img2img, inpainting ---------------------------------------------------------------------------------
+
+@torch.no_grad()
+def vae_latent(pipe, pixels: torch.Tensor) -> torch.Tensor:
+    """The latent (scaled by the VAE's scaling factor, as the pipelines use it) of ``pixels`` [B, H, W, 3] in 0..1,
+    the mean of the VAE's posterior: what ComfyUI's VAEEncode keeps (the pipelines draw a sample from it instead,
+    which only adds the posterior's noise)."""
+    image = pixels.permute(0, 3, 1, 2).to(pipe.vae.dtype) * 2 - 1
+    return pipe.vae.encode(image).latent_dist.mode() * pipe.vae.config.scaling_factor
+
+
+@torch.no_grad()
+def img2img_one_step(pipe, pixels: torch.Tensor, prompt: str, timestep: int, seed: int) -> torch.Tensor:
+    """diffusers' KolorsImg2ImgPipeline (the same components as ``pipe``), one Euler step from ``timestep`` with
+    guidance 1: noise drawn from ``torch.manual_seed(seed)`` (as ComfyUI draws it), added to the image's latent at
+    sigma(timestep), then x0 = x - sigma * eps. The image goes in as its latent (``vae_latent``) so the pipeline does
+    not draw a posterior sample from the same generator first. The pipeline's size conditioning is the image's size
+    (height and width given): left out, it would condition on its default 1024 x 1024 (the UNet's sample size x 8)
+    whatever the image's size, where ComfyUI takes the latent's size. Returns the latent unscaled, as SaveLatent
+    writes it."""
+    from diffusers import KolorsImg2ImgPipeline
+
+    img2img = KolorsImg2ImgPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                    unet=pipe.unet, scheduler=pipe.scheduler, force_zeros_for_empty_prompt=False)
+    img2img.set_progress_bar_config(disable=True)
+    height, width = pixels.shape[1:3]
+    latent = img2img(prompt=prompt, image=vae_latent(pipe, pixels), strength=1.0, timesteps=[timestep],
+                     height=height, width=width,
+                     guidance_scale=1.0, generator=torch.manual_seed(seed), output_type="latent").images
+    return latent / pipe.vae.config.scaling_factor
+
+
+@torch.no_grad()
+def inpaint_one_step(pipe, start: torch.Tensor, pixels: torch.Tensor, mask: torch.Tensor, prompt: str,
+                     height: int, width: int) -> torch.Tensor:
+    """One Euler step of Kwai-Kolors's inpainting pipeline (Kwai-Kolors/Kolors,
+    kolors/pipelines/pipeline_stable_diffusion_xl_chatglm_256_inpainting.py: ``prepare_mask_and_masked_image``,
+    ``prepare_mask_latents`` and the denoising loop of ``__call__``), from sigma_max (timestep 1099), guidance 1:
+
+        mask          = (mask >= 0.5)                                    [B, 1, H, W], 1 = repaint
+        masked_image  = image * (mask < 0.5)                             (image in -1..1)
+        masked_latent = vae(masked_image) * scaling_factor               (the posterior's mean, as ComfyUI's VAEEncode)
+        mask_latent   = interpolate(mask, (H/8, W/8))                    (nearest)
+        eps           = unet(cat([x / sqrt(1 + sigma^2), mask_latent, masked_latent]), 1099, cond)
+        x0            = x - sigma * eps
+
+    ``start`` is the noisy latent x the step starts from (model space). Kwai-Kolors starts from noise *
+    init_noise_sigma (strength 1) or the image's latent plus noise (strength < 1); ComfyUI's KSampler adds the
+    latent it is given to the scaled noise: the driver takes x as given so both start from the same point. Kwai-Kolors's
+    code cannot be installed here; this driver runs the same operations on diffusers' UNet2DConditionModel, which holds
+    the same weights. Returns the latent unscaled, as SaveLatent writes it."""
+    sigma = scheduler_sigmas(pipe)[-1].item()
+    mask = (mask >= 0.5).to(torch.float32)
+    image = pixels.permute(0, 3, 1, 2) * 2 - 1
+    masked = image * (mask < 0.5)
+    masked_latent = pipe.vae.encode(masked).latent_dist.mode() * pipe.vae.config.scaling_factor
+    mask_latent = torch.nn.functional.interpolate(mask, size=(height // 8, width // 8))
+    embeds, pooled = encode(pipe, prompt)
+    model_input = torch.cat([start / (1 + sigma ** 2) ** 0.5, mask_latent, masked_latent], dim=1)
+    eps = unet_eps(pipe, model_input, 1099, embeds, pooled, height, width)
+    return (start - sigma * eps) / pipe.vae.config.scaling_factor
+
+
+# --- add-ons: ControlNet ------------------------------------------------------------------------------------------
+
+def load_controlnet(folder: str | Path, dtype: torch.dtype = torch.float32):
+    """diffusers' ControlNetModel from a Kolors ControlNet folder (config.json + weights): the class whose weights
+    Kwai-Kolors's own ControlNet (kolors/models/controlnet.py) holds."""
+    from diffusers import ControlNetModel
+
+    return ControlNetModel.from_pretrained(folder, torch_dtype=dtype).eval()
+
+
+@torch.no_grad()
+def controlnet_residuals(controlnet, sample: torch.Tensor, timestep, context: torch.Tensor, pooled: torch.Tensor,
+                         hint: torch.Tensor, scale: float, height: int, width: int):
+    """(down residuals, mid residual) as Kwai-Kolors's ControlNetModel.forward (Kwai-Kolors/Kolors,
+    kolors/models/controlnet.py) computes them: the ChatGLM3 context is first projected by the ControlNet's own
+    ``encoder_hid_proj`` (diffusers' ControlNetModel.forward, which holds the same weights, does not do this), then
+    diffusers' forward with ``hint`` ([B, 3, H, W] in 0..1, as its pipelines' prepare_control_image makes it) and
+    ``conditioning_scale``."""
+    time_ids = add_time_ids(height, width).repeat(sample.shape[0], 1)
+    return controlnet(sample, torch.as_tensor(float(timestep)), encoder_hidden_states=controlnet.encoder_hid_proj(context),
+                      controlnet_cond=hint, conditioning_scale=scale,
+                      added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}, return_dict=False)
+
+
+@torch.no_grad()
+def controlnet_one_step(pipe, controlnet, noise: torch.Tensor, prompt: str, hint: torch.Tensor, scale: float,
+                        height: int, width: int) -> torch.Tensor:
+    """One Euler step from sigma_max (timestep 1099, guidance 1) of Kwai-Kolors's ControlNet pipeline
+    (kolors/pipelines/pipeline_controlnet_xl_kolors_img2img.py, the denoising loop of ``__call__``): the ControlNet's
+    residuals (``controlnet_residuals``) of the scaled latent are added to the UNet's down and mid blocks
+    (``down_block_additional_residuals``, ``mid_block_additional_residual``). Starts from ``noise`` as ComfyUI's
+    KSampler does at full denoise (x = noise * sqrt(1 + sigma^2)); returns the latent unscaled, as SaveLatent
+    writes it."""
+    sigma = scheduler_sigmas(pipe)[-1].item()
+    embeds, pooled = encode(pipe, prompt)
+    x = noise * (1 + sigma ** 2) ** 0.5
+    model_input = x / (1 + sigma ** 2) ** 0.5
+    down, mid = controlnet_residuals(controlnet, model_input, 1099, embeds, pooled, hint, scale, height, width)
+    time_ids = add_time_ids(height, width)
+    eps = pipe.unet(model_input, torch.as_tensor(1099.0), encoder_hidden_states=embeds,
+                    added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
+                    down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False)[0]
+    return (x - sigma * eps) / pipe.vae.config.scaling_factor
+
+
+# --- add-ons: IP-Adapter Plus ---------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def ip_adapter_one_step(pipe, adapter_folder: str | Path, image, weight: float, noise: torch.Tensor, prompt: str,
+                        height: int, width: int) -> torch.Tensor:
+    """One KolorsPipeline step from sigma_max (``timesteps=[1099]``, guidance 1, ``latents=noise``) with
+    Kolors-IP-Adapter-Plus loaded by diffusers' ``load_ip_adapter`` as Kwai-Kolors's sample
+    (ipadapter/sample_ipadapter_plus.py) loads it: the folder's ``ip_adapter_plus_general.bin`` and its
+    ``image_encoder/``; ``set_ip_adapter_scale(weight)``; ``ip_adapter_image`` a PIL image. The pipeline keeps the
+    UNet's text projection as ``text_encoder_hid_proj`` and puts the image projection in its place. The adapter is
+    unloaded afterwards. Returns the latent unscaled, as SaveLatent writes it."""
+    pipe.load_ip_adapter(str(adapter_folder), subfolder="", weight_name="ip_adapter_plus_general.bin",
+                         image_encoder_folder="image_encoder", low_cpu_mem_usage=False)
+    try:
+        pipe.set_ip_adapter_scale(weight)
+        latent = pipe(prompt=prompt, ip_adapter_image=image, timesteps=[1099], guidance_scale=1.0,
+                      latents=noise.to(pipe.unet.dtype), height=height, width=width, output_type="latent").images
+    finally:
+        pipe.unload_ip_adapter()
+    return latent / pipe.vae.config.scaling_factor
