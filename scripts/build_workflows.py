@@ -480,13 +480,15 @@ def pick_the_best_epoch() -> WorkflowSpec:
         "(lightning_logs/version_0/checkpoints/epoch=0-step=500.ckpt, epoch=1-step=1000.ckpt, ...), copied as it "
         "is. kohya's name-000001.safetensors files, Train LoRA's epochs or any LoRA files in one subfolder work the "
         "same way; a name pattern such as my_lora-*.safetensors too.\n"
-        f"{PREDICTOR_FILES}\n\n"
+        f"{PREDICTOR_FILES}\n"
+        f"{ALIGNMENT_FILES}\n\n"
         "Every epoch's file is applied to the same Kolors model in turn and the recipe's test prompt is generated "
-        "from the same seed, then scored. The grid shows a row per epoch (the base model first) with the scores "
+        "from the same seed, then judged by looks (the LAION head) and prompt alignment (CLIPScore) combined, so an "
+        "epoch that collapsed into one pleasing style does not win. The grid shows a row per epoch (the base model first) with the scores "
         "drawn on, the graph the mean score per epoch; the table ranks them. The best epoch is applied, generated "
         "again at full size and saved with its score.\n"
         f"把 DiffSynth-Studio 1.x 一次训练的 checkpoints/ 文件夹整个放进 models/loras/{DIFFSYNTH_RUN}/；每一轮的 LoRA "
-        "依次应用到同一个 Kolors 模型上，用配方的测试提示词和同一种子生成并打分；网格每轮一行（第一行为不加 LoRA），"
+        "依次应用到同一个 Kolors 模型上，用配方的测试提示词和同一种子生成，由美学分与提示词一致性（CLIPScore）综合评分；网格每轮一行（第一行为不加 LoRA），"
         "曲线为每轮平均分，表格给出排名；得分最高的一轮被应用，再生成一批并连同分数保存。"))
     b.add("kolors", "AestheteKolorsLoader", {"kolors": KOLORS, "dtype": "auto", "text_encoder_device": "default"})
     b.add("predictor", "AesthetePredictorLoader", {"model": PREDICTOR})
@@ -494,7 +496,8 @@ def pick_the_best_epoch() -> WorkflowSpec:
                                                        "width": 1024, "height": 1024, "images_per_prompt": 2,
                                                        "cfg": KOLORS_CFG, "output_lora": "best score"},
           title="The recipe's test prompt · 测试提示词")
-    b.link("predictor", 0, "validation", "predictor")
+    judge_nodes(b)  # looks and prompt alignment: an epoch that collapsed into one style does not win
+    b.link("judge", 0, "validation", "predictor")
     b.add("sweep", "AestheteLoraSweep", {"lora_set": DIFFSYNTH_RUN, "strengths": "1.0", "include_base": True,
                                          "alpha": 4.0}, title="Judge every epoch · 评判每一轮")
     for output, input_name in (("MODEL", "model"), ("CLIP", "clip"), ("VAE", "vae")):
@@ -517,7 +520,8 @@ def pick_the_best_epoch() -> WorkflowSpec:
     b.link("decode", 0, "save", "images")
     b.link("score", "scores", "save", "scores")
     groups = [
-        Group("Kolors · 模型", ["kolors", "predictor", "validation"], COLORS["models"]),
+        Group("Kolors, judge · 模型与评分", ["kolors", "predictor", "alignment", "judge", "validation"],
+              COLORS["models"]),
         Group("Judge the epochs · 评判", ["sweep", "report", "best"], COLORS["train"]),
         Group("Every epoch · 每轮", ["grid", "graph"], COLORS["save"]),
         Group("Recipe prompt · 配方提示词", ["composer", "negative"], COLORS["prompt"]),
@@ -525,7 +529,8 @@ def pick_the_best_epoch() -> WorkflowSpec:
                                                    "decode"], COLORS["generate"]),
         Group("Score, save · 评分", ["score", "save"], COLORS["score"]),
     ]
-    columns = [["note", 120, "kolors", "predictor", "validation"], ["sweep", "best", "report"], ["grid", "graph"],
+    columns = [["note", 120, "kolors", "predictor", "alignment"], ["judge", "validation"], ["sweep", "best", "report"],
+               ["grid", "graph"],
                ["composer", "negative"], ["positive_text", "negative_text", "latent"], ["sampler", "decode"],
                ["score", "save"]]
     return b.spec(columns, groups)

@@ -472,7 +472,7 @@ def test_the_recipe_runs(comfy, comfy_server, dataset, tiny_kolors_folder, predi
         assert len(result.node_output(one(graph, "AestheteSaveScored", f"Images {side}"))["images"]) == 2
 
 
-def test_pick_the_best_epoch_runs(comfy, comfy_server, tiny_kolors_folder, tiny_predictor):
+def test_pick_the_best_epoch_runs(comfy, comfy_server, tiny_kolors_folder, tiny_predictor, catalog_scorers):
     """Workflow 11 on the tiny Kolors: a DiffSynth run's checkpoints/ folder (three epochs, written as DiffSynth's
     trainer leaves them) judged with the recipe's test prompt and negative list, the base model first; the best
     epoch's file is named, applied, generated again and saved with its score."""
@@ -482,7 +482,10 @@ def test_pick_the_best_epoch_runs(comfy, comfy_server, tiny_kolors_folder, tiny_
     sweep_id, valid_id = one(graph, "AestheteLoraSweep"), one(graph, "AestheteValidationSettings")
     sweep, valid = graph[sweep_id]["inputs"], graph[valid_id]["inputs"]
     assert (sweep["lora_set"], sweep["include_base"], sweep["alpha"]) == ("kolors_run/checkpoints", True, 4.0)
-    assert valid["prompts"] == RECIPE_PROMPT and valid["predictor"][0] == one(graph, "AesthetePredictorLoader")
+    assert valid["prompts"] == RECIPE_PROMPT
+    judge = graph[valid["predictor"][0]]  # epochs judged by looks AND prompt alignment (no style collapse)
+    assert judge["class_type"] == "AestheteJudge" and judge["inputs"]["scorer_1"][0] == one(
+        graph, "AesthetePredictorLoader") and judge["inputs"]["scorer_2"][0] == one(graph, "AestheteScorerLoader")
     assert graph[one(graph, "KSampler")]["inputs"]["model"] == [sweep_id, 0]
     run = comfy_server.models_dir / "loras" / "kolors_run"
     kolors_epoch_loras(run / "comfy", run / "checkpoints")
@@ -494,6 +497,7 @@ def test_pick_the_best_epoch_runs(comfy, comfy_server, tiny_kolors_folder, tiny_
 
     rows = result.node_output(sweep_id)["sweep"]
     assert [r["epoch"] for r in rows] == [None, 0, 1, 2] and all(len(r["scores"]) == 1 for r in rows)
+    assert all(len(r["columns"]) == 2 for r in rows)  # each scorer's column beside the combination
     best = max(rows, key=lambda r: r["scores"][0])
     assert ui_text(result, one(graph, "PreviewAny", "Best file")) == (best["file"] or "")
     assert "in epoch/step order" in ui_text(result, one(graph, "PreviewAny", "Ranking"))
