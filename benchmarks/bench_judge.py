@@ -114,6 +114,8 @@ def main() -> int:
         for scorer in args.scorers.split(","):
             ref = run_reference_side(scorer, root, images, prompts, Path(tmp))
             ours = run_ours_side(scorer, root, images, prompts)
+            if scorer == "pickscore-v1":  # DiffSynth returns the cosine; ours is on the model card's scale
+                ref["scores"] = [x * ref["logit_scale_exp"] for x in ref["scores"]]
             spread = max(ref["scores"]) - min(ref["scores"])
             diff = max(abs(a - b) for a, b in zip(ours["scores"], ref["scores"])) / spread if spread else float("nan")
             rows.append((scorer, args.images / ref["seconds"], args.images / ours["seconds"],
