@@ -26,7 +26,7 @@ from comfy_execution.graph import ExecutionBlocker
 from ..common.images import tensor_to_pil
 from ..common.paths import path_inside
 from ..scoring import annotate, folder as folder_scoring, judge, registry
-from ..scoring.images import list_images
+from ..common.images import list_images
 from ..scoring.predictor import finite_mean, load_predictor, resolve_dtype
 from ..scoring.ranking import rank_by_score, summarize_scores
 from ..scoring.scorers.errors import PromptRequired

@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 
 from ..common.files import write_atomic
 from .folder import FolderReport, NothingScorable, score_files
-from .images import DEFAULT_MAX_PIXELS, open_image
+from ..common.images import DEFAULT_MAX_PIXELS, open_image
 from .predictor import ScoreProgress
 from .ranking import rank_by_score
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from . import registry
+from .cli_options import add_model_arguments, open_engine, path_or_uri, resolve_model
 
 log = logging.getLogger("aesthete.scoring")
 
@@ -22,7 +23,6 @@ EXIT_OK, EXIT_NONE_KEPT, EXIT_ERROR = 0, 1, 2
 
 
 def add_subcommand(subparsers) -> None:
-    from .cli import add_model_arguments, path_or_uri
     from .ray_engine import add_engine_arguments
 
     p = subparsers.add_parser("filter", help="copy or link the images that score well into another folder",
@@ -50,26 +50,6 @@ def add_subcommand(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def open_engine(args, folder: Path | None, root: Path | None = None):
-    """The engine the arguments ask for, as a context manager (the Ray engine connects to its cluster). ``root``:
-    where captions' metadata.csv names start (filter: SRC)."""
-    src = getattr(args, "src", None)
-    root = root if root is not None else (src if isinstance(src, Path) else None)
-    if args.engine == "ray":
-        from .cli import catalog_root, scorer_specs
-        from .ray_engine import RayEngine, RayOptions
-
-        return RayEngine(folder, RayOptions(address=args.address, batch_size=args.batch_size, actors=args.actors,
-                                            device=args.device, dtype=args.dtype, compile=args.compile,
-                                            progress_bars=not args.no_progress,
-                                            scorers=tuple(scorer_specs(args)), models_root=str(catalog_root(args)),
-                                            prompt=args.prompt, root=str(root) if root is not None else None))
-    from .cli import load_scoring_model
-    from .filter import LocalEngine
-
-    return LocalEngine(load_scoring_model(args), args.batch_size, prompt=args.prompt, root=root)
-
-
 def progress_bar(args, total_hint: str):
     """A tqdm bar for the local engine (the Ray engine shows Ray Data's own bars), or None."""
     if args.no_progress or args.engine == "ray":
@@ -80,7 +60,6 @@ def progress_bar(args, total_hint: str):
 
 
 def run(args) -> int:
-    from .cli import resolve_model
     from .filter import filter_folder
     from .scorers.errors import ScorerUnavailable
     from .folder import NothingScorable

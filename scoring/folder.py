@@ -13,7 +13,7 @@ from pathlib import Path
 import logging
 
 from ..common.files import write_atomic
-from .images import DEFAULT_MAX_PIXELS, list_images, open_image
+from ..common.images import DEFAULT_MAX_PIXELS, list_images, open_image
 from .predictor import ScoreProgress
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .images import finite_mask, tensor_to_uint8
+from ..common.images import finite_mask, tensor_to_uint8
 from .registry import PROCESSOR_FILES, WEIGHT_FILES
 
 log = logging.getLogger("aesthete.scoring")

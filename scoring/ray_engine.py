@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .filter import ResultsStore, ScoreRecord, SourceFile, model_key, record_from_row
-from .images import DEFAULT_MAX_PIXELS, OpenedImage, open_image
+from ..common.images import DEFAULT_MAX_PIXELS, OpenedImage, open_image
 
 log = logging.getLogger("aesthete.scoring")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from .images import CAPTION_SUFFIXES
+from ..common.images import CAPTION_SUFFIXES
 
 
 def is_uri(path) -> bool:

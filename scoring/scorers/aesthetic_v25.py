@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..images import finite_mask, tensor_to_uint8
+from ...common.images import finite_mask, tensor_to_uint8
 from ..predictor import resolve_device, resolve_dtype
 from .catalog import ScorerInfo
 from .errors import ScorerFileError

@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from PIL import Image
 
-from ..images import finite_mask, tensor_to_uint8
+from ...common.images import finite_mask, tensor_to_uint8
 from .catalog import ScorerInfo
 from .errors import PromptRequired
 

@@ -13,7 +13,7 @@ from harness.scoring_files import exif_rotated_jpeg, photo_like, write_mixed_fol
 from PIL import Image
 
 from aesthete.scoring.folder import NothingScorable, score_folder, write_report
-from aesthete.scoring.images import open_image, to_rgb
+from aesthete.common.images import open_image, to_rgb
 from aesthete.scoring.predictor import load_predictor
 
 

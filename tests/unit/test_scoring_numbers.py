@@ -10,7 +10,7 @@ import torch
 from harness.factories import aesthetic_predictor
 from PIL import Image
 
-from aesthete.scoring.images import tensor_to_uint8
+from aesthete.common.images import tensor_to_uint8
 from aesthete.scoring.predictor import AestheticPredictor, load_predictor
 
 # not 224, not square, one smaller than the crop, one portrait
