@@ -263,7 +263,7 @@ class AestheteKolorsIPAdapterLoader(io.ComfyNode):
                         "Vision from models/clip_vision; apply both with Kolors IP-Adapter.",
             inputs=[io.Combo.Input("ipadapter_name", options=folder_paths.get_filename_list(IPADAPTER_FOLDER),
                                    tooltip="The IP-Adapter file (.bin as published, or .safetensors)")],
-            outputs=[KolorsIPAdapter.Output("IPADAPTER", tooltip="For Kolors IP-Adapter")],
+            outputs=[KolorsIPAdapter.Output("IPADAPTER", display_name="ipadapter", tooltip="For Kolors IP-Adapter")],
         )
 
     @classmethod

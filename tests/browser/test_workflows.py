@@ -501,8 +501,13 @@ def test_pick_the_best_epoch_runs(comfy, comfy_server, tiny_kolors_folder, tiny_
     best = max(rows, key=lambda r: r["scores"][0])
     assert ui_text(result, one(graph, "PreviewAny", "Best file")) == (best["file"] or "")
     assert "in epoch/step order" in ui_text(result, one(graph, "PreviewAny", "Ranking"))
-    for title in ("Every epoch, scored", "Score per epoch"):
-        assert len(result.node_output(one(graph, "PreviewImage", title))["images"]) == 1, title
+    ARTIFACTS.mkdir(exist_ok=True)
+    for title, picture in (("Every epoch, scored", "sweep-grid.png"), ("Score per epoch", "sweep-graph.png")):
+        shown = result.node_output(one(graph, "PreviewImage", title))["images"]
+        assert len(shown) == 1, title
+        # for the README: what the node shows, on the tiny random test models
+        (ARTIFACTS / picture).write_bytes(comfy.fetch_file(shown[0]["filename"], shown[0]["subfolder"],
+                                                           shown[0]["type"]))
     from aesthete.scoring.annotate import read_score
 
     scores = summary_scores(ui_text(result, one(graph, "AestheteScore")))
