@@ -128,10 +128,10 @@ def test_core_loader_maps_every_key_and_weights_match_the_in_graph_model(trained
     assert np.abs(with_ingraph - without).mean() > 0.5, "generating with the LoRA looks the same as without"
 
 
-def dataset_graph(**inputs):
+def dataset_graph(folder: str = DATASET, **inputs):
     """LoRA Dataset (Folder) alone, its report shown; returns the builder and the dataset node."""
     g = new_graph()
-    dataset = dataset_node(g, DATASET, **inputs)
+    dataset = dataset_node(g, folder, **inputs)
     g.node("PreviewAny", source=dataset.out(1))
     return g, dataset
 

@@ -70,7 +70,7 @@ def test_the_aesthetic_filter_sees_the_pixels_score_folder_sees(tmp_path):
     Image.new("LA", (64, 64), (0, 0)).save(tmp_path / "clear.png")
     seen = []
 
-    def score(images):
+    def score(images, captions):  # the filter's scorer: the images and their captions (prompts)
         seen.extend(np.asarray(im).copy() for im in images)
         return [9.0] * len(images)
 
