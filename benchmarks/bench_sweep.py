@@ -73,7 +73,7 @@ def core_graphs(kolors: str, predictor: str, files: int, size: int, steps: int) 
     return graphs
 
 
-def sweep_graph(kolors: str, predictor: str, size: int, steps: int):
+def sweep_graph(kolors: str, predictor: str, size: int, steps: int, lora_set: str = "bench_run/checkpoints"):
     from tests.harness.graph import new_graph
 
     g = new_graph()
@@ -83,13 +83,13 @@ def sweep_graph(kolors: str, predictor: str, size: int, steps: int):
                       scheduler="normal", output_lora="best score",
                       predictor=g.node("AesthetePredictorLoader", model=predictor, device="cpu", dtype="fp32").out(0))
     sweep = g.node("AestheteLoraSweep", model=loader.out(0), clip=loader.out(1), vae=loader.out(2),
-                   lora_set="bench_run/checkpoints", validation=settings.out(0), strengths="1.0",
+                   lora_set=lora_set, validation=settings.out(0), strengths="1.0",
                    include_base=False, alpha=4.0)
     g.node("PreviewAny", source=sweep.out(5))
     return g.finalize(), sweep.id
 
 
-def run_side(side: str, files: int, size: int, steps: int) -> tuple[float, float, list[float]]:
+def run_side(side: str, files: int, size: int, steps: int, lora_set: str = "") -> tuple[float, float, list[float]]:
     from tests.harness.client import ComfyClient
     from tests.harness.comfy_server import running_server
 
@@ -103,7 +103,7 @@ def run_side(side: str, files: int, size: int, steps: int) -> tuple[float, float
                 result = client.run(graph, timeout=3600)
                 scores.append(float(result.node_output(shown)["text"][0]))
         else:
-            graph, sweep = sweep_graph(kolors, predictor, size, steps)
+            graph, sweep = sweep_graph(kolors, predictor, size, steps, lora_set)
             result = client.run(graph, timeout=3600)
             scores = [r["scores"][0] for r in result.node_output(sweep)["sweep"]]
         seconds = time.perf_counter() - started
@@ -115,13 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=5)
     parser.add_argument("--size", type=int, default=256, help="image side in pixels")
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--files-as", choices=["diffsynth", "comfyui"], default="diffsynth",
+                        help="which copy Judge LoRA Files reads: DiffSynth's checkpoints/ folder (.ckpt, what the "
+                             "recipe's users have) or the ComfyUI-format files the core graphs read")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    results = {side: run_side(side, args.files, args.size, args.steps) for side in ("core", "sweep")}
+    lora_set = "bench_run/checkpoints" if args.files_as == "diffsynth" else "bench_run/comfy"
+    results = {side: run_side(side, args.files, args.size, args.steps, lora_set) for side in ("core", "sweep")}
     (core_s, core_mb, core_scores), (ours_s, ours_mb, ours_scores) = results["core"], results["sweep"]
     worst = max(abs(a - b) for a, b in zip(core_scores, ours_scores))
     sys.stdout.write(
-        f"{args.files} files, small Kolors, {args.size}x{args.size}, {args.steps} steps, 1 image each\n"
+        f"{args.files} files ({args.files_as} format for Judge LoRA Files), small Kolors, {args.size}x{args.size}, "
+        f"{args.steps} steps, 1 image each\n"
         f"{'':28}{'seconds':>10}{'peak RSS MB':>14}\n"
         f"{'core graphs, one per file':28}{core_s:10.1f}{core_mb:14.0f}\n"
         f"{'Judge LoRA Files':28}{ours_s:10.1f}{ours_mb:14.0f}\n"

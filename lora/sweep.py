@@ -241,11 +241,11 @@ class SweepResult:
             heading += [f"failed: {r.error[:60]}"] if r.error else (
                 [f"score {format_score(r.mean)}"] if r.scores else [])
             rows.append(GridRow(heading, r.images, r.scores, highlight=r is best))
-        return draw_scored_grid(rows, cell=cell)
+        return draw_scored_grid(rows, cell=cell, label_width=170)
 
     def graph(self, width: int = 720, height: int = 400) -> Image.Image:
-        """Mean score per file in epoch order: one line per scorer (and the judge's own when it combines several),
-        one line per strength when there are several; the best point circled."""
+        """Mean score per file in epoch order, one panel per scorer on its own scale (the judge's combination first
+        when it combines several), a line per strength; the best point circled on the panel it was chosen by."""
         files: list[SweepFile] = []
         for r in self.rows:
             if r.file is not None and r.file not in files:
@@ -253,20 +253,28 @@ class SweepResult:
         strengths = sorted({r.strength for r in self.rows if r.file is not None})
         at = {(r.file, r.strength): r for r in self.rows if r.file is not None}
         scorers = self.scorer_names()
-        ranking = "judge" if len(scorers) != 1 else scorers[0]  # the line the best row was chosen on
+        keys = (["judge"] if len(scorers) != 1 else []) + scorers  # the first is what the best row was chosen by
         best = self.best()
-        series: dict[str, list[float]] = {}
-        highlight = None
-        for s in strengths:
-            for key in scorers + (["judge"] if len(scorers) != 1 else []):
-                name = key + (f" @ {s:g}" if len(strengths) > 1 else "")
-                rows = [at.get((f, s)) for f in files]
-                series[name] = [math.nan if r is None else (r.mean if key == "judge" else _mean(r.columns.get(key, [])))
-                                for r in rows]
-                if key == ranking and best is not None and best.file is not None and best.strength == s:
-                    highlight = (name, files.index(best.file))
         labels = [f"e{f.epoch}" if f.epoch is not None else (f"s{f.step}" if f.step is not None
                                                             else PurePosixPath(f.name).stem[:12]) for f in files]
         base = next((r for r in self.rows if r.file is None and r.scores), None)
-        title = "mean score per file" + (f" (base model: {format_score(base.mean)})" if base else "")
-        return draw_lines_graph(series, labels, title=title, width=width, height=height, highlight=highlight)
+        panels = []
+        for key in keys:
+            series: dict[str, list[float]] = {}
+            highlight = None
+            for s in strengths:
+                name = f"strength {s:g}"
+                rows = [at.get((f, s)) for f in files]
+                series[name] = [math.nan if r is None else (r.mean if key == "judge" else _mean(r.columns.get(key, [])))
+                                for r in rows]
+                if key == keys[0] and best is not None and best.file is not None and best.strength == s:
+                    highlight = (name, files.index(best.file))
+            title = ("mean score per file" if key == "judge" or len(keys) == 1 else f"mean {key} per file")
+            if base is not None and key == keys[0]:
+                title += f" (base model: {format_score(base.mean)})"
+            panels.append(draw_lines_graph(series, labels, title=title, width=width, height=height,
+                                           highlight=highlight))
+        out = Image.new("RGB", (width * len(panels), height), "white")
+        for i, panel in enumerate(panels):
+            out.paste(panel, (i * width, 0))
+        return out

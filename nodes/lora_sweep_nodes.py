@@ -83,8 +83,9 @@ class AestheteLoraSweep(io.ComfyNode):
                                                                    "(empty when the base model won)."),
                 io.Image.Output(display_name="grid", tooltip="A row per file and strength, scores drawn on; the "
                                                              "best row's heading in red."),
-                io.Image.Output(display_name="graph", tooltip="Mean score per file in epoch order, a line per "
-                                                              "scorer and strength; the best point circled."),
+                io.Image.Output(display_name="graph", tooltip="Mean score per file in epoch order: a panel per "
+                                                              "scorer on its own scale (the combination first), a "
+                                                              "line per strength; the best point circled."),
                 io.String.Output(display_name="report", tooltip="Table: rank, file, epoch/step, strength, mean and "
                                                                 "spread per scorer, and why a file failed."),
             ],

@@ -133,7 +133,7 @@ def test_the_best_file_is_handed_on_applied_and_drawn(judged, comfy):
     assert float(result.node_output(judged["best_mean"].id)["text"][0]) == pytest.approx(max(means), abs=1e-6)
     grid = Image.open(io.BytesIO(comfy.output_images(result, judged["grid"].id)[0]))
     # base + 4 files x 2 strengths, two 64x64 images each; a row is as tall as its 4 heading lines (72 px)
-    assert grid.size == (120 + 2 * 66, 9 * 74)
+    assert grid.size == (170 + 2 * 66, 9 * 74)
     graph = Image.open(io.BytesIO(comfy.output_images(result, judged["graph"].id)[0]))
     assert graph.size == (720, 400)
     assert "Aesthete sweep: best: " in judged["log"]

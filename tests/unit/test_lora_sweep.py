@@ -120,3 +120,16 @@ def test_grid_has_a_row_per_file_and_the_graph_draws_the_scores():
     graph = r.graph()
     assert graph.size == (720, 400)
     assert len(graph.getcolors(100000)) > 3  # lines and dots, not an empty canvas
+
+
+def test_with_several_scorers_the_graph_has_a_panel_per_scorer_and_the_combination_first():
+    """Scorers live on different scales (LAION 1-10, CLIPScore's cosine 0.1-0.4): one axis would flatten all but
+    one of them, so each gets its own panel, the judge's combination (what the best file was chosen by) first."""
+    files = [SweepFile(f"e{e}.safetensors", e) for e in (1, 2)]
+    rows = [SweepRow(f, 1.0, [image("red")], [5.0 + f.epoch], {"aesthetic": [5.0 + f.epoch], "clipscore": [0.2]})
+            for f in files]
+    graph = SweepResult(rows).graph(width=300, height=200)
+    assert graph.size == (3 * 300, 200)
+    panels = [graph.crop((i * 300, 0, (i + 1) * 300, 200)) for i in range(3)]
+    assert all(len(p.getcolors(100000)) > 3 for p in panels)  # each panel draws its axes and line
+    assert any(c[1] == (200, 30, 30) for c in panels[0].getcolors(100000))  # the best point circled there
