@@ -25,6 +25,7 @@ lint: setup-test
 # speed and memory, each against a baseline measured in the same run (prints ratios)
 bench: setup-test
 	@$(PY) -m benchmarks.bench_scoring
+	@$(PY) -m benchmarks.bench_judge
 	@$(PY) -m benchmarks.bench_filter
 	@$(PY) -m benchmarks.bench_lora
 	@$(PY) -m benchmarks.bench_training
