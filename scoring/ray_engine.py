@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .filter import ResultsStore, ScoreRecord, SourceFile, model_key, record_from_row
+from .store import ResultsStore, ScoreRecord, SourceFile, model_key, record_from_row
 from ..common.images import DEFAULT_MAX_PIXELS, OpenedImage, open_image
 
 log = logging.getLogger("aesthete.scoring")

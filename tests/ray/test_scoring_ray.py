@@ -16,7 +16,8 @@ from harness.scoring_files import photo_like, write_mixed_folder
 from PIL import Image
 
 from aesthete.cli import main
-from aesthete.scoring.filter import LocalEngine, ResultsStore, filter_folder, score_with_store, source_files
+from aesthete.scoring.filter import LocalEngine, filter_folder, score_with_store
+from aesthete.scoring.store import ResultsStore, source_files
 from aesthete.scoring.predictor import load_predictor
 
 ray = pytest.importorskip("ray", reason="the Ray engine's tests need ray[data] (pip install 'comfyui-aesthete[ray]')")
