@@ -26,7 +26,8 @@ from ..common.files import write_atomic
 from .folder import FolderReport, NothingScorable, score_files
 from ..common.images import DEFAULT_MAX_PIXELS, open_image
 from .store import ResultsStore, ScoreRecord, SourceFile, scorer_key, source_files
-from .placing import CAPTION_SIDECARS, METADATA_CSV, place_kept
+from ..common.captions import METADATA_CSV
+from .placing import CAPTION_SIDECARS, place_kept
 from .predictor import ScoreProgress
 from .ranking import rank_by_score
 
@@ -299,6 +300,16 @@ def stage_remote(src: str, stage: Path, records: Sequence[ScoreRecord], outcomes
     return staged
 
 
+def _place(src_root: Path, dst_root: Path, records: Sequence[ScoreRecord], outcomes: Sequence[FileOutcome],
+           mode: str, recursive: bool) -> list[tuple[str, str]]:
+    """``place_kept`` for the kept files; sets each kept outcome's ``placed``. Returns what happened to the captions."""
+    kept = [(rec, out) for rec, out in zip(records, outcomes) if out.kept]
+    placed, captions = place_kept(src_root, dst_root, [rec for rec, _ in kept], mode, recursive)
+    for (_, out), what in zip(kept, placed):
+        out.placed = what
+    return captions
+
+
 def check_folders(src: Path, dst: Path, recursive: bool) -> None:
     src_r, dst_r = src.resolve(), dst.resolve()
     if not src.is_dir():
@@ -337,9 +348,9 @@ def filter_folder(src: Path, dst: Path, engine, min_score: float | None = 6.0, t
         dst.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".aesthete-stage-", dir=dst) as stage:
             staged = stage_remote(src, Path(stage), records, report.files, recursive)
-            report.captions = place_kept(Path(stage), dst, staged, report.files, "copy", recursive)
+            report.captions = _place(Path(stage), dst, staged, report.files, "copy", recursive)
     else:
-        report.captions = place_kept(src, dst, records, report.files, mode, recursive)
+        report.captions = _place(src, dst, records, report.files, mode, recursive)
     for name in report.conflicts:
         log.warning("%s: a different file of that name is in %s already: left alone", name, dst)
     return report

@@ -19,14 +19,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..common.captions import METADATA_CSV
 from ..common.files import write_atomic
 
 if TYPE_CHECKING:
-    from .filter import FileOutcome
     from .store import ScoreRecord
 
 CAPTION_SIDECARS = (".txt", ".caption", ".json", ".tags")  # stem + suffix beside an image
-METADATA_CSV = "metadata.csv"
 FILE_NAME_COLUMN = "file_name"  # Hugging Face imagefolder / DiffSynth metadata.csv
 
 
@@ -118,18 +117,17 @@ def merge_metadata(src_csv: Path, dst_csv: Path, keep: set[str]) -> str:
     return what
 
 
-def place_kept(src_root: Path, dst_root: Path, records: Sequence[ScoreRecord], outcomes: Sequence[FileOutcome],
-               mode: str = "copy", recursive: bool = False) -> list[tuple[str, str]]:
-    """Place the kept images and their caption files under ``dst_root`` at their paths relative to ``src_root``;
-    sets each outcome's ``placed``. Returns what happened to each caption file and metadata.csv."""
+def place_kept(src_root: Path, dst_root: Path, kept: Sequence[ScoreRecord], mode: str = "copy",
+               recursive: bool = False) -> tuple[list[str], list[tuple[str, str]]]:
+    """Place the kept images and their caption files under ``dst_root`` at their paths relative to ``src_root``.
+    Returns what happened to each image (as ``place_file`` says), and to each caption file and metadata.csv."""
     captions: list[tuple[str, str]] = []
     kept_names: set[str] = set()
-    for rec, out in zip(records, outcomes):
-        if not out.kept:
-            continue
+    placed: list[str] = []
+    for rec in kept:
         src, rel = Path(rec.path), Path(rec.name)  # the name is the path relative to src_root
         kept_names.add(rel.as_posix())
-        out.placed = place_file(src, dst_root / rel, mode)
+        placed.append(place_file(src, dst_root / rel, mode))
         for cap in caption_files(src):
             cap_rel = rel.with_name(cap.name)
             captions.append((cap_rel.as_posix(), place_file(cap, dst_root / cap_rel, mode)))
@@ -143,4 +141,4 @@ def place_kept(src_root: Path, dst_root: Path, records: Sequence[ScoreRecord], o
         what = merge_metadata(meta, dst_root / rel_dir / METADATA_CSV, keep) if keep else ""
         if what:
             captions.append(((rel_dir / METADATA_CSV).as_posix(), what))
-    return captions
+    return placed, captions
