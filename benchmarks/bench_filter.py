@@ -88,7 +88,7 @@ def steady(marks: list) -> float:
     return (d1 - d0) / (t1 - t0) if len(marks) >= 3 and t1 > t0 else float("nan")
 
 
-# On paper: what the measured per-image CPU costs give on GPU nodes (README, "Filtering on Ray")
+# On paper: what the measured per-image CPU costs give on GPU nodes (docs/benchmarks.md, Filtering, local and on Ray)
 A100_FP16_FLOPS = 312e12  # dense tensor-core peak
 GPU_EFFICIENCY = 0.4  # share of the peak a ViT-L forward in fp16 reaches in eager PyTorch (an assumption)
 CLIP_RETRIEVAL_PER_A100 = 312  # images/s, clip-retrieval's published ViT-L/14 inference figure

@@ -493,7 +493,7 @@ def scoring_rows(device: str, tiny: bool, size: int) -> list[Row]:
     share = r["drift"] / r["spread"] if r["spread"] else math.inf
     figures = (f"{r['fp16_per_s']:.1f} images/s fp16, {r['fp32_per_s']:.1f} fp32; fp16 scores move by at most "
                f"{r['drift']:.2e} ({share:.2%} of the scores' spread {r['spread']:.3g}, {r['images']} images)")
-    # measured only: with random weights the drift says little about the real predictor's (see the README)
+    # measured only: with random weights the drift says little about the real predictor's (see docs/scorers.md, Precision and the bar of 6)
     return [Row("scoring", what, "fp16 vs fp32", None, figures)]
 
 

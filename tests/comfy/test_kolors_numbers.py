@@ -62,8 +62,8 @@ def test_context_pooled_noise_prediction_and_sigmas_equal_the_reference(layout):
 
 def test_fp8_text_encoder_halves_the_weights_and_stays_close():
     """ChatGLM3 stored in fp8 (weight-only; ComfyUI's manual_cast ops compute in fp32 on the CPU): the weights take
-    half the bytes of fp16, and the context moves by a few percent (measured on the tiny random model; see the
-    README for the figure)."""
+    half the bytes of fp16, and the context moves by a few percent (measured on the tiny random model; see
+    docs/kolors.md for the figure)."""
     folder = tiny_kolors("kolors", "fp16")
     result = run_in_comfy(f"""
         import torch

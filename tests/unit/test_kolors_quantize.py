@@ -54,7 +54,7 @@ def tiny_chatglm():
 
 @pytest.mark.parametrize("kind, bound", [("q8_0", 0.01), ("q4_1", 0.1)])
 def test_quantized_chatglm3_context_stays_close_to_fp32(tiny_chatglm, kind, bound):
-    """The measured drift on the tiny random ChatGLM3 (the README gives it with the real-shaped layers of the
+    """The measured drift on the tiny random ChatGLM3 (docs/benchmarks.md gives it with the real-shaped layers of the
     benchmark): context and pooled within ``bound`` of fp32; every matrix and the embedding table held quantized."""
     folder, weights, ids = tiny_chatglm
     full = ChatGLM3(folder.text_encoder_config).eval()
