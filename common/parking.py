@@ -66,7 +66,38 @@ def park_on_disk(module: nn.Module, folder: str | os.PathLike, *, name: str = "w
     """Move the CPU tensors of ``module`` (parameters and buffers) into a private mapping of a new file in
     ``folder``; returns None, with a warning logged, where the folder has no room or cannot be written (the module
     is then left as it was). Tensors parked by an earlier call stay where they are."""
-    owners: dict[int, list[tuple[dict, str, torch.Tensor]]] = {}  # storage address -> the slots that use it
+    owners, kept, reused_maps, reused = _slots_to_park(module)
+    storages = {a: slots[0][2].untyped_storage() for a, slots in owners.items()}
+    sizes = {a: s.nbytes() for a, s in storages.items()}
+    result = ParkedWeights(None, 0, 0, reused, kept, reused_maps)
+    if not storages:
+        return result
+    written = _write_storages(Path(folder), name, storages, sizes)
+    if written is None:
+        return None
+    path, offsets, mm = written
+    _forget_file(path)
+    if mm is None:
+        return result
+    for address, slots in owners.items():
+        mapped = torch.frombuffer(mm, dtype=torch.uint8, count=sizes[address], offset=offsets[address]) \
+            if sizes[address] else torch.tensor([], dtype=torch.uint8)
+        for holder, key, t in slots:
+            view = torch.empty(0, dtype=t.dtype).set_(mapped.untyped_storage(), t.storage_offset(), t.size(),
+                                                      t.stride())
+            holder[key] = nn.Parameter(view, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else view
+            result.tensors += 1
+    result.path, result.nbytes = path, sum(sizes.values())
+    result._maps.append(mm)
+    _mappings.append((_address(mm), len(mm), weakref.ref(mm)))
+    return result
+
+
+def _slots_to_park(module: nn.Module) -> tuple[dict[int, list[tuple[dict, str, torch.Tensor]]], int,
+                                               list[mmap.mmap], int]:
+    """The module's parkable tensors by storage address (the slots that use each storage), the number of tensors
+    kept (not on the CPU, subclasses, quantized), the mappings of those already parked and their number."""
+    owners: dict[int, list[tuple[dict, str, torch.Tensor]]] = {}
     kept = reused = 0
     reused_maps: list[mmap.mmap] = []
     for mod in module.modules():
@@ -85,13 +116,14 @@ def park_on_disk(module: nn.Module, folder: str | os.PathLike, *, name: str = "w
                         reused_maps.append(parked)
                     continue
                 owners.setdefault(address, []).append((slots, key, t))
-    storages = {a: slots[0][2].untyped_storage() for a, slots in owners.items()}
-    sizes = {a: s.nbytes() for a, s in storages.items()}
+    return owners, kept, reused_maps, reused
+
+
+def _write_storages(folder: Path, name: str, storages: dict, sizes: dict[int, int]
+                    ) -> tuple[Path, dict[int, int], mmap.mmap | None] | None:
+    """Write the storages, each aligned, to a new file in ``folder`` and map it privately: the file, each storage's
+    offset and the mapping (None for an empty file). None, with a warning, where it cannot be written."""
     total = sum(-(-n // _ALIGN) * _ALIGN for n in sizes.values())
-    result = ParkedWeights(None, 0, 0, reused, kept, reused_maps)
-    if not storages:
-        return result
-    folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(folder).free
@@ -118,21 +150,7 @@ def park_on_disk(module: nn.Module, folder: str | os.PathLike, *, name: str = "w
         path.unlink(missing_ok=True)
         log.warning("Aesthete: %s stays in RAM: writing %s failed (%s)", name, path, e)
         return None
-    _forget_file(path)
-    if mm is None:
-        return result
-    for address, slots in owners.items():
-        mapped = torch.frombuffer(mm, dtype=torch.uint8, count=sizes[address], offset=offsets[address]) \
-            if sizes[address] else torch.tensor([], dtype=torch.uint8)
-        for holder, key, t in slots:
-            view = torch.empty(0, dtype=t.dtype).set_(mapped.untyped_storage(), t.storage_offset(), t.size(),
-                                                      t.stride())
-            holder[key] = nn.Parameter(view, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else view
-            result.tensors += 1
-    result.path, result.nbytes = path, sum(sizes.values())
-    result._maps.append(mm)
-    _mappings.append((_address(mm), len(mm), weakref.ref(mm)))
-    return result
+    return path, offsets, mm
 
 
 def _parked_mapping(address: int) -> mmap.mmap | None:

@@ -37,46 +37,16 @@ def unet_settings(config: dict) -> dict:
     levels = len(channels)
     if len(down_types) != levels or len(up_types) != levels:
         raise KolorsFolderError("unet/config.json: block types and block_out_channels differ in length")
-    unknown = [t for t in down_types if t not in (CROSS_ATTN_DOWN, PLAIN_DOWN)] + \
-              [t for t in up_types if t not in (CROSS_ATTN_UP, PLAIN_UP)]
-    if unknown or config.get("mid_block_type", "UNetMidBlock2DCrossAttn") != "UNetMidBlock2DCrossAttn":
-        raise KolorsFolderError(f"unet/config.json: block types {unknown or config.get('mid_block_type')} are not "
-                                f"those of the SDXL-family UNet Kolors uses")
-    if config.get("addition_time_embed_dim", SIZE_EMBED_DIM) != SIZE_EMBED_DIM:
-        raise KolorsFolderError(f"unet/config.json: addition_time_embed_dim must be {SIZE_EMBED_DIM} as in Kolors")
+    _check_blocks(config, down_types, up_types)
     model_channels = channels[0]
     if any(c % model_channels for c in channels):
         raise KolorsFolderError("unet/config.json: block_out_channels are not multiples of the first")
     num_res_blocks = _per_level(layers, levels, "layers_per_block")
     depth = _per_level(config.get("transformer_layers_per_block", 1), levels, "transformer_layers_per_block")
     reverse_depth = config.get("reverse_transformer_layers_per_block") or list(reversed(depth))
-    # diffusers calls the number of heads "attention_head_dim" unless num_attention_heads is set
-    heads = _per_level(config.get("num_attention_heads") or config.get("attention_head_dim", 8), levels,
-                       "attention_head_dim")
-    # only levels with attention have heads (Kolors's first level is a DownBlock2D whose entry is unused); the middle
-    # block attends with the last level's count
-    attends = [down_types[i] == CROSS_ATTN_DOWN or i == levels - 1 for i in range(levels)]
-    head_channels = {c // h for c, h, a in zip(channels, heads, attends) if a}
-    if len(head_channels) == 1:
-        num_heads, num_head_channels = -1, head_channels.pop()
-    elif len({h for h, a in zip(heads, attends) if a}) == 1:
-        num_heads, num_head_channels = next(h for h, a in zip(heads, attends) if a), -1
-    else:
-        raise KolorsFolderError("unet/config.json: neither the head count nor the head width is the same on every "
-                                "level, which ComfyUI's UNet cannot express")
-
-    transformer_depth = []
-    for level in range(levels):
-        cross = down_types[level] == CROSS_ATTN_DOWN
-        transformer_depth += [depth[level] if cross else 0] * num_res_blocks[level]
-    # ComfyUI lists output blocks shallow level first and pops from the end (deepest level first)
-    transformer_depth_output = []
-    for level in range(levels):
-        up_index = levels - 1 - level
-        cross = up_types[up_index] == CROSS_ATTN_UP
-        rd = reverse_depth[up_index]
-        transformer_depth_output += [rd if cross else 0] * (num_res_blocks[level] + 1)
-
+    num_heads, num_head_channels = _heads(config, channels, down_types)
+    transformer_depth, transformer_depth_output = _transformer_depths(down_types, up_types, depth, reverse_depth,
+                                                                      num_res_blocks)
     return {
         "use_checkpoint": False,
         "image_size": 32,
@@ -100,6 +70,52 @@ def unet_settings(config: dict) -> dict:
         "use_temporal_resblock": False,
         "encoder_hid_dim": config["encoder_hid_dim"],
     }
+
+
+def _check_blocks(config: dict, down_types: list[str], up_types: list[str]) -> None:
+    unknown = [t for t in down_types if t not in (CROSS_ATTN_DOWN, PLAIN_DOWN)] + \
+              [t for t in up_types if t not in (CROSS_ATTN_UP, PLAIN_UP)]
+    if unknown or config.get("mid_block_type", "UNetMidBlock2DCrossAttn") != "UNetMidBlock2DCrossAttn":
+        raise KolorsFolderError(f"unet/config.json: block types {unknown or config.get('mid_block_type')} are not "
+                                f"those of the SDXL-family UNet Kolors uses")
+    if config.get("addition_time_embed_dim", SIZE_EMBED_DIM) != SIZE_EMBED_DIM:
+        raise KolorsFolderError(f"unet/config.json: addition_time_embed_dim must be {SIZE_EMBED_DIM} as in Kolors")
+
+
+def _heads(config: dict, channels: list[int], down_types: list[str]) -> tuple[int, int]:
+    """ComfyUI's ``num_heads, num_head_channels`` (one of them -1) for the levels that attend."""
+    levels = len(channels)
+    # diffusers calls the number of heads "attention_head_dim" unless num_attention_heads is set
+    heads = _per_level(config.get("num_attention_heads") or config.get("attention_head_dim", 8), levels,
+                       "attention_head_dim")
+    # only levels with attention have heads (Kolors's first level is a DownBlock2D whose entry is unused); the middle
+    # block attends with the last level's count
+    attends = [down_types[i] == CROSS_ATTN_DOWN or i == levels - 1 for i in range(levels)]
+    head_channels = {c // h for c, h, a in zip(channels, heads, attends) if a}
+    if len(head_channels) == 1:
+        return -1, head_channels.pop()
+    if len({h for h, a in zip(heads, attends) if a}) == 1:
+        return next(h for h, a in zip(heads, attends) if a), -1
+    raise KolorsFolderError("unet/config.json: neither the head count nor the head width is the same on every "
+                            "level, which ComfyUI's UNet cannot express")
+
+
+def _transformer_depths(down_types: list[str], up_types: list[str], depth: list[int], reverse_depth: list[int],
+                        num_res_blocks: list[int]) -> tuple[list[int], list[int]]:
+    """ComfyUI's ``transformer_depth`` (input blocks) and ``transformer_depth_output`` (output blocks)."""
+    levels = len(down_types)
+    transformer_depth = []
+    for level in range(levels):
+        cross = down_types[level] == CROSS_ATTN_DOWN
+        transformer_depth += [depth[level] if cross else 0] * num_res_blocks[level]
+    # ComfyUI lists output blocks shallow level first and pops from the end (deepest level first)
+    transformer_depth_output = []
+    for level in range(levels):
+        up_index = levels - 1 - level
+        cross = up_types[up_index] == CROSS_ATTN_UP
+        rd = reverse_depth[up_index]
+        transformer_depth_output += [rd if cross else 0] * (num_res_blocks[level] + 1)
+    return transformer_depth, transformer_depth_output
 
 
 # the hint encoder of ComfyUI's ControlNet class (comfy.cldm): diffusers' default conditioning embedding

@@ -19,7 +19,7 @@ from . import compat
 
 log = logging.getLogger("aesthete")
 
-NODE_MODULES = ("prompt_nodes", "scoring_nodes", "lora_nodes", "training_nodes", "lora_sweep_nodes", "kolors_nodes")
+NODE_MODULES = ("prompt_nodes", "scorer_nodes", "scoring_nodes", "lora_nodes", "training_nodes", "lora_sweep_nodes", "kolors_nodes")
 
 
 @functools.cache

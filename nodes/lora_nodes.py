@@ -21,7 +21,8 @@ from comfy_api.latest import io, ui
 from ..common.paths import path_inside
 from ..lora.alpha import DEFAULT_TRAINING_ALPHA
 from ..lora.files import LORA_SUFFIXES, read_lora_file
-from ..lora.formats import ParsedLora, loader_tensors, parse_lora, restrict_to_model, unread_tensors
+from ..lora.fitting import loader_tensors, restrict_to_model, unread_tensors
+from ..lora.formats import ParsedLora, parse_lora
 from ..lora.report import LoraApplyError, nothing_placed_message, report_text, summary, unread_message
 
 log = logging.getLogger("aesthete.lora")

@@ -1,4 +1,4 @@
-"""Aesthetic scoring nodes: load a LAION predictor, score batches and folders, rank, save with the score.
+"""Aesthetic scoring nodes: score batches and folders, rank, save with the score.
 
 The work is done by ``aesthete.scoring``; these classes adapt it to ComfyUI (folders, progress bar, interrupts,
 memory management, UI output).
@@ -18,150 +18,21 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
 import folder_paths
-import torch
 from comfy.cli_args import args
 from comfy_api.latest import io, ui
 from comfy_execution.graph import ExecutionBlocker
 
 from ..common.images import tensor_to_pil
 from ..common.paths import path_inside
-from ..scoring import annotate, folder as folder_scoring, judge, registry
+from ..scoring import annotate, folder as folder_scoring, judge
 from ..common.images import list_images
-from ..scoring.predictor import finite_mean, load_predictor, resolve_dtype
+from ..scoring.predictor import finite_mean
 from ..scoring.ranking import rank_by_score, summarize_scores
-from ..scoring.scorers.errors import PromptRequired
+from .scoring_adapter import (scoring_prompts,
+                              split_images)
 
+from .scorer_nodes import AestheticModel
 log = logging.getLogger("aesthete.scoring")
-
-AESTHETIC_FOLDER = "aesthetic"
-DEFAULT_AESTHETIC_DIR = os.path.join(folder_paths.models_dir, AESTHETIC_FOLDER)
-
-AestheticModel = io.Custom("AESTHETIC_MODEL")
-
-
-def register() -> None:
-    """models/aesthetic, plus whatever extra_model_paths.yaml adds under `aesthetic:` (once, at start-up)."""
-    folder_paths.add_model_folder_path(AESTHETIC_FOLDER, DEFAULT_AESTHETIC_DIR)
-
-
-def predictor_choices() -> list[str]:
-    """Known predictors first (downloaded on first use), then every predictor folder found on disk."""
-    names = list(registry.KNOWN_PREDICTORS)
-    for base in folder_paths.get_folder_paths(AESTHETIC_FOLDER):
-        if os.path.isdir(base):
-            for entry in sorted(os.listdir(base)):
-                if not entry.startswith(".") and entry not in names and registry.is_predictor_folder(Path(base) / entry):
-                    names.append(entry)
-    return names
-
-
-def find_predictor_folder(name: str, progress: comfy.utils.ProgressBar | None = None) -> Path:
-    for base in folder_paths.get_folder_paths(AESTHETIC_FOLDER):
-        candidate = path_inside(base, name, what="predictor")
-        if registry.is_predictor_folder(candidate):
-            return candidate
-    report = (lambda done, total, what: progress.update_absolute(done, max(total, 1))) if progress else None
-    return registry.ensure_predictor(name, Path(DEFAULT_AESTHETIC_DIR), report)
-
-
-class _PatcherModel(torch.nn.Module):
-    """Holds a scorer's modules for ModelPatcher, which sets ``.device`` (a read-only property on HF models)."""
-
-    def __init__(self, modules: list[torch.nn.Module], device: torch.device):
-        super().__init__()
-        if len(modules) == 1:
-            self.model = modules[0]  # the LAION predictor's layout, as before
-        else:
-            self.parts = torch.nn.ModuleList(modules)
-        self.device = device
-
-
-class LoadedScorer:
-    """The AESTHETIC_MODEL value for one scorer (a LAION predictor or a catalog scorer): the scorer, wrapped in the
-    ModelPatcher through which ComfyUI's model management loads it to ``load_device`` before each use and offloads
-    it when memory is needed. It is the only owner of the scorer in the server: when ComfyUI drops the loader's
-    output (POST /free, another workflow), the weights go."""
-
-    def __init__(self, scorer, load_device: torch.device):
-        self.scorer = scorer
-        self.load_device = load_device
-        holder = _PatcherModel(scorer.modules(), scorer.device)
-        self.patcher = comfy.model_patcher.ModelPatcher(holder, load_device=load_device,
-                                                        offload_device=scorer.device,
-                                                        size=comfy.model_management.module_size(holder))
-
-    @property
-    def predictor(self):
-        return self.scorer
-
-    @property
-    def name(self) -> str:
-        return judge.scorer_id(self.scorer)
-
-    @property
-    def prompt_aware(self) -> bool:
-        return judge.is_prompt_aware(self.scorer)
-
-    @property
-    def patchers(self) -> list:
-        return [self.patcher]
-
-    def ready(self):
-        """Let ComfyUI's memory management move the model to its device (freeing others if it must)."""
-        comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
-        return self.scorer
-
-
-LoadedPredictor = LoadedScorer  # the name the LAION loader's value had
-
-
-class LoadedJudge:
-    """The AESTHETIC_MODEL value of the Judge node: loaded scorers with weights. ``ready()`` loads every scorer's
-    ModelPatcher together and gives a ``scoring.judge.Judge``; each scorer stays owned by its loader's output."""
-
-    def __init__(self, entries: list[tuple[LoadedScorer, float]]):
-        devices = {str(s.load_device) for s, _ in entries}
-        if len(devices) > 1:
-            where = ", ".join(f"{s.name} on {s.load_device}" for s, _ in entries)
-            raise judge.JudgeError(f"the judge's scorers load on different devices ({where}); choose the same device "
-                                   f"on their loaders")
-        self.entries = entries
-        self.load_device = entries[0][0].load_device
-        self.judge = judge.Judge([(s.scorer, w) for s, w in entries])  # checks weights and duplicates now
-
-    @property
-    def name(self) -> str:
-        return self.judge.name
-
-    @property
-    def prompt_aware(self) -> bool:
-        return self.judge.prompt_aware
-
-    @property
-    def patchers(self) -> list:
-        return [p for s, _ in self.entries for p in s.patchers]
-
-    def ready(self) -> judge.Judge:
-        comfy.model_management.load_models_gpu(self.patchers, force_full_load=True)
-        return self.judge
-
-
-def scoring_prompts(prompt, count: int, scorer) -> list[str] | None:
-    """The prompts a scorer gets for ``count`` images from a node's prompt input (one prompt for all, or a list of
-    one per image); None for a scorer that reads none. A prompt-aware scorer without one is an error."""
-    prompts = [p for p in (prompt if isinstance(prompt, list) else [prompt]) if p is not None]
-    if not scorer.prompt_aware:
-        return None
-    if not prompts or all(not p.strip() for p in prompts):
-        raise PromptRequired(f"{scorer.name} scores how well an image matches its prompt: connect the prompt the "
-                             f"images were made from to the prompt input (e.g. the Prompt Composer's output)")
-    if len(prompts) == 1:
-        return prompts * count
-    if len(prompts) != count:
-        raise ValueError(f"{len(prompts)} prompts for {count} images: give one prompt, or one per image")
-    return prompts
-
-
 def node_progress(total: int):
     bar = comfy.utils.ProgressBar(total)
     return lambda done, of: bar.update_absolute(done, of)
@@ -170,175 +41,6 @@ def node_progress(total: int):
 def first(value):
     """A widget value of a node with is_input_list: a list of one."""
     return value[0] if isinstance(value, list) else value
-
-
-def split_images(batches: list[torch.Tensor]) -> list[torch.Tensor]:
-    """A list of IMAGE batches (any sizes) as single-image [1,H,W,C] tensors, in order."""
-    return [b[i:i + 1] for b in batches for i in range(b.shape[0])]
-
-
-class AesthetePredictorLoader(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="AesthetePredictorLoader",
-            display_name="Aesthetic Predictor Loader",
-            category="Aesthete/scoring",
-            description="Loads a LAION aesthetic predictor (CLIP vision model plus a score head, 1-10 scale). A "
-                        "listed predictor missing from models/aesthetic is downloaded on first use (ModelScope, "
-                        "then Hugging Face). ComfyUI keeps the loaded model between runs and frees it with its other "
-                        "models.",
-            inputs=[
-                io.Combo.Input("model", options=predictor_choices(), default=registry.DEFAULT_PREDICTOR,
-                               tooltip="A published predictor (downloaded if missing) or a folder under "
-                                       "models/aesthetic holding config.json, preprocessor_config.json (or "
-                                       "processor_config.json) and weights"),
-                io.Combo.Input("device", options=["auto", "cuda", "cpu"], default="auto",
-                               tooltip="Where to run it; auto follows ComfyUI (the GPU unless started with --cpu)"),
-                io.Combo.Input("dtype", options=["auto", "fp32", "fp16", "bf16"], default="auto",
-                               tooltip="Precision; auto is fp32 on the CPU (the reference numbers), fp16 on a GPU "
-                                       "that ComfyUI runs in fp16 (fp16 moves scores a little: choose fp32 to judge "
-                                       "a folder whose mean is near the bar; the README says how much)"),
-                io.Boolean.Input("compile", default=False, optional=True,
-                                 tooltip="Compile the scoring model with torch.compile. The first run compiles "
-                                         "(tens of seconds for ViT-L), later runs reuse it; scores equal within "
-                                         "float rounding; if compiling fails it scores without it (logged). On "
-                                         "the CPU leave it off: the default path measured faster"),
-            ],
-            outputs=[AestheticModel.Output("predictor", display_name="predictor",
-                                           tooltip="The loaded aesthetic predictor")],
-        )
-
-    @classmethod
-    def execute(cls, model, device, dtype, compile=False) -> io.NodeOutput:
-        load_device = predictor_device(device)
-        folder = find_predictor_folder(model, comfy.utils.ProgressBar(1))
-        offload = comfy.model_management.text_encoder_offload_device() if load_device.type != "cpu" else load_device
-        predictor = load_predictor(folder, offload, predictor_dtype(dtype, load_device), compile=bool(compile))
-        return io.NodeOutput(LoadedPredictor(predictor, load_device))
-
-
-def catalog():
-    """judge-models' scorer catalog (scoring/scorers), or None when this install has no such package."""
-    try:
-        from ..scoring import scorers
-    except ImportError:
-        return None
-    return getattr(scorers, "CATALOG", None)
-
-
-def catalog_lines() -> str:
-    entries = (catalog() or {}).values()
-    return "\n".join(f"{i.id}: {i.measures}; {'reads the prompt' if i.prompt_aware else 'no prompt'}; "
-                     f"{i.size_mb} MB; licence {i.licence}" for i in entries)
-
-
-class AestheteScorerLoader(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        ids = list(catalog() or {})
-        return io.Schema(
-            node_id="AestheteScorerLoader",
-            display_name="Aesthete Scorer Loader",
-            category="Aesthete/scoring",
-            description="Loads a scorer of the catalog: preference models trained on people's choices (most read "
-                        "the prompt), prompt alignment (CLIPScore) and aesthetic predictors. Files already in "
-                        "models/QualityMetric (DiffSynth's layout) or the publisher's layout are used; missing ones "
-                        "are downloaded on first use (ModelScope, then Hugging Face), with progress on the node. "
-                        "ComfyUI keeps the model between runs and frees it with its other models.\n" + catalog_lines(),
-            inputs=[
-                io.Combo.Input("scorer", options=ids, default=ids[0] if ids else None,
-                               tooltip="Which scorer (what it measures, whether it reads the prompt, size, "
-                                       "licence):\n" + catalog_lines()),
-                io.Combo.Input("device", options=["auto", "cuda", "cpu"], default="auto",
-                               tooltip="Where to run it; auto follows ComfyUI (the GPU unless started with --cpu). "
-                                       "Scorers combined in one judge must run on the same device"),
-                io.Combo.Input("dtype", options=["auto", "fp32", "fp16", "bf16"], default="auto",
-                               tooltip="Precision; auto is fp32 on the CPU, fp16 on a GPU that ComfyUI runs in fp16"),
-            ],
-            outputs=[AestheticModel.Output("loaded_scorer", display_name="scorer",
-                                           tooltip="The loaded scorer, for every node that takes a predictor")],
-        )
-
-    @classmethod
-    def execute(cls, scorer, device, dtype) -> io.NodeOutput:
-        from ..scoring.scorers import load_scorer
-
-        load_device = predictor_device(device)
-        offload = comfy.model_management.text_encoder_offload_device() if load_device.type != "cpu" else load_device
-        bar = comfy.utils.ProgressBar(1)
-        # ComfyUI runs nodes in inference mode: weights made there would be inference tensors, which the fast
-        # path's packed-weight cache (it reads a weight's version counter) and ModelPatcher's moves cannot use
-        with torch.inference_mode(False):
-            loaded = load_scorer(scorer, Path(folder_paths.models_dir), device=offload,
-                                 dtype=predictor_dtype(dtype, load_device),
-                                 progress=lambda done, total, *what: bar.update_absolute(done, max(total, 1)))
-        return io.NodeOutput(LoadedScorer(loaded, load_device))
-
-
-JUDGE_SLOTS = 4
-
-
-class AestheteJudge(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        inputs = []
-        for n in range(1, JUDGE_SLOTS + 1):
-            inputs.append(AestheticModel.Input(f"scorer_{n}", optional=n > 1,
-                                               tooltip="A scorer (Aesthete Scorer Loader or Aesthetic Predictor "
-                                                       "Loader)" + ("; the combined score is on this scorer's scale"
-                                                                    if n == 1 else "")))
-            inputs.append(io.Float.Input(f"weight_{n}", default=1.0, min=0.0, max=100.0, step=0.05, optional=n > 1,
-                                         tooltip=f"How much scorer {n} counts in the combined score"))
-        return io.Schema(
-            node_id="AestheteJudge",
-            display_name="Aesthete Judge",
-            category="Aesthete/scoring",
-            description="Combines scorers with weights into one judge, usable wherever a predictor is: every "
-                        "scorer's score is placed on its fixed scale (its catalog range, e.g. 1-10 for the LAION "
-                        "heads) and the weighted mean is put back on the first scorer's scale, so an image's "
-                        "combined score depends on that image only (epochs, folders and runs compare; one scorer "
-                        "alone gives its own score). Tables show every scorer's column. For validation, combine an "
-                        "aesthetic or preference score with a prompt-aware one: alone, an aesthetic score rewards "
-                        "a LoRA that draws one pleasing style whatever the prompt.",
-            inputs=inputs,
-            outputs=[AestheticModel.Output("judge", display_name="judge",
-                                           tooltip="The combined judge, for every node that takes a predictor")],
-        )
-
-    @classmethod
-    def execute(cls, **kwargs) -> io.NodeOutput:
-        entries = []
-        for n in range(1, JUDGE_SLOTS + 1):
-            scorer = kwargs.get(f"scorer_{n}")
-            if scorer is None:
-                continue
-            if not isinstance(scorer, LoadedScorer):
-                raise judge.JudgeError(f"scorer_{n}: a judge combines scorers, not judges; connect the scorers' "
-                                       f"loaders directly")
-            entries.append((scorer, float(kwargs.get(f"weight_{n}", 1.0))))
-        return io.NodeOutput(LoadedJudge(entries))
-
-
-def predictor_device(choice: str) -> torch.device:
-    """The loader's device choice as ComfyUI names the device: "auto" and "cuda" are ComfyUI's GPU (``cuda:0``, the
-    device its memory manager frees for and around; a bare ``cuda`` is another name it does not recognise)."""
-    if choice == "cpu":
-        return torch.device("cpu")
-    gpu = comfy.model_management.get_torch_device()
-    if choice == "cuda" and gpu.type != "cuda":
-        raise ValueError("device cuda: ComfyUI runs on no CUDA GPU here; choose auto or cpu")
-    return gpu
-
-
-def predictor_dtype(choice: str, device: torch.device) -> torch.dtype:
-    """The loader's dtype choice; "auto" asks ComfyUI whether fp16 suits the device (not on the CPU, nor on GPUs
-    ComfyUI keeps in fp32), else fp32."""
-    if choice != "auto":
-        return resolve_dtype(choice, device)
-    if device.type != "cpu" and comfy.model_management.should_use_fp16(device, prioritize_performance=False):
-        return torch.float16
-    return torch.float32
 
 
 PROMPT_TOOLTIP = ("The prompt the images were made from, for a prompt-aware scorer or judge (connect the Prompt "
@@ -631,6 +333,4 @@ class AestheteSaveScored(io.ComfyNode):
         return io.NodeOutput(ui=ui.SavedImages(shown or saved))
 
 
-NODES = [AesthetePredictorLoader, AestheteJudge, AestheteScore, AestheteRank, AestheteScoreFolder, AestheteSaveScored]
-if catalog():  # the catalog's loader, where this install has scoring/scorers
-    NODES.insert(1, AestheteScorerLoader)
+NODES = [AestheteScore, AestheteRank, AestheteScoreFolder, AestheteSaveScored]

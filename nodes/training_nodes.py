@@ -25,7 +25,8 @@ from ..training.loss_graph import draw_loss_graph
 from ..training.save import COPY_FORMATS, SaveError, TrainedLora, save_copy, save_lora
 from ..training.validation import (OUTPUT_CHOICES, RECIPE_NEGATIVE, RECIPE_TEST_PROMPT, ValidationSpec, parse_prompts)
 from .lora_nodes import lora_choices
-from .scoring_nodes import AestheticModel, LoadedPredictor
+from .scoring_adapter import LoadedScorer
+from .scorer_nodes import AestheticModel
 from .training_adapter import train_lora
 
 log = logging.getLogger("aesthete.training")
@@ -44,7 +45,7 @@ def resolve_dataset_folder(folder: str, allow_outside: bool) -> Path:
                        hint="move the images there, or turn on allow_outside_input", allow_outside=allow_outside)
 
 
-def predictor_scores(predictor: LoadedPredictor):
+def predictor_scores(predictor: LoadedScorer):
     """``score(pil_images, captions) -> list[float]`` from a scorer's or a judge's value (loaded to its device
     first); a prompt-aware one reads each image's caption as its prompt."""
     scorer = predictor.ready()
@@ -287,7 +288,7 @@ class AestheteValidationSettings(io.ComfyNode):
 
     @classmethod
     def execute(cls, prompts, negative, seed, steps, width, height, images_per_prompt, cfg, sampler_name, scheduler,
-                output_lora, predictor: LoadedPredictor | None = None) -> io.NodeOutput:
+                output_lora, predictor: LoadedScorer | None = None) -> io.NodeOutput:
         spec = ValidationSpec(prompts=parse_prompts(prompts), negative=negative, seed=seed, steps=steps, width=width,
                               height=height, images_per_prompt=images_per_prompt, cfg=cfg, sampler=sampler_name,
                               scheduler=scheduler, output=output_lora, predictor=predictor)

@@ -42,7 +42,8 @@ def add_subcommand(subparsers) -> None:
 
 def score_with_engine(args, folder: Path, predictor, root: Path | None, progress):
     """``score`` through an engine (scoring/filter.py, scoring/ray_engine.py), with a results store if asked."""
-    from .filter import ResultsStore, score_report, source_files
+    from .filter import score_report
+    from .store import ResultsStore, source_files
 
     files = source_files(args.paths, args.recursive, root=root)
     store = ResultsStore(args.results) if args.results is not None else None

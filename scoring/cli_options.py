@@ -95,7 +95,7 @@ def open_engine(args, folder: Path | None, root: Path | None = None):
     """The engine the arguments ask for, as a context manager (the Ray engine connects to its cluster). ``root``:
     where captions' metadata.csv names start (filter: SRC)."""
     src = getattr(args, "src", None)
-    root = root if root is not None else (src if isinstance(src, Path) else None)
+    root = root if root is not None else src  # a folder, or a URI (the Ray engine reads its captions too)
     if args.engine == "ray":
         from .ray_engine import RayEngine, RayOptions
 
@@ -106,4 +106,5 @@ def open_engine(args, folder: Path | None, root: Path | None = None):
                                             prompt=args.prompt, root=str(root) if root is not None else None))
     from .filter import LocalEngine
 
-    return LocalEngine(load_scoring_model(args), args.batch_size, prompt=args.prompt, root=root)
+    return LocalEngine(load_scoring_model(args), args.batch_size, prompt=args.prompt,
+                       root=root if isinstance(root, Path) else None)

@@ -3,182 +3,37 @@ caption files, keeping relative paths (``aesthete filter``).
 
 - Scores come from an engine: ``local`` (``score_files`` of scoring/folder.py, in batches) or ``ray``
   (scoring/ray_engine.py, the same opener, preprocessing and forward on a Ray cluster). Both give ``ScoreRecord``s.
-- ``ResultsStore`` keeps every file's score or skip reason keyed by path, size, modification time and predictor, so a
-  re-run skips what is already scored and an interrupted run resumes: ``scores.jsonl`` (the local engine appends
-  one line per file after every batch) and ``parquet/*.parquet`` (the Ray engine's shards).
-- Placing never overwrites a file that differs: a new file appears under its final name in one step (a hard link
-  of a complete temporary copy, or of the source), so a reader never sees half a file.
-- Captions travel with their image: ``stem.txt``, ``stem.caption``, ``stem.json``, ``stem.tags`` beside it, and
-  the image's rows of a ``metadata.csv`` (the ``file_name`` column, relative to the csv's folder).
+- ``ResultsStore`` (scoring/store.py) keeps every file's score or skip reason, so a re-run skips what is already
+  scored and an interrupted run resumes.
+- The files that pass are placed into DST with their captions by scoring/placing.py.
 """
 
 from __future__ import annotations
 
 import csv
-import errno
-import filecmp
 import io
 import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..common.files import write_atomic
 from .folder import FolderReport, NothingScorable, score_files
 from ..common.images import DEFAULT_MAX_PIXELS, open_image
+from .store import ResultsStore, ScoreRecord, SourceFile, scorer_key, source_files
+from ..common.captions import METADATA_CSV
+from .placing import CAPTION_SIDECARS, place_kept
 from .predictor import ScoreProgress
 from .ranking import rank_by_score
 
 log = logging.getLogger("aesthete.scoring")
 
 RESULTS_DIR = ".aesthete"  # inside DST: hidden, so it is never scored or listed as data
-CAPTION_SIDECARS = (".txt", ".caption", ".json", ".tags")  # stem + suffix beside an image
-METADATA_CSV = "metadata.csv"
-FILE_NAME_COLUMN = "file_name"  # Hugging Face imagefolder / DiffSynth metadata.csv
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    """One file to score: where it is, its name in reports (relative to SRC, posix), and its size and mtime (the
-    results store's key, with ``path``)."""
-    path: str
-    name: str
-    size: int
-    mtime_ns: int
-
-
-@dataclass(frozen=True)
-class ScoreRecord:
-    """A file's result: a score, or the reason it was skipped (``score`` None). ``note``: scored with a remark."""
-    path: str
-    name: str
-    size: int
-    mtime_ns: int
-    model: str
-    score: float | None
-    reason: str = ""
-    note: str = ""
-    scores: dict[str, float] | None = None  # a judge of several scorers: each one's score (``score`` combines them)
-
-    @property
-    def key(self) -> tuple[str, int, int, str]:
-        return (self.path, self.size, self.mtime_ns, self.model)
-
-
-def source_files(paths: Iterable[Path | str], recursive: bool = False, root: Path | None = None) -> list[SourceFile]:
-    """The files of ``paths`` as ``score`` lists them (scoring.folder.collect_files), with size and mtime. Names are
-    relative to ``root`` when given. A URI (s3://...; the Ray engine reads those) lists its files through pyarrow,
-    named relative to it when it is the only path."""
-    from .folder import collect_files
-    from .remote import is_uri, list_uri
-
-    paths = list(paths)
-    files = []
-    for uri in (str(p) for p in paths if is_uri(p)):
-        files.extend(SourceFile(path, name if len(paths) == 1 else path, size, mtime)
-                     for path, name, size, mtime in list_uri(uri, recursive))
-    for path in collect_files([p for p in paths if not is_uri(p)], recursive):
-        try:
-            st = path.stat()
-            size, mtime = st.st_size, st.st_mtime_ns
-        except OSError:  # the opener reports why; an unreadable file is not cached
-            size, mtime = -1, -1
-        name = path.relative_to(root).as_posix() if root is not None and path.is_relative_to(root) else str(path)
-        # the store's key: the absolute path, so a run from another folder still finds what was scored
-        files.append(SourceFile(os.path.abspath(path), name, size, mtime))
-    return files
-
-
-def model_key(folder: Path, dtype: str) -> str:
-    """What identifies a predictor's scores: its folder, weights (size and mtime) and dtype."""
-    folder = Path(folder).resolve()
-    stamp = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(folder.iterdir())
-             if p.suffix in (".safetensors", ".bin", ".json") and p.is_file()]
-    return f"{folder}|{dtype}|{','.join(stamp)}"
-
-
-class ResultsStore:
-    """Scores already computed, in ``folder`` (see the module docstring). Lines cut short by an interrupted run and
-    Parquet files that cannot be read are ignored (those files are scored again)."""
-
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-        self.jsonl = self.folder / "scores.jsonl"
-        self.parquet_dir = self.folder / "parquet"
-
-    def load(self) -> dict[tuple, ScoreRecord]:
-        records: dict[tuple, ScoreRecord] = {}
-        if self.jsonl.is_file():
-            with open(self.jsonl, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        rec = ScoreRecord(**json.loads(line))
-                    except (ValueError, TypeError):
-                        continue
-                    records[rec.key] = rec
-        shards = sorted(self.parquet_dir.glob("*.parquet")) if self.parquet_dir.is_dir() else []
-        if shards:
-            try:
-                import pyarrow.parquet as pq
-            except ImportError:
-                log.warning("%s: Parquet results need pyarrow (pip install pyarrow); those files are scored again",
-                            self.parquet_dir)
-                shards = []
-            for shard in shards:
-                try:
-                    rows = pq.read_table(shard).to_pylist()
-                except Exception as e:  # noqa: BLE001 - a shard cut short: score its files again
-                    log.warning("%s: unreadable (%s); its files are scored again", shard, e)
-                    continue
-                for row in rows:
-                    rec = record_from_row(row)
-                    records[rec.key] = rec
-        return records
-
-    def append(self, records: Sequence[ScoreRecord]) -> None:
-        """Add records to scores.jsonl, on disk before this returns (a crash loses at most the batch in flight)."""
-        if not records:
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        text = "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in records)
-        with open(self.jsonl, "a", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def record_from_row(row: dict) -> ScoreRecord:
-    score = row.get("score")
-    if score is not None and not math.isfinite(score):
-        score = None
-    scores = json.loads(row["scores"]) if row.get("scores") else None
-    return ScoreRecord(path=row["path"], name=row["name"], size=int(row["size"]), mtime_ns=int(row["mtime_ns"]),
-                       model=row["model"], score=score, reason=row.get("reason") or "", note=row.get("note") or "",
-                       scores=scores)
-
-
-# (files done, files in all) -> None
-
-
-def scorer_key(scorer) -> str:
-    """What identifies a scorer's scores: a predictor folder's ``model_key``, a catalog scorer's id and dtype, a
-    judge's scorers with their weights."""
-    from .judge import Judge, scorer_id
-    from .predictor import DTYPES
-
-    if isinstance(scorer, Judge):
-        if len(scorer.entries) == 1:
-            return scorer_key(scorer.entries[0][0])
-        return "judge:" + ";".join(f"{w:g}*{scorer_key(s)}" for s, w in scorer.entries)
-    dtype = next((k for k, v in DTYPES.items() if v == scorer.dtype), str(scorer.dtype))
-    folder = getattr(scorer, "folder", None)
-    return model_key(folder, dtype) if folder is not None else f"{scorer_id(scorer)}|{dtype}"
 
 
 class LocalEngine:
@@ -417,122 +272,6 @@ def choose(records: Sequence[ScoreRecord], min_score: float | None, top_k: int =
     return out
 
 
-def same_file_content(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=False)
-    except OSError:
-        return False
-
-
-def place_file(src: Path, dst: Path, mode: str = "copy") -> str:
-    """Put ``src`` at ``dst`` (``copy``, or ``link``: a hard link, a symbolic link across filesystems) unless a file is
-    there already. Returns what happened: "copied", "linked", "already there" (same content), or "differs: left
-    alone". The file appears complete under its final name in one step, never replacing one that is there."""
-    if dst.exists() or dst.is_symlink():
-        return "already there" if same_file_content(src, dst) else "differs in DST: left alone"
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if mode == "link":
-            try:
-                os.link(src, dst)
-            except OSError as e:
-                if e.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
-                    raise
-                os.symlink(src.resolve(), dst)
-            return "linked"
-        _copy_new(src, dst)
-        return "copied"
-    except FileExistsError:  # appeared meanwhile (another run): the same rule applies
-        return "already there" if same_file_content(src, dst) else "differs in DST: left alone"
-
-
-def _copy_new(src: Path, dst: Path) -> None:
-    """Copy into a temporary file beside ``dst``, then give it its name with a hard link, which fails if the name is
-    taken (on filesystems without hard links: a rename after checking the name is free)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-        shutil.copystat(src, tmp)
-        try:
-            os.link(tmp, dst)
-        except FileExistsError:
-            raise
-        except OSError:
-            if dst.exists():
-                raise FileExistsError(errno.EEXIST, "exists", str(dst)) from None
-            os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def caption_files(image: Path) -> list[Path]:
-    """The caption files that belong to ``image``: same stem, a caption suffix, in the same folder."""
-    return [image.with_suffix(s) for s in CAPTION_SIDECARS if image.with_suffix(s).is_file()]
-
-
-def merge_metadata(src_csv: Path, dst_csv: Path, keep: set[str]) -> str:
-    """Write into ``dst_csv`` the rows of ``src_csv`` whose ``file_name`` (relative to the csv's folder) is in ``keep``,
-    after the rows ``dst_csv`` already has (a row already there with other values is left as it is). Returns what
-    happened, or "" when no row was kept."""
-    with open(src_csv, encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return ""
-    header, body = rows[0], rows[1:]
-    col = header.index(FILE_NAME_COLUMN) if FILE_NAME_COLUMN in header else 0
-    wanted = [r for r in body if len(r) > col and Path(r[col]).as_posix() in keep]
-    if not wanted:
-        return ""
-    existing: list[list[str]] = []
-    if dst_csv.is_file():
-        with open(dst_csv, encoding="utf-8", newline="") as f:
-            old = list(csv.reader(f))
-        if old and old[0] != header:
-            return f"differs in DST (columns {old[0]} vs {header}): left alone"
-        existing = old[1:]
-    have = {r[col]: r for r in existing if len(r) > col}
-    added = [r for r in wanted if r[col] not in have]
-    differing = [r[col] for r in wanted if r[col] in have and have[r[col]] != r]
-    if added:
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows([header, *existing, *added])
-        write_atomic(dst_csv, buf.getvalue())
-    what = f"{len(added)} row(s) added" if added else "rows already there"
-    if differing:
-        what += f"; differs in DST for {', '.join(differing[:5])}: left alone"
-    return what
-
-
-def place_kept(src_root: Path, dst_root: Path, records: Sequence[ScoreRecord], outcomes: Sequence[FileOutcome],
-               mode: str = "copy", recursive: bool = False) -> list[tuple[str, str]]:
-    """Place the kept images and their caption files under ``dst_root`` at their paths relative to ``src_root``;
-    sets each outcome's ``placed``. Returns what happened to each caption file and metadata.csv."""
-    captions: list[tuple[str, str]] = []
-    kept_names: set[str] = set()
-    for rec, out in zip(records, outcomes):
-        if not out.kept:
-            continue
-        src, rel = Path(rec.path), Path(rec.name)  # the name is the path relative to src_root
-        kept_names.add(rel.as_posix())
-        out.placed = place_file(src, dst_root / rel, mode)
-        for cap in caption_files(src):
-            cap_rel = rel.with_name(cap.name)
-            captions.append((cap_rel.as_posix(), place_file(cap, dst_root / cap_rel, mode)))
-    pattern = f"**/{METADATA_CSV}" if recursive else METADATA_CSV
-    for meta in sorted(src_root.glob(pattern)):
-        rel_dir = meta.parent.relative_to(src_root)
-        if any(part.startswith(".") for part in rel_dir.parts):
-            continue
-        prefix = "" if rel_dir == Path(".") else rel_dir.as_posix() + "/"
-        keep = {n[len(prefix):] for n in kept_names if n.startswith(prefix)}
-        what = merge_metadata(meta, dst_root / rel_dir / METADATA_CSV, keep) if keep else ""
-        if what:
-            captions.append(((rel_dir / METADATA_CSV).as_posix(), what))
-    return captions
-
-
 def stage_remote(src: str, stage: Path, records: Sequence[ScoreRecord], outcomes: Sequence[FileOutcome],
                  recursive: bool) -> list[ScoreRecord]:
     """Download the kept images of a URI ``src``, their caption files and the metadata.csv files into ``stage``, at
@@ -559,6 +298,16 @@ def stage_remote(src: str, stage: Path, records: Sequence[ScoreRecord], outcomes
     for uri, rel in list_named(src, METADATA_CSV, recursive):
         fetch(uri, rel)
     return staged
+
+
+def _place(src_root: Path, dst_root: Path, records: Sequence[ScoreRecord], outcomes: Sequence[FileOutcome],
+           mode: str, recursive: bool) -> list[tuple[str, str]]:
+    """``place_kept`` for the kept files; sets each kept outcome's ``placed``. Returns what happened to the captions."""
+    kept = [(rec, out) for rec, out in zip(records, outcomes) if out.kept]
+    placed, captions = place_kept(src_root, dst_root, [rec for rec, _ in kept], mode, recursive)
+    for (_, out), what in zip(kept, placed):
+        out.placed = what
+    return captions
 
 
 def check_folders(src: Path, dst: Path, recursive: bool) -> None:
@@ -599,9 +348,9 @@ def filter_folder(src: Path, dst: Path, engine, min_score: float | None = 6.0, t
         dst.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".aesthete-stage-", dir=dst) as stage:
             staged = stage_remote(src, Path(stage), records, report.files, recursive)
-            report.captions = place_kept(Path(stage), dst, staged, report.files, "copy", recursive)
+            report.captions = _place(Path(stage), dst, staged, report.files, "copy", recursive)
     else:
-        report.captions = place_kept(src, dst, records, report.files, mode, recursive)
+        report.captions = _place(src, dst, records, report.files, mode, recursive)
     for name in report.conflicts:
         log.warning("%s: a different file of that name is in %s already: left alone", name, dst)
     return report

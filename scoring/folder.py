@@ -14,6 +14,7 @@ import logging
 
 from ..common.files import write_atomic
 from ..common.images import DEFAULT_MAX_PIXELS, list_images, open_image
+from ..common.captions import CaptionError, find_caption, read_metadata_csv
 from .predictor import ScoreProgress
 
 
@@ -110,8 +111,7 @@ def collect_files(paths: Iterable[Path], recursive: bool = False) -> list[Path]:
 
 def caption_of(root: Path | None) -> Callable[[Path], str]:
     """The caption of an image as the prompt a prompt-aware scorer reads: its ``.txt`` or ``.json`` beside it, else
-    its ``metadata.csv`` row (training/captions.py's rule, the one LoRA Dataset keeps); "" when it has none."""
-    from ..training.captions import find_caption, read_metadata_csv
+    its ``metadata.csv`` row (common/captions.py's rule, the one LoRA Dataset keeps); "" when it has none."""
 
     tables: dict[Path, dict[str, str]] = {}
 
@@ -140,7 +140,6 @@ def score_files(predictor, files: Sequence[Path], batch_size: int = 16,
     or a judge (scoring/judge.py). A prompt-aware one reads ``prompt`` for every file when given, else each file's
     caption (``caption_of``); a file without a caption is skipped with the reason. Bad files are skipped with a
     logged reason; raises NothingScorable when no file could be scored."""
-    from ..training.captions import CaptionError
     from .judge import as_judge
 
     model = as_judge(predictor)

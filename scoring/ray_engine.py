@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .filter import ResultsStore, ScoreRecord, SourceFile, model_key, record_from_row
+from .store import ResultsStore, ScoreRecord, SourceFile, model_key, record_from_row
 from ..common.images import DEFAULT_MAX_PIXELS, OpenedImage, open_image
 
 log = logging.getLogger("aesthete.scoring")
@@ -212,24 +212,27 @@ class PredictorActor:
 
 def decode_for_judge(batch: dict, max_pixels: int, prompt: str | None, root: str | None, needs_prompt: str) -> dict:
     """CPU task of the judge path: open every file (skips keep their reason) and give the good ones as uint8 [H,W,3]
-    arrays with their prompt: ``prompt``, else the caption (folder.caption_of, the local engine's rule). With
+    arrays with their prompt: ``prompt``, else the caption (the local engine's rule, for URIs too). With
     ``needs_prompt`` (a prompt-aware judge's name) a file without one is skipped with the local engine's reason."""
     import numpy as np
 
     from .folder import caption_of
-    from .remote import is_uri
+    from .remote import caption_of_uri, is_uri
 
     log.setLevel(logging.ERROR)  # the driver logs each skip once, with its real path
-    caption = caption_of(Path(root) if root else None) if needs_prompt and not prompt else None
+    local_caption = remote_caption = None
+    if needs_prompt and not prompt:
+        local_caption = caption_of(Path(root) if root and not is_uri(root) else None)
+        remote_caption = caption_of_uri(root if root and is_uri(root) else None)
     opened = [open_any(str(p), max_pixels) for p in batch["path"]]
     images = np.empty(len(opened), dtype=object)
     prompts, reasons = [], []
     for i, (path, o) in enumerate(zip(batch["path"], opened)):
         text, why = prompt or "", o.reason if o.skipped else ""
-        if not why and caption is not None:
+        if not why and local_caption is not None:
             try:
-                text = "" if is_uri(str(path)) else caption(Path(str(path)))
-            except ValueError as e:  # a caption file that cannot be read
+                text = remote_caption(str(path)) if is_uri(str(path)) else local_caption(Path(str(path)))
+            except (ValueError, OSError) as e:  # a caption file that cannot be read
                 why = str(e)
             if not text and not why:
                 why = f"no caption (.txt, .json or metadata.csv): {needs_prompt} needs the prompt of every image"

@@ -4,8 +4,10 @@ pyarrow (which Ray Data brings) is imported only here, only when a URI is given.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import PurePosixPath
 
+from ..common.captions import METADATA_CSV, caption_from, parse_metadata_csv
 from ..common.images import CAPTION_SUFFIXES
 
 
@@ -80,3 +82,44 @@ def with_suffix(uri: str, suffix: str) -> str:
     """``uri`` with its file name's suffix replaced (``s3://b/a.png`` -> ``s3://b/a.txt``)."""
     old = PurePosixPath(uri).suffix
     return (uri[:-len(old)] if old else uri) + suffix
+
+
+def caption_of_uri(root: str | None) -> Callable[[str], str]:
+    """The caption of an image named by a URI, by the rule local images keep (``common.captions``): its ``.txt`` or
+    ``.json`` beside it, else its row of the ``metadata.csv`` in its folder or in ``root`` (where the rows' names
+    start); "" when it has none. Each folder is listed once, and only files that are there are read."""
+    import pyarrow.fs as pafs
+
+    listings: dict[str, set[str]] = {}
+    tables: dict[str, dict[str, str]] = {}
+
+    def names_in(folder: str) -> set[str]:
+        if folder not in listings:
+            fs, base = filesystem(folder)
+            items = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+            listings[folder] = {PurePosixPath(i.path).name for i in items if i.type == pafs.FileType.File}
+        return listings[folder]
+
+    def text_of(uri: str) -> str | None:
+        folder, _, name = uri.rpartition("/")
+        return read_bytes(uri).decode("utf-8", errors="replace") if name in names_in(folder) else None
+
+    def metadata_of(folder: str) -> dict[str, str]:
+        if folder not in tables:
+            text = text_of(f"{folder}/{METADATA_CSV}")
+            tables[folder] = {} if text is None else parse_metadata_csv(text, f"{folder}/{METADATA_CSV}")
+        return tables[folder]
+
+    top = root.rstrip("/") if root else None
+
+    def caption(uri: str) -> str:
+        folder = uri.rpartition("/")[0]
+        metadata, relative = metadata_of(folder), None
+        if top is not None and uri.startswith(top + "/"):
+            relative = uri[len(top) + 1:]
+            metadata = {**metadata_of(top), **metadata}
+        tags, _ = caption_from(lambda suffix: text_of(with_suffix(uri, suffix)), with_suffix(uri, ""),
+                               PurePosixPath(uri).name, metadata, relative)
+        return ", ".join(tags)
+
+    return caption

@@ -114,18 +114,28 @@ def unet_names() -> dict:
     return tables
 
 
-class TinySDUNet(torch.nn.Module):
-    """The first two blocks of DiffSynth's SD UNet at their real sizes (so blocks.0/blocks.1 names and shapes
-    are those of a real DiffSynth SD LoRA), between a conv_in and a conv_out."""
+class _TinyStem(torch.nn.Module):
+    """DiffSynth's UNet stem at SD widths: time projection and embedding, conv_in (made first, in this order, so the
+    fixtures' random weights stay those the files were made with)."""
 
     def __init__(self):
         super().__init__()
-        from diffsynth.models.sd_unet import AttentionBlock, ResnetBlock, Timesteps
+        from diffsynth.models.sd_unet import Timesteps
 
         self.time_proj = Timesteps(320)
         self.time_embedding = torch.nn.Sequential(torch.nn.Linear(320, 1280), torch.nn.SiLU(),
                                                   torch.nn.Linear(1280, 1280))
         self.conv_in = torch.nn.Conv2d(4, 320, kernel_size=3, padding=1)
+
+
+class TinySDUNet(_TinyStem):
+    """The first two blocks of DiffSynth's SD UNet at their real sizes (so blocks.0/blocks.1 names and shapes
+    are those of a real DiffSynth SD LoRA), between a conv_in and a conv_out."""
+
+    def __init__(self):
+        super().__init__()
+        from diffsynth.models.sd_unet import AttentionBlock, ResnetBlock
+
         self.blocks = torch.nn.ModuleList([ResnetBlock(320, 320, 1280),
                                            AttentionBlock(8, 40, 320, 1, 768, eps=1e-6)])
         self.conv_norm_out = torch.nn.GroupNorm(num_channels=320, num_groups=32, eps=1e-5)
@@ -141,7 +151,7 @@ class TinySDUNet(torch.nn.Module):
         return self.conv_out(self.conv_act(self.conv_norm_out(hidden_states)))
 
 
-class TinyKolorsUNet(torch.nn.Module):
+class TinyKolorsUNet(_TinyStem):
     """DiffSynth's Kolors UNet naming at the width of the tests' small SDXL UNet (320 everywhere): blocks 0-6 are
     DiffSynth's own Push/Pop placeholders so that ``blocks.7`` is the first cross-attention block, as in
     SDXLUNet, here AttentionBlock(5 heads x 64, 320 channels, 2 transformer blocks, 2048-wide text) fed by
@@ -149,12 +159,8 @@ class TinyKolorsUNet(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        from diffsynth.models.sd_unet import AttentionBlock, PushBlock, Timesteps
+        from diffsynth.models.sd_unet import AttentionBlock, PushBlock
 
-        self.time_proj = Timesteps(320)
-        self.time_embedding = torch.nn.Sequential(torch.nn.Linear(320, 1280), torch.nn.SiLU(),
-                                                  torch.nn.Linear(1280, 1280))
-        self.conv_in = torch.nn.Conv2d(4, 320, kernel_size=3, padding=1)
         self.text_intermediate_proj = torch.nn.Linear(4096, 2048)
         self.blocks = torch.nn.ModuleList([PushBlock() for _ in range(7)] + [AttentionBlock(5, 64, 320, 2, 2048)])
         self.conv_out = torch.nn.Conv2d(320, 4, kernel_size=3, padding=1)

@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 from ..common.images import list_images, open_image, pil_to_uint8
-from .captions import CaptionError, CaptionRecipe, find_caption, read_metadata_csv
+from ..common.captions import CaptionError, find_caption, read_metadata_csv
+from .captions import CaptionRecipe
 
 log = logging.getLogger("aesthete.training")
 

@@ -272,17 +272,13 @@ def train(params: Sequence[torch.nn.Parameter], loss_of_batch: Callable[[Batch, 
     (it may raise to stop a run whose gradients cannot train)."""
     settings.check()
     device = torch.device(device)
-    plans = [plan_epoch(e) for e in range(start_epoch, start_epoch + settings.epochs)]
+    plans, skip, total = _plan(plan_epoch, settings, start_epoch, resume)
     accum = settings.grad_accumulation
-    skip = resume.epoch_steps if resume is not None and resume.epoch == start_epoch else 0
-    total = sum(math.ceil(len(p) / accum) for p in plans) - skip
     params = list(params)
     names = [n for n, p in zip(names, params) if p.requires_grad] if names else []
     steps = OptimizerSteps([p for p in params if p.requires_grad], settings, device, total, resume, names,
                            compute_dtype)
-    generator = torch.Generator().manual_seed(settings.seed)
-    if resume is not None:
-        generator.set_state(resume.generator.clone())
+    generator = _generator(settings.seed, resume)
     result = TrainResult()
     at = {"rng": generator.get_state(), "epoch": start_epoch, "epoch_steps": skip}  # the last step boundary
     result.loop_state = lambda: steps.state(at["rng"], at["epoch"], at["epoch_steps"], result.steps)
@@ -291,13 +287,9 @@ def train(params: Sequence[torch.nn.Parameter], loss_of_batch: Callable[[Batch, 
         for epoch_index, batches in enumerate(plans):
             epoch = start_epoch + epoch_index
             for first in range(skip * accum if epoch_index == 0 else 0, len(batches), accum):
-                try:
-                    step_loss = _accumulate(batches[first:first + accum], loss_of_batch, generator, steps,
-                                            should_stop, f"step {result.steps + 1} of {total} (epoch {epoch + 1})")
-                except stop_exceptions as e:
-                    steps.discard()
-                    result.stop_error = e
-                    step_loss = None
+                step_loss = _accumulate(batches[first:first + accum], loss_of_batch, generator, steps, should_stop,
+                                        f"step {result.steps + 1} of {total} (epoch {epoch + 1})", stop_exceptions,
+                                        result)
                 if step_loss is None:
                     result.cancelled = True
                     return result
@@ -319,11 +311,37 @@ def train(params: Sequence[torch.nn.Parameter], loss_of_batch: Callable[[Batch, 
         result.seconds = time.perf_counter() - started
 
 
+def _plan(plan_epoch: Callable[[int], list[Batch]], settings: TrainSettings, start_epoch: int,
+          resume: LoopState | None) -> tuple[list[list[Batch]], int, int]:
+    """The epochs' micro-batches, the optimizer steps a resumed run already did in its first epoch, the steps left."""
+    plans = [plan_epoch(e) for e in range(start_epoch, start_epoch + settings.epochs)]
+    skip = resume.epoch_steps if resume is not None and resume.epoch == start_epoch else 0
+    return plans, skip, sum(math.ceil(len(p) / settings.grad_accumulation) for p in plans) - skip
+
+
+def _generator(seed: int, resume: LoopState | None) -> torch.Generator:
+    generator = torch.Generator().manual_seed(seed)
+    if resume is not None:
+        generator.set_state(resume.generator.clone())
+    return generator
+
+
 def _accumulate(group: Sequence[Batch], loss_of_batch: Callable[[Batch, torch.Generator], torch.Tensor],
                 generator: torch.Generator, steps: OptimizerSteps, should_stop: Callable[[], bool] | None,
-                where: str) -> float | None:
-    """The gradients of one optimizer step's micro-batches; their mean loss, or None when ``should_stop`` says so
-    (the partial gradients are dropped)."""
+                where: str, stop_exceptions: tuple[type[BaseException], ...], result: TrainResult) -> float | None:
+    """The gradients of one optimizer step's micro-batches; their mean loss, or None when ``should_stop`` says so or
+    a step raises one of ``stop_exceptions`` (kept in ``result.stop_error``); the partial gradients are dropped."""
+    try:
+        return _accumulate_group(group, loss_of_batch, generator, steps, should_stop, where)
+    except stop_exceptions as e:
+        steps.discard()
+        result.stop_error = e
+        return None
+
+
+def _accumulate_group(group: Sequence[Batch], loss_of_batch: Callable[[Batch, torch.Generator], torch.Tensor],
+                      generator: torch.Generator, steps: OptimizerSteps, should_stop: Callable[[], bool] | None,
+                      where: str) -> float | None:
     step_loss = 0.0
     for batch in group:
         if should_stop is not None and should_stop():

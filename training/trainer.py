@@ -212,12 +212,7 @@ def run_training(model, dataset: LoraDataset, cache: TrainingCache, spec: RunSpe
     unet.requires_grad_(False)
     if copy_inference_weights and release_inference_tensors(unet):
         log.info("Aesthete: copied the model's inference-mode weights so autograd can use them")
-    if spec.resume:
-        network = LoraNetwork.from_state_dict(unet, dict(spec.resume))
-        log.info("Aesthete: resuming a LoRA of rank %d, alpha %g, %d layers", network.rank, network.alpha,
-                 len(network.paths))
-    else:
-        network = LoraNetwork.create(unet, spec.rank, spec.alpha, spec.targets, seed=settings.seed)
+    network = _new_or_resumed_network(unet, spec)
     start_epoch = min(cache.plans)
     loss = DenoisingLoss(model, cache.latents, cache.conds, [img.size for img in dataset.images], device,
                          transformer_options=transformer_options)
@@ -227,24 +222,6 @@ def run_training(model, dataset: LoraDataset, cache: TrainingCache, spec: RunSpe
     undo_checkpointing = checkpoint_blocks(unet) if settings.gradient_checkpointing else None
     layout = conv_layout or ConvLayout(unet, device)
 
-    def probe_pass() -> None:
-        """The first batch's forward and backward with noise of its own: the training's noise and LoRA stay as
-        they are."""
-        precision = autocast_dtype(settings.precision)
-        with torch.autocast(torch.device(device).type, dtype=precision, enabled=precision is not None):
-            probe = loss(cache.plans[start_epoch][0], torch.Generator().manual_seed(0))
-        probe.backward()
-        network.zero_grad(set_to_none=True)
-
-    def check_gradients() -> None:
-        cut = network.layers_without_gradient()
-        if cut:
-            raise LoraGradientError(
-                f"{len(cut)} of {len(network.paths)} LoRA layers received no gradient at the first step, so they "
-                f"would learn nothing: {', '.join(cut[:6])}{', ...' if len(cut) > 6 else ''}. Something in the "
-                "model does not pass gradients back (an inference-only attention or layer, or a patch on the MODEL "
-                "that runs without gradients): train the MODEL without it")
-
     def epoch_end(epoch: int, result: TrainResult) -> None:
         hooks.on_epoch_end(epoch, network, result)
         give_back_free_memory()  # what validation (or saving) freed stays out of the next epoch's steps
@@ -252,14 +229,14 @@ def run_training(model, dataset: LoraDataset, cache: TrainingCache, spec: RunSpe
     try:
         named = list(network.named_parameters())
         if cache.plans[start_epoch]:
-            layout.choose(probe_pass)
+            layout.choose(lambda: _probe_pass(loss, network, cache.plans[start_epoch][0], settings, device))
         with steady_step_memory(device):
             result = train([p for _, p in named], loss, cache.plans.__getitem__, settings, device,
                            on_step=hooks.on_step, should_stop=hooks.should_stop,
                            stop_exceptions=hooks.stop_exceptions, start_epoch=start_epoch, resume=spec.resume_state,
                            names=[_lora_parameter_name(network, n) for n, _ in named],
                            on_epoch_end=epoch_end if hooks.on_epoch_end else None,
-                           compute_dtype=compute_dtype or weights_dtype(unet), check_gradients=check_gradients)
+                           compute_dtype=compute_dtype or weights_dtype(unet), check_gradients=lambda: _check_gradients(network))
     finally:
         layout.usual()
         network.detach()
@@ -267,3 +244,32 @@ def run_training(model, dataset: LoraDataset, cache: TrainingCache, spec: RunSpe
             undo_checkpointing()
         network.requires_grad_(False)
     return TrainingRun(network, result, start_epoch)
+
+
+def _new_or_resumed_network(unet: torch.nn.Module, spec: RunSpec) -> LoraNetwork:
+    if not spec.resume:
+        return LoraNetwork.create(unet, spec.rank, spec.alpha, spec.targets, seed=spec.settings.seed)
+    network = LoraNetwork.from_state_dict(unet, dict(spec.resume))
+    log.info("Aesthete: resuming a LoRA of rank %d, alpha %g, %d layers", network.rank, network.alpha,
+             len(network.paths))
+    return network
+
+
+def _probe_pass(loss: DenoisingLoss, network: LoraNetwork, batch, settings, device) -> None:
+    """The first batch's forward and backward with noise of its own: the training's noise and LoRA stay as they
+    are."""
+    precision = autocast_dtype(settings.precision)
+    with torch.autocast(torch.device(device).type, dtype=precision, enabled=precision is not None):
+        probe = loss(batch, torch.Generator().manual_seed(0))
+    probe.backward()
+    network.zero_grad(set_to_none=True)
+
+
+def _check_gradients(network: LoraNetwork) -> None:
+    cut = network.layers_without_gradient()
+    if cut:
+        raise LoraGradientError(
+            f"{len(cut)} of {len(network.paths)} LoRA layers received no gradient at the first step, so they "
+            f"would learn nothing: {', '.join(cut[:6])}{', ...' if len(cut) > 6 else ''}. Something in the "
+            "model does not pass gradients back (an inference-only attention or layer, or a patch on the MODEL "
+            "that runs without gradients): train the MODEL without it")

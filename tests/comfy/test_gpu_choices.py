@@ -23,7 +23,7 @@ def test_the_predictor_loader_asks_comfyui_for_its_gpu_and_for_fp16():
     so it never freed memory for or around the predictor; "auto" dtype was fp16 on any CUDA device, also where
     ComfyUI keeps models in fp32 (GPUs without fast fp16)."""
     result = run_in_comfy(SIMULATED_GPU + textwrap.dedent("""
-        from aesthete.nodes.scoring_nodes import predictor_device, predictor_dtype
+        from aesthete.nodes.scoring_adapter import predictor_device, predictor_dtype
         mm.should_use_fp16 = lambda device=None, prioritize_performance=True, **kw: False
         slow_fp16 = str(predictor_dtype("auto", GPU))
         mm.should_use_fp16 = lambda device=None, prioritize_performance=True, **kw: True

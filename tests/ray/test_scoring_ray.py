@@ -16,7 +16,8 @@ from harness.scoring_files import photo_like, write_mixed_folder
 from PIL import Image
 
 from aesthete.cli import main
-from aesthete.scoring.filter import LocalEngine, ResultsStore, filter_folder, score_with_store, source_files
+from aesthete.scoring.filter import LocalEngine, filter_folder, score_with_store
+from aesthete.scoring.store import ResultsStore, source_files
 from aesthete.scoring.predictor import load_predictor
 
 ray = pytest.importorskip("ray", reason="the Ray engine's tests need ray[data] (pip install 'comfyui-aesthete[ray]')")
@@ -160,7 +161,7 @@ def test_a_killed_actor_loses_and_doubles_nothing(cluster, src, tmp_path):
 
 def test_ray_scores_a_prompt_aware_judge_as_the_local_engine_does(cluster, tmp_path, capsys):
     """The catalog's CLIPScore (tiny weights) beside the LAION head, captions as prompts: the same combined and
-    per-scorer scores and the same skip (an uncaptioned image) on Ray as locally."""
+    per-scorer scores and the same skip (an uncaptioned image) on Ray as locally, for a folder and for its URI."""
     import json
 
     from harness.scorer_models import tiny_clip_scorers_root
@@ -169,16 +170,25 @@ def test_ray_scores_a_prompt_aware_judge_as_the_local_engine_does(cluster, tmp_p
     folder.mkdir()
     for i in range(6):
         Image.fromarray(photo_like(40 + 4 * i, 44, seed=30 + i)).save(folder / f"c{i}.png")
-        if i != 2:
+        if i in (0, 1, 5):
             (folder / f"c{i}.txt").write_text(f"a photo number {i}, lighthouse", encoding="utf-8")
+    (folder / "c3.json").write_text(json.dumps({"tags": ["a photo number 3", "lighthouse"]}), encoding="utf-8")
+    (folder / "metadata.csv").write_text("file_name,text\nc4.png,\"a photo number 4, lighthouse\"\n", encoding="utf-8")
     args = ["--scorer", str(aesthetic_predictor("tiny")), "--scorer", "clipscore-vit-l-14=2", "--models-dir",
             str(tiny_clip_scorers_root() / "aesthetic"), "--device", "cpu", "--batch-size", "4", "--no-progress"]
     reports = {}
-    for engine in ("local", "ray"):
-        out = tmp_path / f"{engine}.json"
-        assert main(["score", str(folder), *args, "--engine", engine, "--json", str(out)]) == 0
-        reports[engine] = json.loads(out.read_text())
-    local, remote = reports["local"], reports["ray"]
+    # the folder as a path for both engines, then as a URI (read through pyarrow, as s3:// would be) for Ray: the
+    # captions (.txt, .json, metadata.csv) are the prompts either way
+    for name, engine, path in (("local", "local", str(folder)), ("ray", "ray", str(folder)),
+                               ("ray-uri", "ray", f"file://{folder}")):
+        out = tmp_path / f"{name}.json"
+        assert main(["score", path, *args, "--engine", engine, "--json", str(out)]) == 0
+        reports[name] = json.loads(out.read_text())
+    local, remote, by_uri = reports["local"], reports["ray"], reports["ray-uri"]
+    assert [f["file"] for f in by_uri["files"]] == [f["file"] for f in local["files"]]
+    for a, b in zip(local["files"], by_uri["files"]):
+        assert b["score"] == pytest.approx(a["score"], abs=1e-5) and b["scores"] == pytest.approx(a["scores"], abs=1e-5)
+    assert [s["file"] for s in by_uri["skipped"]] == ["c2.png"] and "no caption" in by_uri["skipped"][0]["reason"]
     assert [f["file"] for f in remote["files"]] == [f["file"] for f in local["files"]] == [
         f"c{i}.png" for i in (0, 1, 3, 4, 5)]
     for a, b in zip(local["files"], remote["files"]):

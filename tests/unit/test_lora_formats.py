@@ -12,7 +12,8 @@ import torch
 
 from aesthete.lora import layout
 from aesthete.lora.convert import LoraConversionError, convert_lora, convert_lora_with_report
-from aesthete.lora.formats import loader_tensors, parse_lora, restrict_to_model, unread_tensors, update_numel
+from aesthete.lora.fitting import loader_tensors, restrict_to_model, unread_tensors, update_numel
+from aesthete.lora.formats import parse_lora
 from harness.lora_models import CONV_KINDS, KINDS, lycoris_layer
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "diffsynth"

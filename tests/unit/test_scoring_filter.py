@@ -15,7 +15,8 @@ from harness.factories import aesthetic_predictor
 from harness.scoring_files import write_mixed_folder
 
 from aesthete.cli import main
-from aesthete.scoring.filter import LocalEngine, ResultsStore, filter_folder
+from aesthete.scoring.filter import LocalEngine, filter_folder
+from aesthete.scoring.store import ResultsStore
 from aesthete.scoring.predictor import load_predictor
 
 # the tiny predictor's scores are far from 1-10; the tests pick thresholds from the scores themselves

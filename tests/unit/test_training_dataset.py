@@ -9,7 +9,9 @@ import random
 import pytest
 from PIL import Image
 
-from aesthete.training.captions import CaptionError, CaptionRecipe, find_caption, read_json_tags, split_tags
+from aesthete.common.captions import CaptionError, find_caption, read_json_tags
+from aesthete.common.tags import split_tags
+from aesthete.training.captions import CaptionRecipe
 from aesthete.training.dataset import DatasetError, bucket_sizes, load_dataset, nearest_bucket
 from harness.training_data import pattern_image, write_pattern_folder
 
