@@ -1,5 +1,5 @@
 """The LAION aesthetic predictor's reference: the issue's code (its processor per image, ``predictor(**inputs).logits``)
-from simple-aesthetics-predictor, and the images the number tests score with it and with the pack."""
+from simple-aesthetics-predictor, and the images the number and speed tests score with it and with the pack."""
 
 from __future__ import annotations
 
@@ -40,3 +40,12 @@ def reference_scores(folder, images) -> list[float]:
         with torch.no_grad():
             out.append(predictor(**inputs).logits.tolist()[0][0])
     return out
+
+
+# the speed tests' images: pure noise of awkward sizes (not 224, not square, smaller than the crop)
+NOISE_SIZES = [(300, 200), (97, 131), (224, 224), (20, 50), (64, 64)]
+
+
+def noise_images(seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in NOISE_SIZES]
