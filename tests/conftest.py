@@ -18,9 +18,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 # every test in these folders gets these marks, so `-m "not comfy"` starts no server, `-m "not browser"` no browser,
-# `-m "not ray"` no Ray cluster; tests/unit is the fast, ComfyUI-free rest (domain code only)
+# `-m "not ray"` no Ray cluster, `-m "not slow"` builds no full-size model, `-m "not process"` starts no fresh Python;
+# tests/unit is the fast, ComfyUI-free rest (domain code only)
 FOLDER_MARKS = {"comfy": ("comfy",), "browser": ("browser", "comfy"), "install": ("install", "comfy"),
-                "ray": ("ray",)}
+                "ray": ("ray",), "full_size": ("slow",), "processes": ("process",)}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 from harness.graph import new_graph
+from harness.kolors_graphs import saved_latent
 from harness.kolors_models import RECIPE_PROMPT, tiny_kolors, tiny_kolors_inpainting
 from PIL import Image
-from safetensors.torch import load as load_safetensors
 
 pytestmark = pytest.mark.comfy
 
@@ -41,12 +41,6 @@ def _pixels(comfy_server, name: str) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
 
 
-def _saved_latent(comfy_server, prefix: str) -> torch.Tensor:
-    files = sorted((comfy_server.output_dir / "latents").glob(f"{prefix}_*.latent"))
-    assert files, f"SaveLatent wrote no {prefix} file"
-    return load_safetensors(files[-1].read_bytes())["latent_tensor"].float()
-
-
 def test_img2img_one_step_equals_kolors_img2img_pipeline(comfy, comfy_server, folders, pictures):
     """Core LoadImage -> VAEEncode -> KSampler (1 step, denoise 0.5, scheduler simple: sigma(549) -> 0, cfg 1, seed 7)
     -> SaveLatent, against KolorsImg2ImgPipeline(strength 1, timesteps [549]) on the same weights, image and seed."""
@@ -62,7 +56,7 @@ def test_img2img_one_step_equals_kolors_img2img_pipeline(comfy, comfy_server, fo
                      scheduler="simple", denoise=0.5)
     g.node("SaveLatent", samples=sampler.out(0), filename_prefix="latents/kolors-img2img")
     comfy.run(g.finalize())
-    ours = _saved_latent(comfy_server, "kolors-img2img")
+    ours = saved_latent(comfy_server, "kolors-img2img")
 
     pipe = load_pipeline(tiny_kolors("kolors", "fp32"), torch.float32)
     reference = img2img_one_step(pipe, _pixels(comfy_server, pictures["image"]), RECIPE_PROMPT, 549, seed=7)
@@ -89,7 +83,7 @@ def test_inpainting_unet_with_inpaint_model_conditioning_equals_kolors_inpaintin
                      scheduler="normal", denoise=1.0)
     g.node("SaveLatent", samples=sampler.out(0), filename_prefix="latents/kolors-inpaint")
     comfy.run(g.finalize())
-    ours = _saved_latent(comfy_server, "kolors-inpaint")
+    ours = saved_latent(comfy_server, "kolors-inpaint")
 
     pipe = load_pipeline(tiny_kolors_inpainting(), torch.float32)
     pixels = _pixels(comfy_server, pictures["image"])
@@ -118,7 +112,7 @@ def test_inpainting_unet_through_vae_encode_for_inpaint_changes_only_the_masked_
     g.node("SaveLatent", samples=sampler.out(0), filename_prefix="latents/kolors-inpaint-vae")
     g.node("SaveLatent", samples=encoded.out(0), filename_prefix="latents/kolors-inpaint-start")
     comfy.run(g.finalize())
-    out, start = _saved_latent(comfy_server, "kolors-inpaint-vae"), _saved_latent(comfy_server, "kolors-inpaint-start")
+    out, start = saved_latent(comfy_server, "kolors-inpaint-vae"), saved_latent(comfy_server, "kolors-inpaint-start")
     half = SIZE // 16
     assert torch.isfinite(out).all()
     assert torch.allclose(out[..., :half], start[..., :half], atol=1e-5)

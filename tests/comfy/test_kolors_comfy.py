@@ -16,11 +16,11 @@ import pytest
 import torch
 from harness.graph import new_graph
 from harness.training_graphs import dataset_node, train_node
+from harness.kolors_graphs import saved_latent
 from harness.kolors_models import RECIPE_PROMPT, small_kolors, tiny_kolors
 from harness.lora_models import comfy_diffusers_names
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import load as load_safetensors
 
 pytestmark = pytest.mark.comfy
 
@@ -86,15 +86,9 @@ def test_two_prompts_give_different_images(comfy, comfy_server, kolors_folders):
         g, nodes = sample_graph(kolors_folders["kolors"], prompt, batch=1, prefix=f"k-prompt{i}")
         g.node("SaveLatent", samples=nodes["sampler"].out(0), filename_prefix=f"latents/k-prompt{i}")
         pictures.append(images_of(comfy, comfy.run(g.finalize()), nodes["save"])[0])
-        latents.append(_latest_latent(comfy_server, f"k-prompt{i}"))
+        latents.append(saved_latent(comfy_server, f"k-prompt{i}"))
     assert not np.array_equal(pictures[0], pictures[1])
     assert (latents[0] - latents[1]).abs().mean() > 1e-4 * latents[0].std()
-
-
-def _latest_latent(comfy_server, prefix: str) -> torch.Tensor:
-    files = sorted((comfy_server.output_dir / "latents").glob(f"{prefix}_*.latent"))
-    assert files, f"SaveLatent wrote no {prefix} file"
-    return load_safetensors(files[-1].read_bytes())["latent_tensor"].float()
 
 
 def test_one_step_latent_equals_the_reference_from_the_same_noise(comfy, comfy_server, kolors_folders):
@@ -113,7 +107,7 @@ def test_one_step_latent_equals_the_reference_from_the_same_noise(comfy, comfy_s
                      scheduler="normal", denoise=1.0)
     g.node("SaveLatent", samples=sampler.out(0), filename_prefix="latents/kolors-one-step")
     comfy.run(g.finalize())
-    ours = _latest_latent(comfy_server, "kolors-one-step")
+    ours = saved_latent(comfy_server, "kolors-one-step")
 
     pipe = load_pipeline(tiny_kolors("diffusers", "fp32"), torch.float32)
     noise = torch.randn([1, 4, 8, 8], generator=torch.manual_seed(11), dtype=torch.float32)  # ComfyUI's prepare_noise
@@ -163,7 +157,7 @@ def _one_step_latent(comfy, comfy_server, model_source, clip_source, tag: str) -
                      denoise=1.0)
     g.node("SaveLatent", samples=sampler.out(0), filename_prefix=f"latents/{tag}")
     comfy.run(g.finalize())
-    return _latest_latent(comfy_server, tag)
+    return saved_latent(comfy_server, tag)
 
 
 def test_single_files_give_the_folders_numbers(comfy, comfy_server, kolors_folders):
@@ -236,9 +230,29 @@ def test_sampler_custom_with_basic_scheduler_gives_the_ksampler_latent(comfy, co
                     latent_image=latent.out(0))
     g.node("SaveLatent", samples=custom.out(0), filename_prefix="latents/kolors-custom")
     comfy.run(g.finalize())
-    ksampler, custom_latent = _latest_latent(comfy_server, "kolors-ksampler"), _latest_latent(comfy_server,
-                                                                                              "kolors-custom")
+    ksampler, custom_latent = saved_latent(comfy_server, "kolors-ksampler"), saved_latent(comfy_server, "kolors-custom")
     assert torch.allclose(ksampler, custom_latent, atol=1e-5, rtol=1e-5)
+
+
+def _weighted_and_plain_context_rows(folder: str) -> dict:
+    from aesthete.kolors.folder import find_kolors_folder
+    from aesthete.nodes.kolors_model import kolors_clip
+
+    f = find_kolors_folder(folder, prefer_fp16=False)
+    clip = kolors_clip(f.text_encoder_files, f.text_encoder_config, f.tokenizer_model, "fp32", "cpu")
+    tokens = clip.tokenize("blue hair, (ganyu:1.3)")
+    weighted = tokens["chatglm3"][0]
+    plain = [(t, 1.0) for t, _ in weighted]
+    c_plain = clip.encode_from_tokens({"chatglm3": [plain]})
+    c_weighted = clip.encode_from_tokens(tokens)
+    ganyu = clip.tokenize("ganyu")["chatglm3"][0][-len([w for _, w in weighted if w != 1.0]):]
+    c_empty = clip.encode_from_tokens(clip.tokenize(""))
+    rows = [i for i, (t, w) in enumerate(weighted) if w != 1.0]
+    others = [i for i in range(len(weighted)) if i not in rows]
+    expect = (c_plain[0, rows] - c_empty[0, rows]) * 1.3 + c_empty[0, rows]
+    return {"ids_equal": [t for t, _ in ganyu] == [t for t, w in weighted if w != 1.0], "rows": len(rows),
+            "weighted": (c_weighted[0, rows] - expect).abs().max().item(),
+            "others": (c_weighted[0, others] - c_plain[0, others]).abs().max().item()}
 
 
 def test_prompt_weights_are_parsed_and_applied_as_clip_text_encode_does():
@@ -247,27 +261,7 @@ def test_prompt_weights_are_parsed_and_applied_as_clip_text_encode_does():
     segment is tokenized on its own, as ComfyUI's tokenizers do, so the same tokens at weight 1 are the baseline.)"""
     from harness.in_comfy import run_in_comfy
 
-    folder = tiny_kolors("kolors", "fp32")
-    result = run_in_comfy(f"""
-        import torch
-        from aesthete.kolors.folder import find_kolors_folder
-        from aesthete.nodes.kolors_model import kolors_clip
-        f = find_kolors_folder({str(folder)!r}, prefer_fp16=False)
-        clip = kolors_clip(f.text_encoder_files, f.text_encoder_config, f.tokenizer_model, "fp32", "cpu")
-        tokens = clip.tokenize("blue hair, (ganyu:1.3)")
-        weighted = tokens["chatglm3"][0]
-        plain = [(t, 1.0) for t, _ in weighted]
-        c_plain = clip.encode_from_tokens({{"chatglm3": [plain]}})
-        c_weighted = clip.encode_from_tokens(tokens)
-        ganyu = clip.tokenize("ganyu")["chatglm3"][0][-len([w for _, w in weighted if w != 1.0]):]
-        c_empty = clip.encode_from_tokens(clip.tokenize(""))
-        rows = [i for i, (t, w) in enumerate(weighted) if w != 1.0]
-        others = [i for i in range(len(weighted)) if i not in rows]
-        expect = (c_plain[0, rows] - c_empty[0, rows]) * 1.3 + c_empty[0, rows]
-        answer({{"ids_equal": [t for t, _ in ganyu] == [t for t, w in weighted if w != 1.0], "rows": len(rows),
-                 "weighted": (c_weighted[0, rows] - expect).abs().max().item(),
-                 "others": (c_weighted[0, others] - c_plain[0, others]).abs().max().item()}})
-    """)
+    result = run_in_comfy(_weighted_and_plain_context_rows, str(tiny_kolors("kolors", "fp32")))
     assert result["ids_equal"] and result["rows"] >= 1
     assert result["weighted"] < 1e-5 and result["others"] < 1e-6
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 from harness.graph import new_graph
+from harness.kolors_graphs import kolors_loader, one_step_latent, saved_latent
 from harness.kolors_models import RECIPE_PROMPT, tiny_kolors, tiny_kolors_ip_adapter
 from PIL import Image
-from safetensors.torch import load as load_safetensors
 
 pytestmark = pytest.mark.comfy
 
@@ -36,7 +36,7 @@ def names(comfy_server) -> dict[str, str]:
 
 def _graph(names, tag: str, model_node=None, weight: float = WEIGHT, adapter: bool = True):
     g = new_graph()
-    loader = g.node("AestheteKolorsLoader", kolors=names["kolors"], dtype="fp32", text_encoder_device="default")
+    loader = kolors_loader(g, names["kolors"])
     positive = g.node("CLIPTextEncode", text=RECIPE_PROMPT, clip=loader.out(1))
     model = loader.out(0) if model_node is None else model_node(g)
     if adapter:
@@ -45,17 +45,8 @@ def _graph(names, tag: str, model_node=None, weight: float = WEIGHT, adapter: bo
         image = g.node("LoadImage", image=names["image"])
         model = g.node("AestheteKolorsIPAdapter", model=model, ipadapter=ip.out(0), clip_vision=vision.out(0),
                        image=image.out(0), weight=weight).out(0)
-    latent = g.node("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
-    sampler = g.node("KSampler", model=model, positive=positive.out(0), negative=positive.out(0),
-                     latent_image=latent.out(0), seed=6, steps=1, cfg=1.0, sampler_name="euler", scheduler="normal",
-                     denoise=1.0)
-    g.node("SaveLatent", samples=sampler.out(0), filename_prefix=f"latents/{tag}")
+    one_step_latent(g, model, positive.out(0), positive.out(0), tag, seed=6, size=SIZE)
     return g
-
-
-def _latent(comfy_server, tag: str) -> torch.Tensor:
-    files = sorted((comfy_server.output_dir / "latents").glob(f"{tag}_*.latent"))
-    return load_safetensors(files[-1].read_bytes())["latent_tensor"].float()
 
 
 def test_ip_adapter_one_step_equals_kolors_pipeline_load_ip_adapter(comfy, comfy_server, names):
@@ -66,7 +57,7 @@ def test_ip_adapter_one_step_equals_kolors_pipeline_load_ip_adapter(comfy, comfy
 
     comfy.run(_graph(names, "kolors-ip").finalize())
     comfy.run(_graph(names, "kolors-no-ip", adapter=False).finalize())
-    ours, plain = _latent(comfy_server, "kolors-ip"), _latent(comfy_server, "kolors-no-ip")
+    ours, plain = saved_latent(comfy_server, "kolors-ip"), saved_latent(comfy_server, "kolors-no-ip")
     pipe = load_pipeline(tiny_kolors("kolors", "fp32"))
     noise = torch.randn([1, 4, SIZE // 8, SIZE // 8], generator=torch.manual_seed(6))
     image = Image.open(comfy_server.input_dir / names["image"]).convert("RGB")
@@ -88,20 +79,8 @@ def test_a_truncated_ip_adapter_file_is_a_clear_error(comfy, comfy_server, names
     data = (tiny_kolors_ip_adapter() / "ip_adapter_plus_general.bin").read_bytes()
     broken = tmp_path_factory.mktemp("ip") / "truncated-ip-adapter.bin"
     broken.write_bytes(data[: len(data) // 2])
-    g = new_graph()
-    ip = g.node("AestheteKolorsIPAdapterLoader",
-                ipadapter_name=comfy_server.link_model("ipadapter", broken, "truncated-ip-adapter.bin"))
-    loader = g.node("AestheteKolorsLoader", kolors=names["kolors"], dtype="fp32", text_encoder_device="default")
-    vision = g.node("CLIPVisionLoader", clip_name=names["clip_vision"])
-    image = g.node("LoadImage", image=names["image"])
-    apply = g.node("AestheteKolorsIPAdapter", model=loader.out(0), ipadapter=ip.out(0), clip_vision=vision.out(0),
-                   image=image.out(0), weight=0.5)
-    positive = g.node("CLIPTextEncode", text="x", clip=loader.out(1))
-    latent = g.node("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
-    sampler = g.node("KSampler", model=apply.out(0), positive=positive.out(0), negative=positive.out(0),
-                     latent_image=latent.out(0), seed=1, steps=1, cfg=1.0, sampler_name="euler", scheduler="normal",
-                     denoise=1.0)
-    g.node("SaveLatent", samples=sampler.out(0), filename_prefix="latents/truncated-ip")
+    name = comfy_server.link_model("ipadapter", broken, "truncated-ip-adapter.bin")
+    g = _graph(dict(names, ipadapter=name), "truncated-ip", weight=0.5)
     result = comfy.run(g.finalize(), expect_error=True)
     error = result.events_of("execution_error")[0]["data"]
     assert error["node_type"] == "AestheteKolorsIPAdapterLoader"

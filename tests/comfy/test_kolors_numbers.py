@@ -3,53 +3,49 @@ embedded ComfyUI, in a subprocess) against diffusers' KolorsPipeline on the same
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from harness.in_comfy import run_in_comfy
 from harness.kolors_models import RECIPE_PROMPT, tiny_kolors, wide_chatglm3_file
 
-TESTS = Path(__file__).resolve().parents[1]
 PROMPTS = [RECIPE_PROMPT, "a girl with blue hair on a white background, anime style", ""]
+
+
+def _model_and_clip_against_the_pipeline(folder: str) -> dict:
+    import torch
+    from aesthete.kolors.folder import find_kolors_folder
+    from aesthete.nodes.kolors_model import load_kolors_folder
+    from harness.kolors_reference import encode, load_pipeline, scheduler_sigmas, unet_eps
+
+    model, clip, vae = load_kolors_folder(find_kolors_folder(folder), "fp32", "default")
+    pipe = load_pipeline(folder, torch.float32)
+    out = {"context": [], "pooled": [], "eps": [], "shapes": []}
+    torch.manual_seed(0)
+    for prompt in PROMPTS:
+        cond, pooled = clip.encode_from_tokens(clip.tokenize(prompt), return_pooled=True)
+        ref_cond, ref_pooled = encode(pipe, prompt)
+        out["shapes"].append([list(cond.shape), list(pooled.shape)])
+        out["context"].append((cond - ref_cond).abs().max().item())
+        out["pooled"].append((pooled - ref_pooled).abs().max().item())
+        x = torch.randn(1, 4, 8, 12)
+        for t in (1099, 500, 3):
+            adm = model.model.encode_adm(pooled_output=pooled, width=96, height=64)
+            ours = model.model.diffusion_model(x, timesteps=torch.tensor([float(t)]), context=cond, y=adm)
+            ref = unet_eps(pipe, x, t, ref_cond, ref_pooled, 64, 96)
+            out["eps"].append((ours - ref).abs().max().item())
+    ours_sigmas = model.model.model_sampling.sigmas.float()
+    ref_sigmas = scheduler_sigmas(pipe)
+    out["sigmas"] = (ours_sigmas - ref_sigmas).abs().max().item() if ours_sigmas.shape == ref_sigmas.shape else -1
+    out["n_sigmas"] = len(ours_sigmas)
+    out["hidden"] = pipe.text_encoder.config.hidden_size
+    # on the CPU (no attention flag given) the MODEL attends with PyTorch's SDPA, as the reference does
+    options = model.model_options.get("transformer_options", {})
+    out["sdpa_on_cpu"] = "optimized_attention_override" in options
+    return out
 
 
 @pytest.mark.parametrize("layout", ["kolors", "diffusers"])
 def test_context_pooled_noise_prediction_and_sigmas_equal_the_reference(layout):
-    folder = tiny_kolors(layout, "fp32")
-    result = run_in_comfy(f"""
-        import sys, torch
-        sys.path.insert(0, {str(TESTS)!r})
-        from harness.kolors_reference import encode, load_pipeline, scheduler_sigmas, unet_eps
-        from aesthete.kolors.folder import find_kolors_folder
-        from aesthete.nodes.kolors_model import load_kolors_folder
-
-        folder = {str(folder)!r}
-        model, clip, vae = load_kolors_folder(find_kolors_folder(folder), "fp32", "default")
-        pipe = load_pipeline(folder, torch.float32)
-        out = {{"context": [], "pooled": [], "eps": [], "shapes": []}}
-        torch.manual_seed(0)
-        for prompt in {PROMPTS!r}:
-            cond, pooled = clip.encode_from_tokens(clip.tokenize(prompt), return_pooled=True)
-            ref_cond, ref_pooled = encode(pipe, prompt)
-            out["shapes"].append([list(cond.shape), list(pooled.shape)])
-            out["context"].append((cond - ref_cond).abs().max().item())
-            out["pooled"].append((pooled - ref_pooled).abs().max().item())
-            x = torch.randn(1, 4, 8, 12)
-            for t in (1099, 500, 3):
-                adm = model.model.encode_adm(pooled_output=pooled, width=96, height=64)
-                ours = model.model.diffusion_model(x, timesteps=torch.tensor([float(t)]), context=cond, y=adm)
-                ref = unet_eps(pipe, x, t, ref_cond, ref_pooled, 64, 96)
-                out["eps"].append((ours - ref).abs().max().item())
-        ours_sigmas = model.model.model_sampling.sigmas.float()
-        ref_sigmas = scheduler_sigmas(pipe)
-        out["sigmas"] = (ours_sigmas - ref_sigmas).abs().max().item() if ours_sigmas.shape == ref_sigmas.shape else -1
-        out["n_sigmas"] = len(ours_sigmas)
-        out["hidden"] = pipe.text_encoder.config.hidden_size
-        # on the CPU (no attention flag given) the MODEL attends with PyTorch's SDPA, as the reference does
-        options = model.model_options.get("transformer_options", {{}})
-        out["sdpa_on_cpu"] = "optimized_attention_override" in options
-        answer(out)
-    """)
+    result = run_in_comfy(_model_and_clip_against_the_pipeline, str(tiny_kolors(layout, "fp32")))
     hidden = result["hidden"]
     assert result["shapes"] == [[[1, 256, hidden], [1, hidden]]] * len(PROMPTS)
     assert max(result["context"]) < 1e-4, result["context"]
@@ -60,34 +56,62 @@ def test_context_pooled_noise_prediction_and_sigmas_equal_the_reference(layout):
     assert 0 <= result["sigmas"] < 1e-5 * 160  # relative to sigma_max ~ 157
 
 
+def _text_encoder_in_fp8_fp16_and_fp32(folder: str) -> dict:
+    import torch
+    from aesthete.kolors.folder import find_kolors_folder
+    from aesthete.nodes.kolors_model import kolors_clip
+
+    f = find_kolors_folder(folder)
+    out = {}
+    for name in ("fp16", "fp8_e4m3fn", "fp32"):
+        clip = kolors_clip(f.text_encoder_files, f.text_encoder_config, f.tokenizer_model, name, "cpu")
+        layers = clip.cond_stage_model.transformer.transformer.encoder.layers
+        weight = layers[0].self_attention.query_key_value.weight
+        cond, pooled = clip.encode_from_tokens(clip.tokenize(RECIPE_PROMPT), return_pooled=True)
+        out[name] = {"cond": cond, "pooled": pooled, "dtype": str(weight.dtype),
+                     "bytes": sum(p.numel() * p.element_size() for p in layers.parameters())}
+    ref = out["fp32"]["cond"]
+
+    def rel(name):
+        return ((out[name]["cond"] - ref).norm() / ref.norm()).item()
+
+    return {"dtype": out["fp8_e4m3fn"]["dtype"], "bytes": [out[n]["bytes"] for n in ("fp16", "fp8_e4m3fn")],
+            "rel_fp8": rel("fp8_e4m3fn"), "rel_fp16": rel("fp16"),
+            "finite": bool(torch.isfinite(out["fp8_e4m3fn"]["cond"]).all())}
+
+
 def test_fp8_text_encoder_halves_the_weights_and_stays_close():
     """ChatGLM3 stored in fp8 (weight-only; ComfyUI's manual_cast ops compute in fp32 on the CPU): the weights take
-    half the bytes of fp16, and the context moves by a few percent (measured on the tiny random model; see
+    half the bytes of fp16, and the context moves by a few percent (measured on the tiny random model; see the
     docs/kolors.md for the figure)."""
-    folder = tiny_kolors("kolors", "fp16")
-    result = run_in_comfy(f"""
-        import torch
-        from aesthete.kolors.folder import find_kolors_folder
-        from aesthete.nodes.kolors_model import kolors_clip
-        f = find_kolors_folder({str(folder)!r})
-        out = {{}}
-        for name in ("fp16", "fp8_e4m3fn", "fp32"):
-            clip = kolors_clip(f.text_encoder_files, f.text_encoder_config, f.tokenizer_model, name, "cpu")
-            layers = clip.cond_stage_model.transformer.transformer.encoder.layers
-            weight = layers[0].self_attention.query_key_value.weight
-            cond, pooled = clip.encode_from_tokens(clip.tokenize({RECIPE_PROMPT!r}), return_pooled=True)
-            out[name] = {{"cond": cond, "pooled": pooled, "dtype": str(weight.dtype),
-                          "bytes": sum(p.numel() * p.element_size() for p in layers.parameters())}}
-        ref = out["fp32"]["cond"]
-        rel = lambda name: ((out[name]["cond"] - ref).norm() / ref.norm()).item()
-        answer({{"dtype": out["fp8_e4m3fn"]["dtype"], "bytes": [out[n]["bytes"] for n in ("fp16", "fp8_e4m3fn")],
-                 "rel_fp8": rel("fp8_e4m3fn"), "rel_fp16": rel("fp16"),
-                 "finite": bool(torch.isfinite(out["fp8_e4m3fn"]["cond"]).all())}})
-    """)
+    result = run_in_comfy(_text_encoder_in_fp8_fp16_and_fp32, str(tiny_kolors("kolors", "fp16")))
     assert result["dtype"] == "torch.float8_e4m3fn" and result["finite"]
     fp16_bytes, fp8_bytes = result["bytes"]
     assert fp8_bytes * 2 <= fp16_bytes * 1.01
     assert result["rel_fp16"] < result["rel_fp8"] < 0.1
+
+
+def _resident_rise_while_loading_the_text_encoder(chatglm3: str, tokenizer: str) -> dict:
+    import math
+    from pathlib import Path
+
+    from aesthete.kolors.folder import LazyWeights, chatglm_config_for_file
+    from aesthete.nodes.kolors_model import kolors_clip
+    from aesthete.training.memory import reset_resident_peak, resident_now, resident_peak
+    from safetensors import safe_open
+
+    path = Path(chatglm3)
+    with safe_open(str(path), "pt") as f:
+        sizes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    weights = LazyWeights([path])
+    config = chatglm_config_for_file(path, weights)
+    reset_resident_peak()
+    before = resident_now()
+    clip = kolors_clip([path], config, Path(tokenizer), "fp32", "cpu", state_dict=weights)
+    rise = resident_peak() - before
+    model = sum(p.numel() * p.element_size() for p in clip.cond_stage_model.parameters())
+    return {"rise": rise, "model": model, "file": path.stat().st_size,
+            "largest": max(math.prod(s) for s in sizes.values()) * 2}
 
 
 def test_the_text_encoder_file_is_read_one_tensor_at_a_time():
@@ -96,47 +120,30 @@ def test_the_text_encoder_file_is_read_one_tensor_at_a_time():
     reads the LM head Kolors does not use. Measured in a fresh process: the peak resident memory's rise while the
     node's loading runs."""
     files = wide_chatglm3_file()
-    result = run_in_comfy(f"""
-        import math
-        from pathlib import Path
-        from safetensors import safe_open
-        from aesthete.kolors.folder import LazyWeights, chatglm_config_for_file
-        from aesthete.nodes.kolors_model import kolors_clip
-        from aesthete.training.memory import reset_resident_peak, resident_now, resident_peak
-        path = Path({str(files["chatglm3"])!r})
-        with safe_open(str(path), "pt") as f:
-            sizes = {{k: f.get_slice(k).get_shape() for k in f.keys()}}
-        weights = LazyWeights([path])
-        config = chatglm_config_for_file(path, weights)
-        reset_resident_peak()
-        before = resident_now()
-        clip = kolors_clip([path], config, Path({str(files["tokenizer"])!r}), "fp32", "cpu", state_dict=weights)
-        rise = resident_peak() - before
-        model = sum(p.numel() * p.element_size() for p in clip.cond_stage_model.parameters())
-        answer({{"rise": rise, "model": model, "file": path.stat().st_size,
-                 "largest": max(math.prod(s) for s in sizes.values()) * 2}})
-    """)
+    result = run_in_comfy(_resident_rise_while_loading_the_text_encoder, str(files["chatglm3"]),
+                          str(files["tokenizer"]))
     assert result["rise"] < result["model"] + result["largest"] + 64 * 2 ** 20, result
     assert result["rise"] < result["model"] + result["file"] * 0.7, result  # the old way: model + whole file
 
 
+def _vae_decode_against_the_pipeline(folder: str) -> dict:
+    import torch
+    from aesthete.kolors.folder import find_kolors_folder
+    from aesthete.nodes.kolors_model import kolors_vae
+    from harness.kolors_reference import load_pipeline
+
+    f = find_kolors_folder(folder, prefer_fp16=False)
+    vae = kolors_vae(f.vae_files, f.vae_config)
+    pipe = load_pipeline(folder, torch.float32)
+    latent = torch.randn(1, 4, 8, 12, generator=torch.manual_seed(5))
+    ours = vae.decode(latent)
+    with torch.no_grad():
+        ref = ((pipe.vae.decode(latent).sample + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+    return {"shape": list(ours.shape), "diff": (ours.float() - ref).abs().max().item()}
+
+
 def test_vae_decode_equals_the_reference():
     """ComfyUI's VAE class, configured by our loader from vae/config.json, decodes as diffusers' AutoencoderKL does."""
-    folder = tiny_kolors("kolors", "fp32")
-    result = run_in_comfy(f"""
-        import sys, torch
-        sys.path.insert(0, {str(TESTS)!r})
-        from harness.kolors_reference import load_pipeline
-        from aesthete.kolors.folder import find_kolors_folder
-        from aesthete.nodes.kolors_model import kolors_vae
-        f = find_kolors_folder({str(folder)!r}, prefer_fp16=False)
-        vae = kolors_vae(f.vae_files, f.vae_config)
-        pipe = load_pipeline({str(folder)!r}, torch.float32)
-        latent = torch.randn(1, 4, 8, 12, generator=torch.manual_seed(5))
-        ours = vae.decode(latent)
-        with torch.no_grad():
-            ref = ((pipe.vae.decode(latent).sample + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
-        answer({{"shape": list(ours.shape), "diff": (ours.float() - ref).abs().max().item()}})
-    """)
+    result = run_in_comfy(_vae_decode_against_the_pipeline, str(tiny_kolors("kolors", "fp32")))
     assert result["shape"] == [1, 64, 96, 3]
     assert result["diff"] < 1e-4, result["diff"]

@@ -16,26 +16,28 @@ from PIL import Image
 pytestmark = pytest.mark.comfy
 
 
+def _quantized_text_encoders_against_fp32(folder: str) -> dict:
+    import torch
+    from aesthete.kolors.folder import find_kolors_folder
+    from aesthete.nodes.kolors_model import kolors_clip
+
+    f = find_kolors_folder(folder)
+    out = {}
+    for name in ("fp32", "fp16", "q8_0", "q4_1"):
+        clip = kolors_clip(f.text_encoder_files, f.text_encoder_config, f.tokenizer_model, name, "cpu")
+        cond, pooled = clip.encode_from_tokens(clip.tokenize(RECIPE_PROMPT), return_pooled=True)
+        layers = clip.cond_stage_model.transformer.transformer.encoder.layers
+        held = sum(t.numel() * t.element_size() for t in layers.state_dict().values())
+        out[name] = {"cond": cond, "pooled": pooled, "held": held, "size": clip.patcher.model_size(),
+                     "kind": type(layers[0].mlp.dense_h_to_4h).__name__}
+    ref = out["fp32"]["cond"]
+    return {name: {"rel": ((v["cond"] - ref).norm() / ref.norm()).item(), "held": v["held"], "size": v["size"],
+                   "kind": v["kind"], "finite": bool(torch.isfinite(v["cond"]).all())}
+            for name, v in out.items()}
+
+
 def test_quantized_text_encoder_in_comfyui_holds_fewer_bytes_and_stays_close():
-    folder = tiny_kolors("kolors", "fp16")
-    result = run_in_comfy(f"""
-        import torch
-        from aesthete.kolors.folder import find_kolors_folder
-        from aesthete.nodes.kolors_model import kolors_clip
-        f = find_kolors_folder({str(folder)!r})
-        out = {{}}
-        for name in ("fp32", "fp16", "q8_0", "q4_1"):
-            clip = kolors_clip(f.text_encoder_files, f.text_encoder_config, f.tokenizer_model, name, "cpu")
-            cond, pooled = clip.encode_from_tokens(clip.tokenize({RECIPE_PROMPT!r}), return_pooled=True)
-            layers = clip.cond_stage_model.transformer.transformer.encoder.layers
-            held = sum(t.numel() * t.element_size() for t in layers.state_dict().values())
-            out[name] = {{"cond": cond, "pooled": pooled, "held": held, "size": clip.patcher.model_size(),
-                          "kind": type(layers[0].mlp.dense_h_to_4h).__name__}}
-        ref = out["fp32"]["cond"]
-        answer({{name: {{"rel": ((v["cond"] - ref).norm() / ref.norm()).item(), "held": v["held"], "size": v["size"],
-                         "kind": v["kind"], "finite": bool(torch.isfinite(v["cond"]).all())}}
-                 for name, v in out.items()}})
-    """)
+    result = run_in_comfy(_quantized_text_encoders_against_fp32, str(tiny_kolors("kolors", "fp16")))
     assert result["q8_0"]["kind"].startswith("QuantizedLinear") and result["q4_1"]["kind"].startswith("QuantizedLinear")
     assert result["q8_0"]["finite"] and result["q4_1"]["finite"]
     # the layers' matrices: 8.5 and 5 bits per weight against fp16's 16 (norms and biases in fp32 on the CPU)

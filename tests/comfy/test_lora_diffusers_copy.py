@@ -5,7 +5,6 @@ model with the same LoRA (the ComfyUI file through core's loader) within 1e-4.""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 from harness.graph import new_graph
@@ -14,37 +13,38 @@ from harness.in_comfy import run_in_comfy
 from harness.kolors_models import RECIPE_PROMPT, tiny_kolors
 
 pytestmark = pytest.mark.comfy
-TESTS = Path(__file__).resolve().parents[1]
 log = logging.getLogger("aesthete.tests")
 
-# in ComfyUI's import world: ``comfy_file`` applied by core's loader to the tiny Kolors MODEL, ``copy`` loaded by
-# KolorsPipeline.load_lora_weights on the same folder; eps of both at three timesteps
-_COMPARE = """
-import logging, sys, torch
-sys.path.insert(0, {tests!r})
-import comfy.sd, comfy.utils
-from harness.kolors_reference import encode, load_pipeline, unet_eps
-from aesthete.kolors.folder import find_kolors_folder
-from aesthete.nodes.kolors_model import load_kolors_folder
 
-def compare(model, comfy_file, copy):
+def _patched_model_against_the_pipeline(model, folder: str, comfy_file, copy) -> dict:
+    """In ComfyUI's import world: ``comfy_file`` applied by core's loader to the tiny Kolors ``model``, ``copy`` loaded
+    by KolorsPipeline.load_lora_weights on the same folder; eps of both at three timesteps."""
+    import logging
+
+    import comfy.sd
+    import comfy.utils
+    import torch
+    from harness.kolors_reference import encode, load_pipeline, unet_eps
+
     lora = comfy.utils.load_torch_file(str(comfy_file), safe_load=True)
     patched, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0)
     patched.patch_model()
-    pipe = load_pipeline({folder!r}, torch.float32)
-    cond, pooled = encode(pipe, {prompt!r})
+    pipe = load_pipeline(folder, torch.float32)
+    cond, pooled = encode(pipe, RECIPE_PROMPT)
     x = torch.randn(1, 4, 8, 12, generator=torch.manual_seed(0))
     plain = [unet_eps(pipe, x, t, cond, pooled, 64, 96) for t in (999, 500, 3)]
     warnings = []
+
     class Catch(logging.Handler):
         def emit(self, record):
             warnings.append(record.getMessage())
+
     for name in ("diffusers", "peft"):
         logging.getLogger(name).addHandler(Catch(logging.WARNING))
     pipe.load_lora_weights(str(copy))
     injected = [n for n, m in pipe.unet.named_modules() if hasattr(m, "lora_A") and "default_0" in m.lora_A]
-    out = {{"eps": [], "effect": [], "warnings": warnings, "injected": len(injected),
-            "layers": sum(k.endswith(".lora_up.weight") for k in lora)}}
+    out = {"eps": [], "effect": [], "warnings": warnings, "injected": len(injected),
+           "layers": sum(k.endswith(".lora_up.weight") for k in lora)}
     for t, before in zip((999, 500, 3), plain):
         adm = patched.model.encode_adm(pooled_output=pooled, width=96, height=64)
         ours = patched.model.diffusion_model(x, timesteps=torch.tensor([float(t)]), context=cond, y=adm)
@@ -53,12 +53,38 @@ def compare(model, comfy_file, copy):
         out["effect"].append((ref - before).abs().max().item())
     return out
 
-model, clip, vae = load_kolors_folder(find_kolors_folder({folder!r}), "fp32", "default")
-"""
+
+def _kolors_model(folder: str):
+    from aesthete.kolors.folder import find_kolors_folder
+    from aesthete.nodes.kolors_model import load_kolors_folder
+
+    model, clip, vae = load_kolors_folder(find_kolors_folder(folder), "fp32", "default")
+    return model
 
 
-def _compare(folder: Path, snippet: str) -> dict:
-    return run_in_comfy(_COMPARE.format(tests=str(TESTS), folder=str(folder), prompt=RECIPE_PROMPT) + snippet)
+def _saved_lora_against_the_pipeline(folder: str, comfy_file: str, copy: str) -> dict:
+    return _patched_model_against_the_pipeline(_kolors_model(folder), folder, comfy_file, copy)
+
+
+def _built_lora_against_the_pipeline(folder: str, path: str) -> dict:
+    """A LoRA built on the tiny Kolors MODEL, saved with its diffusers copy, both compared; and the copy's metadata."""
+    import torch
+    from aesthete.lora.files import UNET_METADATA_KEY, unet_metadata
+    from aesthete.training.lora_network import TARGET_PRESETS, LoraNetwork
+    from aesthete.training.save import TrainedLora, save_copy, save_lora
+
+    model = _kolors_model(folder)
+    network = LoraNetwork.create(model.model.diffusion_model, 4, 4.0, TARGET_PRESETS["attention q,k,v,out"], seed=0)
+    g = torch.Generator().manual_seed(1)
+    for layer in network.layers:
+        layer.up.weight.data = torch.randn(layer.up.weight.shape, generator=g) * 0.3
+    meta = {"aesthete.base_model": type(model.model.model_config).__name__,
+            UNET_METADATA_KEY: unet_metadata(model.model.model_config.unet_config)}
+    lora = TrainedLora(network.comfy_state_dict(), meta)
+    comfy_file = save_lora(lora, path)
+    copy, copy_meta = save_copy(lora, comfy_file, "diffusers")
+    return dict(_patched_model_against_the_pipeline(model, folder, comfy_file, copy),
+                dropped_keys=copy_meta["aesthete.dropped_keys"])
 
 
 def _check(result: dict, min_effect: float) -> None:
@@ -73,22 +99,9 @@ def _check(result: dict, min_effect: float) -> None:
 
 def test_diffusers_copy_of_a_built_lora_gives_comfyui_numbers(tmp_path):
     """A LoRA as Train LoRA builds it (rank 4, alpha 4, attention q, k, v, out) with large random ``up``."""
-    result = _compare(tiny_kolors("kolors", "fp32"), f"""
-from aesthete.lora.files import UNET_METADATA_KEY, unet_metadata
-from aesthete.training.lora_network import LoraNetwork, TARGET_PRESETS
-from aesthete.training.save import TrainedLora, save_copy, save_lora
-network = LoraNetwork.create(model.model.diffusion_model, 4, 4.0, TARGET_PRESETS["attention q,k,v,out"], seed=0)
-g = torch.Generator().manual_seed(1)
-for layer in network.layers:
-    layer.up.weight.data = torch.randn(layer.up.weight.shape, generator=g) * 0.3
-meta = {{"aesthete.base_model": type(model.model.model_config).__name__,
-        UNET_METADATA_KEY: unet_metadata(model.model.model_config.unet_config)}}
-lora = TrainedLora(network.comfy_state_dict(), meta)
-comfy_file = save_lora(lora, {str(tmp_path / "k.safetensors")!r})
-copy, copy_meta = save_copy(lora, comfy_file, "diffusers")
-assert copy_meta["aesthete.dropped_keys"] == "0"
-answer(compare(model, comfy_file, copy))
-""")
+    result = run_in_comfy(_built_lora_against_the_pipeline, str(tiny_kolors("kolors", "fp32")),
+                          str(tmp_path / "k.safetensors"))
+    assert result["dropped_keys"] == "0"
     _check(result, 1e-2)
 
 
@@ -111,4 +124,4 @@ def test_lora_trained_in_the_server_and_saved_for_diffusers_loads_in_kolors_pipe
     saved = comfy_server.models_dir / "loras" / "kolors_diffusers" / "pattern_00001.safetensors"
     copy = saved.with_name("pattern_00001.diffusers.safetensors")
     assert saved.exists() and copy.exists()
-    _check(_compare(folder, f"answer(compare(model, {str(saved)!r}, {str(copy)!r}))"), 1e-4)
+    _check(run_in_comfy(_saved_lora_against_the_pipeline, str(folder), str(saved), str(copy)), 1e-4)

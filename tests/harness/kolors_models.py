@@ -134,19 +134,29 @@ def tiny_kolors_controlnet() -> Path:
     UNet the way ``ControlNetModel.from_unet`` makes one (so it carries ``encoder_hid_dim`` / ``text_proj`` and its own
     ``encoder_hid_proj``), every weight then randomised (the zero convolutions included)."""
     path = _kolors_cached("kolors-controlnet-fp32")
-    if (path / "config.json").exists():
-        return path
+    if not (path / "config.json").exists():
+        _build_controlnet(path, tiny_kolors("kolors", "fp32") / "unet")
+    return path
+
+
+def _build_controlnet(path: Path, unet_folder: Path, variant: str | None = None) -> None:
+    """A ControlNet made from the UNet in ``unet_folder`` as ``ControlNetModel.from_unet`` makes one, every weight then
+    randomised (``_spread``: the zero convolutions included), saved at ``path`` in Kwai-Kolors's layout (config.json +
+    diffusion_pytorch_model.safetensors) in the dtype of ``variant`` ("fp16", or None for fp32)."""
+    import torch
     from diffusers import ControlNetModel, UNet2DConditionModel
     from safetensors.torch import save_file
 
-    unet = UNet2DConditionModel.from_pretrained(tiny_kolors("kolors", "fp32") / "unet")
-    with _building(path) as tmp:
+    unet = UNet2DConditionModel.from_pretrained(unet_folder, variant=variant, torch_dtype=torch.float32)
+    dtype = torch.float16 if variant == "fp16" else torch.float32
+    with _building(path) as tmp, torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(SEED + 7)  # from_unet draws its new hint encoder from the global generator
         controlnet = ControlNetModel.from_unet(unet)
+        del unet
         _spread(controlnet, SEED + 7)
         controlnet.save_config(tmp)
-        save_file({k: v.contiguous() for k, v in controlnet.state_dict().items()},
+        save_file({k: v.to(dtype).contiguous() for k, v in controlnet.state_dict().items()},
                   tmp / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
-    return path
 
 
 def _kolors_cached(name: str) -> Path:
@@ -674,32 +684,8 @@ def tiny_kolors_ip_adapter() -> Path:
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     unet = UNet2DConditionModel.from_pretrained(tiny_kolors("kolors", "fp32") / "unet")
-    cross = [name for name in unet.attn_processors if ".attn2." in name]
-    modules = dict(unet.named_modules())
-    gen = torch.Generator().manual_seed(SEED + 11)
-
-    def rand(*shape, around=0.0, spread=0.05):
-        return around + spread * torch.randn(shape, generator=gen)
-
-    r, width = TINY_RESAMPLER, TINY_UNET["cross_attention_dim"]
-    image_width = KOLORS_IMAGE_ENCODER["hidden_size"]
-    proj = {"latents": rand(1, r["queries"], r["dim"], spread=r["dim"] ** -0.5),
-            "proj_in.weight": rand(r["dim"], image_width), "proj_in.bias": rand(r["dim"]),
-            "proj_out.weight": rand(width, r["dim"], spread=0.1), "proj_out.bias": rand(width),
-            "norm_out.weight": rand(width, around=1.0), "norm_out.bias": rand(width)}
-    for i in range(r["depth"]):
-        p = f"layers.{i}."
-        for norm in ("0.norm1", "0.norm2", "1.0"):
-            proj[f"{p}{norm}.weight"], proj[f"{p}{norm}.bias"] = rand(r["dim"], around=1.0), rand(r["dim"])
-        proj[f"{p}0.to_q.weight"] = rand(r["dim"], r["dim"])
-        proj[f"{p}0.to_kv.weight"] = rand(2 * r["dim"], r["dim"])
-        proj[f"{p}0.to_out.weight"] = rand(r["dim"], r["dim"])
-        proj[f"{p}1.1.weight"], proj[f"{p}1.3.weight"] = rand(r["ff"], r["dim"]), rand(r["dim"], r["ff"])
-    adapter = {}
-    for n, name in zip(range(1, 2 * len(cross), 2), cross):
-        to_k = modules[name[: -len(".processor")]].to_k.weight
-        adapter[f"{n}.to_k_ip.weight"] = rand(*to_k.shape, spread=0.3)
-        adapter[f"{n}.to_v_ip.weight"] = rand(*to_k.shape, spread=0.3)
+    proj, adapter = _ip_adapter_plus_weights(unet, TINY_RESAMPLER, SEED + 11, spread=0.05, proj_out_spread=0.1,
+                                             ip_spread=0.3)
     with _building(path) as tmp:
         torch.save({"image_proj": proj, "ip_adapter": adapter}, tmp / "ip_adapter_plus_general.bin")
         torch.manual_seed(SEED)
@@ -712,20 +698,8 @@ def medium_kolors_controlnet() -> Path:
     """A Kolors ControlNet made from medium_kolors's UNet as ``ControlNetModel.from_unet`` makes one (Kolors's real
     widths, the medium depths), random weights, fp16, in Kwai-Kolors's layout (config.json + weights); for benchmarks."""
     path = _kolors_cached("kolors-controlnet-medium-fp16")
-    if (path / "config.json").exists():
-        return path
-    import torch
-    from diffusers import ControlNetModel, UNet2DConditionModel
-    from safetensors.torch import save_file
-
-    unet = UNet2DConditionModel.from_pretrained(medium_kolors() / "unet", variant="fp16", torch_dtype=torch.float32)
-    with _building(path) as tmp, torch.no_grad():
-        controlnet = ControlNetModel.from_unet(unet)
-        del unet
-        _spread(controlnet, SEED + 7)
-        controlnet.save_config(tmp)
-        save_file({k: v.half().contiguous() for k, v in controlnet.state_dict().items()},
-                  tmp / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
+    if not (path / "config.json").exists():
+        _build_controlnet(path, medium_kolors() / "unet", variant="fp16")
     return path
 
 
@@ -743,17 +717,34 @@ def medium_kolors_ip_adapter() -> Path:
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_pretrained(medium_kolors() / "unet", variant="fp16", torch_dtype=torch.float32)
+    proj, adapter = _ip_adapter_plus_weights(unet, REAL_RESAMPLER, SEED + 13, spread=0.02)
+    encoder = tiny_kolors_ip_adapter() / "image_encoder"
+    with _building(path) as tmp:
+        torch.save({"image_proj": {k: v.half() for k, v in proj.items()},
+                    "ip_adapter": {k: v.half() for k, v in adapter.items()}}, tmp / "ip_adapter_plus_general.bin")
+        (tmp / "image_encoder").symlink_to(encoder, target_is_directory=True)
+    return path
+
+
+def _ip_adapter_plus_weights(unet, resampler: dict, seed: int, spread: float, proj_out_spread: float | None = None,
+                             ip_spread: float | None = None) -> tuple[dict, dict]:
+    """Random Kolors-IP-Adapter-Plus weights for ``unet``: the Resampler (``resampler``'s sizes, reading ViT-L's
+    1024-wide states, giving tokens of the UNet's cross-attention width) in IP-Adapter's own names, and
+    ``<n>.to_k_ip.weight`` / ``<n>.to_v_ip.weight`` for each cross-attention, n = 1, 3, 5, ... in diffusers' order.
+    Normal values of std ``spread`` (``proj_out_spread`` for proj_out's weight, ``ip_spread`` for to_k_ip/to_v_ip)."""
+    import torch
+
     cross = [name for name in unet.attn_processors if ".attn2." in name]
     modules = dict(unet.named_modules())
-    gen = torch.Generator().manual_seed(SEED + 13)
+    gen = torch.Generator().manual_seed(seed)
 
-    def rand(*shape, around=0.0, spread=0.02):
+    def rand(*shape, around=0.0, spread=spread):
         return around + spread * torch.randn(shape, generator=gen)
 
-    r, width, image_width = REAL_RESAMPLER, unet.config.cross_attention_dim, KOLORS_IMAGE_ENCODER["hidden_size"]
+    r, width, image_width = resampler, unet.config.cross_attention_dim, KOLORS_IMAGE_ENCODER["hidden_size"]
     proj = {"latents": rand(1, r["queries"], r["dim"], spread=r["dim"] ** -0.5),
             "proj_in.weight": rand(r["dim"], image_width), "proj_in.bias": rand(r["dim"]),
-            "proj_out.weight": rand(width, r["dim"]), "proj_out.bias": rand(width),
+            "proj_out.weight": rand(width, r["dim"], spread=proj_out_spread or spread), "proj_out.bias": rand(width),
             "norm_out.weight": rand(width, around=1.0), "norm_out.bias": rand(width)}
     for i in range(r["depth"]):
         p = f"layers.{i}."
@@ -766,10 +757,6 @@ def medium_kolors_ip_adapter() -> Path:
     adapter = {}
     for n, name in zip(range(1, 2 * len(cross), 2), cross):
         shape = modules[name[: -len(".processor")]].to_k.weight.shape
-        adapter[f"{n}.to_k_ip.weight"], adapter[f"{n}.to_v_ip.weight"] = rand(*shape), rand(*shape)
-    encoder = tiny_kolors_ip_adapter() / "image_encoder"
-    with _building(path) as tmp:
-        torch.save({"image_proj": {k: v.half() for k, v in proj.items()},
-                    "ip_adapter": {k: v.half() for k, v in adapter.items()}}, tmp / "ip_adapter_plus_general.bin")
-        (tmp / "image_encoder").symlink_to(encoder, target_is_directory=True)
-    return path
+        adapter[f"{n}.to_k_ip.weight"] = rand(*shape, spread=ip_spread or spread)
+        adapter[f"{n}.to_v_ip.weight"] = rand(*shape, spread=ip_spread or spread)
+    return proj, adapter

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 
 import pytest
 from harness.factories import aesthetic_predictor
@@ -59,24 +57,3 @@ def test_missing_predictor_offline_fails_fast_naming_the_files(tmp_path, monkeyp
     with caplog.at_level(logging.ERROR):
         assert run_score(tmp_path / "a.png", "--models-dir", tmp_path / "models") == 2
     assert "preprocessor_config.json" in caplog.text and str(tmp_path / "models") in caplog.text
-
-
-def test_installed_command_runs(data):
-    """The ``aesthete`` entry point, as a user runs it (also checks the sub-command is registered)."""
-    exe = [sys.executable, "-c", "import sys; from aesthete.cli import main; sys.exit(main())"]
-    done = subprocess.run([*exe, "score", str(data / "a_rgb.png"), "--model", str(aesthetic_predictor("tiny"))],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[0].endswith("a_rgb.png") and done.stdout.splitlines()[-1].startswith("mean")
-
-
-def test_compile_flag_gives_the_same_scores(data, capsys):
-    model = aesthetic_predictor("tiny")
-    assert run_score(data, "--model", model, "--batch-size", 3) == 0
-    plain = capsys.readouterr().out.strip().splitlines()
-    assert run_score(data, "--model", model, "--batch-size", 3, "--compile") == 0
-    compiled = capsys.readouterr().out.strip().splitlines()
-    assert [ln.split("\t")[-1] for ln in compiled] == [ln.split("\t")[-1] for ln in plain]
-    for a, b in zip(plain, compiled):
-        assert float(b.split("\t")[1 if b.startswith("mean") else 0]) == pytest.approx(
-            float(a.split("\t")[1 if a.startswith("mean") else 0]), abs=1e-3)

@@ -1,50 +1,17 @@
-"""Same numbers as the reference code (processor per image, ``predictor(**inputs).logits``) on the same weights."""
+"""Same numbers as the reference code (processor per image, ``predictor(**inputs).logits``) on the same weights (the
+tiny predictors; the full-size ViT-L/14 is in tests/full_size)."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
 import torch
 from harness.factories import aesthetic_predictor
+from harness.predictor_reference import random_images, reference_scores
 from PIL import Image
 
 from aesthete.common.images import tensor_to_uint8
 from aesthete.scoring.predictor import AestheticPredictor, load_predictor
-
-# not 224, not square, one smaller than the crop, one portrait
-SIZES = [(300, 200), (97, 131), (512, 512), (640, 360), (20, 50)]
-
-
-def random_images(seed: int = 0) -> list[Image.Image]:
-    rng = np.random.default_rng(seed)
-    images = []
-    for w, h in SIZES:  # smooth gradients plus noise: closer to photos than pure noise
-        x = np.linspace(0, 1, w)[None, :, None]
-        y = np.linspace(0, 1, h)[:, None, None]
-        base = np.concatenate([x * np.ones((h, 1, 1)), y * np.ones((1, w, 1)), (x * y)], axis=2)
-        arr = np.clip(base * 200 + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
-        images.append(Image.fromarray(arr))
-    return images
-
-
-def reference_scores(folder, images) -> list[float]:
-    """The issue's reference code, image by image."""
-    from aesthetics_predictor import AestheticsPredictorV1, AestheticsPredictorV2Linear, AestheticsPredictorV2ReLU
-    from transformers import CLIPImageProcessor
-
-    arch = json.loads((folder / "config.json").read_text())["architectures"][0]
-    cls = {c.__name__: c for c in (AestheticsPredictorV1, AestheticsPredictorV2Linear, AestheticsPredictorV2ReLU)}[arch]
-    predictor = cls.from_pretrained(str(folder))
-    processor = CLIPImageProcessor.from_pretrained(str(folder))
-    out = []
-    for image in images:
-        inputs = processor(images=image, return_tensors="pt")
-        with torch.no_grad():
-            out.append(predictor(**inputs).logits.tolist()[0][0])
-    return out
-
 
 @pytest.mark.parametrize("head", ["v2-linear", "v2-relu", "v1"])
 def test_tiny_predictor_matches_reference(head):
@@ -93,13 +60,3 @@ def test_loading_keeps_nothing_behind():
     del a
     gc.collect()
     assert model() is None
-
-
-@pytest.mark.slow
-def test_full_size_vit_l14_matches_reference():
-    """The real cost and width (ViT-L/14, 224 px, 768-d projection), random weights."""
-    folder = aesthetic_predictor("full")
-    images = random_images(1)[:2]  # 300x200 and 97x131: neither 224 nor square
-    expected = reference_scores(folder, images)
-    ours = AestheticPredictor.from_folder(folder, "cpu", "fp32").score_images(images, batch_size=3)
-    assert np.abs(np.array(ours) - np.array(expected)).max() < 1e-3, (ours, expected)

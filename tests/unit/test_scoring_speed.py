@@ -1,27 +1,19 @@
 """The scoring speed paths: ``FastScorer`` (the default: CLS-only last layer, oneDNN matmuls on the CPU, quick_gelu
-fused) and the opt-in torch.compile view give the model's own scores within 1e-3; anything they cannot run falls back,
-logged, to a slower path with the same numbers."""
+fused) and the opt-in torch.compile view (compiled for real in tests/processes/test_scoring_compile.py) give the
+model's own scores within 1e-3; anything they cannot run falls back, logged, to a slower path with the same numbers."""
 
 from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pytest
 import torch
 from harness.factories import aesthetic_predictor
-from PIL import Image
+from harness.predictor_reference import noise_images
 
 from aesthete.scoring import speed
-from aesthete.scoring.predictor import AestheticPredictor, ModelForward, head_class, load_predictor
+from aesthete.scoring.predictor import AestheticPredictor, ModelForward, head_class
 from aesthete.scoring.speed import CompiledScorer, FastScorer
-
-SIZES = [(300, 200), (97, 131), (224, 224), (20, 50), (64, 64)]
-
-
-def random_images(seed: int = 0) -> list[Image.Image]:
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in SIZES]
 
 
 def own_forward(predictor: AestheticPredictor, pixels: torch.Tensor) -> torch.Tensor:
@@ -36,7 +28,7 @@ def test_fast_scorer_equals_the_models_own_forward(head, onednn):
     folder = aesthetic_predictor("tiny", head=head)
     predictor = AestheticPredictor.from_folder(folder, "cpu", "fp32")
     assert isinstance(predictor.scorer, FastScorer) and predictor.scorer.quick_gelu  # CLIP ViT-L/14's activation
-    pixels = predictor.preprocess(random_images())
+    pixels = predictor.preprocess(noise_images())
     expected = own_forward(predictor, pixels)
     with torch.inference_mode():
         ours = FastScorer(predictor.model, onednn=onednn)(pixels)
@@ -52,7 +44,7 @@ def test_other_activations_run_unfused():
     predictor = AestheticPredictor(model, AestheticPredictor.from_folder(aesthetic_predictor("tiny")).processor,
                                    "gelu", "v2-linear")
     assert not predictor.scorer.quick_gelu
-    pixels = predictor.preprocess(random_images())
+    pixels = predictor.preprocess(noise_images())
     assert (predictor.forward(pixels) - own_forward(predictor, pixels)).abs().max().item() < 1e-3
 
 
@@ -69,7 +61,7 @@ def test_the_onednn_check_passes_here_and_a_broken_op_falls_back_to_aten(monkeyp
     assert "not usable here" in caplog.text and "not compiled in" in caplog.text
     monkeypatch.setattr(speed, "onednn_linear_works", lambda: False)
     predictor = AestheticPredictor.from_folder(aesthetic_predictor("tiny"), "cpu", "fp32")
-    pixels = predictor.preprocess(random_images())
+    pixels = predictor.preprocess(noise_images())
     assert (predictor.forward(pixels) - own_forward(predictor, pixels)).abs().max().item() < 1e-3
 
 
@@ -81,29 +73,13 @@ def test_a_model_the_fast_scorer_cannot_run_uses_its_own_forward(monkeypatch, ca
     assert isinstance(predictor.scorer, ModelForward) and "no mlp.fc3 in encoder layer 0" in caplog.text
     compiled = AestheticPredictor.from_folder(aesthetic_predictor("tiny"), "cpu", "fp32", compile=True)
     assert isinstance(compiled.scorer, ModelForward) and not compiled.compile  # nothing to compile
-    pixels = predictor.preprocess(random_images())
+    pixels = predictor.preprocess(noise_images())
     assert torch.equal(predictor.forward(pixels), own_forward(predictor, pixels))
-
-
-def test_compiled_scores_equal_eager_scores_for_any_batch_size():
-    """Compiles the tiny predictor once (dynamic batch: a short last batch reuses it)."""
-    folder = aesthetic_predictor("tiny")
-    eager = load_predictor(folder, "cpu", "fp32")
-    fast = load_predictor(folder, "cpu", "fp32", compile=True)
-    assert fast.compile and not eager.compile and isinstance(fast.scorer, CompiledScorer)
-    # its eager fallback is a FastScorer of the same model: one set of packed weights
-    assert isinstance(fast.scorer.eager, FastScorer) and fast.scorer.eager.model is fast.model
-    images = random_images() + random_images(1)  # 10 images: batches of 4, 4, 2
-    expected = eager.score_images(images, batch_size=4)
-    ours = fast.score_images(images, batch_size=4)
-    assert fast.scorer.failed is None, fast.scorer.failed
-    assert fast.scorer.compile_seconds is not None
-    assert np.abs(np.array(ours) - np.array(expected)).max() < 1e-3, (ours, expected)
 
 
 def test_a_failing_compiler_falls_back_to_eager_with_a_warning(caplog):
     predictor = AestheticPredictor.from_folder(aesthetic_predictor("tiny"), "cpu", "fp32")
-    pixels = predictor.preprocess(random_images()[:3])
+    pixels = predictor.preprocess(noise_images()[:3])
     expected = own_forward(predictor, pixels)
 
     def broken_at_run(module):
@@ -127,7 +103,7 @@ def test_running_out_of_memory_is_raised_and_the_compiled_scorer_is_kept():
     """A batch too big for the GPU is not a compiler failure: the out-of-memory error reaches the caller (ComfyUI's
     handler) and the next call runs the compiled code again; before, one OOM turned compiling off for good."""
     predictor = AestheticPredictor.from_folder(aesthetic_predictor("tiny"), "cpu", "fp32")
-    pixels = predictor.preprocess(random_images()[:2])
+    pixels = predictor.preprocess(noise_images()[:2])
     calls = []
 
     def compiler(module):
@@ -150,7 +126,7 @@ def test_packed_weights_follow_changes_to_the_model_and_wait_for_enough_ram(monk
     if not (speed.onednn_linear_works() and speed.onednn_packing_works()):
         pytest.skip("no oneDNN weight packing in this torch build")
     predictor = AestheticPredictor.from_folder(aesthetic_predictor("tiny"), "cpu", "fp32")
-    pixels = predictor.preprocess(random_images())
+    pixels = predictor.preprocess(noise_images())
     packed, plain = FastScorer(predictor.model, pack=True), FastScorer(predictor.model, pack=False)
     with torch.inference_mode():
         for scorer in (packed, plain):
