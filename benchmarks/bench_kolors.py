@@ -89,7 +89,8 @@ def ours_unet(folder: Path, size: int, repeats: int, out: dict):
     import nodes as comfy_nodes  # ComfyUI's nodes.py (KSampler)
     import torch
 
-    from aesthete.kolors.folder import LazyWeights, find_kolors_folder
+    from aesthete.common.tensors import LazyWeights
+    from aesthete.kolors.folder import find_kolors_folder
     from aesthete.nodes.kolors_model import kolors_unet_from_diffusers
 
     c = conditioning(4096, size)

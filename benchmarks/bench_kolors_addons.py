@@ -54,7 +54,8 @@ def _conds(c, size):
 
 
 def _ours_model(folders):
-    from aesthete.kolors.folder import LazyWeights, find_kolors_folder
+    from aesthete.common.tensors import LazyWeights
+    from aesthete.kolors.folder import find_kolors_folder
     from aesthete.nodes.kolors_model import kolors_unet_from_diffusers
 
     kf = find_kolors_folder(folders["kolors"])
@@ -79,7 +80,8 @@ def ours_cn(folders, size, repeats, out):
     import nodes as comfy_nodes
     import torch
 
-    from aesthete.kolors.folder import LazyWeights, read_json
+    from aesthete.common.tensors import LazyWeights
+    from aesthete.kolors.folder import read_json
     from aesthete.nodes.kolors_controlnet import kolors_controlnet
 
     c = conditioning(4096, size)

@@ -36,7 +36,8 @@ def worker(choice: str, repeats: int, out_dir: Path) -> dict:
 
     import torch
 
-    from aesthete.kolors.folder import LazyWeights, read_json
+    from aesthete.common.tensors import LazyWeights
+    from aesthete.kolors.folder import read_json
     from aesthete.nodes.kolors_model import kolors_clip
     from aesthete.training.memory import reset_resident_peak, resident_now, resident_peak
     from tests.harness.kolors_models import medium_chatglm3_file

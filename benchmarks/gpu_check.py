@@ -290,7 +290,8 @@ def worker_kolors_ours(device: str, tiny: bool, size: int) -> dict:
     import nodes as comfy_nodes  # ComfyUI's nodes.py (KSampler)
     import torch
 
-    from aesthete.kolors.folder import LazyWeights, find_kolors_folder
+    from aesthete.common.tensors import LazyWeights
+    from aesthete.kolors.folder import find_kolors_folder
     from aesthete.nodes.kolors_model import kolors_unet_from_diffusers
     from benchmarks.bench_kolors import CFG, conditioning
 
@@ -391,7 +392,8 @@ def worker_memory(device: str, tiny: bool, size: int) -> dict:
     comfy_world(device)
     import torch
 
-    from aesthete.kolors.folder import LazyWeights, find_kolors_folder
+    from aesthete.common.tensors import LazyWeights
+    from aesthete.kolors.folder import find_kolors_folder
     from aesthete.nodes.kolors_model import kolors_unet_from_diffusers
     from aesthete.training.lora_network import LoraNetwork
 

@@ -31,7 +31,8 @@ def test_control_residuals_equal_kolors_controlnet():
         sys.path.insert(0, {str(TESTS)!r})
         from pathlib import Path
         from harness.kolors_reference import controlnet_residuals, encode, load_controlnet, load_pipeline
-        from aesthete.kolors.folder import LazyWeights, find_kolors_folder, read_json
+        from aesthete.common.tensors import LazyWeights
+        from aesthete.kolors.folder import find_kolors_folder, read_json
         from aesthete.nodes.kolors_controlnet import kolors_controlnet
         from aesthete.nodes.kolors_model import load_kolors_folder
 
@@ -147,7 +148,8 @@ def test_an_sdxl_layout_controlnet_on_kolors_stops_with_a_shape_error(comfy, com
     run_in_comfy(f"""
         from pathlib import Path
         from safetensors.torch import save_file
-        from aesthete.kolors.folder import LazyWeights, read_json
+        from aesthete.common.tensors import LazyWeights
+        from aesthete.kolors.folder import read_json
         from aesthete.nodes.kolors_controlnet import kolors_controlnet
         cn_dir = Path({str(controlnet)!r})
         weights = LazyWeights([cn_dir / "diffusion_pytorch_model.safetensors"])

@@ -100,7 +100,8 @@ def test_the_text_encoder_file_is_read_one_tensor_at_a_time():
         import math
         from pathlib import Path
         from safetensors import safe_open
-        from aesthete.kolors.folder import LazyWeights, chatglm_config_for_file
+        from aesthete.common.tensors import LazyWeights
+        from aesthete.kolors.folder import chatglm_config_for_file
         from aesthete.nodes.kolors_model import kolors_clip
         from aesthete.training.memory import reset_resident_peak, resident_now, resident_peak
         path = Path({str(files["chatglm3"])!r})
