@@ -108,7 +108,7 @@ def vit_flops(hidden: int, layers: int, image: int, patch: int, mlp: int) -> flo
 def paper_estimate(cpu_ms: dict, forward_wall_ms: float) -> dict:
     """Images/s of 1 and 8 GPU nodes (one A100 each, 16 or 32 CPU cores decoding): each node does the lesser of what
     its GPU forwards and what its cores decode and preprocess (measured CPU time per image here)."""
-    from tests.harness.factories import FULL_VISION_CONFIG as c
+    from devkit.factories import FULL_VISION_CONFIG as c
 
     flops = vit_flops(c["hidden_size"], c["num_hidden_layers"], c["image_size"], c["patch_size"],
                       c["intermediate_size"])
@@ -143,7 +143,7 @@ def main() -> int:
         return 0
 
     from benchmarks.bench_scoring import make_images
-    from tests.harness.factories import aesthetic_predictor
+    from devkit.factories import aesthetic_predictor
 
     model = aesthetic_predictor(args.predictor)
     results, loads = {}, {}

@@ -1,6 +1,6 @@
 """The judge's scorers: our path against the reference's own scoring loop, per scorer, in one run.
 
-For each scorer: the same full-size random-weight files (tests/harness/scorer_models.full_bench_root: the real
+For each scorer: the same full-size random-weight files (devkit/scorer_models.full_bench_root: the real
 architectures and sizes, fp16 files loaded in fp32 by both sides) and the same N images of SIZE x SIZE, each with its
 prompt. The reference is DiffSynth 1.1.9's ImageQualityMetric class (Aesthetic V2.5: its publisher's package), one
 ``score(image, prompt)`` call per image as its callers do; ours is ``load_scorer(...).score_images`` in batches.
@@ -52,8 +52,7 @@ def reference_job(scorer: str, qm: Path) -> dict:
 
 
 def run_reference_side(scorer: str, root: Path, images: list[Path], prompts: list[str], work: Path) -> dict:
-    sys.path.insert(0, str(REPO / "tests"))
-    from harness.reference import run_reference
+    from devkit.reference import run_reference
 
     qm = root / "QualityMetric"
     if scorer == "aesthetic-v2.5":
@@ -102,9 +101,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--scorers", default=",".join(SCORERS))
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO / "tests"))
     from benchmarks.bench_scoring import make_images
-    from harness.scorer_models import full_bench_root
+    from devkit.scorer_models import full_bench_root
 
     root = full_bench_root()
     rows = []

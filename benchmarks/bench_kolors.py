@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_kolors.py [--rounds 3] [--repeats 3] [--size 64]
 
-The weights: a medium random-weight Kolors folder in the Kwai-Kolors/Kolors layout (tests/harness/kolors_models.py
+The weights: a medium random-weight Kolors folder in the Kwai-Kolors/Kolors layout (devkit/kolors_models.py
 ``medium_kolors``, fp16 files, built once and cached): the UNet has Kolors's real widths (320/640/1280, 64-channel
 heads, cross-attention 2048, encoder_hid_dim 4096, adm 5632, 2 res blocks per level) with transformer depths
 [1, 1, 2] instead of [1, 2, 10] (0.86 B parameters instead of 2.6 B); ChatGLM3 has its real layer shape (hidden 4096,
@@ -73,7 +73,7 @@ def timed(fn, repeats: int, warm_up: bool = True) -> tuple[list[float], object]:
 
 
 def comfy_world():
-    from tests.harness.comfy_server import COMFY_DIR
+    from devkit.comfy_server import COMFY_DIR
 
     sys.path.insert(0, str(COMFY_DIR))
     os.chdir(COMFY_DIR)
@@ -194,7 +194,7 @@ def ref_te(folder: Path, size: int, repeats: int, out: dict):
 
     out["rss_before_load_mib"] = _status_mib("VmRSS")
     t0 = time.perf_counter()
-    # as Kolors's own scripts load it (tests/harness/kolors_reference.py): the tokenizer from text_encoder/
+    # as Kolors's own scripts load it (devkit/kolors_reference.py): the tokenizer from text_encoder/
     text_encoder = ChatGLMModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32)
     tokenizer = ChatGLMTokenizer.from_pretrained(folder / "text_encoder")
     pipe = KolorsPipeline(vae=None, text_encoder=text_encoder, tokenizer=tokenizer, unet=None,
@@ -248,7 +248,7 @@ def main() -> int:
         sys.stdout.write("\n" + json.dumps(out) + "\n")
         return 0
 
-    from tests.harness.kolors_models import MEDIUM_CHATGLM_LAYERS, MEDIUM_UNET_DEPTH, medium_kolors
+    from devkit.kolors_models import MEDIUM_CHATGLM_LAYERS, MEDIUM_UNET_DEPTH, medium_kolors
 
     folder = medium_kolors()
     parts = ["unet", "te"] if a.part == "both" else [a.part]

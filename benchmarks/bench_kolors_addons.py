@@ -3,7 +3,7 @@ one IP-Adapter sampling step.
 
     .venv/bin/python -m benchmarks.bench_kolors_addons [--rounds 2] [--repeats 2] [--size 64]
 
-The weights (tests/harness/kolors_models.py, built once and cached): ``medium_kolors`` (Kolors's real UNet widths,
+The weights (devkit/kolors_models.py, built once and cached): ``medium_kolors`` (Kolors's real UNet widths,
 transformer depths [1, 1, 2]), ``medium_kolors_controlnet`` (a ControlNet made from that UNet as
 ``ControlNetModel.from_unet`` makes Kolors's) and ``medium_kolors_ip_adapter`` (the Resampler at its real size, the
 real-size ViT-L/14-336 image encoder); fp16 files, everything run in fp32 on the CPU, the same text embeddings on both
@@ -224,7 +224,7 @@ def main() -> int:
         sys.stdout.write("\n" + json.dumps(out) + "\n")
         return 0
 
-    from tests.harness.kolors_models import medium_kolors, medium_kolors_controlnet, medium_kolors_ip_adapter
+    from devkit.kolors_models import medium_kolors, medium_kolors_controlnet, medium_kolors_ip_adapter
 
     folders = {"kolors": medium_kolors(), "controlnet": medium_kolors_controlnet(), "ip": medium_kolors_ip_adapter()}
     runs: dict[str, list[dict]] = {k: [] for k in WORKERS}

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.bench_kolors_quantized [--repeats 3]
 
-The weights: ``medium_chatglm3_file`` (tests/harness/kolors_models.py): ChatGLM3-6B's real layer shapes (hidden 4096,
+The weights: ``medium_chatglm3_file`` (devkit/kolors_models.py): ChatGLM3-6B's real layer shapes (hidden 4096,
 feed-forward 13696, vocabulary 65024) with 2 of its 28 layers, random, saved in fp16 as users keep
 chatglm3-fp16.safetensors. Each choice of the loaders' text-encoder dtype loads that file through our loader
 (``kolors_clip``, ComfyUI's CLIP) in its own process on the CPU:
@@ -40,7 +40,7 @@ def worker(choice: str, repeats: int, out_dir: Path) -> dict:
     from aesthete.kolors.folder import read_json
     from aesthete.nodes.kolors_model import kolors_clip
     from aesthete.training.memory import reset_resident_peak, resident_now, resident_peak
-    from tests.harness.kolors_models import medium_chatglm3_file
+    from devkit.kolors_models import medium_chatglm3_file
 
     files = medium_chatglm3_file()
     reset_resident_peak()
@@ -63,7 +63,7 @@ def worker(choice: str, repeats: int, out_dir: Path) -> dict:
 
 def real_bytes(choice: str) -> float:
     from aesthete.kolors.quantize import chatglm3_bytes
-    from tests.harness.kolors_reference import real_chatglm3_keys
+    from devkit.kolors_reference import real_chatglm3_keys
 
     shapes = {k: s for k, s in real_chatglm3_keys(prefix="").items() if "output_layer" not in k}
     if choice in ("q8_0", "q4_1"):
@@ -80,7 +80,6 @@ def main() -> int:
     args = parser.parse_args()
     if args.worker:
         from benchmarks.bench_kolors import comfy_world
-        from tests.harness import kolors_models, kolors_reference  # noqa: F401 - before ComfyUI's own tests/
 
         comfy_world()
         sys.stdout.write("@@" + json.dumps(worker(args.worker, args.repeats, Path(args.out))) + "\n")
@@ -88,7 +87,7 @@ def main() -> int:
 
     import torch
 
-    from tests.harness.kolors_models import medium_chatglm3_file
+    from devkit.kolors_models import medium_chatglm3_file
 
     medium_chatglm3_file()  # built once, outside the timed processes
     results = {}

@@ -159,7 +159,7 @@ def main() -> int:
         sys.stdout.write(json.dumps(run_phase(args.phase, args.model, files, args.batch_size, args.device)) + "\n")
         return 0
 
-    from tests.harness.factories import aesthetic_predictor
+    from devkit.factories import aesthetic_predictor
 
     model = aesthetic_predictor("full")
     with tempfile.TemporaryDirectory(prefix="aesthete-bench-") as tmp:

@@ -1,6 +1,6 @@
 """LoRA training speed and memory: Aesthete's trainer against ComfyUI's own TrainLoraNode, in one run.
 
-Same small random SD1.5 checkpoint (tests/harness factories), same four 64x64 pattern images and captions, rank 4,
+Same small random SD1.5 checkpoint (devkit factories), same four 64x64 pattern images and captions, rank 4,
 batch 1, 20 steps, AdamW, fp32, no gradient checkpointing, alpha/rank 1/4 for both (TrainLoraNode fixes alpha at
 1.0). Each trainer runs in its own process (peak RSS is per process): once for 2 steps and once for 22, and the
 difference is the time of 20 steps (so model loading and set-up count for neither). TrainLoraNode gets one LATENT
@@ -36,7 +36,7 @@ def peak_rss_mib() -> float:
 
 
 def comfy_setup():
-    from tests.harness.comfy_server import COMFY_DIR
+    from devkit.comfy_server import COMFY_DIR
 
     sys.path.insert(0, str(COMFY_DIR))
     os.chdir(COMFY_DIR)
@@ -47,7 +47,7 @@ def comfy_setup():
 
     args.cpu = True
     import comfy.sd
-    from tests.harness.factories import small_sd15_checkpoint
+    from devkit.factories import small_sd15_checkpoint
 
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(small_sd15_checkpoint()), output_vae=True,
                                                                 output_clip=True)
@@ -57,7 +57,7 @@ def comfy_setup():
 def dataset(folder: Path):
     from aesthete.training.captions import CaptionRecipe
     from aesthete.training.dataset import load_dataset
-    from tests.harness.training_data import write_pattern_folder
+    from devkit.training_data import write_pattern_folder
 
     write_pattern_folder(folder, count=4)
     return load_dataset(folder, resolution=64, crop_mode="center crop", recipe=CaptionRecipe("ptn"))

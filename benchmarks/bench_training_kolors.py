@@ -1,7 +1,7 @@
 """Kolors LoRA training step, speed and memory: Aesthete's trainer against the standard diffusers + peft LoRA step,
 on the same medium Kolors-shaped UNet (the same saved weights), in one run.
 
-The UNet is tests/harness/kolors_models.py's medium Kolors (medium_kolors(), the one bench_kolors.py uses) (the real widths 320/640/1280, 64-channel heads, 2048-wide cross-attention,
+The UNet is devkit/kolors_models.py's medium Kolors (medium_kolors(), the one bench_kolors.py uses) (the real widths 320/640/1280, 64-channel heads, 2048-wide cross-attention,
 encoder_hid_dim 4096, added embedding 5632; transformer blocks 1, 1, 2 instead of 0, 2, 10: 0.9 B parameters),
 saved as a Kolors folder (fp16 files, loaded in fp32). Both sides: LoRA rank 16, alpha 4, on to_q, to_k, to_v and
 to_out.0 of every attention (where DiffSynth's Kolors trainer puts it), batch 1, fp32, AdamW (lr 1e-4, weight decay
@@ -69,7 +69,7 @@ def step_times(marks: list[tuple[float, float, int]]) -> dict:
 def ours(folder: Path, data: Path, resolution: int, steps: int, pytorch_attention: bool = False) -> dict:
     import torch
 
-    from tests.harness.comfy_server import COMFY_DIR
+    from devkit.comfy_server import COMFY_DIR
 
     sys.path.insert(0, str(COMFY_DIR))
     os.chdir(COMFY_DIR)
@@ -207,10 +207,10 @@ def main() -> int:
         sys.stdout.write(json.dumps(res) + "\n")
         return 0
     if a.folder is None:
-        from tests.harness.kolors_models import medium_kolors
+        from devkit.kolors_models import medium_kolors
 
         a.folder = medium_kolors()
-    from tests.harness.training_data import write_pattern_folder
+    from devkit.training_data import write_pattern_folder
 
     data = write_pattern_folder(Path(tempfile.mkdtemp(prefix="aesthete-bench-")) / "pattern", count=4,
                                 size=(a.resolution, a.resolution))

@@ -78,8 +78,8 @@ class TrainedModel:
 
 
 def trained_models(tiny: bool, size: int) -> list[TrainedModel]:
-    from tests.harness.factories import small_sd15_checkpoint
-    from tests.harness.kolors_models import medium_kolors, tiny_kolors
+    from devkit.factories import small_sd15_checkpoint
+    from devkit.kolors_models import medium_kolors, tiny_kolors
 
     if tiny:
         return [TrainedModel("tiny Kolors", "Kolors", size, ("kolors", tiny_kolors("kolors", "fp16"),
@@ -105,8 +105,8 @@ def comfy_configs(device: str, tiny: bool) -> list[tuple[str, list[str]]]:
 
 
 def train_graph(model: TrainedModel, precision: str, tag: str):
-    from tests.harness.graph import new_graph
-    from tests.harness.training_graphs import dataset_node, train_node
+    from devkit.graph import new_graph
+    from devkit.training_graphs import dataset_node, train_node
 
     g = new_graph()
     unet, clip, vae = model.load(g)
@@ -162,7 +162,7 @@ def server_status(pid: int, field: str) -> int:
 
 def train_once(server, client, model: TrainedModel, precision: str, tag: str) -> dict:
     """One Train LoRA run; what it shows, or the error it ended with."""
-    from tests.harness.client import ExecutionError
+    from devkit.client import ExecutionError
 
     g, train = train_graph(model, precision, tag)
     try:
@@ -198,9 +198,9 @@ def training_row(model: TrainedModel, config: str, precision: str, run: dict, re
 
 
 def training_rows(device: str, tiny: bool, size: int) -> list[Row]:
-    from tests.harness.client import ComfyClient
-    from tests.harness.comfy_server import running_server
-    from tests.harness.training_data import write_pattern_folder
+    from devkit.client import ComfyClient
+    from devkit.comfy_server import running_server
+    from devkit.training_data import write_pattern_folder
 
     rows, models = [], trained_models(tiny, size)
     for config, flags in comfy_configs(device, tiny):
@@ -222,7 +222,7 @@ def training_rows(device: str, tiny: bool, size: int) -> list[Row]:
 
 # ------------------------------------------------------------------------------------ workers (own processes)
 def comfy_world(device: str) -> None:
-    from tests.harness.comfy_server import COMFY_DIR
+    from devkit.comfy_server import COMFY_DIR
 
     sys.path.insert(0, str(COMFY_DIR))
     os.chdir(COMFY_DIR)
@@ -280,7 +280,7 @@ def timed(fn, device: str, repeats: int = 3) -> float:
 
 
 def kolors_folder(tiny: bool) -> Path:
-    from tests.harness.kolors_models import medium_kolors, tiny_kolors
+    from devkit.kolors_models import medium_kolors, tiny_kolors
 
     return tiny_kolors("kolors", "fp16") if tiny else medium_kolors()
 
@@ -344,7 +344,7 @@ def worker_scoring(device: str, tiny: bool, size: int) -> dict:
     from PIL import Image
 
     from aesthete.scoring.predictor import AestheticPredictor
-    from tests.harness.factories import aesthetic_predictor
+    from devkit.factories import aesthetic_predictor
 
     folder = aesthetic_predictor("tiny" if tiny else "full")
     rng = np.random.default_rng(0)

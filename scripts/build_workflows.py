@@ -3,7 +3,7 @@ workflows/<name>.jpg (its thumbnail), workflows/api/<name>.json (the API format 
 UI file) and docs/images/<first workflow>.jpg (the README screenshot).
 
 Every file is made by the real frontend: this script starts the embedded ComfyUI with the pack, opens it in headless
-Chromium, builds each workflow from the specs below (tests/harness/workflow_builder.py), loads the result back with
+Chromium, builds each workflow from the specs below (devkit/workflow_builder.py), loads the result back with
 app.loadGraphData and writes app.graphToPrompt(). Run it again whenever a node's inputs or outputs change:
 
     .venv/bin/python -m scripts.build_workflows [--only NAME ...]
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import requests
 
-from tests.harness.browser import Frontend
-from tests.harness.comfy_server import ComfyServer
-from tests.harness.workflow_builder import Group, Node, WorkflowSpec, build_in_frontend, screenshot_graph
+from devkit.browser import Frontend
+from devkit.comfy_server import ComfyServer
+from devkit.workflow_builder import Group, Node, WorkflowSpec, build_in_frontend, screenshot_graph
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import textwrap
 
 from harness.in_comfy import run_in_comfy
-from harness.kolors_models import tiny_kolors
+from devkit.kolors_models import tiny_kolors
 
 SIMULATED_GPU = """
 import torch

@@ -1,5 +1,5 @@
 """Kolors ControlNets as a core CONTROL_NET, against Kwai-Kolors's ControlNet (its forward driven on diffusers'
-ControlNetModel, tests/harness/kolors_reference.py) on the same tiny weights: the control residuals, a one-step
+ControlNetModel, devkit/kolors_reference.py) on the same tiny weights: the control residuals, a one-step
 latent through core Apply ControlNet, start/end percent, and the errors a wrong pairing gives."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from harness.graph import new_graph
+from devkit.graph import new_graph
 from harness.in_comfy import run_in_comfy
-from harness.kolors_models import RECIPE_PROMPT, tiny_kolors, tiny_kolors_controlnet
+from devkit.kolors_models import RECIPE_PROMPT, tiny_kolors, tiny_kolors_controlnet
 from PIL import Image
 from safetensors.torch import load as load_safetensors
 
@@ -30,7 +30,7 @@ def test_control_residuals_equal_kolors_controlnet():
         import sys, torch
         sys.path.insert(0, {str(TESTS)!r})
         from pathlib import Path
-        from harness.kolors_reference import controlnet_residuals, encode, load_controlnet, load_pipeline
+        from devkit.kolors_reference import controlnet_residuals, encode, load_controlnet, load_pipeline
         from aesthete.common.tensors import LazyWeights
         from aesthete.kolors.folder import find_kolors_folder, read_json
         from aesthete.nodes.kolors_controlnet import kolors_controlnet
@@ -100,7 +100,7 @@ def test_apply_controlnet_one_step_equals_kolors_controlnet_pipeline(comfy, comf
     """Kolors ControlNet Loader -> core Apply ControlNet (strength 0.7) -> KSampler (1 step, cfg 1, seed 4) ->
     SaveLatent equals one step of Kwai-Kolors's ControlNet pipeline from the same noise, hint and scale; without the
     ControlNet the latent is another one."""
-    from harness.kolors_reference import controlnet_one_step, load_controlnet, load_pipeline
+    from devkit.kolors_reference import controlnet_one_step, load_controlnet, load_pipeline
 
     ours = _one_step(comfy, comfy_server, names, "kolors-cn")
     plain = _one_step(comfy, comfy_server, names, "kolors-no-cn", control=False)

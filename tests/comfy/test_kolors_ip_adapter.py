@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from harness.graph import new_graph
-from harness.kolors_models import RECIPE_PROMPT, tiny_kolors, tiny_kolors_ip_adapter
+from devkit.graph import new_graph
+from devkit.kolors_models import RECIPE_PROMPT, tiny_kolors, tiny_kolors_ip_adapter
 from PIL import Image
 from safetensors.torch import load as load_safetensors
 
@@ -62,7 +62,7 @@ def test_ip_adapter_one_step_equals_kolors_pipeline_load_ip_adapter(comfy, comfy
     """Kolors IP-Adapter Loader + core Load CLIP Vision + Kolors IP-Adapter (weight 0.8) -> KSampler (1 step, cfg 1,
     seed 6) -> SaveLatent equals KolorsPipeline with load_ip_adapter, set_ip_adapter_scale(0.8) and the same image,
     noise and prompt; without the adapter the latent is another one."""
-    from harness.kolors_reference import ip_adapter_one_step, load_pipeline
+    from devkit.kolors_reference import ip_adapter_one_step, load_pipeline
 
     comfy.run(_graph(names, "kolors-ip").finalize())
     comfy.run(_graph(names, "kolors-no-ip", adapter=False).finalize())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from harness.in_comfy import run_in_comfy
-from harness.kolors_models import RECIPE_PROMPT, tiny_kolors, wide_chatglm3_file
+from devkit.kolors_models import RECIPE_PROMPT, tiny_kolors, wide_chatglm3_file
 
 TESTS = Path(__file__).resolve().parents[1]
 PROMPTS = [RECIPE_PROMPT, "a girl with blue hair on a white background, anime style", ""]
@@ -19,7 +19,7 @@ def test_context_pooled_noise_prediction_and_sigmas_equal_the_reference(layout):
     result = run_in_comfy(f"""
         import sys, torch
         sys.path.insert(0, {str(TESTS)!r})
-        from harness.kolors_reference import encode, load_pipeline, scheduler_sigmas, unet_eps
+        from devkit.kolors_reference import encode, load_pipeline, scheduler_sigmas, unet_eps
         from aesthete.kolors.folder import find_kolors_folder
         from aesthete.nodes.kolors_model import load_kolors_folder
 
@@ -127,7 +127,7 @@ def test_vae_decode_equals_the_reference():
     result = run_in_comfy(f"""
         import sys, torch
         sys.path.insert(0, {str(TESTS)!r})
-        from harness.kolors_reference import load_pipeline
+        from devkit.kolors_reference import load_pipeline
         from aesthete.kolors.folder import find_kolors_folder
         from aesthete.nodes.kolors_model import kolors_vae
         f = find_kolors_folder({str(folder)!r}, prefer_fp16=False)

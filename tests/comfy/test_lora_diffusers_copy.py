@@ -8,10 +8,10 @@ import logging
 from pathlib import Path
 
 import pytest
-from harness.graph import new_graph
-from harness.training_graphs import dataset_node, train_node
+from devkit.graph import new_graph
+from devkit.training_graphs import dataset_node, train_node
 from harness.in_comfy import run_in_comfy
-from harness.kolors_models import RECIPE_PROMPT, tiny_kolors
+from devkit.kolors_models import RECIPE_PROMPT, tiny_kolors
 
 pytestmark = pytest.mark.comfy
 TESTS = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ _COMPARE = """
 import logging, sys, torch
 sys.path.insert(0, {tests!r})
 import comfy.sd, comfy.utils
-from harness.kolors_reference import encode, load_pipeline, unet_eps
+from devkit.kolors_reference import encode, load_pipeline, unet_eps
 from aesthete.kolors.folder import find_kolors_folder
 from aesthete.nodes.kolors_model import load_kolors_folder
 
@@ -95,7 +95,7 @@ answer(compare(model, comfy_file, copy))
 def test_lora_trained_in_the_server_and_saved_for_diffusers_loads_in_kolors_pipeline(comfy, comfy_server):
     """Real client: the tiny Kolors folder through AestheteKolorsLoader, Train LoRA, Save LoRA with diffusers_copy;
     the pipeline from the same folder loads the copy and predicts what ComfyUI's patched MODEL predicts."""
-    from harness.training_data import write_pattern_folder
+    from devkit.training_data import write_pattern_folder
 
     folder = tiny_kolors("kolors", "fp32")
     name = comfy_server.link_model("kolors", folder, "tiny-kolors-fp32-lora")

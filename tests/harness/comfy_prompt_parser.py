@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 
-from .comfy_server import COMFY_DIR
+from devkit.comfy_server import COMFY_DIR
 
 _SCRIPT = r"""
 import json, sys

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 
-from .comfy_server import COMFY_DIR
+from devkit.comfy_server import COMFY_DIR
 
 _PRELUDE = """
 import json, sys

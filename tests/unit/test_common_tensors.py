@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from harness.kolors_models import tiny_kolors
+from devkit.kolors_models import tiny_kolors
 
 from aesthete.common.files import write_safetensors
 from aesthete.common.tensors import (REDOWNLOAD, LazyWeights, TensorFileError, read_tensor_file,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness.kolors_models import tiny_kolors
+from devkit.kolors_models import tiny_kolors
 
 from aesthete.kolors import configs
 from aesthete.kolors.download import FILE_PATTERNS, ensure_kolors, wanted_files

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from harness.factories import aesthetic_predictor
+from devkit.factories import aesthetic_predictor
 from PIL import Image
 
 from aesthete.common.images import tensor_to_uint8

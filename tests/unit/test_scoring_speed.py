@@ -9,7 +9,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from harness.factories import aesthetic_predictor
+from devkit.factories import aesthetic_predictor
 from PIL import Image
 
 from aesthete.scoring import speed
