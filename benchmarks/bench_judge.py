@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from devkit import REPO
+from devkit.child import memory_mib, print_result, run_child
+
 SCORERS = ("pickscore-v1", "clipscore-vit-l-14", "clipscore-vit-h-14", "hpsv2", "hpsv2.1", "mps-overall",
            "imagereward-v1", "aesthetic-v2.5")
 PROMPTS = ("a red fox in the snow at dawn", "a bowl of ramen, studio light", "an old castle on a hill",
@@ -68,12 +68,7 @@ def run_reference_side(scorer: str, root: Path, images: list[Path], prompts: lis
 
 def run_ours_side(scorer: str, root: Path, images: list[Path], prompts: list[str]) -> dict:
     """In its own process (``--ours``): load, warm up on one image, score all once."""
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_judge", "--ours", scorer, str(root),
-                           json.dumps(prompts), *map(str, images)], capture_output=True, text=True, cwd=str(REPO),
-                          timeout=1800)
-    if proc.returncode != 0:
-        raise RuntimeError(f"ours ({scorer}) failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(__spec__.name, "--ours", scorer, root, json.dumps(prompts), *images, timeout=1800)
 
 
 def ours_child(scorer: str, root: str, prompts_json: str, paths: list[str]) -> None:
@@ -88,8 +83,7 @@ def ours_child(scorer: str, root: str, prompts_json: str, paths: list[str]) -> N
     started = time.perf_counter()
     scores = model.score_images(images, prompts, batch_size=len(images))
     seconds = time.perf_counter() - started
-    sys.stdout.write(json.dumps({"scores": scores, "seconds": seconds,
-                                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}) + "\n")
+    print_result({"scores": scores, "seconds": seconds, "peak_rss_mb": memory_mib("VmHWM")})
 
 
 def main() -> int:

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,9 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from aesthete.training.memory import reset_resident_peak
-from benchmarks.bench_kolors import CFG, _status_mib, comfy_world, conditioning, timed
+from benchmarks.bench_kolors import CFG, conditioning, timed
+from devkit.child import enter_comfy, memory_mib, print_result, run_child
 
-REPO = Path(__file__).resolve().parents[1]
 STRENGTH, WEIGHT = 0.7, 0.5
 
 
@@ -71,12 +70,12 @@ def _ours_step(model, positive, negative, size, repeats, out):
     with torch.inference_mode():
         out["step_s"], result = timed(lambda: sampler.sample(model, 0, 1, CFG, "euler", "normal", positive, negative,
                                                              latent, 1.0)[0]["samples"], repeats)
-    out["step_peak_mib"] = _status_mib("VmHWM")
+    out["step_peak_mib"] = memory_mib("VmHWM")
     out["check"] = result.flatten()[:512].tolist()
 
 
 def ours_cn(folders, size, repeats, out):
-    comfy_world()
+    enter_comfy("--cpu")
     import nodes as comfy_nodes
     import torch
 
@@ -99,7 +98,7 @@ def ours_cn(folders, size, repeats, out):
 
 
 def ours_ip(folders, size, repeats, out):
-    comfy_world()
+    enter_comfy("--cpu")
     import comfy.clip_vision
     import torch
 
@@ -162,7 +161,7 @@ def ref_cn(folders, size, repeats, out):
 
     with torch.no_grad():
         out["step_s"], result = timed(step, repeats)
-    out["step_peak_mib"] = _status_mib("VmHWM")
+    out["step_peak_mib"] = memory_mib("VmHWM")
     out["check"] = _unscaled(folders, result)
 
 
@@ -194,7 +193,7 @@ def ref_ip(folders, size, repeats, out):
                     width=size, output_type="latent", generator=torch.Generator().manual_seed(0)).images
 
     out["step_s"], result = timed(step, repeats)
-    out["step_peak_mib"] = _status_mib("VmHWM")
+    out["step_peak_mib"] = memory_mib("VmHWM")
     out["check"] = _unscaled(folders, result)
 
 
@@ -202,12 +201,8 @@ WORKERS = {"ours-cn": ours_cn, "ref-cn": ref_cn, "ours-ip": ours_ip, "ref-ip": r
 
 
 def run_worker(kind: str, folders: dict, size: int, repeats: int) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.bench_kolors_addons", "--worker", kind, "--folders",
-           json.dumps({k: str(v) for k, v in folders.items()}), "--size", str(size), "--repeats", str(repeats)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=REPO)
-    if proc.returncode != 0:
-        raise SystemExit(f"{kind} worker failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(__spec__.name, "--worker", kind, "--folders", json.dumps({k: str(v) for k, v in folders.items()}),
+                     "--size", size, "--repeats", repeats)
 
 
 def main() -> int:
@@ -221,7 +216,7 @@ def main() -> int:
     if a.worker:
         out: dict = {}
         WORKERS[a.worker]({k: Path(v) for k, v in json.loads(a.folders).items()}, a.size, a.repeats, out)
-        sys.stdout.write("\n" + json.dumps(out) + "\n")
+        print_result(out)
         return 0
 
     from devkit.kolors_models import medium_kolors, medium_kolors_controlnet, medium_kolors_ip_adapter

@@ -22,20 +22,13 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from devkit.child import memory_mib
+
 log = logging.getLogger("aesthete.bench")
 
 PROMPT = "二次元，genshin，genshin impact，ganyu，蓝发少女，白色背景"
 NEGATIVE = "低质量，模糊"
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def setup(server, files: int):
@@ -107,7 +100,7 @@ def run_side(side: str, files: int, size: int, steps: int, lora_set: str = "") -
             result = client.run(graph, timeout=3600)
             scores = [r["scores"][0] for r in result.node_output(sweep)["sweep"]]
         seconds = time.perf_counter() - started
-        return seconds, peak_rss_mb(server.process.pid), scores
+        return seconds, memory_mib("VmHWM", server.process.pid), scores
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,16 +8,15 @@ and shares everything else (torch above all) with ``.venv``. Nothing is installe
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from . import REPO
+from .child import RESULT_MARK, read_result
 
 REFERENCE_DIR = REPO / ".cache" / "reference"
-RESULT_MARK = "@@RESULT@@"
 
 
 class ReferenceMissing(RuntimeError):
@@ -51,4 +50,4 @@ def run_reference(name: str, script: Path | str, *args: str, timeout: float = 90
     if proc.returncode != 0 or RESULT_MARK not in proc.stdout:
         raise AssertionError(f"reference {name} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
                              f"{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.rsplit(RESULT_MARK, 1)[1])
+    return read_result(proc.stdout)
