@@ -11,7 +11,8 @@ from devkit.comfy_server import ComfyServer, running_server
 TEST_NODES = {"aesthete-test-nodes": Path(__file__).with_name("comfy_test_nodes")}
 
 
-def running_test_server(prefix: str, extra_nodes: dict[str, Path] | None = None,
+def running_test_server(prefix: str, *args, extra_nodes: dict[str, Path] | None = None,
                         **kwargs) -> AbstractContextManager[ComfyServer]:
-    """:func:`devkit.comfy_server.running_server` with the test-only nodes (and ``extra_nodes``) loaded."""
-    return running_server(prefix, extra_nodes={**TEST_NODES, **(extra_nodes or {})}, **kwargs)
+    """:func:`devkit.comfy_server.running_server` (same arguments) with the test-only nodes (and ``extra_nodes``)
+    loaded."""
+    return running_server(prefix, *args, extra_nodes={**TEST_NODES, **(extra_nodes or {})}, **kwargs)
