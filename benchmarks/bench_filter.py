@@ -11,7 +11,7 @@ on this machine (what ``--engine ray`` without ``--address`` does), each in its 
 - the largest per-file score difference between the engines, and the load average around each run (other jobs on
   the machine slow a run down; compare runs made under the same load).
 
-  .venv/bin/python benchmarks/bench_filter.py [--images 256] [--size 512] [--batch-size 16] [--json FILE]
+  .venv/bin/python -m benchmarks.bench_filter [--images 256] [--size 512] [--batch-size 16] [--json FILE]
 """
 
 from __future__ import annotations
@@ -20,14 +20,12 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
+from devkit.child import print_result, run_child
 
 log = logging.getLogger("aesthete.bench")
 
@@ -108,7 +106,7 @@ def vit_flops(hidden: int, layers: int, image: int, patch: int, mlp: int) -> flo
 def paper_estimate(cpu_ms: dict, forward_wall_ms: float) -> dict:
     """Images/s of 1 and 8 GPU nodes (one A100 each, 16 or 32 CPU cores decoding): each node does the lesser of what
     its GPU forwards and what its cores decode and preprocess (measured CPU time per image here)."""
-    from tests.harness.factories import FULL_VISION_CONFIG as c
+    from devkit.factories import FULL_VISION_CONFIG as c
 
     flops = vit_flops(c["hidden_size"], c["num_hidden_layers"], c["image_size"], c["patch_size"],
                       c["intermediate_size"])
@@ -139,11 +137,11 @@ def main() -> int:
     if args.phase:  # child process
         run = run_local if args.phase == "local" else run_ray
         result = run(args.model, args.src, args.dst, args.batch_size)
-        sys.stdout.write("RESULT " + json.dumps(result) + "\n")
+        print_result(result)
         return 0
 
     from benchmarks.bench_scoring import make_images
-    from tests.harness.factories import aesthetic_predictor
+    from devkit.factories import aesthetic_predictor
 
     model = aesthetic_predictor(args.predictor)
     results, loads = {}, {}
@@ -152,14 +150,8 @@ def main() -> int:
         make_images(src, args.images, args.size)
         for phase in ("local", "ray"):
             before = os.getloadavg()[0]
-            cmd = [sys.executable, "-m", __spec__.name, "--phase", phase, "--model", str(model), "--src", str(src),
-                   "--dst", str(Path(tmp) / f"dst-{phase}"), "--batch-size", str(args.batch_size)]
-            done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), cwd=REPO)
-            if done.returncode != 0:
-                log.error("%s failed:\n%s", phase, done.stderr[-4000:])
-                return 1
-            line = next(ln for ln in reversed(done.stdout.splitlines()) if ln.startswith("RESULT "))
-            results[phase] = json.loads(line[len("RESULT "):])
+            results[phase] = run_child(__spec__.name, "--phase", phase, "--model", model, "--src", src,
+                                       "--dst", Path(tmp) / f"dst-{phase}", "--batch-size", args.batch_size)
             loads[phase] = (before, os.getloadavg()[0])
             log.info("%-5s %7.1f s (load average %.1f -> %.1f)", phase, results[phase]["seconds"], *loads[phase])
 

@@ -1,6 +1,6 @@
 """The judge's scorers: our path against the reference's own scoring loop, per scorer, in one run.
 
-For each scorer: the same full-size random-weight files (tests/harness/scorer_models.full_bench_root: the real
+For each scorer: the same full-size random-weight files (devkit/scorer_models.full_bench_root: the real
 architectures and sizes, fp16 files loaded in fp32 by both sides) and the same N images of SIZE x SIZE, each with its
 prompt. The reference is DiffSynth 1.1.9's ImageQualityMetric class (Aesthetic V2.5: its publisher's package), one
 ``score(image, prompt)`` call per image as its callers do; ours is ``load_scorer(...).score_images`` in batches.
@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from devkit import REPO
+from devkit.child import memory_mib, print_result, run_child
+
 SCORERS = ("pickscore-v1", "clipscore-vit-l-14", "clipscore-vit-h-14", "hpsv2", "hpsv2.1", "mps-overall",
            "imagereward-v1", "aesthetic-v2.5")
 PROMPTS = ("a red fox in the snow at dawn", "a bowl of ramen, studio light", "an old castle on a hill",
@@ -52,8 +52,7 @@ def reference_job(scorer: str, qm: Path) -> dict:
 
 
 def run_reference_side(scorer: str, root: Path, images: list[Path], prompts: list[str], work: Path) -> dict:
-    sys.path.insert(0, str(REPO / "tests"))
-    from harness.reference import run_reference
+    from devkit.reference import run_reference
 
     qm = root / "QualityMetric"
     if scorer == "aesthetic-v2.5":
@@ -69,12 +68,7 @@ def run_reference_side(scorer: str, root: Path, images: list[Path], prompts: lis
 
 def run_ours_side(scorer: str, root: Path, images: list[Path], prompts: list[str]) -> dict:
     """In its own process (``--ours``): load, warm up on one image, score all once."""
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_judge", "--ours", scorer, str(root),
-                           json.dumps(prompts), *map(str, images)], capture_output=True, text=True, cwd=str(REPO),
-                          timeout=1800)
-    if proc.returncode != 0:
-        raise RuntimeError(f"ours ({scorer}) failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(__spec__.name, "--ours", scorer, root, json.dumps(prompts), *images, timeout=1800)
 
 
 def ours_child(scorer: str, root: str, prompts_json: str, paths: list[str]) -> None:
@@ -89,8 +83,7 @@ def ours_child(scorer: str, root: str, prompts_json: str, paths: list[str]) -> N
     started = time.perf_counter()
     scores = model.score_images(images, prompts, batch_size=len(images))
     seconds = time.perf_counter() - started
-    sys.stdout.write(json.dumps({"scores": scores, "seconds": seconds,
-                                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}) + "\n")
+    print_result({"scores": scores, "seconds": seconds, "peak_rss_mb": memory_mib("VmHWM")})
 
 
 def main() -> int:
@@ -102,9 +95,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--scorers", default=",".join(SCORERS))
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO / "tests"))
     from benchmarks.bench_scoring import make_images
-    from harness.scorer_models import full_bench_root
+    from devkit.scorer_models import full_bench_root
 
     root = full_bench_root()
     rows = []

@@ -1,8 +1,8 @@
 """Kolors in ComfyUI (Aesthete's loader, ComfyUI's classes) against diffusers' KolorsPipeline, same weights, one run.
 
-    .venv/bin/python benchmarks/bench_kolors.py [--rounds 3] [--repeats 3] [--size 64]
+    .venv/bin/python -m benchmarks.bench_kolors [--rounds 3] [--repeats 3] [--size 64]
 
-The weights: a medium random-weight Kolors folder in the Kwai-Kolors/Kolors layout (tests/harness/kolors_models.py
+The weights: a medium random-weight Kolors folder in the Kwai-Kolors/Kolors layout (devkit/kolors_models.py
 ``medium_kolors``, fp16 files, built once and cached): the UNet has Kolors's real widths (320/640/1280, 64-channel
 heads, cross-attention 2048, encoder_hid_dim 4096, adm 5632, 2 res blocks per level) with transformer depths
 [1, 1, 2] instead of [1, 2, 10] (0.86 B parameters instead of 2.6 B); ChatGLM3 has its real layer shape (hidden 4096,
@@ -32,24 +32,18 @@ memory at most 1.0x.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from aesthete.training.memory import process_status, reset_resident_peak
+from aesthete.training.memory import reset_resident_peak
+from devkit.child import enter_comfy, memory_mib, print_result, run_child
 
-REPO = Path(__file__).resolve().parents[1]
 CFG = 5.0
 PROMPT = "二次元，genshin impact，ganyu，蓝发少女，白色背景, a girl with blue hair on a white background, anime style"
 NEGATIVE = ""
-
-
-def _status_mib(field: str) -> float:
-    return process_status(field) / 1024 ** 2
 
 
 def conditioning(hidden: int, size: int):
@@ -72,33 +66,23 @@ def timed(fn, repeats: int, warm_up: bool = True) -> tuple[list[float], object]:
     return times, out
 
 
-def comfy_world():
-    from tests.harness.comfy_server import COMFY_DIR
-
-    sys.path.insert(0, str(COMFY_DIR))
-    os.chdir(COMFY_DIR)
-    sys.argv = [sys.argv[0], "--cpu"]  # ComfyUI reads its device from the command line
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
-
-
 # ------------------------------------------------------------------------------------------------------- workers
 def ours_unet(folder: Path, size: int, repeats: int, out: dict):
-    comfy_world()
+    enter_comfy("--cpu")
     import nodes as comfy_nodes  # ComfyUI's nodes.py (KSampler)
     import torch
 
-    from aesthete.kolors.folder import LazyWeights, find_kolors_folder
+    from aesthete.common.tensors import LazyWeights
+    from aesthete.kolors.folder import find_kolors_folder
     from aesthete.nodes.kolors_model import kolors_unet_from_diffusers
 
     c = conditioning(4096, size)
-    out["rss_before_load_mib"] = _status_mib("VmRSS")
+    out["rss_before_load_mib"] = memory_mib("VmRSS")
     t0 = time.perf_counter()
     kf = find_kolors_folder(folder)
     model = kolors_unet_from_diffusers(LazyWeights(kf.unet_files), kf.unet_config, kf.scheduler_config, "fp32")
     out["load_s"] = time.perf_counter() - t0
-    out["load_peak_mib"], out["rss_after_load_mib"] = _status_mib("VmHWM"), _status_mib("VmRSS")
+    out["load_peak_mib"], out["rss_after_load_mib"] = memory_mib("VmHWM"), memory_mib("VmRSS")
     reset_resident_peak()
     extra = {"width": size, "height": size}
     positive = [[c["context"], {"pooled_output": c["pooled"], **extra}]]
@@ -108,7 +92,7 @@ def ours_unet(folder: Path, size: int, repeats: int, out: dict):
     with torch.inference_mode():
         out["step_s"], _ = timed(lambda: sampler.sample(model, 0, 1, CFG, "euler", "normal", positive, negative,
                                                         latent, 1.0), repeats)
-        out["step_peak_mib"] = _status_mib("VmHWM")
+        out["step_peak_mib"] = memory_mib("VmHWM")
         reset_resident_peak()
         base = model.model
         sigma = base.model_sampling.sigma(torch.tensor([float(c["t"])])).repeat(2)
@@ -124,7 +108,7 @@ def ours_unet(folder: Path, size: int, repeats: int, out: dict):
             return (x_in - x0) / sigma[:, None, None, None]
 
         out["unet_s"], eps = timed(forward, repeats, warm_up=False)  # warm after the steps
-        out["unet_peak_mib"] = _status_mib("VmHWM")
+        out["unet_peak_mib"] = memory_mib("VmHWM")
     out["check"] = eps.flatten()[:2048].tolist()
 
 
@@ -133,7 +117,7 @@ def ref_unet(folder: Path, size: int, repeats: int, out: dict):
     from diffusers import EulerDiscreteScheduler, KolorsPipeline, UNet2DConditionModel
 
     c = conditioning(4096, size)
-    out["rss_before_load_mib"] = _status_mib("VmRSS")
+    out["rss_before_load_mib"] = memory_mib("VmRSS")
     t0 = time.perf_counter()
     unet = UNet2DConditionModel.from_pretrained(folder / "unet", variant="fp16", torch_dtype=torch.float32)
     scheduler = EulerDiscreteScheduler.from_pretrained(folder / "scheduler")
@@ -141,7 +125,7 @@ def ref_unet(folder: Path, size: int, repeats: int, out: dict):
                           force_zeros_for_empty_prompt=False)
     pipe.set_progress_bar_config(disable=True)
     out["load_s"] = time.perf_counter() - t0
-    out["load_peak_mib"], out["rss_after_load_mib"] = _status_mib("VmHWM"), _status_mib("VmRSS")
+    out["load_peak_mib"], out["rss_after_load_mib"] = memory_mib("VmHWM"), memory_mib("VmRSS")
     reset_resident_peak()
 
     def step():
@@ -151,7 +135,7 @@ def ref_unet(folder: Path, size: int, repeats: int, out: dict):
                     generator=torch.Generator().manual_seed(0)).images
 
     out["step_s"], _ = timed(step, repeats)
-    out["step_peak_mib"] = _status_mib("VmHWM")
+    out["step_peak_mib"] = memory_mib("VmHWM")
     reset_resident_peak()
     time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).repeat(2, 1)
     ctx = torch.cat([c["context"], c["neg_context"]])
@@ -160,28 +144,28 @@ def ref_unet(folder: Path, size: int, repeats: int, out: dict):
         out["unet_s"], eps = timed(lambda: unet(c["x"], torch.tensor(float(c["t"])), encoder_hidden_states=ctx,
                                                 added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
                                                 return_dict=False)[0], repeats, warm_up=False)
-    out["unet_peak_mib"] = _status_mib("VmHWM")
+    out["unet_peak_mib"] = memory_mib("VmHWM")
     out["check"] = eps.flatten()[:2048].tolist()
 
 
 def ours_te(folder: Path, size: int, repeats: int, out: dict):
-    comfy_world()
+    enter_comfy("--cpu")
     import torch
 
     from aesthete.kolors.folder import find_kolors_folder
     from aesthete.nodes.kolors_model import kolors_clip
 
-    out["rss_before_load_mib"] = _status_mib("VmRSS")
+    out["rss_before_load_mib"] = memory_mib("VmRSS")
     t0 = time.perf_counter()
     kf = find_kolors_folder(folder)
     clip = kolors_clip(kf.text_encoder_files, kf.text_encoder_config, kf.tokenizer_model, "fp32")
     out["load_s"] = time.perf_counter() - t0
-    out["load_peak_mib"], out["rss_after_load_mib"] = _status_mib("VmHWM"), _status_mib("VmRSS")
+    out["load_peak_mib"], out["rss_after_load_mib"] = memory_mib("VmHWM"), memory_mib("VmRSS")
     reset_resident_peak()
     with torch.inference_mode():
         out["encode_s"], (cond, pooled) = timed(
             lambda: clip.encode_from_tokens(clip.tokenize(PROMPT), return_pooled=True), repeats)
-    out["encode_peak_mib"] = _status_mib("VmHWM")
+    out["encode_peak_mib"] = memory_mib("VmHWM")
     out["check"] = cond[0, -32:, :16].flatten().tolist() + pooled[0, :64].tolist()
 
 
@@ -191,16 +175,16 @@ def ref_te(folder: Path, size: int, repeats: int, out: dict):
     from diffusers.pipelines.kolors.text_encoder import ChatGLMModel
     from diffusers.pipelines.kolors.tokenizer import ChatGLMTokenizer
 
-    out["rss_before_load_mib"] = _status_mib("VmRSS")
+    out["rss_before_load_mib"] = memory_mib("VmRSS")
     t0 = time.perf_counter()
-    # as Kolors's own scripts load it (tests/harness/kolors_reference.py): the tokenizer from text_encoder/
+    # as Kolors's own scripts load it (devkit/kolors_reference.py): the tokenizer from text_encoder/
     text_encoder = ChatGLMModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32)
     tokenizer = ChatGLMTokenizer.from_pretrained(folder / "text_encoder")
     pipe = KolorsPipeline(vae=None, text_encoder=text_encoder, tokenizer=tokenizer, unet=None,
                           scheduler=EulerDiscreteScheduler.from_pretrained(folder / "scheduler"),
                           force_zeros_for_empty_prompt=False)
     out["load_s"] = time.perf_counter() - t0
-    out["load_peak_mib"], out["rss_after_load_mib"] = _status_mib("VmHWM"), _status_mib("VmRSS")
+    out["load_peak_mib"], out["rss_after_load_mib"] = memory_mib("VmHWM"), memory_mib("VmRSS")
     reset_resident_peak()
 
     def encode():
@@ -210,7 +194,7 @@ def ref_te(folder: Path, size: int, repeats: int, out: dict):
 
     with torch.no_grad():
         out["encode_s"], (cond, pooled) = timed(encode, repeats)
-    out["encode_peak_mib"] = _status_mib("VmHWM")
+    out["encode_peak_mib"] = memory_mib("VmHWM")
     out["check"] = cond[0, -32:, :16].flatten().tolist() + pooled[0, :64].tolist()
 
 
@@ -218,12 +202,7 @@ WORKERS = {"ours-unet": ours_unet, "ref-unet": ref_unet, "ours-te": ours_te, "re
 
 
 def run_worker(kind: str, folder: Path, size: int, repeats: int) -> dict:
-    cmd = [sys.executable, "-m", __spec__.name, "--worker", kind, "--folder", str(folder), "--size", str(size),
-           "--repeats", str(repeats)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=REPO)
-    if proc.returncode != 0:
-        raise SystemExit(f"{kind} worker failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(__spec__.name, "--worker", kind, "--folder", folder, "--size", size, "--repeats", repeats)
 
 
 def _med(runs: list[dict], key: str) -> float:
@@ -244,10 +223,10 @@ def main() -> int:
         out: dict = {"kind": a.worker}
         WORKERS[a.worker](a.folder, a.size, a.repeats, out)
         out["peak_mib"] = max(out[k] for k in out if k.endswith("peak_mib"))
-        sys.stdout.write("\n" + json.dumps(out) + "\n")
+        print_result(out)
         return 0
 
-    from tests.harness.kolors_models import MEDIUM_CHATGLM_LAYERS, MEDIUM_UNET_DEPTH, medium_kolors
+    from devkit.kolors_models import MEDIUM_CHATGLM_LAYERS, MEDIUM_UNET_DEPTH, medium_kolors
 
     folder = medium_kolors()
     parts = ["unet", "te"] if a.part == "both" else [a.part]

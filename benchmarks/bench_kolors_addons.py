@@ -3,7 +3,7 @@ one IP-Adapter sampling step.
 
     .venv/bin/python -m benchmarks.bench_kolors_addons [--rounds 2] [--repeats 2] [--size 64]
 
-The weights (tests/harness/kolors_models.py, built once and cached): ``medium_kolors`` (Kolors's real UNet widths,
+The weights (devkit/kolors_models.py, built once and cached): ``medium_kolors`` (Kolors's real UNet widths,
 transformer depths [1, 1, 2]), ``medium_kolors_controlnet`` (a ControlNet made from that UNet as
 ``ControlNetModel.from_unet`` makes Kolors's) and ``medium_kolors_ip_adapter`` (the Resampler at its real size, the
 real-size ViT-L/14-336 image encoder); fp16 files, everything run in fp32 on the CPU, the same text embeddings on both
@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,9 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from aesthete.training.memory import reset_resident_peak
-from benchmarks.bench_kolors import CFG, _status_mib, comfy_world, conditioning, timed
+from benchmarks.bench_kolors import CFG, conditioning, timed
+from devkit.child import enter_comfy, memory_mib, print_result, run_child
 
-REPO = Path(__file__).resolve().parents[1]
 STRENGTH, WEIGHT = 0.7, 0.5
 
 
@@ -54,7 +53,8 @@ def _conds(c, size):
 
 
 def _ours_model(folders):
-    from aesthete.kolors.folder import LazyWeights, find_kolors_folder
+    from aesthete.common.tensors import LazyWeights
+    from aesthete.kolors.folder import find_kolors_folder
     from aesthete.nodes.kolors_model import kolors_unet_from_diffusers
 
     kf = find_kolors_folder(folders["kolors"])
@@ -70,16 +70,17 @@ def _ours_step(model, positive, negative, size, repeats, out):
     with torch.inference_mode():
         out["step_s"], result = timed(lambda: sampler.sample(model, 0, 1, CFG, "euler", "normal", positive, negative,
                                                              latent, 1.0)[0]["samples"], repeats)
-    out["step_peak_mib"] = _status_mib("VmHWM")
+    out["step_peak_mib"] = memory_mib("VmHWM")
     out["check"] = result.flatten()[:512].tolist()
 
 
 def ours_cn(folders, size, repeats, out):
-    comfy_world()
+    enter_comfy("--cpu")
     import nodes as comfy_nodes
     import torch
 
-    from aesthete.kolors.folder import LazyWeights, read_json
+    from aesthete.common.tensors import LazyWeights
+    from aesthete.kolors.folder import read_json
     from aesthete.nodes.kolors_controlnet import kolors_controlnet
 
     c = conditioning(4096, size)
@@ -97,7 +98,7 @@ def ours_cn(folders, size, repeats, out):
 
 
 def ours_ip(folders, size, repeats, out):
-    comfy_world()
+    enter_comfy("--cpu")
     import comfy.clip_vision
     import torch
 
@@ -160,7 +161,7 @@ def ref_cn(folders, size, repeats, out):
 
     with torch.no_grad():
         out["step_s"], result = timed(step, repeats)
-    out["step_peak_mib"] = _status_mib("VmHWM")
+    out["step_peak_mib"] = memory_mib("VmHWM")
     out["check"] = _unscaled(folders, result)
 
 
@@ -192,7 +193,7 @@ def ref_ip(folders, size, repeats, out):
                     width=size, output_type="latent", generator=torch.Generator().manual_seed(0)).images
 
     out["step_s"], result = timed(step, repeats)
-    out["step_peak_mib"] = _status_mib("VmHWM")
+    out["step_peak_mib"] = memory_mib("VmHWM")
     out["check"] = _unscaled(folders, result)
 
 
@@ -200,12 +201,8 @@ WORKERS = {"ours-cn": ours_cn, "ref-cn": ref_cn, "ours-ip": ours_ip, "ref-ip": r
 
 
 def run_worker(kind: str, folders: dict, size: int, repeats: int) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.bench_kolors_addons", "--worker", kind, "--folders",
-           json.dumps({k: str(v) for k, v in folders.items()}), "--size", str(size), "--repeats", str(repeats)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=REPO)
-    if proc.returncode != 0:
-        raise SystemExit(f"{kind} worker failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(__spec__.name, "--worker", kind, "--folders", json.dumps({k: str(v) for k, v in folders.items()}),
+                     "--size", size, "--repeats", repeats)
 
 
 def main() -> int:
@@ -219,10 +216,10 @@ def main() -> int:
     if a.worker:
         out: dict = {}
         WORKERS[a.worker]({k: Path(v) for k, v in json.loads(a.folders).items()}, a.size, a.repeats, out)
-        sys.stdout.write("\n" + json.dumps(out) + "\n")
+        print_result(out)
         return 0
 
-    from tests.harness.kolors_models import medium_kolors, medium_kolors_controlnet, medium_kolors_ip_adapter
+    from devkit.kolors_models import medium_kolors, medium_kolors_controlnet, medium_kolors_ip_adapter
 
     folders = {"kolors": medium_kolors(), "controlnet": medium_kolors_controlnet(), "ip": medium_kolors_ip_adapter()}
     runs: dict[str, list[dict]] = {k: [] for k in WORKERS}

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.bench_kolors_quantized [--repeats 3]
 
-The weights: ``medium_chatglm3_file`` (tests/harness/kolors_models.py): ChatGLM3-6B's real layer shapes (hidden 4096,
+The weights: ``medium_chatglm3_file`` (devkit/kolors_models.py): ChatGLM3-6B's real layer shapes (hidden 4096,
 feed-forward 13696, vocabulary 65024) with 2 of its 28 layers, random, saved in fp16 as users keep
 chatglm3-fp16.safetensors. Each choice of the loaders' text-encoder dtype loads that file through our loader
 (``kolors_clip``, ComfyUI's CLIP) in its own process on the CPU:
@@ -18,14 +18,13 @@ from its config's shapes), the context's and pooled vector's relative error agai
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from devkit.child import MIB, enter_comfy, memory_mib, print_result, run_child
+
 PROMPT = "二次元，genshin impact，ganyu，蓝发少女，白色背景, a girl with blue hair on a white background, anime style"
 CHOICES = ("fp32", "fp8_e4m3fn", "q8_0", "q4_1")
 
@@ -36,17 +35,18 @@ def worker(choice: str, repeats: int, out_dir: Path) -> dict:
 
     import torch
 
-    from aesthete.kolors.folder import LazyWeights, read_json
+    from aesthete.common.tensors import LazyWeights
+    from aesthete.kolors.folder import read_json
     from aesthete.nodes.kolors_model import kolors_clip
-    from aesthete.training.memory import reset_resident_peak, resident_now, resident_peak
-    from tests.harness.kolors_models import medium_chatglm3_file
+    from aesthete.training.memory import reset_resident_peak
+    from devkit.kolors_models import medium_chatglm3_file
 
     files = medium_chatglm3_file()
     reset_resident_peak()
-    before = resident_now()
+    before = memory_mib("VmRSS")
     clip = kolors_clip([files["chatglm3"]], read_json(files["config"]), files["tokenizer"], choice, "cpu",
                        state_dict=LazyWeights([files["chatglm3"]]))
-    load_peak = resident_peak() - before
+    load_peak = (memory_mib("VmHWM") - before) * MIB
     held = sum(t.numel() * t.element_size() for t in clip.cond_stage_model.transformer.state_dict().values())
     tokens = clip.tokenize(PROMPT)
     times = []
@@ -62,7 +62,7 @@ def worker(choice: str, repeats: int, out_dir: Path) -> dict:
 
 def real_bytes(choice: str) -> float:
     from aesthete.kolors.quantize import chatglm3_bytes
-    from tests.harness.kolors_reference import real_chatglm3_keys
+    from devkit.kolors_reference import real_chatglm3_keys
 
     shapes = {k: s for k, s in real_chatglm3_keys(prefix="").items() if "output_layer" not in k}
     if choice in ("q8_0", "q4_1"):
@@ -78,28 +78,19 @@ def main() -> int:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        from benchmarks.bench_kolors import comfy_world
-        from tests.harness import kolors_models, kolors_reference  # noqa: F401 - before ComfyUI's own tests/
-
-        comfy_world()
-        sys.stdout.write("@@" + json.dumps(worker(args.worker, args.repeats, Path(args.out))) + "\n")
+        enter_comfy("--cpu")
+        print_result(worker(args.worker, args.repeats, Path(args.out)))
         return 0
 
     import torch
 
-    from tests.harness.kolors_models import medium_chatglm3_file
+    from devkit.kolors_models import medium_chatglm3_file
 
     medium_chatglm3_file()  # built once, outside the timed processes
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for choice in CHOICES:
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_kolors_quantized", "--worker", choice,
-                                   "--repeats", str(args.repeats), "--out", tmp], cwd=REPO, capture_output=True,
-                                  text=True)
-            if proc.returncode != 0 or "@@" not in proc.stdout:
-                sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-4000:])
-                return 1
-            results[choice] = json.loads(proc.stdout.rsplit("@@", 1)[1])
+            results[choice] = run_child(__spec__.name, "--worker", choice, "--repeats", args.repeats, "--out", tmp)
             results[choice].update(torch.load(Path(tmp) / f"{choice}.pt"))
     base = results["fp32"]
     lines = ["ChatGLM3 text encoder, real layer shapes (2 of 28 layers), CPU, one prompt of 256 tokens",

@@ -1,6 +1,6 @@
 """Benchmark: encoding Kolors prompts with the pack's ChatGLM3 against diffusers' KolorsPipeline.encode_prompt.
 
-    .venv/bin/python benchmarks/bench_kolors_text.py [--layers 4] [--hidden 2048] [--repeats 5] [--dtype fp32]
+    .venv/bin/python -m benchmarks.bench_kolors_text [--layers 4] [--hidden 2048] [--repeats 5] [--dtype fp32]
 
 One weight file (random, seeded; the real ChatGLM3 widths scaled by --hidden: 32 heads of 128 channels at
 4096, 2 key/value groups, ffn 13696 at 4096, vocabulary 65024, the LM head included as in Kolors's shards)
@@ -20,15 +20,13 @@ import argparse
 import io
 import json
 import logging
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from aesthete.training.memory import resident_peak
+from devkit.child import memory_mib, print_result, run_child
 
 log = logging.getLogger("aesthete.bench")
 PROMPTS = ["二次元，genshin，genshin impact，ganyu，蓝发少女，白色背景，杰作，最好的质量",
@@ -127,13 +125,8 @@ def run_phase(phase: str, folder: Path, repeats: int) -> dict:
             times.append(time.perf_counter() - start)
             cpu_times.append(time.process_time() - cpu_start)
     torch.save({"context": context.float(), "pooled": pooled.float()}, folder / f"{phase}.pt")
-    return {"seconds": statistics.median(times), "cpu_seconds": statistics.median(cpu_times), "peak_mib": peak_rss_mib(),
+    return {"seconds": statistics.median(times), "cpu_seconds": statistics.median(cpu_times), "peak_mib": memory_mib("VmHWM"),
             "params": sum(p.numel() for p in model.parameters())}
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory (VmHWM: unlike ru_maxrss it does not start from the parent's)."""
-    return resident_peak() / 1024 ** 2
 
 
 def main() -> int:
@@ -148,7 +141,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     if args.phase:  # child process
-        sys.stdout.write(json.dumps(run_phase(args.phase, args.folder, args.repeats)) + "\n")
+        print_result(run_phase(args.phase, args.folder, args.repeats))
         return 0
 
     import torch
@@ -159,12 +152,7 @@ def main() -> int:
         results = {}
         # each contender twice, alternating, the faster run kept: other load on the machine hits both alike
         for phase in ("reference", "ours", "reference", "ours"):
-            cmd = [sys.executable, __file__, "--phase", phase, "--folder", tmp, "--repeats", str(args.repeats)]
-            done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-            if done.returncode != 0:
-                log.error("%s failed:\n%s", phase, done.stderr[-3000:])
-                return 1
-            run = json.loads(done.stdout.strip().splitlines()[-1])
+            run = run_child(__spec__.name, "--phase", phase, "--folder", tmp, "--repeats", args.repeats)
             log.info("%-9s %7.3f s per encode (2 prompts x 256 tokens; CPU time %.3f s), peak %7.0f MiB, %5.0f M "
                      "parameters", phase, run["seconds"], run["cpu_seconds"], run["peak_mib"], run["params"] / 1e6)
             if phase not in results or run["seconds"] < results[phase]["seconds"]:

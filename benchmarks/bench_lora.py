@@ -25,15 +25,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-COMFY_DIR = Path(os.environ.get("AESTHETE_COMFYUI_DIR", REPO / ".comfyui" / "ComfyUI"))
+from devkit import REPO
+from devkit.child import enter_comfy
+
 log = logging.getLogger("aesthete.bench")
 
 
@@ -103,10 +103,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    sys.path.insert(0, str(COMFY_DIR))
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
+    enter_comfy("--cpu")
     import folder_paths
     import nodes as comfy_nodes  # ComfyUI's own nodes.py (core LoraLoaderModelOnly)
 

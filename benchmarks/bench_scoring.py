@@ -19,24 +19,17 @@ with it (a one-off run).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from devkit.child import memory_mib, print_result, run_child
 
 log = logging.getLogger("aesthete.bench")
 PHASES = ("reference", "transformers", "forward", "cli", "node", "forward+compile", "cli+compile", "node+compile")
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
 
 def make_images(folder: Path, count: int, size: int) -> list[Path]:
@@ -135,10 +128,10 @@ def run_phase(phase: str, model: Path, files: list[Path], batch_size: int, devic
             scores = predictor.score_tensor(batch, batch_size=batch_size)
             seconds = time.perf_counter() - start
         batches = -(-len(files) // batch_size)
-        return {"phase": phase, "seconds": seconds, "scores": scores, "peak_rss_mib": peak_rss_mib(),
+        return {"phase": phase, "seconds": seconds, "scores": scores, "peak_rss_mib": memory_mib("VmHWM"),
                 "forward_seconds": forward_seconds[0],
                 "compile_seconds": max(warm_up - forward_seconds[0] / batches, 0.0) if compiled else 0.0}
-    return {"phase": phase, "seconds": seconds, "scores": scores, "peak_rss_mib": peak_rss_mib()}
+    return {"phase": phase, "seconds": seconds, "scores": scores, "peak_rss_mib": memory_mib("VmHWM")}
 
 
 def main() -> int:
@@ -156,26 +149,20 @@ def main() -> int:
 
     if args.phase:  # child process
         files = sorted(args.folder.glob("*.png"))
-        sys.stdout.write(json.dumps(run_phase(args.phase, args.model, files, args.batch_size, args.device)) + "\n")
+        print_result(run_phase(args.phase, args.model, files, args.batch_size, args.device))
         return 0
 
-    from tests.harness.factories import aesthetic_predictor
+    from devkit.factories import aesthetic_predictor
 
     model = aesthetic_predictor("full")
     with tempfile.TemporaryDirectory(prefix="aesthete-bench-") as tmp:
         make_images(Path(tmp), args.images, args.size)
         results = {}
         for phase in PHASES:
-            cmd = [sys.executable, "-m", __spec__.name, "--phase", phase, "--model", str(model), "--folder", tmp,
-                   "--batch-size", str(args.batch_size), "--device", args.device]
-            env = dict(os.environ, HF_HUB_OFFLINE="1")
-            if "+" in phase:  # an empty inductor cache: the compile time of a first session, not a cached one
-                env["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / f"inductor-{phase}")
-            done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-            if done.returncode != 0:
-                log.error("%s failed:\n%s", phase, done.stderr[-3000:])
-                return 1
-            results[phase] = json.loads(done.stdout.strip().splitlines()[-1])
+            # a +compile phase gets an empty inductor cache: the compile time of a first session, not a cached one
+            env = {"TORCHINDUCTOR_CACHE_DIR": str(Path(tmp) / f"inductor-{phase}")} if "+" in phase else {}
+            results[phase] = run_child(__spec__.name, "--phase", phase, "--model", model, "--folder", tmp,
+                                       "--batch-size", args.batch_size, "--device", args.device, env=env)
             log.info("%-9s %7.2f s", phase, results[phase]["seconds"])
 
     import torch

@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.bench_sweep [--files 5] [--size 256] [--steps 4]
 
 Both run in a real ComfyUI (a fresh server each, so neither gains from the other's cache or memory), on the small
-Kolors of the tests (tests/harness/kolors_models.small_kolors: the whole SDXL block layout at 320 channels, 0.28 B
+Kolors of the tests (devkit/kolors_models.small_kolors: the whole SDXL block layout at 320 channels, 0.28 B
 parameters, fp16 on disk, loaded in fp32) with ``--files`` LoRA files of one run written as DiffSynth-Studio's
 trainer leaves them (rank 4 on every attention projection):
 - baseline: for each file, one graph queued after the other on the same server, as a user compares epochs by hand:
@@ -22,25 +22,18 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from devkit.child import memory_mib
+
 log = logging.getLogger("aesthete.bench")
 
 PROMPT = "二次元，genshin，genshin impact，ganyu，蓝发少女，白色背景"
 NEGATIVE = "低质量，模糊"
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def setup(server, files: int):
-    from tests.harness.factories import aesthetic_predictor
-    from tests.harness.kolors_models import SMALL_UNET, kolors_epoch_loras, small_kolors
+    from devkit.factories import aesthetic_predictor
+    from devkit.kolors_models import SMALL_UNET, kolors_epoch_loras, small_kolors
 
     kolors = server.link_model("kolors", small_kolors(), "bench-small-kolors")
     predictor = server.link_model("aesthetic", aesthetic_predictor("tiny"), "bench-predictor")
@@ -51,7 +44,7 @@ def setup(server, files: int):
 
 
 def core_graphs(kolors: str, predictor: str, files: int, size: int, steps: int) -> list:
-    from tests.harness.graph import new_graph
+    from devkit.graph import new_graph
 
     graphs = []
     for epoch in range(1, files + 1):
@@ -74,7 +67,7 @@ def core_graphs(kolors: str, predictor: str, files: int, size: int, steps: int) 
 
 
 def sweep_graph(kolors: str, predictor: str, size: int, steps: int, lora_set: str = "bench_run/checkpoints"):
-    from tests.harness.graph import new_graph
+    from devkit.graph import new_graph
 
     g = new_graph()
     loader = g.node("AestheteKolorsLoader", kolors=kolors, dtype="fp32", text_encoder_device="default")
@@ -90,8 +83,8 @@ def sweep_graph(kolors: str, predictor: str, size: int, steps: int, lora_set: st
 
 
 def run_side(side: str, files: int, size: int, steps: int, lora_set: str = "") -> tuple[float, float, list[float]]:
-    from tests.harness.client import ComfyClient
-    from tests.harness.comfy_server import running_server
+    from devkit.client import ComfyClient
+    from devkit.comfy_server import running_server
 
     with running_server(f"aesthete-bench-sweep-{side}-") as server:
         kolors, predictor = setup(server, files)
@@ -107,7 +100,7 @@ def run_side(side: str, files: int, size: int, steps: int, lora_set: str = "") -
             result = client.run(graph, timeout=3600)
             scores = [r["scores"][0] for r in result.node_output(sweep)["sweep"]]
         seconds = time.perf_counter() - started
-        return seconds, peak_rss_mb(server.process.pid), scores
+        return seconds, memory_mib("VmHWM", server.process.pid), scores
 
 
 def main(argv: list[str] | None = None) -> int:

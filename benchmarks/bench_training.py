@@ -1,6 +1,6 @@
 """LoRA training speed and memory: Aesthete's trainer against ComfyUI's own TrainLoraNode, in one run.
 
-Same small random SD1.5 checkpoint (tests/harness factories), same four 64x64 pattern images and captions, rank 4,
+Same small random SD1.5 checkpoint (devkit factories), same four 64x64 pattern images and captions, rank 4,
 batch 1, 20 steps, AdamW, fp32, no gradient checkpointing, alpha/rank 1/4 for both (TrainLoraNode fixes alpha at
 1.0). Each trainer runs in its own process (peak RSS is per process): once for 2 steps and once for 22, and the
 difference is the time of 20 steps (so model loading and set-up count for neither). TrainLoraNode gets one LATENT
@@ -12,42 +12,21 @@ per image, because in ComfyUI 0.3.75 a single LATENT batch crashes it (``Unbound
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from aesthete.training.memory import resident_now, resident_peak
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def rss_mib() -> float:
-    return resident_now() / 2**20
-
-
-def peak_rss_mib() -> float:
-    return resident_peak() / 2**20
+from devkit.child import enter_comfy, memory_mib, print_result, run_child
 
 
 def comfy_setup():
-    from tests.harness.comfy_server import COMFY_DIR
-
-    sys.path.insert(0, str(COMFY_DIR))
-    os.chdir(COMFY_DIR)
-    import comfy.options
-
-    comfy.options.enable_args_parsing(False)
-    from comfy.cli_args import args
-
-    args.cpu = True
+    enter_comfy("--cpu")
     import comfy.sd
-    from tests.harness.factories import small_sd15_checkpoint
+    from devkit.factories import small_sd15_checkpoint
 
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(small_sd15_checkpoint()), output_vae=True,
                                                                 output_clip=True)
@@ -57,7 +36,7 @@ def comfy_setup():
 def dataset(folder: Path):
     from aesthete.training.captions import CaptionRecipe
     from aesthete.training.dataset import load_dataset
-    from tests.harness.training_data import write_pattern_folder
+    from devkit.training_data import write_pattern_folder
 
     write_pattern_folder(folder, count=4)
     return load_dataset(folder, resolution=64, crop_mode="center crop", recipe=CaptionRecipe("ptn"))
@@ -72,7 +51,7 @@ def worker(kind: str, steps: int, folder: Path) -> dict:
     captions = [ds.recipe.build(img.tags, random.Random(0)) for img in ds.images]
     out: dict = {"kind": kind, "steps": steps}
     if kind == "ours":
-        from aesthete.nodes.training_nodes import model_encoders
+        from aesthete.nodes.training_adapter import model_encoders
         from aesthete.training.loop import TrainSettings
         from aesthete.training.trainer import RunHooks, RunSpec, build_cache, run_training
         import comfy.model_management
@@ -89,7 +68,7 @@ def worker(kind: str, steps: int, folder: Path) -> dict:
             encode_caption(cap, img.size)
         out["encode_per_step_s"] = (time.perf_counter() - t) / 2
         comfy.model_management.load_models_gpu([patcher], force_full_load=True)
-        rss0 = rss_mib()
+        rss0 = memory_mib("VmRSS")
         done = {"n": 0}
 
         def on_step(step, total, loss):
@@ -111,7 +90,7 @@ def worker(kind: str, steps: int, folder: Path) -> dict:
         with torch.no_grad():
             latents = [{"samples": vae.encode(img.pixels[None])} for img in ds.images]
             positive = [clip.encode_from_tokens_scheduled(clip.tokenize(c)) for c in captions]
-        rss0 = rss_mib()
+        rss0 = memory_mib("VmRSS")
         t = time.perf_counter()
         from aesthete.nodes.compat import schema_defaults
 
@@ -123,16 +102,12 @@ def worker(kind: str, steps: int, folder: Path) -> dict:
             gradient_checkpointing=[False], existing_lora=["[None]"])))
         out["train_s"] = time.perf_counter() - t
     out["rss_before_mib"] = rss0
-    out["peak_rss_mib"] = peak_rss_mib()
+    out["peak_rss_mib"] = memory_mib("VmHWM")
     return out
 
 
 def run_worker(kind: str, steps: int, folder: Path) -> dict:
-    cmd = [sys.executable, "-m", __spec__.name, "--worker", kind, "--steps", str(steps), "--folder", str(folder)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=REPO)
-    if proc.returncode != 0:
-        raise SystemExit(f"{kind} worker failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(__spec__.name, "--worker", kind, "--steps", steps, "--folder", folder)
 
 
 def main() -> int:
@@ -143,7 +118,7 @@ def main() -> int:
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if a.worker:
-        sys.stdout.write(json.dumps(worker(a.worker, a.steps, a.folder)) + "\n")
+        print_result(worker(a.worker, a.steps, a.folder))
         return 0
     folder = Path(tempfile.mkdtemp(prefix="aesthete-bench-")) / "pattern"
     res = {}

@@ -1,7 +1,7 @@
 """Kolors LoRA training step, speed and memory: Aesthete's trainer against the standard diffusers + peft LoRA step,
 on the same medium Kolors-shaped UNet (the same saved weights), in one run.
 
-The UNet is tests/harness/kolors_models.py's medium Kolors (medium_kolors(), the one bench_kolors.py uses) (the real widths 320/640/1280, 64-channel heads, 2048-wide cross-attention,
+The UNet is devkit/kolors_models.py's medium Kolors (medium_kolors(), the one bench_kolors.py uses) (the real widths 320/640/1280, 64-channel heads, 2048-wide cross-attention,
 encoder_hid_dim 4096, added embedding 5632; transformer blocks 1, 1, 2 instead of 0, 2, 10: 0.9 B parameters),
 saved as a Kolors folder (fp16 files, loaded in fp32). Both sides: LoRA rank 16, alpha 4, on to_q, to_k, to_v and
 to_out.0 of every attention (where DiffSynth's Kolors trainer puts it), batch 1, fp32, AdamW (lr 1e-4, weight decay
@@ -26,31 +26,26 @@ loaded, not of loading. Prints medians and the ratio ours/reference within each 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from aesthete.training.memory import process_status, reset_resident_peak, resident_now, resident_peak
+from aesthete.training.memory import reset_resident_peak
+from devkit.child import enter_comfy, memory_mib, print_result, run_child
 
-REPO = Path(__file__).resolve().parents[1]
 RANK, ALPHA, LR, WEIGHT_DECAY = 16, 4.0, 1e-4, 1e-2
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TOKENS, TEXT_WIDTH = 256, 4096  # Kolors's ChatGLM3 context: 256 tokens of 4096
 
 
-MIB = 1024 ** 2
-
-
 def rss_parts_mib() -> dict[str, float]:
     """The resident memory by kind: anonymous (tensors, heap), file-backed (mapped files: libraries, weights)."""
-    return {k: round(process_status(k) / MIB) for k in ("RssAnon", "RssFile")}
+    return {k: round(memory_mib(k)) for k in ("RssAnon", "RssFile")}
 
 
 def mark() -> tuple[float, float, int]:
@@ -69,23 +64,11 @@ def step_times(marks: list[tuple[float, float, int]]) -> dict:
 def ours(folder: Path, data: Path, resolution: int, steps: int, pytorch_attention: bool = False) -> dict:
     import torch
 
-    from tests.harness.comfy_server import COMFY_DIR
-
-    sys.path.insert(0, str(COMFY_DIR))
-    os.chdir(COMFY_DIR)
-    import comfy.options
-
-    comfy.options.enable_args_parsing(False)
-    from comfy.cli_args import args
-
-    args.cpu = True
     # ComfyUI's --use-pytorch-cross-attention: SDPA, its default on NVIDIA GPUs (on the CPU it picks sub-quadratic)
-    args.use_pytorch_cross_attention = pytorch_attention
-    import comfy.model_management
-
+    enter_comfy("--cpu", *["--use-pytorch-cross-attention"] * pytorch_attention)
     from aesthete.kolors.folder import find_kolors_folder
     from aesthete.nodes.kolors_model import load_kolors_folder
-    from aesthete.nodes.training_nodes import EncoderOffload, model_encoders
+    from aesthete.nodes.training_adapter import EncoderOffload, model_encoders
     from aesthete.training.captions import CaptionRecipe
     from aesthete.training.dataset import load_dataset
     from aesthete.training.loop import TrainSettings
@@ -106,7 +89,7 @@ def ours(folder: Path, data: Path, resolution: int, steps: int, pytorch_attentio
         context = next(iter(cache.conds.values()))
         out["shapes"] = {k: list(v.shape) for k, v in context.items()} | {"latent": list(cache.latents[0].shape)}
         out["offload"] = EncoderOffload(patcher, clip, vae, device).describe()
-        out["rss_before_mib"], out["rss_parts_mib"] = resident_now() / MIB, rss_parts_mib()
+        out["rss_before_mib"], out["rss_parts_mib"] = memory_mib("VmRSS"), rss_parts_mib()
         reset_resident_peak()
         marks = [mark()]
         from aesthete.nodes import compat
@@ -118,7 +101,7 @@ def ours(folder: Path, data: Path, resolution: int, steps: int, pytorch_attentio
                                                         hooks=hooks), device=device,
                                transformer_options=compat.training_transformer_options(
                                    patcher.model_options.get("transformer_options", {})))
-        out["peak_mib"] = resident_peak() / MIB
+        out["peak_mib"] = memory_mib("VmHWM")
         out["lora_layers"] = len(run.network.paths)
         out["lora_params"] = sum(p.numel() for p in run.network.parameters())
         # one no-grad denoising call of the same batch: the unit of a validation image's sampling steps
@@ -154,7 +137,7 @@ def reference(folder: Path, resolution: int, steps: int) -> dict:
     context = torch.randn(1, TOKENS, TEXT_WIDTH)
     added = {"text_embeds": torch.randn(1, TEXT_WIDTH),
              "time_ids": torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32)}
-    out: dict = {"rss_before_mib": resident_now() / MIB, "rss_parts_mib": rss_parts_mib()}
+    out: dict = {"rss_before_mib": memory_mib("VmRSS"), "rss_parts_mib": rss_parts_mib()}
     reset_resident_peak()
     marks = [mark()]
     for _ in range(steps):
@@ -168,20 +151,15 @@ def reference(folder: Path, resolution: int, steps: int) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         marks.append(mark())
-    out["peak_mib"] = resident_peak() / MIB
+    out["peak_mib"] = memory_mib("VmHWM")
     out["lora_layers"] = sum(1 for n, _ in unet.named_modules() if n.endswith("lora_A"))
     out["lora_params"] = sum(p.numel() for p in params)
     return out | step_times(marks)
 
 
 def run_worker(kind: str, a: argparse.Namespace, folder: Path, data: Path) -> dict:
-    cmd = [sys.executable, "-m", __spec__.name, "--worker", kind, "--folder", str(folder), "--data", str(data),
-           "--resolution", str(a.resolution), "--steps", str(a.steps)] + (["--pytorch-attention"] * a.pytorch_attention)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-    if proc.returncode != 0:
-        raise SystemExit(f"{kind} worker failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(__spec__.name, "--worker", kind, "--folder", folder, "--data", data, "--resolution", a.resolution,
+                     "--steps", a.steps, *["--pytorch-attention"] * a.pytorch_attention)
 
 
 def main() -> int:
@@ -204,13 +182,13 @@ def main() -> int:
     elif a.worker == "reference":
         res = reference(a.folder, a.resolution, a.steps)
     if a.worker:
-        sys.stdout.write(json.dumps(res) + "\n")
+        print_result(res)
         return 0
     if a.folder is None:
-        from tests.harness.kolors_models import medium_kolors
+        from devkit.kolors_models import medium_kolors
 
         a.folder = medium_kolors()
-    from tests.harness.training_data import write_pattern_folder
+    from devkit.training_data import write_pattern_folder
 
     data = write_pattern_folder(Path(tempfile.mkdtemp(prefix="aesthete-bench-")) / "pattern", count=4,
                                 size=(a.resolution, a.resolution))

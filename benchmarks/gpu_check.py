@@ -28,13 +28,14 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from aesthete.training.memory import reset_resident_peak
+from devkit.child import MIB, ChildFailed, enter_comfy, memory_mib, print_result, run_child
+
 PARTS = ("training", "kolors", "scoring", "memory")
 PRECISIONS = ("fp32", "bf16", "fp16 autocast")
 EPOCHS = 2
@@ -78,8 +79,8 @@ class TrainedModel:
 
 
 def trained_models(tiny: bool, size: int) -> list[TrainedModel]:
-    from tests.harness.factories import small_sd15_checkpoint
-    from tests.harness.kolors_models import medium_kolors, tiny_kolors
+    from devkit.factories import small_sd15_checkpoint
+    from devkit.kolors_models import medium_kolors, tiny_kolors
 
     if tiny:
         return [TrainedModel("tiny Kolors", "Kolors", size, ("kolors", tiny_kolors("kolors", "fp16"),
@@ -105,8 +106,8 @@ def comfy_configs(device: str, tiny: bool) -> list[tuple[str, list[str]]]:
 
 
 def train_graph(model: TrainedModel, precision: str, tag: str):
-    from tests.harness.graph import new_graph
-    from tests.harness.training_graphs import dataset_node, train_node
+    from devkit.graph import new_graph
+    from devkit.training_graphs import dataset_node, train_node
 
     g = new_graph()
     unet, clip, vae = model.load(g)
@@ -150,25 +151,12 @@ def reported_peak(report: str) -> float:
     return max((float(v) * 1024 ** 3 for v in re.findall(r"([\d.]+) GiB", line)), default=0.0)
 
 
-def server_status(pid: int, field: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def train_once(server, client, model: TrainedModel, precision: str, tag: str) -> dict:
     """One Train LoRA run; what it shows, or the error it ended with."""
-    from tests.harness.client import ExecutionError
+    from devkit.client import ExecutionError
 
     g, train = train_graph(model, precision, tag)
-    try:
-        Path(f"/proc/{server.process.pid}/clear_refs").write_text("5")  # the server's peak RAM, from now
-    except OSError:
-        pass
+    reset_resident_peak(server.process.pid)  # the server's peak RAM, from now
     start, started = len(server.log_text()), time.perf_counter()
     try:
         result = client.run(g.finalize(), timeout=900)
@@ -178,7 +166,7 @@ def train_once(server, client, model: TrainedModel, precision: str, tag: str) ->
     log = server.log_text()[start:]
     saved = server.models_dir / "loras" / "gpu_check" / f"{tag}_out_00001.safetensors"
     return {"losses": out["loss"], "report": out["text"][0], "updates": lora_updates(saved),
-            "seconds": time.perf_counter() - started, "ram": server_status(server.process.pid, "VmHWM"),
+            "seconds": time.perf_counter() - started, "ram": memory_mib("VmHWM", server.process.pid) * MIB,
             "loads": log.count(f"Requested to load {model.unet_class}\n")}
 
 
@@ -198,9 +186,9 @@ def training_row(model: TrainedModel, config: str, precision: str, run: dict, re
 
 
 def training_rows(device: str, tiny: bool, size: int) -> list[Row]:
-    from tests.harness.client import ComfyClient
-    from tests.harness.comfy_server import running_server
-    from tests.harness.training_data import write_pattern_folder
+    from devkit.client import ComfyClient
+    from devkit.comfy_server import running_server
+    from devkit.training_data import write_pattern_folder
 
     rows, models = [], trained_models(tiny, size)
     for config, flags in comfy_configs(device, tiny):
@@ -221,17 +209,6 @@ def training_rows(device: str, tiny: bool, size: int) -> list[Row]:
 
 
 # ------------------------------------------------------------------------------------ workers (own processes)
-def comfy_world(device: str) -> None:
-    from tests.harness.comfy_server import COMFY_DIR
-
-    sys.path.insert(0, str(COMFY_DIR))
-    os.chdir(COMFY_DIR)
-    sys.argv = [sys.argv[0]] + (["--cpu"] if device == "cpu" else [])  # ComfyUI reads its device from here
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
-
-
 class Peak:
     """Peak memory of what runs inside: CUDA's peak allocated on a GPU, else the process's peak RSS."""
 
@@ -240,8 +217,6 @@ class Peak:
 
     def __enter__(self) -> Peak:
         import torch
-
-        from aesthete.training.memory import reset_resident_peak
 
         if self.device == "cuda":
             torch.cuda.synchronize()
@@ -253,13 +228,11 @@ class Peak:
     def __exit__(self, *exc) -> None:
         import torch
 
-        from aesthete.training.memory import resident_peak
-
         if self.device == "cuda":
             torch.cuda.synchronize()
             self.bytes = torch.cuda.max_memory_allocated()
         else:
-            self.bytes = resident_peak()
+            self.bytes = memory_mib("VmHWM") * MIB
 
 
 def timed(fn, device: str, repeats: int = 3) -> float:
@@ -280,17 +253,18 @@ def timed(fn, device: str, repeats: int = 3) -> float:
 
 
 def kolors_folder(tiny: bool) -> Path:
-    from tests.harness.kolors_models import medium_kolors, tiny_kolors
+    from devkit.kolors_models import medium_kolors, tiny_kolors
 
     return tiny_kolors("kolors", "fp16") if tiny else medium_kolors()
 
 
 def worker_kolors_ours(device: str, tiny: bool, size: int) -> dict:
-    comfy_world(device)
+    enter_comfy(*["--cpu"] * (device == "cpu"))  # ComfyUI on the device asked for
     import nodes as comfy_nodes  # ComfyUI's nodes.py (KSampler)
     import torch
 
-    from aesthete.kolors.folder import LazyWeights, find_kolors_folder
+    from aesthete.common.tensors import LazyWeights
+    from aesthete.kolors.folder import find_kolors_folder
     from aesthete.nodes.kolors_model import kolors_unet_from_diffusers
     from benchmarks.bench_kolors import CFG, conditioning
 
@@ -343,7 +317,7 @@ def worker_scoring(device: str, tiny: bool, size: int) -> dict:
     from PIL import Image
 
     from aesthete.scoring.predictor import AestheticPredictor
-    from tests.harness.factories import aesthetic_predictor
+    from devkit.factories import aesthetic_predictor
 
     folder = aesthetic_predictor("tiny" if tiny else "full")
     rng = np.random.default_rng(0)
@@ -388,10 +362,11 @@ def worker_memory(device: str, tiny: bool, size: int) -> dict:
     """One training forward/backward of the Kolors UNet with a LoRA: fp32 weights, then fp16 weights computing in
     fp16 as on a GPU (ComfyUI's native fp16; on the CPU ComfyUI would cast them to fp32 layer by layer), each alone and
     under bf16 autocast; what autograd keeps for the backward pass (and the peak memory)."""
-    comfy_world(device)
+    enter_comfy(*["--cpu"] * (device == "cpu"))  # ComfyUI on the device asked for
     import torch
 
-    from aesthete.kolors.folder import LazyWeights, find_kolors_folder
+    from aesthete.common.tensors import LazyWeights
+    from aesthete.kolors.folder import find_kolors_folder
     from aesthete.nodes.kolors_model import kolors_unet_from_diffusers
     from aesthete.training.lora_network import LoraNetwork
 
@@ -465,12 +440,10 @@ WORKERS = {"kolors-ours": worker_kolors_ours, "kolors-reference": worker_kolors_
 
 
 def run_worker(name: str, device: str, tiny: bool, size: int) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--worker", name, "--device", device, "--size", str(size)]
-    cmd += ["--tiny"] if tiny else []
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:300]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        return run_child(__spec__.name, "--worker", name, "--device", device, "--size", size, *["--tiny"] * tiny)
+    except ChildFailed as e:
+        return {"error": e.last_line[:300]}
 
 
 # ---------------------------------------------------------------------------------------------------- rows
@@ -542,7 +515,7 @@ def main() -> int:
     if a.images:
         os.environ["GPU_CHECK_IMAGES"] = str(a.images)  # read by the scoring worker, a child process
     if a.worker:
-        say(json.dumps(WORKERS[a.worker](a.device, a.tiny, size)))
+        print_result(WORKERS[a.worker](a.device, a.tiny, size))
         return 0
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error("no CUDA device: this torch build or machine has none (use --device cpu --tiny for the smoke run)")

@@ -1,13 +1,15 @@
 """Reading tensors from model files safely. safetensors files hold only tensors; pickled files (.bin, .ckpt, .pt,
 .pth) are only ever opened with ``torch.load(weights_only=True)``, whose unpickler refuses every object other than
-tensors and plain containers, so a file crafted to run code when unpickled is refused instead of run."""
+tensors and plain containers, so a file crafted to run code when unpickled is refused instead of run.
+:class:`LazyWeights` reads a model's tensors one at a time, as a loader copies them in."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +53,107 @@ def _is_zip(path: Path) -> bool:
         return zipfile.is_zipfile(path)
     except OSError:
         return False
+
+
+def read_tensor_file(path: str | os.PathLike, unsafe_advice: str, broken_advice: str) -> dict[str, torch.Tensor]:
+    """All tensors of a weight file: safetensors, or a pickle (weights_only) that holds a dictionary of tensors."""
+    path = Path(path)
+    if path.suffix in SAFETENSORS_SUFFIXES:
+        return read_safetensors(path, broken_advice)
+    obj = load_pickle(path, unsafe_advice, broken_advice)
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise TensorFileError(f"{path}: expected a dictionary of tensors; {broken_advice}")
+    return obj
+
+
+# safetensors dtype names -> torch dtypes
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def safetensors_header(path: str | os.PathLike, advice: str) -> dict[str, tuple[torch.dtype, list[int], int, int]]:
+    """key -> (dtype, shape, first byte, end byte) of every tensor of a safetensors file, from its header alone
+    (no tensor is read); a header that does not fit the file is a :class:`TensorFileError`."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            if not 2 <= header_len <= size - 8:
+                raise ValueError("the header length does not fit the file")
+            header = json.loads(f.read(header_len))
+        data_start = 8 + header_len
+        index = {}
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            begin, end = info["data_offsets"]
+            dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+            if dtype is None:
+                raise ValueError(f"{key}: dtype {info['dtype']} is not supported here")
+            if data_start + end > size:
+                raise ValueError(f"{key} lies past the end of the file")
+            index[key] = (dtype, list(info["shape"]), data_start + begin, data_start + end)
+        return index
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise TensorFileError(f"{path}: not a readable safetensors file ({e}); {advice}") from e
+
+
+REDOWNLOAD = "it may be truncated, download it again"
+UNSAFE_PICKLE = "Use the model's safetensors file, or download the file again from its publisher"
+
+
+class LazyWeights(Mapping):
+    """The tensors of a model's weight files, each read from disk only when taken.
+
+    ``weights[key]`` is a meta tensor (shape and dtype, no data), enough to size and build a model; ``take(key)``
+    reads the real tensor and forgets the key. A loader that copies each tensor into its model as it takes it
+    never holds more than one file tensor, where reading the whole file first holds all of them beside the model
+    (for an fp16 file loaded in fp32, half the model's size again). safetensors files are read with plain file
+    reads, not memory-mapped: every page of a mapping that has been read counts in the process's memory until the
+    whole file is closed. Pickled files are read whole (:func:`read_tensor_file`) and handed out from memory.
+    A file that cannot be read is a :class:`TensorFileError` naming it, with ``broken_advice`` (``unsafe_advice``
+    for a pickle that would run code)."""
+
+    def __init__(self, files: Iterable[str | os.PathLike], broken_advice: str = REDOWNLOAD,
+                 unsafe_advice: str = UNSAFE_PICKLE):
+        self._meta: dict[str, torch.Tensor] = {}
+        self._where: dict[str, tuple[Path, int, int]] = {}  # key -> (file, first byte, end byte)
+        self._loaded: dict[str, torch.Tensor] = {}
+        self._advice = broken_advice
+        for path in map(Path, files):
+            if path.suffix in SAFETENSORS_SUFFIXES:
+                for key, (dtype, shape, begin, end) in safetensors_header(path, broken_advice).items():
+                    self._meta[key] = torch.empty(shape, dtype=dtype, device="meta")
+                    self._where[key] = (path, begin, end)
+            else:
+                for key, tensor in read_tensor_file(path, unsafe_advice, broken_advice).items():
+                    self._loaded[key] = tensor
+                    self._meta[key] = tensor.to("meta")
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._meta[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._meta)
+
+    def __len__(self) -> int:
+        return len(self._meta)
+
+    def take(self, key: str) -> torch.Tensor:
+        """The real tensor of ``key``, read now; the key is gone afterwards."""
+        meta = self._meta.pop(key)
+        if key in self._loaded:
+            return self._loaded.pop(key)
+        path, begin, end = self._where.pop(key)
+        tensor = torch.empty(meta.shape, dtype=meta.dtype)
+        if end > begin:
+            with open(path, "rb") as f:
+                f.seek(begin)
+                if f.readinto(tensor.view(-1).view(torch.uint8).numpy()) != end - begin:
+                    raise TensorFileError(f"{path}: ends inside {key}; {self._advice}")
+        return tensor
 
 
 @dataclass

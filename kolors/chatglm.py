@@ -322,7 +322,7 @@ def load_chatglm_state_dict(model: ChatGLM3, sd: Mapping, prefix: str | None = N
     names it explicitly (the part before ``embedding.word_embeddings.weight``), otherwise it is found from
     that key. Keys outside the prefix are left out. Raises KeyError naming the missing
     and unexpected keys, ValueError naming a key whose shape differs. ``sd`` may be a
-    :class:`~aesthete.kolors.folder.LazyWeights`: each tensor is then read just as it is copied in (the ignored ones
+    :class:`~aesthete.common.tensors.LazyWeights`: each tensor is then read just as it is copied in (the ignored ones
     never), so loading holds one file tensor beside the model, not the whole file."""
     names = _own_names(sd, prefix)
     ignored = sorted(k for k in names if k in IGNORED_KEYS)

@@ -17,13 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..common.tensors import SAFETENSORS_SUFFIXES, TensorFileError, load_pickle, read_safetensors
+from ..common.tensors import TensorFileError, read_tensor_file
 
 log = logging.getLogger("aesthete.kolors")
 
@@ -166,98 +165,11 @@ def read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
 
 
 def read_weight_file(path: Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
     try:
-        if path.suffix in SAFETENSORS_SUFFIXES:
-            return read_safetensors(path, "it may be truncated, download it again")
-        obj = load_pickle(path, "Download the file again from Kwai-Kolors/Kolors",
-                          "it may be truncated, download it again")
+        return read_tensor_file(path, "Download the file again from Kwai-Kolors/Kolors",
+                                "it may be truncated, download it again")
     except TensorFileError as e:
         raise KolorsFolderError(str(e)) from e
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise KolorsFolderError(f"{path}: expected a dictionary of tensors")
-    return obj
-
-
-# safetensors dtype names -> torch dtypes
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-                       "U8": torch.uint8, "BOOL": torch.bool}
-
-
-def _safetensors_index(path: Path) -> dict[str, tuple[torch.dtype, list[int], int, int]]:
-    """key -> (dtype, shape, first byte, end byte) of a safetensors file, from its header."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            header_len = int.from_bytes(f.read(8), "little")
-            if not 2 <= header_len <= size - 8:
-                raise ValueError("the header length does not fit the file")
-            header = json.loads(f.read(header_len))
-        data_start = 8 + header_len
-        index = {}
-        for key, info in header.items():
-            if key == "__metadata__":
-                continue
-            begin, end = info["data_offsets"]
-            dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
-            if dtype is None:
-                raise ValueError(f"{key}: dtype {info['dtype']} is not supported here")
-            if data_start + end > size:
-                raise ValueError(f"{key} lies past the end of the file")
-            index[key] = (dtype, list(info["shape"]), data_start + begin, data_start + end)
-        return index
-    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
-        raise KolorsFolderError(f"{path}: not a readable safetensors file ({e}); it may be truncated, download it "
-                                f"again") from e
-
-
-class LazyWeights(Mapping):
-    """The tensors of a component's weight files, each read from disk only when taken.
-
-    ``weights[key]`` is a meta tensor (shape and dtype, no data), enough to size and build a model; ``take(key)``
-    reads the real tensor and forgets the key. A loader that copies each tensor into its model as it takes it
-    never holds more than one file tensor, where reading the whole file first holds all of them beside the model
-    (for an fp16 file loaded in fp32, half the model's size again). safetensors files are read with plain file
-    reads, not memory-mapped: every page of a mapping that has been read counts in the process's memory until the
-    whole file is closed. Pickled files are read whole (:func:`read_weight_file`) and handed out from memory."""
-
-    def __init__(self, files: list[Path]):
-        self._meta: dict[str, torch.Tensor] = {}
-        self._where: dict[str, tuple[Path, int, int]] = {}  # key -> (file, first byte, end byte)
-        self._loaded: dict[str, torch.Tensor] = {}
-        for path in map(Path, files):
-            if path.suffix in (".safetensors", ".sft"):
-                for key, (dtype, shape, begin, end) in _safetensors_index(path).items():
-                    self._meta[key] = torch.empty(shape, dtype=dtype, device="meta")
-                    self._where[key] = (path, begin, end)
-            else:
-                for key, tensor in read_weight_file(path).items():
-                    self._loaded[key] = tensor
-                    self._meta[key] = tensor.to("meta")
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        return self._meta[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._meta)
-
-    def __len__(self) -> int:
-        return len(self._meta)
-
-    def take(self, key: str) -> torch.Tensor:
-        """The real tensor of ``key``, read now; the key is gone afterwards."""
-        meta = self._meta.pop(key)
-        if key in self._loaded:
-            return self._loaded.pop(key)
-        path, begin, end = self._where.pop(key)
-        tensor = torch.empty(meta.shape, dtype=meta.dtype)
-        if end > begin:
-            with open(path, "rb") as f:
-                f.seek(begin)
-                if f.readinto(tensor.view(-1).view(torch.uint8).numpy()) != end - begin:
-                    raise KolorsFolderError(f"{path}: ends inside {key}; it is truncated, download it again")
-        return tensor
 
 
 # ChatGLM3-6B as Kolors ships it: what a single text-encoder file needs beyond the sizes its weights show

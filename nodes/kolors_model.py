@@ -34,10 +34,10 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 from comfy.ldm.modules.encoders.noise_aug_modules import CLIPEmbeddingNoiseAugmentation
 from comfy.ldm.modules.diffusionmodules.openaimodel import Timestep
 
-from ..common.tensors import load_into_module
+from ..common.tensors import LazyWeights, load_into_module
 from ..kolors import configs, quantize
 from ..kolors.chatglm import ChatGLM3, load_chatglm_state_dict
-from ..kolors.folder import KolorsFolder, KolorsFolderError, LazyWeights, read_weights
+from ..kolors.folder import KolorsFolder, KolorsFolderError, read_weights
 from ..kolors.tokenizer import ChatGLM3Tokenizer
 from . import compat
 

@@ -14,8 +14,9 @@ from comfy_api.latest import io
 
 from ..kolors.folder import KolorsFolderError
 from ..kolors.download import DEFAULT_NAME, ensure_kolors
+from ..common.tensors import LazyWeights
 from ..kolors.folder import (chatglm_config_for_file, find_kolors_folder, find_tokenizer_for_file, looks_like_kolors,
-                             LazyWeights, read_json)
+                             read_json)
 from ..kolors.ip_adapter import IPAdapterPlus, read_ip_adapter
 from . import kolors_controlnet, kolors_ip_adapter, kolors_model
 

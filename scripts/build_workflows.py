@@ -24,9 +24,9 @@ from pathlib import Path
 import requests
 
 from aesthete.common.files import write_atomic
-from tests.harness.browser import Frontend
-from tests.harness.comfy_server import ComfyServer
-from tests.harness.workflow_builder import WorkflowSpec, build_in_frontend, screenshot_graph
+from devkit.browser import Frontend
+from devkit.comfy_server import ComfyServer
+from devkit.workflow_builder import WorkflowSpec, build_in_frontend, screenshot_graph
 
 from .workflow_specs import (generate_score_rank, kolors_generate_score_rank, pick_the_best_epoch, score_a_folder,
                              the_recipe, train_then_compare, use_a_diffsynth_lora)

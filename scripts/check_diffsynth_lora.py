@@ -1,7 +1,7 @@
 """Load a LoRA file with DiffSynth-Studio 1.1.9's own LoRA loading into its Kolors UNet and print what it did (JSON).
 
 Runs with DiffSynth 1.1.9 and its transformers<5 first on the path (`make setup-test` builds that folder from
-tests/reference/diffsynth.txt; tests/harness/reference.py runs it):
+tests/reference/diffsynth.txt; devkit/reference.py runs it):
 
     PYTHONPATH=.cache/reference/diffsynth .venv/bin/python scripts/check_diffsynth_lora.py FILE.safetensors LORA_ALPHA
 

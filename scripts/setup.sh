@@ -104,7 +104,7 @@ fi
 
 if [[ $WITH_TEST == 1 ]]; then
   # References the tests compare against but the pack's environment must not get (they need transformers<5):
-  # installed beside it with --target, torch and the rest shared (tests/harness/reference.py runs them).
+  # installed beside it with --target, torch and the rest shared (devkit/reference.py runs them).
   for req in "$ROOT"/tests/reference/*.txt; do
     name="$(basename "$req" .txt)"
     dest="$ROOT/.cache/reference/$name"

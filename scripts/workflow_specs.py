@@ -8,7 +8,7 @@ It is long because each workflow is spelled out node by node, as a user sees it;
 from __future__ import annotations
 
 
-from tests.harness.workflow_builder import Group, Node, WorkflowSpec
+from devkit.workflow_builder import Group, Node, WorkflowSpec
 
 PREDICTOR = "aesthetics-predictor-v2-sac-logos-ava1-l14-linearMSE"
 SD15 = "v1-5-pruned-emaonly.safetensors"

@@ -3,7 +3,7 @@ the parts in workflow_specs.py."""
 
 from __future__ import annotations
 
-from tests.harness.workflow_builder import Group, WorkflowSpec
+from devkit.workflow_builder import Group, WorkflowSpec
 
 from .workflow_specs import COLORS, KOLORS, KOLORS_CFG, KOLORS_FILES, Builder, note, sampler
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.client import ComfyClient
-from harness.comfy_server import running_server
+from devkit.client import ComfyClient
+from harness.servers import running_test_server
 
 ARTIFACTS = Path(__file__).resolve().parent / ".artifacts"
 
@@ -39,7 +39,7 @@ def fail_start(message: str) -> None:
 
 @pytest.fixture(scope="session")
 def comfy_server():
-    with running_server("aesthete-comfy-", ARTIFACTS / "comfyui.log", on_start_error=fail_start) as server:
+    with running_test_server("aesthete-comfy-", ARTIFACTS / "comfyui.log", on_start_error=fail_start) as server:
         yield server
 
 
@@ -51,7 +51,7 @@ def comfy(comfy_server) -> ComfyClient:
 @pytest.fixture(scope="session")
 def sd15_ckpt(comfy_server) -> str:
     """File name (as CheckpointLoaderSimple lists it) of the small random-weight SD1.5 checkpoint."""
-    from harness.factories import small_sd15_checkpoint
+    from devkit.factories import small_sd15_checkpoint
 
     return comfy_server.link_model("checkpoints", small_sd15_checkpoint(), "aesthete-test-sd15.safetensors")
 
@@ -59,7 +59,7 @@ def sd15_ckpt(comfy_server) -> str:
 @pytest.fixture(scope="session")
 def tiny_predictor(comfy_server) -> str:
     """Folder name under models/aesthetic/ of the tiny random-weight aesthetic predictor."""
-    from harness.factories import aesthetic_predictor
+    from devkit.factories import aesthetic_predictor
 
     return comfy_server.link_model("aesthetic", aesthetic_predictor("tiny"), "aesthete-test-tiny")
 
@@ -83,7 +83,7 @@ def chromium():
 @pytest.fixture()
 def frontend(chromium, comfy_server):
     """The real ComfyUI frontend open in a fresh page; ``.errors`` collects console errors and page errors."""
-    from harness.browser import Frontend
+    from devkit.browser import Frontend
 
     page = chromium.new_page(viewport={"width": 1600, "height": 1000})
     fe = Frontend(page, comfy_server.url)

@@ -17,15 +17,13 @@ import torch
 log = logging.getLogger("aesthete.training")
 
 GIB = 1024 ** 3
-_STATUS = Path("/proc/self/status")
-_CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def process_status(field: str) -> int:
-    """A memory field of this process's /proc status (VmRSS, VmHWM, RssAnon, RssFile...), in bytes; 0 where it is
-    missing (no /proc)."""
+def process_status(field: str, pid: int | str = "self") -> int:
+    """A memory field of a process's /proc status (VmRSS, VmHWM, RssAnon, RssFile...), in bytes; 0 where it is
+    missing (no /proc). ``pid``: this process, or another one (a server the benchmarks started)."""
     try:
-        for line in _STATUS.read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
@@ -95,10 +93,11 @@ def steady_step_memory(device: torch.device | str = "cpu") -> Iterator[bool]:
         libc.malloc_trim(0)
 
 
-def reset_resident_peak() -> bool:
-    """Start VmHWM again from the current resident size (Linux: ``5`` into clear_refs); False where it cannot."""
+def reset_resident_peak(pid: int | str = "self") -> bool:
+    """Start a process's VmHWM again from its current resident size (Linux: ``5`` into clear_refs); False where it
+    cannot."""
     try:
-        _CLEAR_REFS.write_text("5")
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
         return True
     except OSError:
         return False

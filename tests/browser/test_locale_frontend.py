@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness.browser import Frontend
-from harness.comfy_server import running_server
+from devkit.browser import Frontend
+from harness.servers import running_test_server
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(__file__).resolve().parents[1] / ".artifacts"
@@ -61,9 +61,9 @@ def _check_names_unchanged(shown: dict, object_info: dict) -> None:
 @pytest.fixture(scope="module")
 def zh_server():
     """A ComfyUI of its own whose user has chosen Chinese (the session server's user has English)."""
-    with running_server("aesthete-comfy-zh-", ARTIFACTS / "comfyui-zh.log",
-                        settings={"Comfy.TutorialCompleted": True, "Comfy.Locale": "zh"},
-                        on_start_error=lambda message: pytest.fail(message, pytrace=False)) as server:
+    with running_test_server("aesthete-comfy-zh-", ARTIFACTS / "comfyui-zh.log",
+                             settings={"Comfy.TutorialCompleted": True, "Comfy.Locale": "zh"},
+                             on_start_error=lambda message: pytest.fail(message, pytrace=False)) as server:
         yield server
 
 

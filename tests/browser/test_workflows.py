@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 from safetensors import safe_open
 
-from harness.workflow_builder import screenshot_graph
+from devkit.workflow_builder import screenshot_graph
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
@@ -134,7 +134,7 @@ def dataset(comfy_server) -> list[Path]:
 def catalog_scorers(comfy_server) -> None:
     """The catalog's CLIPScore ViT-L/14 (the judge's prompt-aware scorer in workflows 1 and 6) and PickScore, tiny
     random weights in DiffSynth's layout under models/QualityMetric."""
-    from harness.scorer_models import tiny_clip_scorers_root
+    from devkit.scorer_models import tiny_clip_scorers_root
 
     for folder in sorted((tiny_clip_scorers_root() / "QualityMetric").iterdir()):
         comfy_server.link_model("QualityMetric", folder)
@@ -143,7 +143,7 @@ def catalog_scorers(comfy_server) -> None:
 @pytest.fixture(scope="module")
 def tiny_kolors_folder(comfy_server) -> str:
     """The tiny Kolors (repository layout, fp16) as the Kolors Loader lists it under models/kolors."""
-    from harness.kolors_models import tiny_kolors
+    from devkit.kolors_models import tiny_kolors
 
     return comfy_server.link_model("kolors", tiny_kolors("kolors", "fp16"), "aesthete-tiny-kolors")
 
@@ -151,7 +151,7 @@ def tiny_kolors_folder(comfy_server) -> str:
 @pytest.fixture(scope="module")
 def small_kolors_folder(comfy_server) -> str:
     """The small Kolors whose UNet has the full SDXL block layout (DiffSynth Kolors LoRAs fit it)."""
-    from harness.kolors_models import small_kolors
+    from devkit.kolors_models import small_kolors
 
     return comfy_server.link_model("kolors", small_kolors(), "aesthete-small-kolors")
 
@@ -204,7 +204,7 @@ LAYOUT_JS = """
 @pytest.fixture(scope="module")
 def example_picture(comfy_server) -> None:
     """input/example.png, the picture every ComfyUI install ships (Load Image's default, used by workflows 7-10)."""
-    from harness.comfy_server import COMFY_DIR
+    from devkit.comfy_server import COMFY_DIR
 
     if not (comfy_server.input_dir / "example.png").exists():
         shutil.copyfile(COMFY_DIR / "input" / "example.png", comfy_server.input_dir / "example.png")
@@ -388,7 +388,7 @@ def test_use_a_diffsynth_lora_runs(comfy, comfy_server, small_kolors_folder, tin
 
 
 def test_kolors_generate_score_rank_runs(comfy, comfy_server, tiny_kolors_folder, tiny_predictor):
-    from harness.kolors_models import RECIPE_PROMPT
+    from devkit.kolors_models import RECIPE_PROMPT
 
     graph = for_test_models(api_workflow("5-kolors-generate-score-rank"), "", tiny_predictor, kolors=tiny_kolors_folder)
     save_id, composer_id = one(graph, "AestheteSaveScored", "Best"), one(graph, "AesthetePromptComposer")
@@ -421,7 +421,7 @@ def test_kolors_generate_score_rank_runs(comfy, comfy_server, tiny_kolors_folder
 def test_the_recipe_runs(comfy, comfy_server, dataset, tiny_kolors_folder, predictor_for_the_bar, catalog_scorers):
     """Workflow 6 on the tiny Kolors: the dataset filtered at 6, Train LoRA with validation (2 epochs, one 64 px
     image per epoch, 1 step), the best epoch saved, then both batches scored and their means shown."""
-    from harness.kolors_models import RECIPE_PROMPT
+    from devkit.kolors_models import RECIPE_PROMPT
 
     predictor, kept = predictor_for_the_bar
     graph = for_test_models(api_workflow("6-the-recipe"), "", predictor, kolors=tiny_kolors_folder)
@@ -476,7 +476,7 @@ def test_pick_the_best_epoch_runs(comfy, comfy_server, tiny_kolors_folder, tiny_
     """Workflow 11 on the tiny Kolors: a DiffSynth run's checkpoints/ folder (three epochs, written as DiffSynth's
     trainer leaves them) judged with the recipe's test prompt and negative list, the base model first; the best
     epoch's file is named, applied, generated again and saved with its score."""
-    from harness.kolors_models import RECIPE_PROMPT, kolors_epoch_loras
+    from devkit.kolors_models import RECIPE_PROMPT, kolors_epoch_loras
 
     graph = for_test_models(api_workflow("11-pick-the-best-epoch"), "", tiny_predictor, kolors=tiny_kolors_folder)
     sweep_id, valid_id = one(graph, "AestheteLoraSweep"), one(graph, "AestheteValidationSettings")
@@ -554,7 +554,7 @@ def test_kolors_img2img_runs(comfy, tiny_kolors_folder, addon_picture):
 
 
 def test_kolors_inpainting_runs(comfy, comfy_server, tiny_kolors_folder, addon_picture):
-    from harness.kolors_models import tiny_kolors_inpainting
+    from devkit.kolors_models import tiny_kolors_inpainting
 
     unet = comfy_server.link_model("unet", tiny_kolors_inpainting() / "unet", "aesthete-tiny-kolors-inpainting")
     graph = api_workflow("8-kolors-inpainting")
@@ -564,7 +564,7 @@ def test_kolors_inpainting_runs(comfy, comfy_server, tiny_kolors_folder, addon_p
 
 
 def test_kolors_controlnet_canny_runs(comfy, comfy_server, tiny_kolors_folder, addon_picture):
-    from harness.kolors_models import tiny_kolors_controlnet
+    from devkit.kolors_models import tiny_kolors_controlnet
 
     folder = comfy_server.link_model("controlnet", tiny_kolors_controlnet(), "aesthete-tiny-kolors-controlnet")
     graph = api_workflow("9-kolors-controlnet-canny")
@@ -574,7 +574,7 @@ def test_kolors_controlnet_canny_runs(comfy, comfy_server, tiny_kolors_folder, a
 
 
 def test_kolors_ip_adapter_runs(comfy, comfy_server, tiny_kolors_folder, addon_picture):
-    from harness.kolors_models import tiny_kolors_ip_adapter
+    from devkit.kolors_models import tiny_kolors_ip_adapter
 
     folder = tiny_kolors_ip_adapter()
     adapter = comfy_server.link_model("ipadapter", folder / "ip_adapter_plus_general.bin", "aesthete-tiny-ip.bin")

@@ -6,7 +6,7 @@ ComfyUI's training flag and dynamic models, ComfyUI's fp8 fast path that has no 
 from __future__ import annotations
 
 from harness.in_comfy import run_in_comfy
-from harness.kolors_models import tiny_kolors
+from devkit.kolors_models import tiny_kolors
 
 
 def _simulated_gpu():

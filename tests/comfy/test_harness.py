@@ -6,7 +6,7 @@ import io
 
 from PIL import Image
 
-from harness.graph import new_graph
+from devkit.graph import new_graph
 
 
 def txt2img_graph(ckpt: str, batch: int = 1, steps: int = 1, seed: int = 1, prefix: str = "harness"):

@@ -10,12 +10,12 @@ import re
 
 import numpy as np
 import pytest
-from harness.client import ExecutionError
-from harness.graph import new_graph
-from harness.kolors_models import RECIPE_PROMPT, tiny_kolors
-from harness.scorer_models import tiny_clip_scorers_root
-from harness.scoring_files import photo_like
-from harness.training_data import write_pattern_folder
+from devkit.client import ExecutionError
+from devkit.graph import new_graph
+from devkit.kolors_models import RECIPE_PROMPT, tiny_kolors
+from devkit.scorer_models import tiny_clip_scorers_root
+from devkit.scoring_files import photo_like
+from devkit.training_data import write_pattern_folder
 from PIL import Image
 
 CLIPSCORE = "clipscore-vit-l-14"

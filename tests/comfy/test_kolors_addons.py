@@ -1,16 +1,16 @@
 """Kolors add-ons through core nodes in a real ComfyUI server, against the reference on the same tiny weights:
 img2img (core VAEEncode -> KSampler with denoise < 1) against diffusers' KolorsImg2ImgPipeline, and
 Kolors-Inpainting (a 9-channel UNet, detected by its input channels) with core InpaintModelConditioning against
-Kwai-Kolors's inpainting pipeline driven on diffusers' UNet (tests/harness/kolors_reference.py)."""
+Kwai-Kolors's inpainting pipeline driven on diffusers' UNet (devkit/kolors_reference.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from harness.graph import new_graph
+from devkit.graph import new_graph
 from harness.kolors_graphs import saved_latent
-from harness.kolors_models import RECIPE_PROMPT, tiny_kolors, tiny_kolors_inpainting
+from devkit.kolors_models import RECIPE_PROMPT, tiny_kolors, tiny_kolors_inpainting
 from PIL import Image
 
 pytestmark = pytest.mark.comfy
@@ -44,7 +44,7 @@ def _pixels(comfy_server, name: str) -> torch.Tensor:
 def test_img2img_one_step_equals_kolors_img2img_pipeline(comfy, comfy_server, folders, pictures):
     """Core LoadImage -> VAEEncode -> KSampler (1 step, denoise 0.5, scheduler simple: sigma(549) -> 0, cfg 1, seed 7)
     -> SaveLatent, against KolorsImg2ImgPipeline(strength 1, timesteps [549]) on the same weights, image and seed."""
-    from harness.kolors_reference import img2img_one_step, load_pipeline
+    from devkit.kolors_reference import img2img_one_step, load_pipeline
 
     g = new_graph()
     loader = g.node("AestheteKolorsLoader", kolors=folders["base"], dtype="fp32", text_encoder_device="default")
@@ -69,7 +69,7 @@ def test_inpainting_unet_with_inpaint_model_conditioning_equals_kolors_inpaintin
     """Kolors Loader on a Kolors-Inpainting folder (9 input channels) -> core InpaintModelConditioning (noise_mask
     off) -> KSampler (1 step, cfg 1, seed 3) -> SaveLatent, against one step of Kwai-Kolors's inpainting pipeline
     from the same start (the image's latent plus the seed's noise at sigma_max)."""
-    from harness.kolors_reference import inpaint_one_step, load_pipeline, scheduler_sigmas, vae_latent
+    from devkit.kolors_reference import inpaint_one_step, load_pipeline, scheduler_sigmas, vae_latent
 
     g = new_graph()
     loader = g.node("AestheteKolorsLoader", kolors=folders["inpaint"], dtype="fp32", text_encoder_device="default")

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from harness.graph import new_graph
-from harness.training_graphs import dataset_node, train_node
+from devkit.graph import new_graph
+from devkit.training_graphs import dataset_node, train_node
 from harness.kolors_graphs import saved_latent
-from harness.kolors_models import RECIPE_PROMPT, small_kolors, tiny_kolors
+from devkit.kolors_models import RECIPE_PROMPT, small_kolors, tiny_kolors
 from harness.lora_models import comfy_diffusers_names
 from PIL import Image
 from safetensors import safe_open
@@ -95,7 +95,7 @@ def test_one_step_latent_equals_the_reference_from_the_same_noise(comfy, comfy_s
     """KSampler, 1 step, euler, cfg 1, seed 11 -> core SaveLatent; diffusers' KolorsPipeline parts on the same fp32
     weights and the same noise: x = noise * sqrt(1 + sigma_max^2), eps = UNet(noise, 1099), latent = (x - sigma_max *
     eps) / scaling_factor."""
-    from harness.kolors_reference import encode, load_pipeline, scheduler_sigmas, unet_eps
+    from devkit.kolors_reference import encode, load_pipeline, scheduler_sigmas, unet_eps
 
     g = new_graph()
     loader = g.node("AestheteKolorsLoader", kolors=kolors_folders["diffusers"], dtype="fp32",
@@ -163,7 +163,7 @@ def _one_step_latent(comfy, comfy_server, model_source, clip_source, tag: str) -
 def test_single_files_give_the_folders_numbers(comfy, comfy_server, kolors_folders):
     """The UNet file in models/diffusion_models (diffusers names, config.json beside it) and chatglm3-fp16.safetensors
     in models/text_encoders (config.json and tokenizer.model beside it) give the folder's latent."""
-    from harness.kolors_models import tiny_kolors_single_files
+    from devkit.kolors_models import tiny_kolors_single_files
 
     files = tiny_kolors_single_files()
     folder = tiny_kolors("kolors", "fp16")
@@ -190,7 +190,7 @@ def test_single_files_give_the_folders_numbers(comfy, comfy_server, kolors_folde
 def test_train_lora_takes_the_kolors_model_clip_and_vae(comfy, comfy_server, kolors_folders):
     """Train LoRA on the Kolors loader's outputs, unchanged: captions encoded by ChatGLM3, the loss is finite, the
     saved file loads in core LoraLoaderModelOnly on the Kolors MODEL with every key mapped."""
-    from harness.training_data import write_pattern_folder
+    from devkit.training_data import write_pattern_folder
 
     write_pattern_folder(comfy_server.input_dir / "kolors_pattern", count=2)
     g = new_graph()
@@ -282,7 +282,7 @@ def _diffsynth_kolors_lora(with_text_projection: bool) -> dict[str, torch.Tensor
 def _unet_names() -> dict[str, tuple[str, str]]:
     """DiffSynth module -> (ldm module, diffusers module) of the small Kolors UNet, from outside the pack: DiffSynth's
     own converter table (ldm -> DiffSynth) and ComfyUI's unet_to_diffusers (ldm -> diffusers) for its block layout."""
-    from harness.build_models import SMALL_SDXL_CONFIG
+    from devkit.build_models import SMALL_SDXL_CONFIG
 
     to_diffusers = comfy_diffusers_names(SMALL_SDXL_CONFIG)
     names = {}

@@ -1,5 +1,5 @@
 """Kolors ControlNets as a core CONTROL_NET, against Kwai-Kolors's ControlNet (its forward driven on diffusers'
-ControlNetModel, tests/harness/kolors_reference.py) on the same tiny weights: the control residuals, a one-step
+ControlNetModel, devkit/kolors_reference.py) on the same tiny weights: the control residuals, a one-step
 latent through core Apply ControlNet, start/end percent, and the errors a wrong pairing gives."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from harness.graph import new_graph
+from devkit.graph import new_graph
 from harness.in_comfy import run_in_comfy
 from harness.kolors_graphs import kolors_loader, one_step_latent, saved_latent
-from harness.kolors_models import RECIPE_PROMPT, tiny_kolors, tiny_kolors_controlnet
+from devkit.kolors_models import RECIPE_PROMPT, tiny_kolors, tiny_kolors_controlnet
 from PIL import Image
 
 pytestmark = pytest.mark.comfy
@@ -24,7 +24,8 @@ def _our_controlnet_model(folder: str):
     folder, in fp32."""
     from pathlib import Path
 
-    from aesthete.kolors.folder import LazyWeights, read_json
+    from aesthete.common.tensors import LazyWeights
+    from aesthete.kolors.folder import read_json
     from aesthete.nodes.kolors_controlnet import kolors_controlnet
 
     weights = LazyWeights([Path(folder) / "diffusion_pytorch_model.safetensors"])
@@ -35,7 +36,7 @@ def _control_residuals_against_kolors_controlnet(folder: str, controlnet: str) -
     import torch
     from aesthete.kolors.folder import find_kolors_folder
     from aesthete.nodes.kolors_model import load_kolors_folder
-    from harness.kolors_reference import controlnet_residuals, encode, load_controlnet, load_pipeline
+    from devkit.kolors_reference import controlnet_residuals, encode, load_controlnet, load_pipeline
 
     model, clip, vae = load_kolors_folder(find_kolors_folder(folder), "fp32", "default")
     ours = _our_controlnet_model(controlnet)
@@ -113,7 +114,7 @@ def test_apply_controlnet_one_step_equals_kolors_controlnet_pipeline(comfy, comf
     """Kolors ControlNet Loader -> core Apply ControlNet (strength 0.7) -> KSampler (1 step, cfg 1, seed 4) ->
     SaveLatent equals one step of Kwai-Kolors's ControlNet pipeline from the same noise, hint and scale; without the
     ControlNet the latent is another one."""
-    from harness.kolors_reference import controlnet_one_step, load_controlnet, load_pipeline
+    from devkit.kolors_reference import controlnet_one_step, load_controlnet, load_pipeline
 
     ours = _one_step(comfy, comfy_server, names, "kolors-cn")
     plain = _one_step(comfy, comfy_server, names, "kolors-no-cn", control=False)

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from harness.graph import new_graph
+from devkit.graph import new_graph
 from harness.kolors_graphs import kolors_loader, one_step_latent, saved_latent
-from harness.kolors_models import RECIPE_PROMPT, tiny_kolors, tiny_kolors_ip_adapter
+from devkit.kolors_models import RECIPE_PROMPT, tiny_kolors, tiny_kolors_ip_adapter
 from PIL import Image
 
 pytestmark = pytest.mark.comfy
@@ -53,7 +53,7 @@ def test_ip_adapter_one_step_equals_kolors_pipeline_load_ip_adapter(comfy, comfy
     """Kolors IP-Adapter Loader + core Load CLIP Vision + Kolors IP-Adapter (weight 0.8) -> KSampler (1 step, cfg 1,
     seed 6) -> SaveLatent equals KolorsPipeline with load_ip_adapter, set_ip_adapter_scale(0.8) and the same image,
     noise and prompt; without the adapter the latent is another one."""
-    from harness.kolors_reference import ip_adapter_one_step, load_pipeline
+    from devkit.kolors_reference import ip_adapter_one_step, load_pipeline
 
     comfy.run(_graph(names, "kolors-ip").finalize())
     comfy.run(_graph(names, "kolors-no-ip", adapter=False).finalize())

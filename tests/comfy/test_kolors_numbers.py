@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from harness.in_comfy import run_in_comfy
-from harness.kolors_models import RECIPE_PROMPT, tiny_kolors, wide_chatglm3_file
+from devkit.kolors_models import RECIPE_PROMPT, tiny_kolors, wide_chatglm3_file
 
 PROMPTS = [RECIPE_PROMPT, "a girl with blue hair on a white background, anime style", ""]
 
@@ -14,7 +14,7 @@ def _model_and_clip_against_the_pipeline(folder: str) -> dict:
     import torch
     from aesthete.kolors.folder import find_kolors_folder
     from aesthete.nodes.kolors_model import load_kolors_folder
-    from harness.kolors_reference import encode, load_pipeline, scheduler_sigmas, unet_eps
+    from devkit.kolors_reference import encode, load_pipeline, scheduler_sigmas, unet_eps
 
     model, clip, vae = load_kolors_folder(find_kolors_folder(folder), "fp32", "default")
     pipe = load_pipeline(folder, torch.float32)
@@ -95,7 +95,8 @@ def _resident_rise_while_loading_the_text_encoder(chatglm3: str, tokenizer: str)
     import math
     from pathlib import Path
 
-    from aesthete.kolors.folder import LazyWeights, chatglm_config_for_file
+    from aesthete.common.tensors import LazyWeights
+    from aesthete.kolors.folder import chatglm_config_for_file
     from aesthete.nodes.kolors_model import kolors_clip
     from aesthete.training.memory import reset_resident_peak, resident_now, resident_peak
     from safetensors import safe_open
@@ -130,7 +131,7 @@ def _vae_decode_against_the_pipeline(folder: str) -> dict:
     import torch
     from aesthete.kolors.folder import find_kolors_folder
     from aesthete.nodes.kolors_model import kolors_vae
-    from harness.kolors_reference import load_pipeline
+    from devkit.kolors_reference import load_pipeline
 
     f = find_kolors_folder(folder, prefer_fp16=False)
     vae = kolors_vae(f.vae_files, f.vae_config)

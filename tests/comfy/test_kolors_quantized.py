@@ -8,9 +8,9 @@ import io
 
 import numpy as np
 import pytest
-from harness.graph import new_graph
+from devkit.graph import new_graph
 from harness.in_comfy import run_in_comfy
-from harness.kolors_models import RECIPE_PROMPT, tiny_kolors
+from devkit.kolors_models import RECIPE_PROMPT, tiny_kolors
 from PIL import Image
 
 pytestmark = pytest.mark.comfy

@@ -7,10 +7,10 @@ from __future__ import annotations
 import logging
 
 import pytest
-from harness.graph import new_graph
-from harness.training_graphs import dataset_node, train_node
+from devkit.graph import new_graph
+from devkit.training_graphs import dataset_node, train_node
 from harness.in_comfy import run_in_comfy
-from harness.kolors_models import RECIPE_PROMPT, tiny_kolors
+from devkit.kolors_models import RECIPE_PROMPT, tiny_kolors
 
 pytestmark = pytest.mark.comfy
 log = logging.getLogger("aesthete.tests")
@@ -24,7 +24,7 @@ def _patched_model_against_the_pipeline(model, folder: str, comfy_file, copy) ->
     import comfy.sd
     import comfy.utils
     import torch
-    from harness.kolors_reference import encode, load_pipeline, unet_eps
+    from devkit.kolors_reference import encode, load_pipeline, unet_eps
 
     lora = comfy.utils.load_torch_file(str(comfy_file), safe_load=True)
     patched, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0)
@@ -108,7 +108,7 @@ def test_diffusers_copy_of_a_built_lora_gives_comfyui_numbers(tmp_path):
 def test_lora_trained_in_the_server_and_saved_for_diffusers_loads_in_kolors_pipeline(comfy, comfy_server):
     """Real client: the tiny Kolors folder through AestheteKolorsLoader, Train LoRA, Save LoRA with diffusers_copy;
     the pipeline from the same folder loads the copy and predicts what ComfyUI's patched MODEL predicts."""
-    from harness.training_data import write_pattern_folder
+    from devkit.training_data import write_pattern_folder
 
     folder = tiny_kolors("kolors", "fp32")
     name = comfy_server.link_model("kolors", folder, "tiny-kolors-fp32-lora")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness.build_models import SMALL_SDXL_CONFIG, small_sd15_unet_config
-from harness.factories import small_sdxl_unet
+from devkit.build_models import SMALL_SDXL_CONFIG, small_sd15_unet_config
+from devkit.factories import small_sdxl_unet
 from harness.lora_models import CONV_KINDS, KINDS, comfy_lora_key_names, lycoris_layer
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -37,7 +37,7 @@ def _shapes(path: Path) -> dict[str, tuple[int, ...]]:
 @pytest.fixture(scope="module")
 def bases(comfy_server, sd15_ckpt):
     """{base: (loader node, its inputs, {kohya name: weight name}, weight shapes)} for the two test models."""
-    from harness.factories import small_sd15_checkpoint
+    from devkit.factories import small_sd15_checkpoint
 
     sdxl_path = small_sdxl_unet()
     sdxl_name = comfy_server.link_model("diffusion_models", sdxl_path, "aesthete-test-sdxl-small.safetensors")

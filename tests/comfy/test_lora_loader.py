@@ -1,7 +1,7 @@
 """AestheteLoraLoader in a real ComfyUI server.
 
 Numbers: a small SDXL-architecture UNet (full SDXL block layout, 320 channels everywhere; see
-harness/build_models.py) loaded with core UNETLoader, eight LoRA files of different formats, one test case each
+devkit/build_models.py) loaded with core UNETLoader, eight LoRA files of different formats, one test case each
 (among them a DiffSynth 1.x Kolors-layout checkpoint with all 1,120 tensors, and a Kolors-named checkpoint
 written by DiffSynth's own trainer code), the patched weights written by a test-only node as ComfyUI computes them
 (harness/comfy_test_nodes), and every targeted weight compared with W + strength * alpha/rank * B @ A. The same
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness.client import ExecutionError
-from harness.factories import small_sdxl_unet
+from devkit.client import ExecutionError
+from devkit.factories import small_sdxl_unet
 from harness.lora_models import comfy_diffusers_names
 from safetensors import safe_open
 from safetensors.torch import save_file

@@ -13,9 +13,9 @@ import uuid
 import numpy as np
 import pytest
 import requests
-from harness.client import execution_error_of
-from harness.graph import new_graph
-from harness.kolors_models import RECIPE_PROMPT, kolors_epoch_loras, tiny_kolors
+from devkit.client import execution_error_of
+from devkit.graph import new_graph
+from devkit.kolors_models import RECIPE_PROMPT, kolors_epoch_loras, tiny_kolors
 from PIL import Image
 
 NEGATIVE = "低质量，模糊"

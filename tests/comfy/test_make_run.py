@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import requests
-from harness.comfy_server import free_port
+from devkit.comfy_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from harness.comfy_server import running_server
-from harness.graph import new_graph
-from harness.training_graphs import dataset_node, train_node
+from harness.servers import running_test_server
+from devkit.graph import new_graph
+from devkit.training_graphs import dataset_node, train_node
 from harness.in_comfy import run_in_comfy
-from harness.kolors_models import tiny_kolors
-from harness.training_data import write_pattern_folder
+from devkit.kolors_models import tiny_kolors
+from devkit.training_data import write_pattern_folder
 from safetensors import safe_open
 
 HARNESS = Path(__file__).resolve().parents[1] / "harness"
@@ -32,11 +32,11 @@ SHIM = "newest-comfy-shim"
 @pytest.fixture(scope="module")
 def newest(tmp_path_factory):
     """A ComfyUI server that detects models and cancels the newest way, with the small SD1.5 and the tiny Kolors."""
-    from harness.client import ComfyClient
-    from harness.factories import small_sd15_checkpoint
+    from devkit.client import ComfyClient
+    from devkit.factories import small_sd15_checkpoint
 
     log = tmp_path_factory.mktemp("newest") / "comfyui.log"
-    with running_server("aesthete-newest-", log, extra_nodes={SHIM: HARNESS / "newest_comfy_shim"}) as server:
+    with running_test_server("aesthete-newest-", log, extra_nodes={SHIM: HARNESS / "newest_comfy_shim"}) as server:
         assert "newest-ComfyUI shim" in server.log_text(), server.log_tail()
         server.sd15 = server.link_model("checkpoints", small_sd15_checkpoint(), "sd15.safetensors")
         server.kolors = server.link_model("kolors", tiny_kolors("kolors", "fp16"), "tiny-kolors")
@@ -121,7 +121,7 @@ def test_a_cancel_that_is_a_base_exception_keeps_what_was_trained(newest):
 
 
 def test_a_cancel_that_is_a_base_exception_stops_scoring_a_folder(newest):
-    from harness.factories import aesthetic_predictor
+    from devkit.factories import aesthetic_predictor
     from PIL import Image
 
     predictor = newest.link_model("aesthetic", aesthetic_predictor("tiny"), "tiny")
@@ -143,7 +143,7 @@ def test_detection_called_either_way_finds_each_model_and_survives_a_failing_kol
     """0.3.75's ``model_config_from_unet_config`` and the newest call (``unet_key_prefix=``) on the real detection
     list with the pack registered: the SD1.5 checkpoint is SD15, a Kolors UNet is Kolors; and when the Kolors check
     itself fails (a state dict that cannot be walked), SD1.5 is still found instead of every load failing."""
-    from harness.factories import small_sd15_checkpoint
+    from devkit.factories import small_sd15_checkpoint
 
     result = run_in_comfy(f"""
         import sys, comfy.model_detection as md, comfy.utils, torch
@@ -275,7 +275,7 @@ def test_chatglm3_computes_in_fp32_when_comfyui_forces_it_and_keeps_the_referenc
     result = run_in_comfy(f"""
         import sys, torch
         sys.path.insert(0, {str(TESTS)!r})
-        from harness.kolors_reference import encode, load_pipeline
+        from devkit.kolors_reference import encode, load_pipeline
         from aesthete.kolors.folder import find_kolors_folder
         from aesthete.nodes.kolors_model import load_kolors_folder
         pipe = load_pipeline({str(folder)!r}, torch.float32)

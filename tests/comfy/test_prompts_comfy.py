@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from aesthete.prompts import composer
-from harness.client import ExecutionError
+from devkit.client import ExecutionError
 from harness.comfy_prompt_parser import parse_prompts
-from harness.graph import new_graph
+from devkit.graph import new_graph
 
 NEGATIVE_ZH = ["模糊", "低分辨率", "变形", "扭曲", "噪点", "过曝", "欠曝", "丑陋", "不自然", "不完整", "错误颜色",
                "不对称", "低质量", "混乱", "杂乱", "错误比例", "伪影", "重影", "过度锐化"]

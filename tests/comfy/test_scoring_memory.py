@@ -9,8 +9,8 @@ import time
 import psutil
 import pytest
 
-from harness.factories import aesthetic_predictor
-from harness.graph import new_graph
+from devkit.factories import aesthetic_predictor
+from devkit.graph import new_graph
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import re
 import numpy as np
 import pytest
 import torch
-from harness.client import ExecutionError
-from harness.factories import aesthetic_predictor
-from harness.graph import new_graph
-from harness.scoring_files import write_mixed_folder
+from devkit.client import ExecutionError
+from devkit.factories import aesthetic_predictor
+from devkit.graph import new_graph
+from devkit.scoring_files import write_mixed_folder
 from PIL import Image
 
 

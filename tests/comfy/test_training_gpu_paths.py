@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from harness.comfy_server import running_server
-from harness.client import ComfyClient
-from harness.factories import small_sd15_checkpoint
-from harness.graph import new_graph
-from harness.training_graphs import dataset_node, train_node
-from harness.training_data import write_pattern_folder
+from harness.servers import running_test_server
+from devkit.client import ComfyClient
+from devkit.factories import small_sd15_checkpoint
+from devkit.graph import new_graph
+from devkit.training_graphs import dataset_node, train_node
+from devkit.training_data import write_pattern_folder
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -102,7 +102,7 @@ def no_grad_everywhere_server():
     --use-sage-attention (the test nodes' pack sets it at start-up when told through its environment)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AESTHETE_TEST_NO_GRAD_ATTENTION", "1")
-        with running_server("aesthete-comfy-nograd-") as server:
+        with running_test_server("aesthete-comfy-nograd-") as server:
             mp.delenv("AESTHETE_TEST_NO_GRAD_ATTENTION")
             write_pattern_folder(server.input_dir / DATASET, count=2)
             yield server

@@ -14,9 +14,9 @@ import requests
 from PIL import Image
 from safetensors import safe_open
 
-from harness.graph import new_graph
-from harness.training_graphs import dataset_node, train_node
-from harness.training_data import write_pattern_folder
+from devkit.graph import new_graph
+from devkit.training_graphs import dataset_node, train_node
+from devkit.training_data import write_pattern_folder
 
 
 DATASET = "aesthete_train_pattern"

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import pytest
-from harness.graph import new_graph
-from harness.training_graphs import dataset_node, train_node
-from harness.training_data import write_pattern_folder
+from devkit.graph import new_graph
+from devkit.training_graphs import dataset_node, train_node
+from devkit.training_data import write_pattern_folder
 from safetensors import safe_open
 
 pytestmark = pytest.mark.comfy

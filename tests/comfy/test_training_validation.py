@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 import requests
 import torch
-from harness.graph import new_graph
-from harness.training_graphs import TRAIN, dataset_node, train_node
-from harness.kolors_models import RECIPE_PROMPT, tiny_kolors
-from harness.training_data import write_pattern_folder
+from devkit.graph import new_graph
+from devkit.training_graphs import TRAIN, dataset_node, train_node
+from devkit.kolors_models import RECIPE_PROMPT, tiny_kolors
+from devkit.training_data import write_pattern_folder
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load as load_safetensors
 
 DATA = "kolors_validation"
 NEGATIVE = "低质量，模糊"
-# the builder's training (harness/training_graphs.py): lr 1e-2 moves the tiny model's images (and scores) visibly in
+# the builder's training (devkit/training_graphs.py): lr 1e-2 moves the tiny model's images (and scores) visibly in
 # one step; batch 2 of 2 images: one step per epoch, 2 epochs
 VALIDATION = {"prompts": RECIPE_PROMPT, "negative": NEGATIVE, "seed": 5, "steps": 2, "width": 64, "height": 64,
               "images_per_prompt": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",

@@ -5,7 +5,7 @@ tests/unit/test_scoring_numbers.py."""
 from __future__ import annotations
 
 import numpy as np
-from harness.factories import aesthetic_predictor
+from devkit.factories import aesthetic_predictor
 from harness.predictor_reference import random_images, reference_scores
 
 from aesthete.scoring.predictor import AestheticPredictor

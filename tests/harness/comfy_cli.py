@@ -12,7 +12,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .comfy_server import REPO
+from devkit import REPO
 
 CLI_VENV = REPO / ".cache" / "comfy-cli"
 # pinned, so that what the registry checks cannot change under the tests; trove-classifiers and setuptools let a test

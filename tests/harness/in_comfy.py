@@ -4,7 +4,8 @@ test process never imports ComfyUI.
 ``run_in_comfy(function, *args)`` returns ``function(*args)`` computed in a fresh ``python -m harness.in_comfy``:
 ``function`` is a module-level function of a test file or harness module (linted like any other code), which imports
 ComfyUI and the pack's nodes inside its body, takes JSON arguments (paths as ``str``) and returns JSON. The child
-imports the function's module, with ComfyUI's folder and ``tests/`` on ``sys.path`` (``harness`` imports work)."""
+imports the function's module, with ComfyUI's folder, ``tests/`` and the repository root on ``sys.path`` (``harness``
+and ``devkit`` imports work)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .comfy_server import COMFY_DIR
+from devkit.comfy_server import COMFY_DIR
 
 TESTS = Path(__file__).resolve().parents[1]
 RESULT_MARK = "@@RESULT@@"
@@ -28,8 +29,9 @@ def run_in_comfy(function: Callable, *args, timeout: float = 300):
     if "." in function.__qualname__:
         raise ValueError(f"{function.__qualname__}: run_in_comfy calls module-level functions only")
     call = {"file": inspect.getsourcefile(function), "function": function.__name__, "args": list(args)}
-    # ComfyUI's folder first: its top-level modules (comfy, nodes, folder_paths...) win over anything in tests/
-    path = os.pathsep.join([str(COMFY_DIR), str(TESTS)])
+    # ComfyUI's folder first: its top-level modules (comfy, nodes, folder_paths...) win over anything in tests/ or the
+    # repository root (whose devkit the test files import)
+    path = os.pathsep.join([str(COMFY_DIR), str(TESTS), str(TESTS.parent)])
     proc = subprocess.run([sys.executable, "-m", "harness.in_comfy"], input=json.dumps(call), capture_output=True,
                           text=True, cwd=COMFY_DIR, env=dict(os.environ, PYTHONPATH=path), timeout=timeout)
     if proc.returncode != 0 or RESULT_MARK not in proc.stdout:

@@ -10,8 +10,8 @@ import sys
 
 import torch
 
-from .build_models import SMALL_SDXL_CONFIG
-from .comfy_server import COMFY_DIR
+from devkit.build_models import SMALL_SDXL_CONFIG
+from devkit.comfy_server import COMFY_DIR
 
 
 def comfy_diffusers_names(unet_config: dict = SMALL_SDXL_CONFIG) -> dict[str, str]:

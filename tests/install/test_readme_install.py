@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from harness.comfy_cli import pack
-from harness.comfy_server import COMFY_DIR, PACK_FOLDER_NAME, REPO, ComfyServer
+from devkit.comfy_server import COMFY_DIR, PACK_FOLDER_NAME, REPO, ComfyServer
 
 pytestmark = pytest.mark.install
 log = logging.getLogger("aesthete.tests.install")

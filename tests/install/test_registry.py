@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from harness.comfy_cli import cli_python, comfy, packed_names
-from harness.comfy_server import REPO
+from devkit import REPO
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]
@@ -141,7 +141,8 @@ def test_published_archive_holds_what_a_user_needs_and_nothing_else():
                    "nodes/__init__.py", "locales/zh/nodeDefs.json", "web/aesthete_locale.js"):
         assert needed in names
     assert any(n.startswith("workflows/") and n.endswith(".json") for n in names)
-    # development only: tests and their fixtures (a pickled .ckpt among them), benchmarks, scripts, docs, CI
+    # development only: tests and their fixtures (a pickled .ckpt among them), the development kit, benchmarks,
+    # scripts, docs, CI
     for name in names:
-        assert not name.startswith(("tests/", "benchmarks/", "scripts/", "docs/", ".ci/", ".")), name
+        assert not name.startswith(("tests/", "devkit/", "benchmarks/", "scripts/", "docs/", ".ci/", ".")), name
         assert not name.endswith((".ckpt", ".pt", ".pth", ".pkl", ".bin", ".zip", ".pyc")), name

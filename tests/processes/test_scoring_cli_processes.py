@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from harness.factories import aesthetic_predictor
-from harness.scoring_files import write_mixed_folder
+from devkit.factories import aesthetic_predictor
+from devkit.scoring_files import write_mixed_folder
 
 from aesthete.cli import main
 

@@ -4,7 +4,7 @@ a CPU) gives the eager scores; the eager speed paths and the compiler's fallback
 from __future__ import annotations
 
 import numpy as np
-from harness.factories import aesthetic_predictor
+from devkit.factories import aesthetic_predictor
 from harness.predictor_reference import noise_images
 
 from aesthete.scoring.predictor import load_predictor

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harness.factories import aesthetic_predictor
-from harness.scoring_files import photo_like, write_mixed_folder
+from devkit.factories import aesthetic_predictor
+from devkit.scoring_files import photo_like, write_mixed_folder
 from PIL import Image
 
 from aesthete.cli import main
@@ -164,7 +164,7 @@ def test_ray_scores_a_prompt_aware_judge_as_the_local_engine_does(cluster, tmp_p
     per-scorer scores and the same skip (an uncaptioned image) on Ray as locally, for a folder and for its URI."""
     import json
 
-    from harness.scorer_models import tiny_clip_scorers_root
+    from devkit.scorer_models import tiny_clip_scorers_root
 
     folder = tmp_path / "captioned"
     folder.mkdir()

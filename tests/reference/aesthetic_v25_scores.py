@@ -1,5 +1,5 @@
 """Scores images with the publisher's aesthetic-predictor-v2-5 package (the reference), run by
-tests/harness/reference.py with the aesthetic_v25 folder (the package, transformers 4.49) first on the path.
+devkit/reference.py with the aesthetic_v25 folder (the package, transformers 4.49) first on the path.
 
     python tests/reference/aesthetic_v25_scores.py HEAD.pth SIGLIP_FOLDER REPEAT IMAGE...
 

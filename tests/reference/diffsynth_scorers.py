@@ -1,5 +1,5 @@
 """Scores images with DiffSynth 1.1.9's own ImageQualityMetric classes (the reference), run by
-tests/harness/reference.py with DiffSynth's folder first on the path.
+devkit/reference.py with DiffSynth's folder first on the path.
 
     python tests/reference/diffsynth_scorers.py JOB.json
 

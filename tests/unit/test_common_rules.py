@@ -22,7 +22,7 @@ from aesthete.prompts import composer
 from aesthete.scoring import registry
 from aesthete.training import captions
 from aesthete.training.dataset import load_dataset
-from harness.training_data import pattern_image
+from devkit.training_data import pattern_image
 
 
 # --- which files are images, how one is opened -------------------------------------------------------------------
@@ -186,7 +186,7 @@ def test_a_transformers_5_processor_folder_loads_with_its_own_preprocessing(tmp_
     import shutil
 
     from aesthete.scoring.predictor import load_predictor
-    from harness.factories import aesthetic_predictor
+    from devkit.factories import aesthetic_predictor
 
     original = aesthetic_predictor("tiny")
     settings = {**json.loads((original / "preprocessor_config.json").read_text()),

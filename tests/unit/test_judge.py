@@ -9,9 +9,9 @@ import logging
 import numpy as np
 import pytest
 import torch
-from harness.factories import aesthetic_predictor
-from harness.scoring_files import photo_like
-from harness.scorer_models import tiny_clip_scorers_root
+from devkit.factories import aesthetic_predictor
+from devkit.scoring_files import photo_like
+from devkit.scorer_models import tiny_clip_scorers_root
 from PIL import Image
 
 from aesthete.scoring.folder import score_folder, write_report

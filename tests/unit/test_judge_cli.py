@@ -7,9 +7,9 @@ import csv
 import json
 
 import pytest
-from harness.factories import aesthetic_predictor
-from harness.scorer_models import tiny_clip_scorers_root
-from harness.scoring_files import photo_like
+from devkit.factories import aesthetic_predictor
+from devkit.scorer_models import tiny_clip_scorers_root
+from devkit.scoring_files import photo_like
 from PIL import Image
 
 from aesthete.cli import main

@@ -8,7 +8,7 @@ import json
 import pytest
 from aesthete.kolors import configs
 from aesthete.kolors.folder import KolorsFolderError
-from harness.kolors_models import FIXTURES, TINY_UNET
+from devkit.kolors_models import FIXTURES, TINY_UNET
 
 
 def _real_unet_config() -> dict:

@@ -12,8 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from harness import kolors_reference as ref  # noqa: E402
-from harness.kolors_models import (RECIPE_PROMPT, TINY_UNET, bad_kolors, malicious_marker,  # noqa: E402
+from devkit import kolors_reference as ref  # noqa: E402
+from devkit.kolors_models import (RECIPE_PROMPT, TINY_UNET, bad_kolors, malicious_marker,  # noqa: E402
                                    tiny_kolors, tiny_kolors_single_files)
 
 FOLDERS = [("kolors", "fp16"), ("diffusers", "fp16")]

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness.kolors_models import tiny_kolors
+from devkit.kolors_models import tiny_kolors
 
 from aesthete.kolors import configs
 from aesthete.kolors.download import FILE_PATTERNS, ensure_kolors, wanted_files
-from aesthete.kolors.folder import (KolorsFolderError, LazyWeights, chatglm_config_for_file, find_kolors_folder,
-                                    read_weights)
+from aesthete.kolors.folder import KolorsFolderError, chatglm_config_for_file, find_kolors_folder, read_weights
 
 
 @pytest.fixture()
@@ -61,25 +60,6 @@ def test_truncated_shard_is_a_clear_error(broken):
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     with pytest.raises(KolorsFolderError, match=f"{shard.name}: cannot be read.*truncated, download it again"):
         read_weights(find_kolors_folder(broken).text_encoder_files)
-
-
-@pytest.mark.parametrize("component", ["unet_files", "text_encoder_files"])
-def test_lazy_weights_give_the_same_tensors_one_at_a_time(component):
-    files = getattr(find_kolors_folder(tiny_kolors("kolors", "fp16")), component)  # safetensors / pickled shards
-    eager, lazy = read_weights(files), LazyWeights(files)
-    assert sorted(lazy) == sorted(eager)
-    for key, tensor in eager.items():
-        assert lazy[key].device.type == "meta" and lazy[key].shape == tensor.shape and lazy[key].dtype == tensor.dtype
-        assert torch.equal(lazy.take(key), tensor), key
-        assert key not in lazy
-    assert len(lazy) == 0
-
-
-def test_truncated_unet_file_is_a_clear_error_before_anything_is_read(broken):
-    unet = find_kolors_folder(broken).unet_files[0]
-    unet.write_bytes(unet.read_bytes()[: unet.stat().st_size - 100])
-    with pytest.raises(KolorsFolderError, match=f"{unet.name}: not a readable safetensors file.*truncated"):
-        LazyWeights([unet])
 
 
 def test_sdxl_unet_picked_as_kolors_is_refused(broken):

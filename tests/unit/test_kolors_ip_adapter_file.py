@@ -8,7 +8,7 @@ import pytest
 import torch
 from aesthete.kolors.folder import KolorsFolderError
 from aesthete.kolors.ip_adapter import IPAdapterPlus, diffusers_attention_order, read_ip_adapter
-from harness.kolors_models import TINY_UNET, tiny_kolors_ip_adapter
+from devkit.kolors_models import TINY_UNET, tiny_kolors_ip_adapter
 
 
 def test_image_projection_equals_diffusers_ip_adapter_plus_projection():

@@ -13,8 +13,8 @@ from aesthete.kolors.folder import find_kolors_folder, read_weights
 from aesthete.kolors.quantize import (BLOCK, chatglm3_bytes, dequantize, quantize, quantized_bytes,
                                       quantized_operations)
 from aesthete.kolors.tokenizer import ChatGLM3Tokenizer
-from harness.kolors_models import RECIPE_PROMPT, tiny_kolors
-from harness.kolors_reference import real_chatglm3_keys
+from devkit.kolors_models import RECIPE_PROMPT, tiny_kolors
+from devkit.kolors_reference import real_chatglm3_keys
 
 # relative error of a normal weight matrix after a round trip (measured: 0.5 % and 7.7 %)
 WEIGHT_ERROR = {"q8_0": 0.01, "q4_1": 0.1}

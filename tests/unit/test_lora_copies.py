@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from aesthete.lora import layout
-from harness.reference import run_reference
+from devkit.reference import run_reference
 from aesthete.training.save import TrainedLora, save_copy, save_lora
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -73,3 +73,12 @@ def test_lint_refuses_a_comfyui_import_in_domain_code(path, banned):
                           text=True, capture_output=True, cwd=ROOT)
     flagged = proc.stdout.count("TID251")
     assert flagged == (3 if banned else 0), proc.stdout
+
+
+@pytest.mark.parametrize("path", ["scoring/any.py", "training/any.py", "common/any.py", "kolors/any.py"])
+def test_lint_refuses_a_devkit_import_in_the_pack(path):
+    """The development kit is left out of the published archive, so the pack's packages never import it."""
+    source = "import devkit.factories\nfrom devkit.graph import new_graph\n"
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--stdin-filename", path, "-"], input=source,
+                          text=True, capture_output=True, cwd=ROOT)
+    assert proc.stdout.count("TID251") == 2, proc.stdout

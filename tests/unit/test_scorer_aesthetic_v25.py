@@ -7,8 +7,8 @@ import math
 from pathlib import Path
 
 import torch
-from harness.reference import run_reference
-from harness.scorer_models import image_files, reference_bar, tiny_aesthetic_v25_root
+from devkit.reference import run_reference
+from devkit.scorer_models import image_files, reference_bar, tiny_aesthetic_v25_root
 from PIL import Image
 
 from aesthete.scoring.scorers import CATALOG, Scorer, load_scorer

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness.reference import run_reference
-from harness.scorer_models import reference_bar, image_files, tiny_clip_scorers_root
+from devkit.reference import run_reference
+from devkit.scorer_models import reference_bar, image_files, tiny_clip_scorers_root
 from PIL import Image
 
 from aesthete.scoring.scorers import CATALOG, PromptRequired, load_scorer

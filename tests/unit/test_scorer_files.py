@@ -8,8 +8,8 @@ import time
 
 import pytest
 import torch
-from harness.factories import aesthetic_predictor
-from harness.scorer_models import tiny_clip_scorers_root
+from devkit.factories import aesthetic_predictor
+from devkit.scorer_models import tiny_clip_scorers_root
 
 from aesthete.scoring.scorers import (CATALOG, QUALITY_METRIC, ScorerFileError, ScorerUnavailable,
                                       ensure_scorer_files, load_scorer)

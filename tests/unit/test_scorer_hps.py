@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 import pytest
-from harness.reference import run_reference
-from harness.scorer_models import full_vit_h_root, image_files, reference_bar
+from devkit.reference import run_reference
+from devkit.scorer_models import full_vit_h_root, image_files, reference_bar
 from PIL import Image
 
 from aesthete.scoring.scorers import load_scorer

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.reference import run_reference
-from harness.scorer_models import image_files, imagereward_root, reference_bar
+from devkit.reference import run_reference
+from devkit.scorer_models import image_files, imagereward_root, reference_bar
 from PIL import Image
 
 from aesthete.scoring.scorers import load_scorer

@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 
 import torch
-from harness.reference import run_reference
-from harness.scorer_models import image_files, laion_pair_root, reference_bar
+from devkit.reference import run_reference
+from devkit.scorer_models import image_files, laion_pair_root, reference_bar
 from PIL import Image
 
 from aesthete.scoring.predictor import load_predictor

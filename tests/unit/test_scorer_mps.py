@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from harness.reference import run_reference
-from harness.scorer_models import image_files, reference_bar, tiny_mps_root
+from devkit.reference import run_reference
+from devkit.scorer_models import image_files, reference_bar, tiny_mps_root
 from PIL import Image
 
 from aesthete.scoring.scorers import PromptRequired, load_scorer

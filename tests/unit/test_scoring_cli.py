@@ -6,8 +6,8 @@ import json
 import logging
 
 import pytest
-from harness.factories import aesthetic_predictor
-from harness.scoring_files import write_mixed_folder
+from devkit.factories import aesthetic_predictor
+from devkit.scoring_files import write_mixed_folder
 
 from aesthete.cli import main
 

@@ -6,7 +6,7 @@ import shutil
 import time
 
 import pytest
-from harness.factories import aesthetic_predictor
+from devkit.factories import aesthetic_predictor
 
 from aesthete.scoring import registry
 from aesthete.scoring.predictor import detect_head

@@ -8,8 +8,8 @@ import math
 
 import numpy as np
 import pytest
-from harness.factories import aesthetic_predictor
-from harness.scoring_files import exif_rotated_jpeg, photo_like, write_mixed_folder
+from devkit.factories import aesthetic_predictor
+from devkit.scoring_files import exif_rotated_jpeg, photo_like, write_mixed_folder
 from PIL import Image
 
 from aesthete.scoring.folder import NothingScorable, score_folder, write_report

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness.factories import aesthetic_predictor
-from harness.scoring_files import write_mixed_folder
+from devkit.factories import aesthetic_predictor
+from devkit.scoring_files import write_mixed_folder
 
 from aesthete.cli import main
 from aesthete.scoring.filter import LocalEngine, filter_folder

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from harness.factories import aesthetic_predictor
+from devkit.factories import aesthetic_predictor
 from harness.predictor_reference import random_images, reference_scores
 from PIL import Image
 

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 import torch
-from harness.factories import aesthetic_predictor
+from devkit.factories import aesthetic_predictor
 from harness.predictor_reference import noise_images
 
 from aesthete.scoring import speed

@@ -13,7 +13,7 @@ from aesthete.common.captions import CaptionError, find_caption, read_json_tags
 from aesthete.common.tags import split_tags
 from aesthete.training.captions import CaptionRecipe
 from aesthete.training.dataset import DatasetError, bucket_sizes, load_dataset, nearest_bucket
-from harness.training_data import pattern_image, write_pattern_folder
+from devkit.training_data import pattern_image, write_pattern_folder
 
 
 def test_captions_from_txt_json_and_csv(tmp_path):

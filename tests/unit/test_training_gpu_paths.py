@@ -18,7 +18,7 @@ from aesthete.training.dataset import load_dataset
 from aesthete.training.lora_network import LoraGradientError, LoraNetwork
 from aesthete.training.loop import TrainSettings, train
 from aesthete.training.trainer import RunSpec, build_cache, run_training
-from harness.training_data import write_pattern_folder
+from devkit.training_data import write_pattern_folder
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_training_loop import ToyModel, ToySampling, encode_caption, encode_images  # noqa: E402

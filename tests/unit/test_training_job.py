@@ -13,7 +13,7 @@ from aesthete.training.lora_network import LoraNetwork
 from aesthete.training.loop import TrainResult, TrainSettings
 from aesthete.training.save import read_lora
 from aesthete.training.trainer import TrainingRun
-from harness.training_data import write_pattern_folder
+from devkit.training_data import write_pattern_folder
 
 
 class Block(nn.Module):

@@ -15,7 +15,7 @@ from aesthete.training.dataset import load_dataset
 from aesthete.training.loop import NonFiniteLossError, TrainSettings, lr_factor, train
 from aesthete.training.objective import DenoisingLoss, stack_conds
 from aesthete.training.trainer import RunHooks, RunSpec, build_cache, run_training
-from harness.training_data import write_pattern_folder
+from devkit.training_data import write_pattern_folder
 
 
 class ToySampling:

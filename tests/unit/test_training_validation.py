@@ -19,7 +19,7 @@ from aesthete.training.lora_network import LoraNetwork
 from aesthete.training.loop import TrainResult, TrainSettings
 from aesthete.training.validation import (RECIPE_TEST_PROMPT, ValidationError, ValidationHistory, ValidationSpec,
                                           draw_score_graph, draw_validation_grid, parse_prompts)
-from harness.training_data import write_pattern_folder
+from devkit.training_data import write_pattern_folder
 
 
 def image(value: int, size: int = 64) -> Image.Image:

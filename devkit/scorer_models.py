@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from . import REPO
 from .comfy_server import COMFY_DIR
 from .factories import _cached
 
@@ -131,7 +132,7 @@ def tiny_mps_root() -> Path:
         tiny_clip_config("gelu", projection_dim=1024).save_pretrained(clip)
         write_clip_processor(clip, 32, "!")
         (qm / "MPS_overall_checkpoint").mkdir(parents=True)
-        run_reference("diffsynth", Path(__file__).resolve().parents[1] / "reference" / "build_diffsynth_mps.py",
+        run_reference("diffsynth", REPO / "tests" / "reference" / "build_diffsynth_mps.py",
                       str(clip), str(qm / "MPS_overall_checkpoint" / "MPS_overall_checkpoint_diffsynth.safetensors"),
                       "3")
     return _build_root("scorers-tiny-mps-1", build)
@@ -162,7 +163,7 @@ def full_vit_h_root() -> Path:
         (qm / "HPS_v2").mkdir(parents=True)
         (qm / "CLIP-ViT-H-14-laion2B-s32B-b79K").mkdir()
         weights = qm / "HPS_v2" / "HPS_v2.1_compressed.safetensors"
-        run_reference("diffsynth", Path(__file__).resolve().parents[1] / "reference" / "build_diffsynth_openclip.py",
+        run_reference("diffsynth", REPO / "tests" / "reference" / "build_diffsynth_openclip.py",
                       str(weights), "4")
         os.link(weights, qm / "HPS_v2" / "HPS_v2_compressed.safetensors")
         os.link(weights, qm / "CLIP-ViT-H-14-laion2B-s32B-b79K" / "open_clip_model.safetensors")
@@ -194,7 +195,7 @@ def imagereward_root() -> Path:
                "num_attention_heads": 12, "num_hidden_layers": 2, "pad_token_id": 0, "type_vocab_size": 2,
                "vocab_size": vocab + 2, "encoder_width": 768, "add_cross_attention": True}
         (qm / "ImageReward" / "med_config.json").write_text(json.dumps(med, indent=2))
-        run_reference("diffsynth", Path(__file__).resolve().parents[1] / "reference" / "build_diffsynth_imagereward.py",
+        run_reference("diffsynth", REPO / "tests" / "reference" / "build_diffsynth_imagereward.py",
                       str(qm / "ImageReward" / "med_config.json"), str(bert),
                       str(qm / "ImageReward" / "ImageReward.safetensors"), "5")
     return _build_root("scorers-imagereward-1", build)

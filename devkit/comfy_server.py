@@ -1,4 +1,4 @@
-"""Start and stop a real ComfyUI server (the embedded 0.3.75 in .comfyui/ComfyUI) for tests and benchmarks."""
+"""Start and stop a real ComfyUI server (the embedded 0.3.75 in .comfyui/ComfyUI) for tests, benchmarks and scripts."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ from pathlib import Path
 
 import requests
 
+from . import REPO
+
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
 COMFY_DIR = Path(os.environ.get("AESTHETE_COMFYUI_DIR", REPO / ".comfyui" / "ComfyUI"))
 PACK_FOLDER_NAME = "comfyui-aesthete"
 
@@ -34,8 +35,9 @@ def free_port() -> int:
 
 @dataclass
 class ComfyServer:
-    """A ComfyUI process with its own base directory; the pack is registered via --extra-model-paths-config, unless
-    ``link_pack`` is False (then ComfyUI finds what is in ``base_dir/custom_nodes``). ``python`` runs main.py."""
+    """A ComfyUI process with its own base directory; the pack (and ``extra_nodes``, such as the tests' test-only
+    nodes) is registered via --extra-model-paths-config, unless ``link_pack`` is False (then ComfyUI finds what is in
+    ``base_dir/custom_nodes``). ``python`` runs main.py."""
 
     base_dir: Path
     port: int = field(default_factory=free_port)
@@ -100,9 +102,6 @@ class ComfyServer:
             link = nodes_parent / PACK_FOLDER_NAME
             if not link.exists():
                 link.symlink_to(REPO, target_is_directory=True)
-            test_nodes = nodes_parent / "aesthete-test-nodes"  # nodes that let tests look inside MODEL/CLIP outputs
-            if not test_nodes.exists():
-                test_nodes.symlink_to(Path(__file__).with_name("comfy_test_nodes"), target_is_directory=True)
             for name, source in self.extra_nodes.items():
                 if not (nodes_parent / name).exists():
                     (nodes_parent / name).symlink_to(source, target_is_directory=True)
@@ -136,9 +135,9 @@ class ComfyServer:
 
     def check_pack_loaded(self) -> None:
         text = self.log_text()
+        packs = (PACK_FOLDER_NAME, *self.extra_nodes)
         bad = [ln for ln in text.splitlines()
-               if (PACK_FOLDER_NAME in ln or "aesthete-test-nodes" in ln)
-               and ("IMPORT FAILED" in ln or "Cannot import" in ln)]
+               if any(pack in ln for pack in packs) and ("IMPORT FAILED" in ln or "Cannot import" in ln)]
         if bad or "Error while calling comfy_entrypoint" in text:
             raise RuntimeError("the Aesthete pack failed to import in ComfyUI:\n" + self.log_tail())
 

@@ -8,15 +8,15 @@ and shares everything else (torch above all) with ``.venv``. Nothing is installe
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-REFERENCE_DIR = ROOT / ".cache" / "reference"
-RESULT_MARK = "@@RESULT@@"
+from . import REPO
+from .child import RESULT_MARK, read_result
+
+REFERENCE_DIR = REPO / ".cache" / "reference"
 
 
 class ReferenceMissing(RuntimeError):
@@ -25,7 +25,7 @@ class ReferenceMissing(RuntimeError):
 
 def reference_folder(name: str) -> Path:
     folder = REFERENCE_DIR / name
-    if not (ROOT / "tests" / "reference" / f"{name}.txt").is_file():
+    if not (REPO / "tests" / "reference" / f"{name}.txt").is_file():
         raise ValueError(f"no tests/reference/{name}.txt")
     if not any(folder.glob(".built-*")):
         raise ReferenceMissing(f"{folder} is not built; run `make setup-test` (scripts/setup.sh --test)")
@@ -35,7 +35,7 @@ def reference_folder(name: str) -> Path:
 def reference_env(name: str) -> dict[str, str]:
     """The environment of a child process that imports reference ``name``'s packages first."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(reference_folder(name)), str(ROOT.parent)]
+    env["PYTHONPATH"] = os.pathsep.join([str(reference_folder(name)), str(REPO.parent)]
                                         + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -46,8 +46,8 @@ def run_reference(name: str, script: Path | str, *args: str, timeout: float = 90
     """Run ``script`` (a file) with reference ``name`` first on the path; it prints ``@@RESULT@@`` followed by
     JSON on its last line, which is returned. A failure raises with the child's stderr."""
     proc = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=reference_env(name), cwd=str(ROOT))
+                          timeout=timeout, env=reference_env(name), cwd=str(REPO))
     if proc.returncode != 0 or RESULT_MARK not in proc.stdout:
         raise AssertionError(f"reference {name} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
                              f"{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.rsplit(RESULT_MARK, 1)[1])
+    return read_result(proc.stdout)

@@ -37,6 +37,7 @@ import os
 import shutil
 from pathlib import Path
 
+from . import REPO
 from .factories import _cached
 
 # bump when a Kolors factory changes, so stale cached folders are rebuilt
@@ -46,7 +47,7 @@ SEED = 0
 # the recipe's prompt and negative list, plus some English, so the tokenizer covers what the tests type
 RECIPE_PROMPT = "二次元，genshin，genshin impact，ganyu，蓝发少女，白色背景"
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "kolors"
+FIXTURES = REPO / "tests" / "fixtures" / "kolors"
 # the real ChatGLM3 config (tests/fixtures/kolors/text_encoder_config.json) with these sizes changed; every other field
 # (multi-query attention with 2 groups, qkv bias, original rope, RMSNorm, post-layer norm, seq_length) stays real
 TINY_CHATGLM = dict(num_layers=2, hidden_size=64, ffn_hidden_size=128, kv_channels=16, num_attention_heads=4)
@@ -503,7 +504,7 @@ MEDIUM_CHATGLM = dict(TINY_CHATGLM, num_layers=MEDIUM_CHATGLM_LAYERS, hidden_siz
 
 
 def medium_unet_config() -> dict:
-    config = json.loads((Path(__file__).resolve().parents[2] / "kolors" / "kolors_unet_config.json").read_text())
+    config = json.loads((REPO / "kolors" / "kolors_unet_config.json").read_text())
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     return dict(config, transformer_layers_per_block=MEDIUM_UNET_DEPTH)
 

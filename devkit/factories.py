@@ -9,9 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import REPO
 from .comfy_server import COMFY_DIR
 
-MODELS_CACHE = Path(os.environ.get("AESTHETE_TEST_MODELS", Path(__file__).resolve().parents[1] / ".models"))
+MODELS_CACHE = Path(os.environ.get("AESTHETE_TEST_MODELS", REPO / "tests" / ".models"))
 # bump when a factory changes, so stale cached files are rebuilt
 FACTORY_VERSION = "1"
 

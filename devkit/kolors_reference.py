@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "kolors"
+from . import REPO
+
+FIXTURES = REPO / "tests" / "fixtures" / "kolors"
 MAX_SEQUENCE_LENGTH = 256  # KolorsPipeline's max_sequence_length (Kolors's context length)
 
 
@@ -21,7 +23,7 @@ def _variant(folder: Path) -> str | None:
 
 
 def load_pipeline(folder: str | Path, dtype: torch.dtype = torch.float32):
-    """A KolorsPipeline on the CPU from a folder in either layout (tests/harness/kolors_models.py).
+    """A KolorsPipeline on the CPU from a folder in either layout (devkit/kolors_models.py).
 
     The "kolors" layout (pickled ChatGLM3 shards, tokenizer inside text_encoder/) is loaded component by component
     as Kolors's own scripts do: ``ChatGLMTokenizer.from_pretrained(f"{dir}/text_encoder")``,
