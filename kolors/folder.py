@@ -220,14 +220,26 @@ class LazyWeights(Mapping):
     never holds more than one file tensor, where reading the whole file first holds all of them beside the model
     (for an fp16 file loaded in fp32, half the model's size again). safetensors files are read with plain file
     reads, not memory-mapped: every page of a mapping that has been read counts in the process's memory until the
-    whole file is closed. Pickled files are read whole (:func:`read_weight_file`) and handed out from memory."""
+    whole file is closed. Pickled files are read whole (:func:`read_weight_file`) and handed out from memory. A
+    ChatGLM3 ``.gguf`` file's tensors come under ChatGLM3's names, each dequantized when taken (kolors.gguf_file)."""
 
     def __init__(self, files: list[Path]):
         self._meta: dict[str, torch.Tensor] = {}
         self._where: dict[str, tuple[Path, int, int]] = {}  # key -> (file, first byte, end byte)
         self._loaded: dict[str, torch.Tensor] = {}
+        self._gguf: dict = {}  # key -> the ChatGLM3GGUF file it is read from
         for path in map(Path, files):
-            if path.suffix in (".safetensors", ".sft"):
+            if path.suffix == ".gguf":
+                from .gguf_file import ChatGLM3GGUF, GGUFError
+
+                try:
+                    gguf_file = ChatGLM3GGUF(path)
+                except GGUFError as e:
+                    raise KolorsFolderError(str(e)) from e
+                for key, shape in gguf_file.shapes.items():
+                    self._meta[key] = torch.empty(shape, dtype=gguf_file.dtype(key), device="meta")
+                    self._gguf[key] = gguf_file
+            elif path.suffix in (".safetensors", ".sft"):
                 for key, (dtype, shape, begin, end) in _safetensors_index(path).items():
                     self._meta[key] = torch.empty(shape, dtype=dtype, device="meta")
                     self._where[key] = (path, begin, end)
@@ -250,6 +262,8 @@ class LazyWeights(Mapping):
         meta = self._meta.pop(key)
         if key in self._loaded:
             return self._loaded.pop(key)
+        if key in self._gguf:  # dequantized by the gguf package (kolors.gguf_file)
+            return self._gguf.pop(key).tensor(key)
         path, begin, end = self._where.pop(key)
         tensor = torch.empty(meta.shape, dtype=meta.dtype)
         if end > begin:

@@ -196,10 +196,13 @@ class AestheteChatGLM3Loader(io.ComfyNode):
             description="Loads Kolors's ChatGLM3 text encoder kept as one file (for example chatglm3-fp16.safetensors "
                         "in models/text_encoders or models/LLM) as a CLIP. Its tokenizer.model is taken from beside "
                         "the file or from a Kolors folder in models/kolors. The q8_0 and q4_1 choices quantize the fp16 "
-                        "file to 8 or 4 bits while it loads; already quantized (4/8-bit) files are refused.",
+                        "file to 8 or 4 bits while it loads. A ChatGLM3 GGUF file (llama.cpp's, in models/LLM: Q8_0, "
+                        "Q4_K_M, F16, ...) is read with the gguf package and stored as the dtype says (q8_0 keeps a "
+                        "Q8_0 file's numbers); other quantized (4/8-bit) files are refused.",
             inputs=[
                 io.Combo.Input("text_encoder", options=text_encoder_choices(),
-                               tooltip="The ChatGLM3 weights (safetensors; .bin is read with weights_only)"),
+                               tooltip="The ChatGLM3 weights (safetensors; .bin is read with weights_only; a "
+                                       "ChatGLM3 .gguf in models/LLM)"),
                 io.Combo.Input("dtype", options=TE_DTYPE_OPTIONS, default="auto",
                                tooltip=DTYPE_TOOLTIP + "; fp8_e4m3fn stores the weights in fp8 (about half of fp16) "
                                                        "and computes in fp16 (fp32 on a CPU); q8_0 and q4_1 store "
