@@ -146,7 +146,7 @@ def test_a_q8_0_gguf_loaded_in_q8_0_keeps_its_numbers():
     assert torch.allclose(context, ref, atol=1e-5, rtol=1e-4) and torch.allclose(pooled, ref_pooled, atol=1e-5)
 
 
-def test_a_gguf_of_another_model_is_a_clear_error(tmp_path):
+def test_a_gguf_of_another_model_or_a_truncated_one_is_a_clear_error(tmp_path):
     import gguf
     import numpy as np
     from aesthete.kolors.folder import KolorsFolderError, LazyWeights
@@ -164,3 +164,9 @@ def test_a_gguf_of_another_model_is_a_clear_error(tmp_path):
     (tmp_path / "broken.gguf").write_bytes(b"GGUF" + b"\0" * 10)
     with pytest.raises(KolorsFolderError, match="not a readable GGUF"):
         LazyWeights([tmp_path / "broken.gguf"])
+    from harness.kolors_models import tiny_chatglm3_gguf
+
+    whole = tiny_chatglm3_gguf("Q8_0").read_bytes()
+    (tmp_path / "truncated.gguf").write_bytes(whole[:-5000])
+    with pytest.raises(KolorsFolderError, match="truncated.gguf: not a readable GGUF file"):
+        LazyWeights([tmp_path / "truncated.gguf"])
