@@ -10,6 +10,7 @@ import os
 import pickle
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,16 +115,24 @@ class LazyWeights(Mapping):
     reads, not memory-mapped: every page of a mapping that has been read counts in the process's memory until the
     whole file is closed. Pickled files are read whole (:func:`read_tensor_file`) and handed out from memory.
     A file that cannot be read is a :class:`TensorFileError` naming it, with ``broken_advice`` (``unsafe_advice``
-    for a pickle that would run code)."""
+    for a pickle that would run code). ``readers``: other formats by file suffix, each a function of the path giving an
+    object with ``shapes`` ({key: shape}), ``dtype(key)`` and ``tensor(key)`` (read then; kolors.gguf_file's, for
+    one)."""
 
     def __init__(self, files: Iterable[str | os.PathLike], broken_advice: str = REDOWNLOAD,
-                 unsafe_advice: str = UNSAFE_PICKLE):
+                 unsafe_advice: str = UNSAFE_PICKLE, readers: Mapping[str, Callable[[Path], Any]] | None = None):
         self._meta: dict[str, torch.Tensor] = {}
         self._where: dict[str, tuple[Path, int, int]] = {}  # key -> (file, first byte, end byte)
         self._loaded: dict[str, torch.Tensor] = {}
+        self._sources: dict[str, Any] = {}  # key -> the reader's file object it is read from
         self._advice = broken_advice
         for path in map(Path, files):
-            if path.suffix in SAFETENSORS_SUFFIXES:
+            if readers and path.suffix in readers:
+                source = readers[path.suffix](path)
+                for key, shape in source.shapes.items():
+                    self._meta[key] = torch.empty(shape, dtype=source.dtype(key), device="meta")
+                    self._sources[key] = source
+            elif path.suffix in SAFETENSORS_SUFFIXES:
                 for key, (dtype, shape, begin, end) in safetensors_header(path, broken_advice).items():
                     self._meta[key] = torch.empty(shape, dtype=dtype, device="meta")
                     self._where[key] = (path, begin, end)
@@ -146,6 +155,8 @@ class LazyWeights(Mapping):
         meta = self._meta.pop(key)
         if key in self._loaded:
             return self._loaded.pop(key)
+        if key in self._sources:
+            return self._sources.pop(key).tensor(key)
         path, begin, end = self._where.pop(key)
         tensor = torch.empty(meta.shape, dtype=meta.dtype)
         if end > begin:

@@ -660,6 +660,51 @@ def medium_chatglm3_file() -> dict[str, Path]:
     return files
 
 
+def tiny_chatglm3_gguf(kind: str = "Q8_0") -> Path:
+    """The tiny Kolors's ChatGLM3 (``tiny_kolors("kolors", "fp16")``) as llama.cpp's converter writes ChatGLM3-6B GGUF
+    files, written with the gguf package's own writer: architecture ``chatglm``, llama.cpp's tensor names, the
+    matrices and token table in ``kind`` (a GGUF type: Q8_0, Q4_1, Q4_0, F16), norms and biases in F32. Its
+    config.json and tokenizer.model lie beside it (a tiny ChatGLM3's head width is not 6B's, so the loaders need the
+    config). Returns the ``chatglm3-<kind>.gguf`` path."""
+    import gguf
+    import numpy as np
+
+    from aesthete.kolors.folder import find_kolors_folder, read_weights
+
+    path = _kolors_cached(f"chatglm3-gguf-{kind.lower()}")
+    target = path / f"chatglm3-{kind.lower()}.gguf"
+    if target.exists():
+        return target
+    folder = find_kolors_folder(tiny_kolors("kolors", "fp16"))
+    weights = read_weights(folder.text_encoder_files)
+    config = folder.text_encoder_config
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.CHATGLM, config["num_layers"])
+    qtype = gguf.GGMLQuantizationType[kind]
+    with _building(path) as tmp:
+        writer = gguf.GGUFWriter(tmp / target.name, "chatglm")
+        writer.add_block_count(config["num_layers"])
+        writer.add_embedding_length(config["hidden_size"])
+        writer.add_feed_forward_length(config["ffn_hidden_size"])
+        writer.add_head_count(config["num_attention_heads"])
+        writer.add_head_count_kv(config["multi_query_group_num"])
+        for key, tensor in weights.items():
+            if "rotary_pos_emb" in key:
+                continue
+            name = names.get_name(key.removeprefix("transformer."), try_suffixes=(".weight", ".bias"))
+            array = tensor.float().numpy()
+            if array.ndim == 2 and qtype != gguf.GGMLQuantizationType.F32:
+                writer.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+            else:
+                writer.add_tensor(name, np.ascontiguousarray(array, dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        _write_json(tmp / "config.json", config)
+        shutil.copyfile(folder.tokenizer_model, tmp / "tokenizer.model")
+    return target
+
+
 # --- Kolors-IP-Adapter-Plus ---------------------------------------------------------------------------------------
 # the image encoder Kolors-IP-Adapter-Plus ships (image_encoder/config.json: CLIP ViT-L/14 at 336 px), full size:
 # core Load CLIP Vision recognises an image encoder only by its real layer count and widths

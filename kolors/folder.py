@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..common.tensors import TensorFileError, read_tensor_file
+from ..common.tensors import LazyWeights, TensorFileError, read_tensor_file
 
 log = logging.getLogger("aesthete.kolors")
 
@@ -170,6 +170,22 @@ def read_weight_file(path: Path) -> dict[str, torch.Tensor]:
                                 "it may be truncated, download it again")
     except TensorFileError as e:
         raise KolorsFolderError(str(e)) from e
+
+
+def chatglm3_weights(files: list[Path]) -> LazyWeights:
+    """A ChatGLM3 text encoder's weight files, each tensor read when taken (``common.tensors.LazyWeights``):
+    safetensors, pickled shards, or a ChatGLM3 ``.gguf`` file, whose tensors come under ChatGLM3's names, each
+    dequantized when taken (``kolors.gguf_file``)."""
+
+    def gguf(path: Path):
+        from .gguf_file import ChatGLM3GGUF, GGUFError
+
+        try:
+            return ChatGLM3GGUF(path)
+        except GGUFError as e:
+            raise KolorsFolderError(str(e)) from e
+
+    return LazyWeights(files, readers={".gguf": gguf})
 
 
 # ChatGLM3-6B as Kolors ships it: what a single text-encoder file needs beyond the sizes its weights show

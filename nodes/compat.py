@@ -15,6 +15,20 @@ Tested: ComfyUI 0.3.75 (the tree the test suite runs). Read against: the newest 
 - Node signatures: the newest core ``TrainLoraNode.execute`` takes more required inputs than 0.3.75's (and returns
   no MODEL). :func:`schema_defaults` fills a core node's inputs a caller does not give from its own schema.
 
+Kolors add-ons (ControlNet, IP-Adapter), read against the newest source, where the same calls stand today:
+- :func:`controlnet_operations` (``comfy.ops.pick_operations``: the newest dropped ``scaled_fp8`` and added
+  ``model_config``; ours passes only the weight and compute dtypes and ``disable_fast_fp8``), :data:`ControlNetModel`
+  (``comfy.cldm.cldm.ControlNet``, whose forward core calls as ``control_model(x=, hint=, timesteps=, context=,
+  **extra)`` in both), :func:`core_controlnet` (``comfy.controlnet.ControlNet(model, load_device=,
+  manual_cast_dtype=)``, the same keywords in both).
+- :func:`replace_cross_attention` (``ModelPatcher.set_model_attn2_replace(patch, block, number, transformer_index)``);
+  core calls the patch ``patch(q, k, v, extra_options)`` after ``to_q/to_k/to_v`` and before ``to_out``, with
+  ``extra_options["n_heads"]`` and ``["cond_or_uncond"]``, in both.
+- :func:`image_encoder_states` (``comfy.clip_vision.clip_preprocess(image, size=, mean=, std=)``: the newest adds
+  ``border_ratio`` and ``value_range``, with defaults that keep 0.3.75's result; the encoder's own
+  ``image_size/image_mean/image_std`` and ``model(pixel_values=, intermediate_output=-2)[1]``, the penultimate
+  hidden states, in both).
+
 Training (Train LoRA):
 - ``comfy.model_management.in_training``: the newest ComfyUI switches its layers to their differentiable paths while it
   is True (its own trainer sets it); 0.3.75 has no such flag. :func:`training_mode` sets it while training steps run,
@@ -41,7 +55,11 @@ from contextlib import contextmanager
 
 import torch
 
+import comfy.cldm.cldm
+import comfy.clip_vision
+import comfy.controlnet
 import comfy.model_management
+import comfy.ops
 import comfy.supported_models
 
 log = logging.getLogger("aesthete")
@@ -198,3 +216,39 @@ def fp8_layers_in_training_mode(model: torch.nn.Module) -> Iterator[int]:
     finally:
         for m in layers:
             m.training = False
+
+
+# ------------------------------------------------------------------------------------------- Kolors add-ons
+ControlNetModel = comfy.cldm.cldm.ControlNet  # core's ControlNet network, subclassed by the Kolors ControlNet
+
+
+def controlnet_operations(weight_dtype: torch.dtype, compute_dtype: torch.dtype | None):
+    """ComfyUI's layer classes for a ControlNet stored in ``weight_dtype`` and computed in ``compute_dtype`` (None:
+    the same), without the ``--fast`` fp8 matrix multiplication (which core's own ControlNet loader also leaves off)."""
+    return comfy.ops.pick_operations(weight_dtype, compute_dtype, disable_fast_fp8=True)
+
+
+def core_controlnet(model: torch.nn.Module, load_device, manual_cast_dtype) -> comfy.controlnet.ControlNet:
+    """A core CONTROL_NET around a ControlNet network: what core Apply ControlNet takes (strength, start/end percent),
+    its weights in a ModelPatcher of its own."""
+    return comfy.controlnet.ControlNet(model, load_device=load_device, manual_cast_dtype=manual_cast_dtype)
+
+
+def replace_cross_attention(patcher, patch: Callable, block: tuple[str, int, int]) -> None:
+    """``patcher``'s cross-attention at ``block`` = (``"input"``/``"middle"``/``"output"``, block number, transformer
+    index) computed by ``patch(q, k, v, extra_options)`` (q, k, v already projected; ``extra_options["n_heads"]``,
+    ``["cond_or_uncond"]``); a model option of this patcher only."""
+    patcher.set_model_attn2_replace(patch, block[0], block[1], block[2])
+
+
+def image_encoder_states(clip_vision, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The penultimate hidden states of a core CLIP_VISION for ``image`` [B, H, W, C] (resized and centre-cropped to
+    the encoder's size, normalised with its own mean and std, as core's CLIP Vision Encode does), and for an all-zero
+    encoder input of one image (the negative image embedding of diffusers' and Kwai-Kolors's IP-Adapter pipelines)."""
+    comfy.model_management.load_model_gpu(clip_vision.patcher)
+    pixels = comfy.clip_vision.clip_preprocess(image.to(clip_vision.load_device), size=clip_vision.image_size,
+                                               mean=clip_vision.image_mean, std=clip_vision.image_std).float()
+    with torch.no_grad():
+        states = clip_vision.model(pixel_values=pixels, intermediate_output=-2)[1]
+        empty = clip_vision.model(pixel_values=torch.zeros_like(pixels[:1]), intermediate_output=-2)[1]
+    return states, empty

@@ -11,10 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-import comfy.cldm.cldm
-import comfy.controlnet
 import comfy.model_management as mm
-import comfy.ops
 import comfy.utils
 import torch
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
@@ -22,10 +19,11 @@ from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 from ..common.tensors import load_into_module
 from ..kolors import configs
 from ..kolors.folder import KolorsFolderError
+from . import compat
 from .kolors_model import DTYPES, KolorsModelConfig, cpu_attention_options
 
 
-class KolorsControlNetModel(comfy.cldm.cldm.ControlNet):
+class KolorsControlNetModel(compat.ControlNetModel):
     """ComfyUI's ControlNet with Kolors's text projection applied to the context first."""
 
     def __init__(self, encoder_hid_dim: int, context_dim: int, dtype=None, device=None, operations=None, **kwargs):
@@ -37,7 +35,7 @@ class KolorsControlNetModel(comfy.cldm.cldm.ControlNet):
     transformer_options: dict = {}
 
     def forward(self, x, hint, timesteps, context, y=None, **kwargs):
-        """comfy.cldm.cldm.ControlNet.forward (without the union ControlNet's control types, which Kolors's have not)
+        """Core's ControlNet forward (without the union ControlNet's control types, which Kolors's have not)
         on the projected context, its attention chosen as the Kolors MODEL's."""
         if context.shape[-1] != self.encoder_hid_proj.in_features:
             raise ValueError(f"a Kolors ControlNet reads Kolors's ChatGLM3 context ({self.encoder_hid_proj.in_features} "
@@ -79,7 +77,7 @@ def _diffusers_names(settings: dict, weights: Mapping[str, torch.Tensor]) -> dic
 
 
 def kolors_controlnet(weights: Mapping[str, torch.Tensor], config: dict, dtype_name: str = "auto",
-                      where: str = "controlnet", take=None) -> comfy.controlnet.ControlNet:
+                      where: str = "controlnet", take=None):
     """A core CONTROL_NET from a Kolors ControlNet's diffusers-named weights and its config.json. ``weights`` may be
     a LazyWeights (meta tensors; ``take(key)`` reads each one as it is copied in)."""
     settings = configs.controlnet_settings(config)
@@ -98,7 +96,7 @@ def kolors_controlnet(weights: Mapping[str, torch.Tensor], config: dict, dtype_n
     else:
         dtype = DTYPES[dtype_name]
     manual_cast = mm.unet_manual_cast(dtype, load_device)
-    operations = comfy.ops.pick_operations(dtype, manual_cast, disable_fast_fp8=True)
+    operations = compat.controlnet_operations(dtype, manual_cast)
     model = KolorsControlNetModel(**settings, operations=operations, dtype=dtype, device=mm.unet_offload_device())
     take = take or (lambda key: weights[key])
     report = load_into_module(model, list(names), lambda comfy_key: take(names[comfy_key]))
@@ -107,7 +105,7 @@ def kolors_controlnet(weights: Mapping[str, torch.Tensor], config: dict, dtype_n
                                 f"{report.missing[:3]}, unexpected {report.unexpected[:3]}"
                                 f"{'; ' + report.errors[0].strip() if report.errors else ''})")
     model.transformer_options = cpu_attention_options(load_device)
-    return comfy.controlnet.ControlNet(model, load_device=load_device, manual_cast_dtype=manual_cast)
+    return compat.core_controlnet(model, load_device, manual_cast)
 
 
 def controlnet_config_path(weights_file: Path) -> Path | None:

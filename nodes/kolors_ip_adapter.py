@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 
-import comfy.clip_vision
 import comfy.ldm.modules.attention as attention
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -15,6 +14,7 @@ import comfy.utils
 import torch
 
 from ..kolors.ip_adapter import IPAdapterPlus, diffusers_attention_order
+from . import compat
 from .kolors_model import Kolors
 
 COND, UNCOND = 0, 1  # ComfyUI's cond_or_uncond marks
@@ -81,12 +81,7 @@ def apply_ip_adapter(model, adapter_patcher, clip_vision, image: torch.Tensor, w
     if adapter.to_k_ip[0].in_features != context_width:
         raise ValueError(f"this IP-Adapter's tokens are {adapter.to_k_ip[0].in_features} wide, the Kolors UNet "
                          f"attends to {context_width}: it is made for another UNet")
-    mm.load_model_gpu(clip_vision.patcher)
-    pixels = comfy.clip_vision.clip_preprocess(image.to(clip_vision.load_device), size=clip_vision.image_size,
-                                               mean=clip_vision.image_mean, std=clip_vision.image_std).float()
-    with torch.no_grad():
-        states = clip_vision.model(pixel_values=pixels, intermediate_output=-2)[1]
-        empty = clip_vision.model(pixel_values=torch.zeros_like(pixels[:1]), intermediate_output=-2)[1]
+    states, empty = compat.image_encoder_states(clip_vision, image)
     if states.shape[-1] != adapter.image_proj.image_width:
         raise ValueError(f"the image encoder gives {states.shape[-1]}-wide states, this IP-Adapter reads "
                          f"{adapter.image_proj.image_width}: load the image encoder it was trained with (Kolors's: "
@@ -102,5 +97,5 @@ def apply_ip_adapter(model, adapter_patcher, clip_vision, image: torch.Tensor, w
     patched = model.clone()
     for block, c, u in zip(blocks, cond, uncond):
         patch = IPAttention(tuple(t.to(keep) for t in c), tuple(t.to(keep) for t in u), weight)
-        patched.set_model_attn2_replace(patch, block[0], block[1], block[2])
+        compat.replace_cross_attention(patched, patch, block)
     return patched

@@ -37,7 +37,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import Timestep
 from ..common.tensors import LazyWeights, load_into_module
 from ..kolors import configs, quantize
 from ..kolors.chatglm import ChatGLM3, load_chatglm_state_dict
-from ..kolors.folder import KolorsFolder, KolorsFolderError, read_weights
+from ..kolors.folder import KolorsFolder, KolorsFolderError, chatglm3_weights, read_weights
 from ..kolors.tokenizer import ChatGLM3Tokenizer
 from . import compat
 
@@ -349,7 +349,7 @@ def kolors_clip(te_files: list[Path], te_config: dict, tokenizer_model: Path, dt
     parameters = _chatglm_parameters(te_config)
     clip = comfy.sd.CLIP(target, tokenizer_data={"chatglm3_tokenizer": tokenizer_bytes}, parameters=parameters,
                          model_options=model_options)
-    sd = state_dict if state_dict is not None else LazyWeights(te_files)
+    sd = state_dict if state_dict is not None else chatglm3_weights(te_files)
     try:
         clip.load_sd(sd)
     except (KeyError, RuntimeError, ValueError) as e:

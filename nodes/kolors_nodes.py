@@ -15,8 +15,8 @@ from comfy_api.latest import io
 from ..kolors.folder import KolorsFolderError
 from ..kolors.download import DEFAULT_NAME, ensure_kolors
 from ..common.tensors import LazyWeights
-from ..kolors.folder import (chatglm_config_for_file, find_kolors_folder, find_tokenizer_for_file, looks_like_kolors,
-                             read_json)
+from ..kolors.folder import (chatglm3_weights, chatglm_config_for_file, find_kolors_folder, find_tokenizer_for_file,
+                             looks_like_kolors, read_json)
 from ..kolors.ip_adapter import IPAdapterPlus, read_ip_adapter
 from . import kolors_controlnet, kolors_ip_adapter, kolors_model
 
@@ -197,10 +197,13 @@ class AestheteChatGLM3Loader(io.ComfyNode):
             description="Loads Kolors's ChatGLM3 text encoder kept as one file (for example chatglm3-fp16.safetensors "
                         "in models/text_encoders or models/LLM) as a CLIP. Its tokenizer.model is taken from beside "
                         "the file or from a Kolors folder in models/kolors. The q8_0 and q4_1 choices quantize the fp16 "
-                        "file to 8 or 4 bits while it loads; already quantized (4/8-bit) files are refused.",
+                        "file to 8 or 4 bits while it loads. A ChatGLM3 GGUF file (llama.cpp's, in models/LLM: Q8_0, "
+                        "Q4_K_M, F16, ...) is read with the gguf package and stored as the dtype says (q8_0 keeps a "
+                        "Q8_0 file's numbers); other quantized (4/8-bit) files are refused.",
             inputs=[
                 io.Combo.Input("text_encoder", options=text_encoder_choices(),
-                               tooltip="The ChatGLM3 weights (safetensors; .bin is read with weights_only)"),
+                               tooltip="The ChatGLM3 weights (safetensors; .bin is read with weights_only; a "
+                                       "ChatGLM3 .gguf in models/LLM)"),
                 io.Combo.Input("dtype", options=TE_DTYPE_OPTIONS, default="auto",
                                tooltip=DTYPE_TOOLTIP + "; fp8_e4m3fn stores the weights in fp8 (about half of fp16) "
                                                        "and computes in fp16 (fp32 on a CPU); q8_0 and q4_1 store "
@@ -214,7 +217,7 @@ class AestheteChatGLM3Loader(io.ComfyNode):
     @classmethod
     def execute(cls, text_encoder, dtype, device) -> io.NodeOutput:
         path = text_encoder_path(text_encoder)
-        sd = LazyWeights([path])  # shapes now, each tensor read as it is copied into the model
+        sd = chatglm3_weights([path])  # shapes now, each tensor read as it is copied into the model
         config = chatglm_config_for_file(path, sd)
         tokenizer = find_tokenizer_for_file(path, [p for _, p in _subfolders(KOLORS_FOLDER)])
         return io.NodeOutput(kolors_model.kolors_clip([path], config, tokenizer, dtype, device, state_dict=sd))

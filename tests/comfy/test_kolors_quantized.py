@@ -1,6 +1,6 @@
 """ChatGLM3 in 8 and 4 bits inside ComfyUI: the Kolors CLIP built by our loader holds the quantized bytes in its
 ModelPatcher (what ComfyUI's memory management counts), encodes close to fp32, and a graph with the Kolors Loader's
-4-bit choice generates through core nodes."""
+4-bit choice generates through core nodes; a ChatGLM3 GGUF file loads through the ChatGLM3 loader."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from devkit.graph import new_graph
+from devkit.kolors_models import RECIPE_PROMPT, tiny_chatglm3_gguf, tiny_kolors
 from harness.in_comfy import run_in_comfy
-from devkit.kolors_models import RECIPE_PROMPT, tiny_kolors
 from PIL import Image
+from safetensors.torch import load as load_safetensors
 
 pytestmark = pytest.mark.comfy
 
@@ -61,3 +63,33 @@ def test_kolors_loader_with_a_4_bit_text_encoder_generates(comfy, comfy_server):
     images = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB"), dtype=np.float32)
               for b in comfy.output_images(result, save.id)]
     assert len(images) == 1 and images[0].shape == (64, 64, 3) and images[0].std() > 1.0
+
+
+def _one_step_latent(comfy, comfy_server, kolors: str, tag: str, text_encoder: str | None = None) -> torch.Tensor:
+    g = new_graph()
+    loader = g.node("AestheteKolorsLoader", kolors=kolors, dtype="fp32", text_encoder_device="default")
+    clip = loader.out(1)
+    if text_encoder is not None:
+        clip = g.node("AestheteChatGLM3Loader", text_encoder=text_encoder, dtype="q8_0", device="default").out(0)
+    positive = g.node("CLIPTextEncode", text=RECIPE_PROMPT, clip=clip)
+    latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=1)
+    sampler = g.node("KSampler", model=loader.out(0), positive=positive.out(0), negative=positive.out(0),
+                     latent_image=latent.out(0), seed=3, steps=1, cfg=1.0, sampler_name="euler", scheduler="normal",
+                     denoise=1.0)
+    g.node("SaveLatent", samples=sampler.out(0), filename_prefix=f"latents/{tag}")
+    comfy.run(g.finalize())
+    files = sorted((comfy_server.output_dir / "latents").glob(f"{tag}_*.latent"))
+    return load_safetensors(files[-1].read_bytes())["latent_tensor"].float()
+
+
+def test_a_chatglm3_gguf_file_in_models_llm_encodes_like_the_fp32_text_encoder(comfy, comfy_server):
+    """A user's ChatGLM3 GGUF (Q8_0, as llama.cpp writes it, with its config.json and tokenizer.model beside it) in
+    models/LLM, loaded by the ChatGLM3 loader in q8_0, conditions one sampling step as Kolors's own fp32 text encoder
+    does, within the 8-bit drift."""
+    kolors = comfy_server.link_model("kolors", tiny_kolors("kolors", "fp16"), "tiny-kolors")
+    folder = comfy_server.link_model("LLM", tiny_chatglm3_gguf("Q8_0").parent, "tiny-chatglm3-gguf")
+    reference = _one_step_latent(comfy, comfy_server, kolors, "kolors-te-fp32")
+    ours = _one_step_latent(comfy, comfy_server, kolors, "kolors-te-gguf",
+                            text_encoder=f"LLM/{folder}/chatglm3-q8_0.gguf")
+    assert torch.isfinite(ours).all()
+    assert (ours - reference).norm() / reference.norm() < 0.01
