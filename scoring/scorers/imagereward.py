@@ -192,7 +192,7 @@ def load_imagereward(info: ScorerInfo, weights: Path, med_config: Path, bert_fol
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     config = json.loads(Path(med_config).read_text(encoding="utf-8"))
-    model = load_strict(lambda: ImageRewardModel(config), read_weights(weights), weights,
+    model = load_strict(lambda: ImageRewardModel(config), read_weights(weights, dt), weights,
                         ignore=lambda k: k.startswith(IGNORED_PREFIXES) or k.endswith("position_ids"))
     model.to(device=dev, dtype=dt)
     tokenizer = BertTokenizer.from_pretrained(str(bert_folder))
