@@ -18,10 +18,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 # every test in these folders gets these marks, so `-m "not comfy"` starts no server, `-m "not browser"` no browser,
-# `-m "not ray"` no Ray cluster, `-m "not slow"` builds no full-size model, `-m "not process"` starts no fresh Python;
-# tests/unit is the fast, ComfyUI-free rest (domain code only)
+# `-m "not ray"` no Ray cluster, `-m "not slow"` builds no full-size model, `-m "not process"` starts no fresh Python,
+# `-m "not reference"` no reference package (tests/reference: our scorers against DiffSynth's and the publishers'
+# packages, full-size models where a reference hard-codes them); tests/unit is the fast, ComfyUI-free rest (domain code
+# only)
 FOLDER_MARKS = {"comfy": ("comfy",), "browser": ("browser", "comfy"), "install": ("install", "comfy"),
-                "ray": ("ray",), "full_size": ("slow",), "processes": ("process",)}
+                "ray": ("ray",), "full_size": ("slow",), "processes": ("process",), "reference": ("reference",)}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -32,7 +32,7 @@ def load_clip_model(folder: Path, device: torch.device, dtype: torch.dtype):
 
     config = CLIPConfig.from_pretrained(str(folder))
     weights = Path(folder) / "model.safetensors"
-    model = load_strict(lambda: CLIPModel(config), read_weights(weights), weights,
+    model = load_strict(lambda: CLIPModel(config), read_weights(weights, dtype), weights,
                         ignore=lambda k: k.endswith("position_ids"))
     return model.to(device=device, dtype=dtype)
 
@@ -106,7 +106,7 @@ def load_openclip_pair(info: ScorerInfo, weights: Path, bpe: Path, device="cpu",
 
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    model = load_openclip_as_transformers(weights, read_weights(weights), dev, dt)
+    model = load_openclip_as_transformers(weights, read_weights(weights, dt), dev, dt)
     log.info("loaded %s from %s (%s, %s)", info.id, weights, dev, dt)
     return ClipPairScorer(info, model, Letterbox(model.config.vision_config.image_size), tokenizer_from_bpe(bpe),
                           logit_scaled=False, clean=clean_prompt)

@@ -210,7 +210,7 @@ def load_mps(info: ScorerInfo, weights: Path, clip_folder: Path, device="cpu", d
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     config = CLIPConfig.from_pretrained(str(clip_folder))
-    model = load_strict(lambda: MPSModel(config), read_weights(weights), weights,
+    model = load_strict(lambda: MPSModel(config), read_weights(weights, dt), weights,
                         ignore=lambda k: k.endswith(IGNORED_SUFFIXES) and "cross_model" in k or
                         k.endswith("position_ids"))
     model.to(device=dev, dtype=dt)

@@ -34,12 +34,14 @@ def check_safetensors(path: Path) -> None:
                               f"{REDOWNLOAD}")
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_weights(path: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The file's tensors; ``dtype``: a safetensors file's floating tensors come cast to it, read one at a time (the
+    model's weights are never held in the file's precision and the model's at once)."""
     path = Path(path)
     try:
         if path.suffix in (".safetensors", ".sft"):
             check_safetensors(path)
-            return read_safetensors(path, REDOWNLOAD)
+            return read_safetensors(path, REDOWNLOAD, dtype)
         return load_pickle(path, "Use the safetensors file of the DiffSynth repository instead.", REDOWNLOAD)
     except TensorFileError as e:
         raise ScorerFileError(str(e)) from e

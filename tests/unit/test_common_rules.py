@@ -218,3 +218,32 @@ def test_the_command_line_uses_the_models_folder_of_the_comfyui_the_pack_is_in(t
     assert models_root(checkout, environ={}) == checkout / ".comfyui" / "base" / "models"  # `make run`'s ComfyUI
     assert models_root(tmp_path / "elsewhere", environ={}) == Path("models")
     assert models_root(pack, environ={"AESTHETE_MODELS_DIR": "/srv/models"}) == Path("/srv/models")
+
+
+def test_a_safetensors_file_read_in_another_precision_is_the_file_cast_tensor_by_tensor(tmp_path):
+    """The scorers read fp16 files as fp32 this way (one tensor at a time, never the whole file beside its cast copy):
+    floating tensors cast exactly, integer ones kept, the file's own precision mapped as it is, a truncated file named."""
+    from safetensors.torch import load_file, save_file
+
+    from aesthete.common.tensors import TensorFileError, read_safetensors
+
+    gen = torch.Generator().manual_seed(0)
+    state = {"w": torch.randn(7, 5, generator=gen).half(), "b": torch.randn(5, generator=gen).bfloat16(),
+             "ids": torch.arange(6).view(2, 3), "empty": torch.zeros(0, 4, dtype=torch.float16),
+             "big": torch.randn(64, 33, generator=gen).half()}
+    path = tmp_path / "m.safetensors"
+    save_file(state, str(path))
+    cast = read_safetensors(path, "advice", torch.float32)
+    assert set(cast) == set(state)
+    for key, tensor in state.items():
+        want = tensor.float() if tensor.is_floating_point() else tensor
+        assert cast[key].dtype == want.dtype and torch.equal(cast[key], want), key
+    assert len({cast[k].data_ptr() for k in ("w", "b", "big")}) == 3  # each its own storage, not the read buffer
+    same = read_safetensors(path, "advice", torch.float16)  # bf16 "b" differs: cast as well
+    assert same["w"].dtype == torch.float16 and torch.equal(same["w"], state["w"])
+    assert same["b"].dtype == torch.float16 and torch.equal(same["b"], state["b"].half())
+    plain = read_safetensors(path, "advice")
+    assert all(torch.equal(plain[k], v) and plain[k].dtype == v.dtype for k, v in load_file(str(path)).items())
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(TensorFileError, match="m.safetensors.*advice"):
+        read_safetensors(path, "advice", torch.float32)

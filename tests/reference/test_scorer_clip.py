@@ -4,16 +4,14 @@ weights and images: tiny random-weight models in DiffSynth's layout, the real CL
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
-import torch
 from devkit.reference import run_reference
 from devkit.scorer_models import reference_bar, image_files, tiny_clip_scorers_root
 from PIL import Image
 
-from aesthete.scoring.scorers import CATALOG, PromptRequired, load_scorer
+from aesthete.scoring.scorers import load_scorer
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "reference" / "diffsynth_scorers.py"
@@ -57,35 +55,3 @@ def test_clipscore_l_is_the_cosine_of_diffsynths_clip_path(root, tmp_path):
                                                                 PROMPTS)
     assert reference_bar(ours, ref["scores"]) <= 1e-3
     assert all(-1 <= s <= 1 for s in ours)
-
-
-def test_a_comfy_batch_scores_as_its_saved_pngs_and_nan_images_are_skipped(root):
-    scorer = load_scorer("pickscore-v1", root)
-    batch = torch.rand(3, 40, 56, 3, generator=torch.Generator().manual_seed(0))
-    batch[1, 3, 3, 0] = math.nan
-    scores = scorer.score_tensor(batch, PROMPTS[:3], batch_size=2)
-    assert math.isnan(scores[1]) and not math.isnan(scores[0])
-    from aesthete.common.images import tensor_to_pil
-
-    assert scores[2] == pytest.approx(scorer.score_images([tensor_to_pil(batch[2])], [PROMPTS[2]])[0], abs=1e-5)
-
-
-@pytest.mark.parametrize("prompts", [None, ["a fox", ""], ["a fox", "   "]])
-def test_a_prompt_aware_scorer_without_a_prompt_names_itself(root, prompts):
-    scorer = load_scorer("clipscore-vit-l-14", root)
-    with pytest.raises(PromptRequired, match="clipscore-vit-l-14"):
-        scorer.score_tensor(torch.rand(2, 32, 32, 3), prompts)
-    assert CATALOG["clipscore-vit-l-14"].prompt_aware and scorer.prompt_aware
-
-
-def test_a_prompt_longer_than_77_tokens_is_cut_with_one_warning_naming_the_cut(root, caplog):
-    scorer = load_scorer("pickscore-v1", root)
-    long = "a fox " * 40 + "under a purple moon"
-    images = [Image.new("RGB", (40, 40), (200, 30, 30))] * 2
-    with caplog.at_level("WARNING", logger="aesthete.scoring"):
-        cut = scorer.score_images(images, [long, long])
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warnings) == 1 and "purple moon" in warnings[0] and "77" in warnings[0]
-    # what was cut does not count: the prompt ending differently scores the same
-    other = "a fox " * 40 + "in a green field"
-    assert scorer.score_images(images, [other, long]) == pytest.approx(cut, rel=1e-6)
