@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..common.images import finite_mask, tensor_to_uint8
 from .registry import PROCESSOR_FILES, WEIGHT_FILES
+from .scorers.base import ModuleScorer, score_finite
 
 log = logging.getLogger("aesthete.scoring")
 
@@ -138,7 +138,7 @@ def preprocess_images(processor, images: Sequence[Image.Image | torch.Tensor]) -
     return processor(images=list(images), return_tensors="pt")["pixel_values"]
 
 
-class AestheticPredictor:
+class AestheticPredictor(ModuleScorer):
     """A loaded predictor: ``score_images`` (PIL) and ``score_tensor`` (ComfyUI IMAGE batches) give 1-10 scores.
     It is a ``scorers.Scorer`` that never reads a prompt (``prompts`` is accepted and ignored)."""
 
@@ -183,18 +183,6 @@ class AestheticPredictor:
         """What a ModelPatcher must own."""
         return [self.model]
 
-    def to(self, device: str | torch.device) -> AestheticPredictor:
-        self.model.to(device)
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
     def preprocess(self, images: Sequence[Image.Image | torch.Tensor]) -> torch.Tensor:
         """Pixel values for a list of RGB PIL images or [3,H,W] uint8 tensors, exactly as the reference computes
         them one by one (the processor groups same-sized images and resizes them together)."""
@@ -232,17 +220,7 @@ class AestheticPredictor:
         the batch size, as callers written before prompts existed pass it)."""
         if isinstance(prompts, int):
             batch_size = prompts
-        ok = finite_mask(images)
-        bad = [i for i, good in enumerate(ok.tolist()) if not good]
-        if bad:
-            log.warning("images %s of the batch contain NaN or infinite values: not scored (score NaN)", bad)
-        good_idx = [i for i, good in enumerate(ok.tolist()) if good]
-        uint8 = tensor_to_uint8(images[good_idx]) if good_idx else None
-        good_scores = self.score_images(list(uint8), None, batch_size, progress, interrupt) if good_idx else []
-        scores = [math.nan] * images.shape[0]
-        for i, s in zip(good_idx, good_scores):
-            scores[i] = s
-        return scores
+        return score_finite(images, lambda uint8, _: self.score_images(uint8, None, batch_size, progress, interrupt))
 
 
 def load_predictor(folder: Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,8 +17,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ...common.images import finite_mask, tensor_to_uint8
 from ..predictor import resolve_device, resolve_dtype
+from .base import ModuleScorer, score_finite
 from .catalog import ScorerInfo
 from .errors import ScorerFileError
 from .pixels import Squash
@@ -44,7 +43,7 @@ class AestheticV25Model(nn.Module):
         return self.scoring_head(embeds / embeds.norm(dim=-1, keepdim=True))[:, 0]
 
 
-class AestheticV25Scorer:
+class AestheticV25Scorer(ModuleScorer):
     prompt_aware = False
 
     def __init__(self, info: ScorerInfo, model: AestheticV25Model, preprocess: Squash):
@@ -55,18 +54,6 @@ class AestheticV25Scorer:
 
     def modules(self) -> list[nn.Module]:
         return [self.model]
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    def to(self, device) -> AestheticV25Scorer:
-        self.model.to(device)
-        return self
 
     def score_images(self, images: Sequence[Image.Image | torch.Tensor], prompts: Sequence[str] | None = None,
                      batch_size: int = 16, progress: Callable[[int, int], None] | None = None,
@@ -88,17 +75,7 @@ class AestheticV25Scorer:
     def score_tensor(self, images: torch.Tensor, prompts: Sequence[str] | None = None, batch_size: int = 16,
                      progress: Callable[[int, int], None] | None = None,
                      interrupt: Callable[[], None] | None = None) -> list[float]:
-        ok = finite_mask(images).tolist()
-        bad = [i for i, good in enumerate(ok) if not good]
-        if bad:
-            log.warning("images %s of the batch contain NaN or infinite values: not scored (score NaN)", bad)
-        good_idx = [i for i, good in enumerate(ok) if good]
-        scores = [math.nan] * images.shape[0]
-        if good_idx:
-            good = self.score_images(list(tensor_to_uint8(images[good_idx])), None, batch_size, progress, interrupt)
-            for i, s in zip(good_idx, good):
-                scores[i] = s
-        return scores
+        return score_finite(images, lambda uint8, _: self.score_images(uint8, None, batch_size, progress, interrupt))
 
 
 def load_aesthetic_v25(info: ScorerInfo, head_file: Path, siglip_folder: Path, device="cpu",

@@ -73,19 +73,9 @@ def warn_cut_prompts(scorer_id: str, tokenizer, prompts: Sequence[str], max_toke
         log.warning("%s reads at most %d tokens per prompt; cut: %s", scorer_id, max_tokens, "; ".join(cut))
 
 
-class PromptScorer:
-    """Base of the prompt-aware scorers: ``score_batch(pil_or_uint8_images, prompts) -> [B] tensor`` is theirs, the
-    rest (prompt checks, batches, progress, interrupt, NaN images) is here."""
-
-    prompt_aware = True
-
-    def __init__(self, info: ScorerInfo):
-        self.info = info
-        self._lock = threading.Lock()  # one forward at a time: nodes of one graph may share a scorer
-
-    @property
-    def name(self) -> str:
-        return self.info.id
+class ModuleScorer:
+    """Where a scorer's weights are: ``modules()`` is what a ModelPatcher owns; ``device`` and ``dtype`` are those of
+    its first module's parameters, ``to`` moves every module."""
 
     def modules(self) -> list[torch.nn.Module]:
         raise NotImplementedError
@@ -98,10 +88,40 @@ class PromptScorer:
     def dtype(self) -> torch.dtype:
         return next(self.modules()[0].parameters()).dtype
 
-    def to(self, device) -> PromptScorer:
+    def to(self, device):
         for m in self.modules():
             m.to(device)
         return self
+
+
+def score_finite(images: torch.Tensor, score: Callable[[list[torch.Tensor], list[int]], list[float]]) -> list[float]:
+    """Scores of a [B,H,W,C] 0..1 batch, equal to scoring the PNGs ComfyUI would save from it: ``score(uint8 images,
+    their indices in the batch)`` for the finite images; an image with a NaN or infinity scores NaN (logged)."""
+    ok = finite_mask(images).tolist()
+    bad = [i for i, good in enumerate(ok) if not good]
+    if bad:
+        log.warning("images %s of the batch contain NaN or infinite values: not scored (score NaN)", bad)
+    good_idx = [i for i, good in enumerate(ok) if good]
+    scores = [math.nan] * images.shape[0]
+    if good_idx:
+        for i, s in zip(good_idx, score(list(tensor_to_uint8(images[good_idx])), good_idx)):
+            scores[i] = s
+    return scores
+
+
+class PromptScorer(ModuleScorer):
+    """Base of the prompt-aware scorers: ``score_batch(pil_or_uint8_images, prompts) -> [B] tensor`` is theirs, the
+    rest (prompt checks, batches, progress, interrupt, NaN images) is here."""
+
+    prompt_aware = True
+
+    def __init__(self, info: ScorerInfo):
+        self.info = info
+        self._lock = threading.Lock()  # one forward at a time: nodes of one graph may share a scorer
+
+    @property
+    def name(self) -> str:
+        return self.info.id
 
     def score_batch(self, images: Sequence[Image.Image | torch.Tensor], prompts: list[str]) -> torch.Tensor:
         raise NotImplementedError
@@ -134,15 +154,5 @@ class PromptScorer:
         """Scores of a [B,H,W,C] 0..1 batch, equal to scoring the PNGs ComfyUI would save from it. An image with a
         NaN or infinity scores NaN (logged)."""
         prompts = checked_prompts(self.info.id, prompts, images.shape[0])
-        ok = finite_mask(images).tolist()
-        bad = [i for i, good in enumerate(ok) if not good]
-        if bad:
-            log.warning("images %s of the batch contain NaN or infinite values: not scored (score NaN)", bad)
-        good_idx = [i for i, good in enumerate(ok) if good]
-        scores = [math.nan] * images.shape[0]
-        if good_idx:
-            uint8 = list(tensor_to_uint8(images[good_idx]))
-            good = self.score_images(uint8, [prompts[i] for i in good_idx], batch_size, progress, interrupt)
-            for i, s in zip(good_idx, good):
-                scores[i] = s
-        return scores
+        return score_finite(images, lambda uint8, idx: self.score_images(uint8, [prompts[i] for i in idx], batch_size,
+                                                                         progress, interrupt))

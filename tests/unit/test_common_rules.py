@@ -20,6 +20,7 @@ from aesthete.common.paths import OutsideRootError, path_inside
 from aesthete.common.tags import split_tags
 from aesthete.prompts import composer
 from aesthete.scoring import registry
+from aesthete.common import captions as caption_files
 from aesthete.training import captions
 from aesthete.training.dataset import load_dataset
 from devkit.training_data import pattern_image
@@ -96,10 +97,10 @@ def test_tensor_and_pil_convert_once_and_round_trip():
 ])
 def test_training_captions_split_tags_as_the_composer_does(tmp_path, text, tags):
     assert split_tags(text) == tags
-    assert composer.split_tags is split_tags and captions.split_tags is split_tags
+    assert composer.split_tags is split_tags and caption_files.split_tags is split_tags
     pattern_image().save(tmp_path / "a.png")
     (tmp_path / "a.txt").write_text(text, encoding="utf-8")
-    assert captions.find_caption(tmp_path / "a.png", {}) == (tags, "txt")
+    assert caption_files.find_caption(tmp_path / "a.png", {}) == (tags, "txt")
 
 
 def test_keep_first_tag_keeps_a_chinese_tag_not_the_whole_caption(tmp_path):
