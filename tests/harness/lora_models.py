@@ -1,42 +1,38 @@
-"""ComfyUI's own names for the LoRA tests, read in a subprocess so that the test process never imports ComfyUI."""
+"""ComfyUI's own names for the LoRA tests, read in ComfyUI's import world (run_in_comfy) so that the test process never
+imports ComfyUI."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 
 import torch
 
 from devkit.build_models import SMALL_SDXL_CONFIG
-from devkit.comfy_server import COMFY_DIR
+from harness.in_comfy import run_in_comfy
+
+
+def _unet_to_diffusers(unet_config: dict) -> dict[str, str]:
+    """In ComfyUI's import world (run_in_comfy): comfy.utils.unet_to_diffusers of ``unet_config``."""
+    import comfy.utils
+
+    return comfy.utils.unet_to_diffusers(unet_config)
 
 
 def comfy_diffusers_names(unet_config: dict = SMALL_SDXL_CONFIG) -> dict[str, str]:
     """ldm module -> diffusers module, from ComfyUI's own comfy.utils.unet_to_diffusers."""
-    code = ("import json, sys, comfy.utils; cfg = json.loads(sys.argv[1]); "
-            "m = comfy.utils.unet_to_diffusers(cfg); "
-            "print(json.dumps({v[:-7]: k[:-7] for k, v in sorted(m.items(), reverse=True) "
-            "if k.endswith('.weight')}))")  # reverse: add_embedding wins over its alias class_embedding
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(unet_config)], cwd=COMFY_DIR, check=True,
-                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(COMFY_DIR)))
-    return json.loads(out.stdout)
+    mapping = run_in_comfy(_unet_to_diffusers, unet_config)
+    # reverse: add_embedding wins over its alias class_embedding
+    return {v[:-7]: k[:-7] for k, v in sorted(mapping.items(), reverse=True) if k.endswith(".weight")}
 
 
 def comfy_lora_key_names(unet_config: dict, prefix: str = "") -> dict[str, str]:
     """{kohya module name: weight name in the model file} from ComfyUI's own comfy.lora.model_lora_keys_unet logic
     (``lora_unet_`` + the ldm name and + the diffusers name of ``unet_config``'s layout); ``prefix``: what the
     model file puts in front of the UNet's weight names ("model.diffusion_model." in a checkpoint)."""
-    code = ("import json, sys, comfy.utils; cfg = json.loads(sys.argv[1]); "
-            "m = comfy.utils.unet_to_diffusers(cfg); "
-            "print(json.dumps({'lora_unet_' + k[:-7].replace('.', '_'): v for k, v in m.items() "
-            "if k.endswith('.weight')}))")
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(unet_config)], cwd=COMFY_DIR, check=True,
-                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(COMFY_DIR)))
-    names = {name: prefix + ldm for name, ldm in json.loads(out.stdout).items()}
-    for ldm in set(json.loads(out.stdout).values()):
+    mapping = run_in_comfy(_unet_to_diffusers, unet_config)
+    by_diffusers = {"lora_unet_" + k[:-7].replace(".", "_"): v for k, v in mapping.items() if k.endswith(".weight")}
+    names = {name: prefix + ldm for name, ldm in by_diffusers.items()}
+    for ldm in set(by_diffusers.values()):
         names["lora_unet_" + ldm[:-len(".weight")].replace(".", "_")] = prefix + ldm
     return names
 
