@@ -3,7 +3,8 @@
     python -m benchmarks.gpu_check                      # on a CUDA machine (under 10 minutes on one H100)
     python -m benchmarks.gpu_check --device cpu --tiny  # the same code paths on tiny models (the CI runs this)
 
-It needs only what ``make test`` sets up, plus a CUDA build of torch. Parts (``--only`` picks some):
+It needs only what ``make test`` sets up, plus a CUDA build of torch. It is one file, and long, because it is the one
+command a GPU session runs: every part below prints a row of the same table. Parts (``--only`` picks some):
 
 - training: Train LoRA through a real ComfyUI server (started without --cpu on a GPU) on the small SD1.5 and the
   medium Kolors at 1024x1024 (tiny Kolors at 64x64 with --tiny): 2 epochs of one step, validation every epoch (one

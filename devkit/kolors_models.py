@@ -1,5 +1,9 @@
 """Tiny random-weight Kolors models for the tests, cached in tests/.models (git-ignored).
 
+One module for every Kolors test model (the base folders in both layouts, the single files, the broken ones, the
+medium and wide sizes for benchmarks, the add-ons: ControlNet, IP-Adapter, inpainting, GGUF): they share the seed,
+the cache and the writers below, and each factory spells out one real file layout, which is why it is long.
+
 Every component is built and saved with diffusers' own Kolors reference classes (UNet2DConditionModel,
 AutoencoderKL, EulerDiscreteScheduler, the ChatGLM3 model and tokenizer under diffusers.pipelines.kolors) with a
 fixed seed, and laid out on disk as the real model is distributed:
