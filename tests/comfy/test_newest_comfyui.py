@@ -11,7 +11,6 @@ tests make 0.3.75 behave that way (read from the newest source, see nodes/compat
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,6 @@ from devkit.training_data import write_pattern_folder
 from safetensors import safe_open
 
 HARNESS = Path(__file__).resolve().parents[1] / "harness"
-TESTS = HARNESS.parent
 SHIM = "newest-comfy-shim"
 
 
@@ -139,90 +137,146 @@ def test_a_cancel_that_is_a_base_exception_stops_scoring_a_folder(newest):
     assert not result.outputs.get(score.id)
 
 
+def _detect_either_way(sd15_path: str, kolors_folder: str) -> dict:
+    import sys
+
+    import comfy.model_detection as md
+    import comfy.utils
+
+    import aesthete.nodes as pack
+    from aesthete.kolors.folder import find_kolors_folder
+    from aesthete.nodes.kolors_model import load_kolors_folder
+
+    pack.start_up()
+    as_0375 = md.model_config_from_unet_config
+    sys.path.insert(0, str(HARNESS))
+    import newest_comfy_shim  # noqa: F401 - detection the newest way: every entry gets unet_key_prefix=
+
+    newest = md.model_config_from_unet_config
+
+    class Unwalkable(dict):
+        def __iter__(self):
+            raise RuntimeError("this state dict cannot be walked")
+
+    sd15 = comfy.utils.load_torch_file(sd15_path)
+    model, _, _ = load_kolors_folder(find_kolors_folder(kolors_folder), "fp32")
+    kolors = {"model.diffusion_model." + k: v for k, v in model.model.diffusion_model.state_dict().items()}
+    prefix = "model.diffusion_model."
+    out = {}
+    for name, sd in (("sd15", sd15), ("kolors", kolors), ("sd15_unwalkable", Unwalkable(sd15))):
+        config = md.detect_unet_config(sd, prefix)
+        out[name] = [type(as_0375(config, sd)).__name__, type(newest(config, sd, prefix)).__name__]
+    return out
+
+
 def test_detection_called_either_way_finds_each_model_and_survives_a_failing_kolors_check():
     """0.3.75's ``model_config_from_unet_config`` and the newest call (``unet_key_prefix=``) on the real detection
     list with the pack registered: the SD1.5 checkpoint is SD15, a Kolors UNet is Kolors; and when the Kolors check
     itself fails (a state dict that cannot be walked), SD1.5 is still found instead of every load failing."""
     from devkit.factories import small_sd15_checkpoint
 
-    result = run_in_comfy(f"""
-        import sys, comfy.model_detection as md, comfy.utils, torch
-        import aesthete.nodes as pack
-        from aesthete.kolors.folder import find_kolors_folder
-        from aesthete.nodes.kolors_model import load_kolors_folder
-        pack.start_up()
-        as_0375 = md.model_config_from_unet_config
-        sys.path.insert(0, {str(HARNESS)!r})
-        import newest_comfy_shim  # detection the newest way: every entry gets unet_key_prefix=
-        newest = md.model_config_from_unet_config
-
-        class Unwalkable(dict):
-            def __iter__(self):
-                raise RuntimeError("this state dict cannot be walked")
-
-        sd15 = comfy.utils.load_torch_file({str(small_sd15_checkpoint())!r})
-        model, _, _ = load_kolors_folder(find_kolors_folder({str(tiny_kolors("kolors", "fp32"))!r}), "fp32")
-        kolors = {{"model.diffusion_model." + k: v for k, v in model.model.diffusion_model.state_dict().items()}}
-        prefix = "model.diffusion_model."
-        out = {{}}
-        for name, sd in (("sd15", sd15), ("kolors", kolors), ("sd15_unwalkable", Unwalkable(sd15))):
-            config = md.detect_unet_config(sd, prefix)
-            out[name] = [type(as_0375(config, sd)).__name__, type(newest(config, sd, prefix)).__name__]
-        answer(out)
-    """)
+    result = run_in_comfy(_detect_either_way, str(small_sd15_checkpoint()), str(tiny_kolors("kolors", "fp32")))
     assert result == {"sd15": ["SD15", "SD15"], "kolors": ["KolorsModelConfig", "KolorsModelConfig"],
                       "sd15_unwalkable": ["SD15", "SD15"]}
 
 
-_LAZY_OPS = """
-import torch, comfy.ops
-CREATED = []
 
-def lazy(base):
-    class Lazy(base):
-        def __init__(self, *args, **kwargs):
-            if issubclass(base, torch.nn.Embedding):
-                num, dim = args[0], args[1]
-                torch.nn.Module.__init__(self)
-                self.num_embeddings, self.embedding_dim = num, dim
-                self.padding_idx, self.max_norm, self.norm_type = None, None, 2.0
-                self.scale_grad_by_freq, self.sparse = False, False
-                # the newest keeps a meta placeholder here; 0.3.75's CLIP moves the model before loading it, which a
-                # meta tensor cannot survive there, so the simulation leaves it empty (what the loader sees is the same:
-                # nothing usable until _load_from_state_dict)
-                self.weight, self.bias = None, None
-                self.shapes = {"weight": (num, dim)}
-            else:
-                fin, fout = args[0], args[1]
-                torch.nn.Module.__init__(self)
-                self.in_features, self.out_features = fin, fout
-                self.weight, self.bias = None, None
-                self.shapes = {"weight": (fout, fin)}
-                if kwargs.get("bias", True):
-                    self.shapes["bias"] = (fout,)
-            self.lazy_dtype = kwargs.get("dtype")
-            CREATED.append(self)
 
-        def _load_from_state_dict(self, sd, prefix, meta, strict, missing, unexpected, errors):
-            for name, shape in self.shapes.items():
-                if prefix + name not in sd:
-                    missing.append(prefix + name)
-                elif tuple(sd[prefix + name].shape) != shape:
-                    errors.append(f"size mismatch for {prefix + name}")
+def _weightless_layer_ops():
+    """In ComfyUI's import world: ``(weightless_layers, still_weightless, created)``, the first making comfy.ops' Linear and
+    Embedding keep no weights until ``_load_from_state_dict`` (as DynamicVRAM's do), the second counting the layers
+    made that way that are still without weights; ``created`` lists them."""
+    import comfy.ops
+    import torch
+
+    CREATED = []
+
+    def lazy(base):
+        class Lazy(base):
+            def __init__(self, *args, **kwargs):
+                if issubclass(base, torch.nn.Embedding):
+                    num, dim = args[0], args[1]
+                    torch.nn.Module.__init__(self)
+                    self.num_embeddings, self.embedding_dim = num, dim
+                    self.padding_idx, self.max_norm, self.norm_type = None, None, 2.0
+                    self.scale_grad_by_freq, self.sparse = False, False
+                    # the newest keeps a meta placeholder here; 0.3.75's CLIP moves the model before loading it, which a
+                    # meta tensor cannot survive there, so the simulation leaves it empty (what the loader sees is the same:
+                    # nothing usable until _load_from_state_dict)
+                    self.weight, self.bias = None, None
+                    self.shapes = {"weight": (num, dim)}
                 else:
-                    tensor = sd[prefix + name].to(self.lazy_dtype or sd[prefix + name].dtype)
-                    setattr(self, name, torch.nn.Parameter(tensor, requires_grad=False))
-            unexpected += [k for k in sd if k.startswith(prefix) and k[len(prefix):] not in self.shapes]
-    return Lazy
+                    fin, fout = args[0], args[1]
+                    torch.nn.Module.__init__(self)
+                    self.in_features, self.out_features = fin, fout
+                    self.weight, self.bias = None, None
+                    self.shapes = {"weight": (fout, fin)}
+                    if kwargs.get("bias", True):
+                        self.shapes["bias"] = (fout,)
+                self.lazy_dtype = kwargs.get("dtype")
+                CREATED.append(self)
 
-def weightless_layers():
-    '''As DynamicVRAM's comfy.ops make them: no weights until _load_from_state_dict.'''
-    for ops in (comfy.ops.disable_weight_init, comfy.ops.manual_cast):
-        ops.Linear, ops.Embedding = lazy(ops.Linear), lazy(ops.Embedding)
+            def _load_from_state_dict(self, sd, prefix, meta, strict, missing, unexpected, errors):
+                for name, shape in self.shapes.items():
+                    if prefix + name not in sd:
+                        missing.append(prefix + name)
+                    elif tuple(sd[prefix + name].shape) != shape:
+                        errors.append(f"size mismatch for {prefix + name}")
+                    else:
+                        tensor = sd[prefix + name].to(self.lazy_dtype or sd[prefix + name].dtype)
+                        setattr(self, name, torch.nn.Parameter(tensor, requires_grad=False))
+                unexpected += [k for k in sd if k.startswith(prefix) and k[len(prefix):] not in self.shapes]
+        return Lazy
 
-def still_weightless():
-    return sum(1 for m in CREATED if m.weight is None or m.weight.is_meta)
-"""
+    def weightless_layers():
+        """As DynamicVRAM's comfy.ops make them: no weights until _load_from_state_dict."""
+        for ops in (comfy.ops.disable_weight_init, comfy.ops.manual_cast):
+            ops.Linear, ops.Embedding = lazy(ops.Linear), lazy(ops.Embedding)
+
+    def still_weightless():
+        return sum(1 for m in CREATED if m.weight is None or m.weight.is_meta)
+
+    return weightless_layers, still_weightless, CREATED
+
+
+def _lazy_layers_load_the_same_numbers(folder: str) -> dict:
+    import json
+    import pathlib
+    import shutil
+    import tempfile
+
+    import torch
+
+    from aesthete.kolors.folder import KolorsFolderError, find_kolors_folder
+    from aesthete.nodes.kolors_model import load_kolors_folder
+
+    weightless_layers, still_weightless, created = _weightless_layer_ops()
+
+    def numbers():
+        model, clip, _ = load_kolors_folder(find_kolors_folder(folder), "fp32")
+        cond, pooled = clip.encode_from_tokens(clip.tokenize("一个女孩, blue hair"), return_pooled=True)
+        torch.manual_seed(0)
+        x = torch.randn(1, 4, 8, 8)
+        adm = model.model.encode_adm(pooled_output=pooled, width=64, height=64)
+        eps = model.model.diffusion_model(x, timesteps=torch.tensor([500.0]), context=cond, y=adm)
+        return cond, pooled, eps
+
+    usual = numbers()
+    weightless_layers()
+    lazy_numbers = numbers()
+    out = {"created": len(created), "left_weightless": still_weightless(),
+           "diff": [(a - b).abs().max().item() for a, b in zip(usual, lazy_numbers)]}
+    broken = pathlib.Path(tempfile.mkdtemp()) / "k"
+    shutil.copytree(folder, broken)
+    cfg = json.loads((broken / "unet" / "config.json").read_text())
+    cfg["cross_attention_dim"] = cfg["cross_attention_dim"] * 2
+    (broken / "unet" / "config.json").write_text(json.dumps(cfg))
+    try:
+        load_kolors_folder(find_kolors_folder(str(broken)), "fp32")
+        out["broken"] = "loaded"
+    except KolorsFolderError as e:
+        out["broken"] = str(e)
+    return out
 
 
 def test_layers_without_weights_until_loaded_load_the_same_numbers():
@@ -230,40 +284,32 @@ def test_layers_without_weights_until_loaded_load_the_same_numbers():
     in the newest ComfyUI) and give exactly the numbers of the usual load; a config that does not fit is still the
     clear error."""
     folder = tiny_kolors("kolors", "fp32")
-    result = run_in_comfy(_LAZY_OPS + textwrap.dedent(f"""
-        from aesthete.kolors.folder import find_kolors_folder, KolorsFolderError
-        from aesthete.nodes.kolors_model import load_kolors_folder
-
-        def numbers():
-            model, clip, _ = load_kolors_folder(find_kolors_folder({str(folder)!r}), "fp32")
-            cond, pooled = clip.encode_from_tokens(clip.tokenize("一个女孩, blue hair"), return_pooled=True)
-            torch.manual_seed(0)
-            x = torch.randn(1, 4, 8, 8)
-            adm = model.model.encode_adm(pooled_output=pooled, width=64, height=64)
-            eps = model.model.diffusion_model(x, timesteps=torch.tensor([500.0]), context=cond, y=adm)
-            return cond, pooled, eps
-
-        usual = numbers()
-        weightless_layers()
-        lazy_numbers = numbers()
-        out = {{"created": len(CREATED), "left_weightless": still_weightless(),
-               "diff": [(a - b).abs().max().item() for a, b in zip(usual, lazy_numbers)]}}
-        import json, shutil, tempfile, pathlib
-        broken = pathlib.Path(tempfile.mkdtemp()) / "k"
-        shutil.copytree({str(folder)!r}, broken)
-        cfg = json.loads((broken / "unet" / "config.json").read_text())
-        cfg["cross_attention_dim"] = cfg["cross_attention_dim"] * 2
-        (broken / "unet" / "config.json").write_text(json.dumps(cfg))
-        try:
-            load_kolors_folder(find_kolors_folder(str(broken)), "fp32")
-            out["broken"] = "loaded"
-        except KolorsFolderError as e:
-            out["broken"] = str(e)
-        answer(out)
-    """))
+    result = run_in_comfy(_lazy_layers_load_the_same_numbers, str(folder))
     assert result["created"] > 10 and result["left_weightless"] == 0
     assert result["diff"] == [0.0, 0.0, 0.0]
     assert "do not fit the UNet its config.json describes" in result["broken"]
+
+
+def _chatglm3_forced_to_fp32(folder: str) -> dict:
+    import torch
+
+    from devkit.kolors_reference import encode, load_pipeline
+    from aesthete.kolors.folder import find_kolors_folder
+    from aesthete.nodes.kolors_model import load_kolors_folder
+    pipe = load_pipeline(folder, torch.float32)
+    pipe.text_encoder.half().float()  # the same weights ours hold in fp16
+    out = {}
+    for forced in (False, True):
+        _, clip, _ = load_kolors_folder(find_kolors_folder(folder), "fp16")
+        if forced:
+            clip.patcher.set_model_compute_dtype(torch.float32)
+        diffs = []
+        for prompt in ("一个女孩, blue hair", ""):
+            cond, pooled = clip.encode_from_tokens(clip.tokenize(prompt), return_pooled=True)
+            ref_cond, ref_pooled = encode(pipe, prompt)
+            diffs += [(cond - ref_cond).abs().max().item(), (pooled - ref_pooled).abs().max().item()]
+        out["fp32" if forced else "fp16"] = max(diffs)
+    return out
 
 
 def test_chatglm3_computes_in_fp32_when_comfyui_forces_it_and_keeps_the_references_numbers():
@@ -272,77 +318,63 @@ def test_chatglm3_computes_in_fp32_when_comfyui_forces_it_and_keeps_the_referenc
     diffusers' KolorsPipeline run in fp32 on the same fp16-rounded weights to float rounding (1e-6), where computing
     in fp16 is measurably further off."""
     folder = tiny_kolors("kolors", "fp32")
-    result = run_in_comfy(f"""
-        import sys, torch
-        sys.path.insert(0, {str(TESTS)!r})
-        from devkit.kolors_reference import encode, load_pipeline
-        from aesthete.kolors.folder import find_kolors_folder
-        from aesthete.nodes.kolors_model import load_kolors_folder
-        pipe = load_pipeline({str(folder)!r}, torch.float32)
-        pipe.text_encoder.half().float()  # the same weights ours hold in fp16
-        out = {{}}
-        for forced in (False, True):
-            _, clip, _ = load_kolors_folder(find_kolors_folder({str(folder)!r}), "fp16")
-            if forced:
-                clip.patcher.set_model_compute_dtype(torch.float32)
-            diffs = []
-            for prompt in ("一个女孩, blue hair", ""):
-                cond, pooled = clip.encode_from_tokens(clip.tokenize(prompt), return_pooled=True)
-                ref_cond, ref_pooled = encode(pipe, prompt)
-                diffs += [(cond - ref_cond).abs().max().item(), (pooled - ref_pooled).abs().max().item()]
-            out["fp32" if forced else "fp16"] = max(diffs)
-        answer(out)
-    """)
+    result = run_in_comfy(_chatglm3_forced_to_fp32, str(folder))
     # measured: 1.5e-8 forced to fp32, 8.7e-5 computing in fp16 (tiny random model)
     assert result["fp32"] < 1e-6 < result["fp16"], result
 
 
+def _start_up_either_way() -> dict:
+    import asyncio
+    import folder_paths
+    import comfy.supported_models as sm
+    import aesthete.nodes as pack
+    from aesthete.nodes.kolors_model import KolorsModelConfig
+    for module in pack.area_modules():
+        pass  # every node module imported
+    out = {"after_import": [KolorsModelConfig in sm.models, "aesthetic" in folder_paths.folder_names_and_paths]}
+    extension = asyncio.run(__import__("aesthete").comfy_entrypoint())
+    asyncio.run(extension.on_load())  # the newest ComfyUI
+    nodes = asyncio.run(extension.get_node_list())  # 0.3.75 calls only this
+    out["entries"] = sm.models.count(KolorsModelConfig)
+    out["first"] = sm.models[0] is KolorsModelConfig
+    out["folders"] = {k: list(map(str, folder_paths.get_folder_paths(k))) for k in ("aesthetic", "kolors", "LLM")}
+    out["nodes"] = len(nodes)
+    return out
+
+
 def test_start_up_registers_once_through_on_load_or_the_node_list_and_importing_registers_nothing():
-    result = run_in_comfy("""
-        import asyncio, folder_paths, comfy.supported_models as sm
-        import aesthete.nodes as pack
-        from aesthete.nodes.kolors_model import KolorsModelConfig
-        for module in pack.area_modules():
-            pass  # every node module imported
-        out = {"after_import": [KolorsModelConfig in sm.models, "aesthetic" in folder_paths.folder_names_and_paths]}
-        extension = asyncio.run(__import__("aesthete").comfy_entrypoint())
-        asyncio.run(extension.on_load())  # the newest ComfyUI
-        nodes = asyncio.run(extension.get_node_list())  # 0.3.75 calls only this
-        out["entries"] = sm.models.count(KolorsModelConfig)
-        out["first"] = sm.models[0] is KolorsModelConfig
-        out["folders"] = {k: list(map(str, folder_paths.get_folder_paths(k))) for k in ("aesthetic", "kolors", "LLM")}
-        out["nodes"] = len(nodes)
-        answer(out)
-    """)
+    result = run_in_comfy(_start_up_either_way)
     assert result["after_import"] == [False, False]
     assert result["entries"] == 1 and result["first"] and result["nodes"] > 10
     for kind, paths in result["folders"].items():
         assert len(paths) == len(set(paths)) and paths[0].endswith(f"models/{kind}"), (kind, paths)
 
 
+def _core_train_lora_inputs() -> dict:
+    from comfy_api.latest import io
+    from comfy_extras.nodes_train import TrainLoraNode
+    from aesthete.nodes.compat import schema_defaults
+
+    class NewerTrainLora(io.ComfyNode):
+        @classmethod
+        def define_schema(cls):
+            return io.Schema(node_id="NewerTrainLora", is_input_list=True, inputs=[
+                io.Int.Input("steps", default=16), io.Int.Input("checkpoint_depth", default=1),
+                io.Boolean.Input("bypass_mode", default=False)], outputs=[])
+
+        @classmethod
+        def execute(cls, steps, checkpoint_depth, bypass_mode):
+            return io.NodeOutput()
+
+    given = {"steps": [3], "no_such_input": [1]}
+    core = schema_defaults(TrainLoraNode, given)
+    return {"newer": schema_defaults(NewerTrainLora, given),
+            "core_missing": sorted({i.id for i in TrainLoraNode.GET_SCHEMA().inputs} - set(core))}
+
+
 def test_core_train_lora_gets_the_inputs_its_version_takes():
     """The training benchmark calls core TrainLoraNode; newer versions take more required inputs, which
     ``compat.schema_defaults`` fills from the node's own schema (and inputs a version does not take are dropped)."""
-    result = run_in_comfy("""
-        from comfy_api.latest import io
-        from comfy_extras.nodes_train import TrainLoraNode
-        from aesthete.nodes.compat import schema_defaults
-
-        class NewerTrainLora(io.ComfyNode):
-            @classmethod
-            def define_schema(cls):
-                return io.Schema(node_id="NewerTrainLora", is_input_list=True, inputs=[
-                    io.Int.Input("steps", default=16), io.Int.Input("checkpoint_depth", default=1),
-                    io.Boolean.Input("bypass_mode", default=False)], outputs=[])
-
-            @classmethod
-            def execute(cls, steps, checkpoint_depth, bypass_mode):
-                return io.NodeOutput()
-
-        given = {"steps": [3], "no_such_input": [1]}
-        core = schema_defaults(TrainLoraNode, given)
-        answer({"newer": schema_defaults(NewerTrainLora, given),
-                "core_missing": sorted({i.id for i in TrainLoraNode.GET_SCHEMA().inputs} - set(core))})
-    """)
+    result = run_in_comfy(_core_train_lora_inputs)
     assert result["newer"] == {"steps": [3], "checkpoint_depth": [1], "bypass_mode": [False]}
     assert result["core_missing"] == []
