@@ -567,26 +567,12 @@ def wide_chatglm3_file() -> dict[str, Path]:
     real vocabulary (65024 rows, LM head included, as the shared file has it) at width 1024, 2 layers (about 330 MB
     in fp16). Random weights: for memory, not numbers. ``{"chatglm3", "tokenizer", "config"}`` paths."""
     import torch
-    from diffusers.pipelines.kolors.text_encoder import ChatGLMConfig, ChatGLMModel
-    from safetensors.torch import save_file
 
-    path = _kolors_cached("chatglm3-wide")
-    files = dict(chatglm3=path / "chatglm3-fp16.safetensors", tokenizer=path / "tokenizer.model",
-                 config=path / "config.json")
-    if files["chatglm3"].exists():
-        return files
-    source = tiny_kolors("kolors", "fp16") / "text_encoder"
-    with _building(path) as tmp:
-        config = dict(tiny_text_encoder_config(64000, "fp16", chatglm=WIDE_CHATGLM), padded_vocab_size=65024)
-        with torch.device("meta"):
-            shapes = {k: (v.shape, v.dtype) for k, v in ChatGLMModel(ChatGLMConfig(**config)).state_dict().items()}
-        gen = torch.Generator().manual_seed(SEED)
-        state = {k: (torch.randn(shape, generator=gen) * 0.02).to(torch.float16) if dtype.is_floating_point
-                 else torch.zeros(shape, dtype=dtype) for k, (shape, dtype) in shapes.items()}
-        save_file(state, tmp / files["chatglm3"].name, metadata={"format": "pt"})
-        _write_json(tmp / files["config"].name, config)
-        shutil.copyfile(source / "tokenizer.model", tmp / files["tokenizer"].name)
-    return files
+    def state(meta: dict, gen) -> dict:
+        return {k: (torch.randn(v.shape, generator=gen) * 0.02).to(torch.float16) if v.dtype.is_floating_point
+                else torch.zeros(v.shape, dtype=v.dtype) for k, v in meta.items()}
+
+    return _single_chatglm3_file("chatglm3-wide", WIDE_CHATGLM, state)
 
 
 def kolors_epoch_loras(comfy_folder: Path, diffsynth_folder: Path, epochs: tuple[int, ...] = (1, 2, 3),
@@ -639,26 +625,38 @@ def medium_chatglm3_file() -> dict[str, Path]:
     loaders never read it): 1.35 GB in fp16, for the quantized text encoder's benchmark. Matrices normal(0.02), norm
     scales 1 + normal(0.05), biases normal(0.02), fixed seed. ``{"chatglm3", "tokenizer", "config"}`` paths."""
     import torch
+
+    def state(meta: dict, gen) -> dict:
+        out = {}
+        for key, v in meta.items():
+            if "output_layer" in key or "rotary" in key:
+                continue
+            noise = torch.randn(v.shape, generator=gen)
+            out[f"transformer.{key}"] = (1 + 0.05 * noise if "norm" in key else 0.02 * noise).to(torch.float16)
+        return out
+
+    return _single_chatglm3_file("chatglm3-medium", MEDIUM_CHATGLM, state)
+
+
+def _single_chatglm3_file(name: str, chatglm: dict, state) -> dict[str, Path]:
+    """A cached folder with one ChatGLM3 safetensors file of ChatGLM3's real vocabulary at the ``chatglm`` sizes, its
+    config.json and the tiny Kolors's tokenizer; ``state(meta state dict, seeded generator)`` makes the tensors."""
+    import torch
     from diffusers.pipelines.kolors.text_encoder import ChatGLMConfig, ChatGLMModel
     from safetensors.torch import save_file
 
-    path = _kolors_cached("chatglm3-medium")
+    path = _kolors_cached(name)
     files = dict(chatglm3=path / "chatglm3-fp16.safetensors", tokenizer=path / "tokenizer.model",
                  config=path / "config.json")
     if files["chatglm3"].exists():
         return files
     source = tiny_kolors("kolors", "fp16") / "text_encoder"
     with _building(path) as tmp:
-        config = dict(tiny_text_encoder_config(64000, "fp16", chatglm=MEDIUM_CHATGLM), padded_vocab_size=65024)
+        config = dict(tiny_text_encoder_config(64000, "fp16", chatglm=chatglm), padded_vocab_size=65024)
         with torch.device("meta"):
-            shapes = {k: v.shape for k, v in ChatGLMModel(ChatGLMConfig(**config)).state_dict().items()
-                      if "output_layer" not in k and "rotary" not in k}
-        gen = torch.Generator().manual_seed(SEED)
-        state = {}
-        for key, shape in shapes.items():
-            noise = torch.randn(shape, generator=gen)
-            state[f"transformer.{key}"] = (1 + 0.05 * noise if "norm" in key else 0.02 * noise).to(torch.float16)
-        save_file(state, tmp / files["chatglm3"].name, metadata={"format": "pt"})
+            meta = ChatGLMModel(ChatGLMConfig(**config)).state_dict()
+        save_file(state(meta, torch.Generator().manual_seed(SEED)), tmp / files["chatglm3"].name,
+                  metadata={"format": "pt"})
         _write_json(tmp / files["config"].name, config)
         shutil.copyfile(source / "tokenizer.model", tmp / files["tokenizer"].name)
     return files
