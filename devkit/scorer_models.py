@@ -210,7 +210,7 @@ def tiny_aesthetic_v25_root() -> Path:
         from collections import OrderedDict
 
         import torch
-        from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+        from transformers import SiglipConfig, SiglipModel
 
         qm = root / "QualityMetric"
         siglip = qm / "siglip-so400m-patch14-384"
@@ -221,12 +221,8 @@ def tiny_aesthetic_v25_root() -> Path:
                                                  num_attention_heads=4, image_size=32, patch_size=8))
         torch.manual_seed(6)
         SiglipModel(config).save_pretrained(siglip)
-        SiglipImageProcessor(do_resize=True, size={"height": 32, "width": 32}, resample=3, do_rescale=True,
-                             rescale_factor=1 / 255, do_normalize=True, image_mean=[0.5] * 3,
-                             image_std=[0.5] * 3).save_pretrained(siglip)
-        head = torch.nn.Sequential(torch.nn.Linear(32, 1024), torch.nn.Dropout(0.5), torch.nn.Linear(1024, 128),
-                                   torch.nn.Dropout(0.5), torch.nn.Linear(128, 64), torch.nn.Dropout(0.5),
-                                   torch.nn.Linear(64, 16), torch.nn.Dropout(0.2), torch.nn.Linear(16, 1))
+        _siglip_processor(32).save_pretrained(siglip)
+        head = _v25_head(32)
         with torch.no_grad():
             for p in head.parameters():
                 p.normal_(0, 0.3)
@@ -265,7 +261,7 @@ def full_bench_root() -> Path:
     def build(root: Path) -> None:
         import torch
         from safetensors.torch import save_file
-        from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipImageProcessor, SiglipModel
+        from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
 
         from aesthete.scoring.scorers.imagereward import ImageRewardModel
         from aesthete.scoring.scorers.mps import CROSS_LAYERS, CrossModel
@@ -327,12 +323,8 @@ def full_bench_root() -> Path:
                                                  num_attention_heads=16, image_size=384, patch_size=14))
         so400m.save_pretrained(siglip)
         _save_fp16(SiglipModel(so400m), siglip / "model.safetensors")
-        SiglipImageProcessor(do_resize=True, size={"height": 384, "width": 384}, resample=3, do_rescale=True,
-                             rescale_factor=1 / 255, do_normalize=True, image_mean=[0.5] * 3,
-                             image_std=[0.5] * 3).save_pretrained(siglip)
-        head = torch.nn.Sequential(torch.nn.Linear(1152, 1024), torch.nn.Dropout(0.5), torch.nn.Linear(1024, 128),
-                                   torch.nn.Dropout(0.5), torch.nn.Linear(128, 64), torch.nn.Dropout(0.5),
-                                   torch.nn.Linear(64, 16), torch.nn.Dropout(0.2), torch.nn.Linear(16, 1))
+        _siglip_processor(384).save_pretrained(siglip)
+        head = _v25_head(1152)
         (qm / "aesthetic-predictor-v2-5").mkdir()
         from collections import OrderedDict
 
@@ -377,3 +369,20 @@ def laion_pair_root() -> Path:
         save_file({k: v.contiguous() for k, v in predictor.state_dict().items() if k.startswith("layers.")},
                   str(qm / "aesthetic-predictor" / "sac+logos+ava1-l14-linearMSE.safetensors"))
     return _build_root("scorers-laion-pair-1", build)
+
+
+def _siglip_processor(size: int):
+    """SigLIP so400m's image processor (the published one: bicubic to a square, [-1, 1]) at ``size`` px."""
+    from transformers import SiglipImageProcessor
+
+    return SiglipImageProcessor(do_resize=True, size={"height": size, "width": size}, resample=3, do_rescale=True,
+                                rescale_factor=1 / 255, do_normalize=True, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+
+
+def _v25_head(width: int):
+    """Aesthetic Predictor V2.5's head (its publisher's layer sizes and dropouts) over ``width``-wide embeddings."""
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Linear(width, 1024), torch.nn.Dropout(0.5), torch.nn.Linear(1024, 128),
+                               torch.nn.Dropout(0.5), torch.nn.Linear(128, 64), torch.nn.Dropout(0.5),
+                               torch.nn.Linear(64, 16), torch.nn.Dropout(0.2), torch.nn.Linear(16, 1))
