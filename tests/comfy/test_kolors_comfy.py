@@ -16,7 +16,7 @@ import pytest
 import torch
 from devkit.graph import new_graph
 from devkit.training_graphs import dataset_node, train_node
-from harness.kolors_graphs import saved_latent
+from harness.kolors_graphs import kolors_loader, one_step_latent, saved_latent
 from devkit.kolors_models import RECIPE_PROMPT, small_kolors, tiny_kolors
 from harness.lora_models import comfy_diffusers_names
 from PIL import Image
@@ -98,14 +98,9 @@ def test_one_step_latent_equals_the_reference_from_the_same_noise(comfy, comfy_s
     from devkit.kolors_reference import encode, load_pipeline, scheduler_sigmas, unet_eps
 
     g = new_graph()
-    loader = g.node("AestheteKolorsLoader", kolors=kolors_folders["diffusers"], dtype="fp32",
-                    text_encoder_device="default")
+    loader = kolors_loader(g, kolors_folders["diffusers"])
     positive = g.node("CLIPTextEncode", text=RECIPE_PROMPT, clip=loader.out(1))
-    latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=1)
-    sampler = g.node("KSampler", model=loader.out(0), positive=positive.out(0), negative=positive.out(0),
-                     latent_image=latent.out(0), seed=11, steps=1, cfg=1.0, sampler_name="euler",
-                     scheduler="normal", denoise=1.0)
-    g.node("SaveLatent", samples=sampler.out(0), filename_prefix="latents/kolors-one-step")
+    one_step_latent(g, loader.out(0), positive.out(0), positive.out(0), "kolors-one-step", seed=11)
     comfy.run(g.finalize())
     ours = saved_latent(comfy_server, "kolors-one-step")
 
@@ -151,11 +146,7 @@ def _one_step_latent(comfy, comfy_server, model_source, clip_source, tag: str) -
     clip_node = model_node if clip_source is None else g.node(clip_source[0], **clip_source[1])
     positive = g.node("CLIPTextEncode", text=RECIPE_PROMPT, clip=clip_node.out(
         1 if clip_source is None else (clip_source[2] if len(clip_source) > 2 else 0)))
-    latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=1)
-    sampler = g.node("KSampler", model=model_node.out(0), positive=positive.out(0), negative=positive.out(0),
-                     latent_image=latent.out(0), seed=5, steps=1, cfg=1.0, sampler_name="euler", scheduler="normal",
-                     denoise=1.0)
-    g.node("SaveLatent", samples=sampler.out(0), filename_prefix=f"latents/{tag}")
+    one_step_latent(g, model_node.out(0), positive.out(0), positive.out(0), tag, seed=5)
     comfy.run(g.finalize())
     return saved_latent(comfy_server, tag)
 

@@ -12,8 +12,8 @@ import torch
 from devkit.graph import new_graph
 from devkit.kolors_models import RECIPE_PROMPT, tiny_chatglm3_gguf, tiny_kolors
 from harness.in_comfy import run_in_comfy
+from harness.kolors_graphs import kolors_loader, one_step_latent, saved_latent
 from PIL import Image
-from safetensors.torch import load as load_safetensors
 
 pytestmark = pytest.mark.comfy
 
@@ -67,19 +67,14 @@ def test_kolors_loader_with_a_4_bit_text_encoder_generates(comfy, comfy_server):
 
 def _one_step_latent(comfy, comfy_server, kolors: str, tag: str, text_encoder: str | None = None) -> torch.Tensor:
     g = new_graph()
-    loader = g.node("AestheteKolorsLoader", kolors=kolors, dtype="fp32", text_encoder_device="default")
+    loader = kolors_loader(g, kolors)
     clip = loader.out(1)
     if text_encoder is not None:
         clip = g.node("AestheteChatGLM3Loader", text_encoder=text_encoder, dtype="q8_0", device="default").out(0)
     positive = g.node("CLIPTextEncode", text=RECIPE_PROMPT, clip=clip)
-    latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=1)
-    sampler = g.node("KSampler", model=loader.out(0), positive=positive.out(0), negative=positive.out(0),
-                     latent_image=latent.out(0), seed=3, steps=1, cfg=1.0, sampler_name="euler", scheduler="normal",
-                     denoise=1.0)
-    g.node("SaveLatent", samples=sampler.out(0), filename_prefix=f"latents/{tag}")
+    one_step_latent(g, loader.out(0), positive.out(0), positive.out(0), tag, seed=3)
     comfy.run(g.finalize())
-    files = sorted((comfy_server.output_dir / "latents").glob(f"{tag}_*.latent"))
-    return load_safetensors(files[-1].read_bytes())["latent_tensor"].float()
+    return saved_latent(comfy_server, tag)
 
 
 def test_a_chatglm3_gguf_file_in_models_llm_encodes_like_the_fp32_text_encoder(comfy, comfy_server):
