@@ -19,7 +19,7 @@ from comfy_api.latest import io
 from ..common.paths import path_inside
 from ..scoring import judge, registry
 from ..scoring.predictor import load_predictor
-from .scoring_adapter import (LoadedJudge, LoadedScorer, predictor_device, predictor_dtype)
+from .scoring_adapter import LoadedJudge, LoadedScorer, predictor_device, predictor_dtype
 
 log = logging.getLogger("aesthete.scoring")
 

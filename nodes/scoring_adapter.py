@@ -10,7 +10,6 @@ import torch
 
 from ..scoring import judge
 from ..scoring.predictor import resolve_dtype
-from ..scoring.scorers.errors import PromptRequired
 
 
 class _PatcherModel(torch.nn.Module):
@@ -94,22 +93,6 @@ class LoadedJudge:
         return self.judge
 
 
-def scoring_prompts(prompt, count: int, scorer) -> list[str] | None:
-    """The prompts a scorer gets for ``count`` images from a node's prompt input (one prompt for all, or a list of
-    one per image); None for a scorer that reads none. A prompt-aware scorer without one is an error."""
-    prompts = [p for p in (prompt if isinstance(prompt, list) else [prompt]) if p is not None]
-    if not scorer.prompt_aware:
-        return None
-    if not prompts or all(not p.strip() for p in prompts):
-        raise PromptRequired(f"{scorer.name} scores how well an image matches its prompt: connect the prompt the "
-                             f"images were made from to the prompt input (e.g. the Prompt Composer's output)")
-    if len(prompts) == 1:
-        return prompts * count
-    if len(prompts) != count:
-        raise ValueError(f"{len(prompts)} prompts for {count} images: give one prompt, or one per image")
-    return prompts
-
-
 def predictor_device(choice: str) -> torch.device:
     """The loader's device choice as ComfyUI names the device: "auto" and "cuda" are ComfyUI's GPU (``cuda:0``, the
     device its memory manager frees for and around; a bare ``cuda`` is another name it does not recognise)."""
@@ -129,8 +112,3 @@ def predictor_dtype(choice: str, device: torch.device) -> torch.dtype:
     if device.type != "cpu" and comfy.model_management.should_use_fp16(device, prioritize_performance=False):
         return torch.float16
     return torch.float32
-
-
-def split_images(batches: list[torch.Tensor]) -> list[torch.Tensor]:
-    """A list of IMAGE batches (any sizes) as single-image [1,H,W,C] tensors, in order."""
-    return [b[i:i + 1] for b in batches for i in range(b.shape[0])]

@@ -17,6 +17,7 @@ from pathlib import Path
 import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
+import torch
 import folder_paths
 from comfy.cli_args import args
 from comfy_api.latest import io, ui
@@ -28,11 +29,31 @@ from ..scoring import annotate, folder as folder_scoring, judge
 from ..common.images import list_images
 from ..scoring.predictor import finite_mean
 from ..scoring.ranking import rank_by_score, summarize_scores
-from .scoring_adapter import (scoring_prompts,
-                              split_images)
 
+from ..scoring.scorers.errors import PromptRequired
 from .scorer_nodes import AestheticModel
 log = logging.getLogger("aesthete.scoring")
+def scoring_prompts(prompt, count: int, scorer) -> list[str] | None:
+    """The prompts a scorer gets for ``count`` images from a node's prompt input (one prompt for all, or a list of
+    one per image); None for a scorer that reads none. A prompt-aware scorer without one is an error."""
+    prompts = [p for p in (prompt if isinstance(prompt, list) else [prompt]) if p is not None]
+    if not scorer.prompt_aware:
+        return None
+    if not prompts or all(not p.strip() for p in prompts):
+        raise PromptRequired(f"{scorer.name} scores how well an image matches its prompt: connect the prompt the "
+                             f"images were made from to the prompt input (e.g. the Prompt Composer's output)")
+    if len(prompts) == 1:
+        return prompts * count
+    if len(prompts) != count:
+        raise ValueError(f"{len(prompts)} prompts for {count} images: give one prompt, or one per image")
+    return prompts
+
+
+def split_images(batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A list of IMAGE batches (any sizes) as single-image [1,H,W,C] tensors, in order."""
+    return [b[i:i + 1] for b in batches for i in range(b.shape[0])]
+
+
 def node_progress(total: int):
     bar = comfy.utils.ProgressBar(total)
     return lambda done, of: bar.update_absolute(done, of)
