@@ -28,6 +28,10 @@ Kolors add-ons (ControlNet, IP-Adapter), read against the newest source, where t
   ``border_ratio`` and ``value_range``, with defaults that keep 0.3.75's result; the encoder's own
   ``image_size/image_mean/image_std`` and ``model(pixel_values=, intermediate_output=-2)[1]``, the penultimate
   hidden states, in both).
+- :func:`attention` (``comfy.ldm.modules.attention.optimized_attention(q, k, v, heads, transformer_options=)``: a MODEL's
+  ``optimized_attention_override`` in its transformer options wins, as in core's own cross-attention, in both) and
+  :func:`timestep_embedding` (``comfy.ldm.modules.diffusionmodules.util.timestep_embedding(t, dim,
+  repeat_only=False)``, unchanged).
 
 Training (Train LoRA):
 - ``comfy.model_management.in_training``: the newest ComfyUI switches its layers to their differentiable paths while it
@@ -58,6 +62,8 @@ import torch
 import comfy.cldm.cldm
 import comfy.clip_vision
 import comfy.controlnet
+import comfy.ldm.modules.attention
+import comfy.ldm.modules.diffusionmodules.util
 import comfy.model_management
 import comfy.ops
 import comfy.supported_models
@@ -252,3 +258,14 @@ def image_encoder_states(clip_vision, image: torch.Tensor) -> tuple[torch.Tensor
         states = clip_vision.model(pixel_values=pixels, intermediate_output=-2)[1]
         empty = clip_vision.model(pixel_values=torch.zeros_like(pixels[:1]), intermediate_output=-2)[1]
     return states, empty
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, transformer_options: dict) -> torch.Tensor:
+    """ComfyUI's attention of already projected q, k, v, as its own cross-attention computes it: the process's choice
+    (``--use-pytorch-cross-attention``...), or the MODEL's ``optimized_attention_override`` in ``transformer_options``."""
+    return comfy.ldm.modules.attention.optimized_attention(q, k, v, heads, transformer_options=transformer_options)
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
+    """The sinusoidal timestep embedding ComfyUI's UNet and ControlNet feed their ``time_embed`` with."""
+    return comfy.ldm.modules.diffusionmodules.util.timestep_embedding(timesteps, dim, repeat_only=False)

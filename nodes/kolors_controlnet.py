@@ -14,7 +14,6 @@ from pathlib import Path
 import comfy.model_management as mm
 import comfy.utils
 import torch
-from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
 from ..common.tensors import load_into_module
 from ..kolors import configs
@@ -43,7 +42,7 @@ class KolorsControlNetModel(compat.ControlNetModel):
                              f"encoded by the Kolors CLIP and sample with the Kolors MODEL")
         context = self.encoder_hid_proj(context)
         options = self.transformer_options
-        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels, repeat_only=False).to(x.dtype))
+        emb = self.time_embed(compat.timestep_embedding(timesteps, self.model_channels).to(x.dtype))
         guided_hint = self.input_hint_block(hint, emb, context)
         emb = emb + self.label_emb(y)
         h, outputs = x, []

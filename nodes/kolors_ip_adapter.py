@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 
-import comfy.ldm.modules.attention as attention
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.utils
@@ -59,10 +58,10 @@ class IPAttention:
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
         # the MODEL's attention choice (its transformer options) for both, as the unpatched attention uses it
-        out = attention.optimized_attention(q, k, v, heads, transformer_options=extra_options)
+        out = compat.attention(q, k, v, heads, extra_options)
         marks = extra_options.get("cond_or_uncond", [])
         k_ip, v_ip = self._batch(0, q, marks), self._batch(1, q, marks)
-        return out + self.weight * attention.optimized_attention(q, k_ip, v_ip, heads, transformer_options=extra_options)
+        return out + self.weight * compat.attention(q, k_ip, v_ip, heads, extra_options)
 
 
 def apply_ip_adapter(model, adapter_patcher, clip_vision, image: torch.Tensor, weight: float):
