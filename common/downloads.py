@@ -1,24 +1,34 @@
 """Getting a model folder from a hub without ever leaving half of it in place: each source downloads into a hidden
 temporary folder beside the target, which is checked and then renamed into place (``os.replace``, atomic on one file
 system); a failed source is logged and the next one tried. Offline (``HF_HUB_OFFLINE`` / ``AESTHETE_OFFLINE`` set,
-or the host not answering within seconds) a source fails at once instead of after a minute of retries."""
+or the endpoint not answering within seconds) a source fails at once instead of after a minute of retries.
+
+Each hub is probed at the endpoint its own library will download from: Hugging Face's ``HF_ENDPOINT`` (a mirror),
+ModelScope's ``MODELSCOPE_ENDPOINT`` / ``MODELSCOPE_DOMAIN``. Progress counts bytes: the bytes written under the
+temporary folder (both libraries write their partial files there) against the sizes the hub lists."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger("aesthete")
 
-# (done, total, what) -> None; called as files arrive
+# (done, total, what) -> None; called as bytes (or files) arrive
 DownloadProgress = Callable[[int, int, str], None]
 # (temporary destination folder, progress) -> None; raises when it cannot fetch
 Fetcher = Callable[[Path, DownloadProgress], None]
+
+PROGRESS_EVERY_S = 0.25  # how often the bytes written are counted while a download runs
 
 
 class DownloadFailed(RuntimeError):
@@ -29,17 +39,166 @@ class DownloadFailed(RuntimeError):
         self.reasons = reasons
 
 
-def host_reachable(host: str, timeout: float = 3.0) -> bool:
-    """A quick TCP probe so that an offline machine fails in seconds, not after a minute of download retries."""
+def endpoint_reachable(url: str, timeout: float = 3.0) -> bool:
+    """A quick TCP probe of the host and port of ``url`` (http or https; a bare host is https) so that an offline
+    machine fails in seconds, not after a minute of download retries."""
+    parts = urllib.parse.urlsplit(url if "://" in url else f"https://{url}")
+    if not parts.hostname:
+        return False
     try:
-        with socket.create_connection((host, 443), timeout=timeout):
+        port = parts.port or (80 if parts.scheme == "http" else 443)
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
             return True
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a port out of range
         return False
 
 
 def offline_forced() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("AESTHETE_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def huggingface_endpoint() -> str:
+    """Where huggingface_hub downloads from: ``HF_ENDPOINT`` (a mirror) or its default, read when called."""
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def modelscope_endpoint() -> str:
+    """Where the installed modelscope downloads from: its own answer (``MODELSCOPE_ENDPOINT``, the older
+    ``MODELSCOPE_DOMAIN``, or its default)."""
+    from modelscope.hub.api import HubApi
+
+    return HubApi().endpoint
+
+
+def require_reachable(source: str, endpoint: Callable[[], str]) -> None:
+    """Raises ConnectionError naming ``source`` and its endpoint when offline is forced or the endpoint does not
+    answer (``endpoint`` is only asked when online: reading it may import the hub's library)."""
+    if offline_forced():
+        raise ConnectionError(f"{source} is not reachable (offline: AESTHETE_OFFLINE or HF_HUB_OFFLINE is set)")
+    url = endpoint()
+    if not endpoint_reachable(url):
+        raise ConnectionError(f"{source} is not reachable ({url} does not answer)")
+
+
+def require_huggingface() -> None:
+    require_reachable("Hugging Face", huggingface_endpoint)
+
+
+def require_modelscope() -> None:
+    require_reachable("ModelScope", modelscope_endpoint)
+
+
+def bytes_under(folder: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:  # renamed or removed meanwhile
+                pass
+    return total
+
+
+@contextmanager
+def progress_in_bytes(folder: Path, total: int | None, progress: DownloadProgress,
+                      what: str) -> Iterator[Callable[[], None]]:
+    """While the body downloads into ``folder``, ``progress(bytes written, total, what)`` every PROGRESS_EVERY_S
+    seconds from a small thread (rising only, at most ``total``), then ``(total, total)`` when the body succeeds.
+    Without a total (the hub listed no sizes) it reports (0, 1) and (1, 1). The thread runs in the caller's context
+    (ComfyUI finds the node there); an exception the progress callback raises there (the user's cancel) is raised
+    here once the body returns, or sooner where the body calls the function it is given (between files: a file
+    being downloaded is not cut off)."""
+    if not total:
+        progress(0, 1, what)
+        yield lambda: None
+        progress(1, 1, what)
+        return
+    folder = Path(folder)
+    start = bytes_under(folder)
+    stop = threading.Event()
+    raised: list[BaseException] = []
+
+    def watch() -> None:
+        shown = 0
+        while not stop.wait(PROGRESS_EVERY_S):
+            done = min(max(bytes_under(folder) - start, 0), total)
+            if done > shown:
+                shown = done
+                try:
+                    progress(done, total, what)
+                except BaseException as e:  # noqa: BLE001 - handed to the downloading thread
+                    raised.append(e)
+                    return
+
+    progress(0, total, what)
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(watch,), daemon=True,
+                              name="aesthete-download-progress")
+    thread.start()
+
+    def check() -> None:
+        if raised:
+            raise raised[0]
+
+    try:
+        yield check
+    finally:
+        stop.set()
+        thread.join()
+    if raised:
+        raise raised[0]
+    progress(total, total, what)
+
+
+def fetch_huggingface_files(repo: str, names: Iterable[str], dest: Path, progress: DownloadProgress) -> None:
+    """``names`` of the Hugging Face repository ``repo`` into ``dest`` (their paths kept), one at a time, the
+    progress in bytes against the sizes the hub reports for them."""
+    require_huggingface()
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+    names = list(names)
+    if not names:
+        raise FileNotFoundError(f"Hugging Face {repo} lists none of the files needed")
+    sizes = [get_hf_file_metadata(hf_hub_url(repo, name)).size for name in names]
+    with progress_in_bytes(dest, None if None in sizes else sum(sizes), progress, f"Hugging Face {repo}") as check:
+        for name in names:
+            check()
+            try:
+                hf_hub_download(repo, name, local_dir=str(dest))
+            except Exception as e:  # noqa: BLE001 - named: the library's message may show only a cut URL
+                why = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise OSError(f"{name} of {repo}: {why}") from e
+
+
+def modelscope_files(repo: str) -> dict[str, int | None]:
+    """Every file of the ModelScope repository ``repo`` with its size in bytes (None where none is listed)."""
+    from modelscope.hub.api import HubApi
+
+    return {f["Path"]: (int(f["Size"]) if f.get("Size") is not None else None)
+            for f in HubApi().get_model_files(repo, recursive=True) if f.get("Type") != "tree"}
+
+
+def total_size(sizes: dict[str, int | None], names: Iterable[str]) -> int | None:
+    """The sum of the sizes of ``names``, or None when one is not listed."""
+    listed = [sizes.get(n) for n in names]
+    return None if None in listed else sum(listed)
+
+
+def fetch_modelscope_snapshot(repo: str, dest: Path, progress: DownloadProgress,
+                              files: list[str] | None = None) -> None:
+    """The ModelScope repository ``repo`` (only ``files``, when given) into ``dest``, the progress in bytes."""
+    require_modelscope()
+    from modelscope import snapshot_download
+
+    try:
+        sizes = modelscope_files(repo)
+    except Exception as e:  # noqa: BLE001 - only the progress bar's total depends on it; the download says more
+        log.info("ModelScope %s: no file sizes (%s); progress counts the download as one step", repo, e)
+        sizes = {}
+    total = total_size(sizes, sizes if files is None else files)
+    with progress_in_bytes(dest, total, progress, f"ModelScope {repo}"):
+        snapshot_download(repo, allow_file_pattern=files, local_dir=str(dest))
 
 
 def download_into_place(folder: Path, fetchers: list[tuple[str, Fetcher]], check: Callable[[Path], None],

@@ -1,17 +1,16 @@
 """Getting Kolors onto disk: ``Kwai-Kolors/Kolors`` from ModelScope first, Hugging Face second, only the files the
-loader reads, one file at a time (the node's progress bar counts them; each library shows its own byte progress in
-the console), into a temporary folder that is renamed into place when complete (an interrupted download never
-leaves half a model). Offline, a fast error names the files and the folder to put them in."""
+loader reads, one file at a time (the node's progress bar counts the bytes written against the sizes the hub lists),
+into a temporary folder that is renamed into place when complete (an interrupted download never leaves half a model). Offline, a fast error names the files and the folder to put them in."""
 
 from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
-from ..common.downloads import (DownloadFailed, DownloadProgress, Fetcher, download_into_place, host_reachable,
-                               offline_forced)
+from ..common.downloads import (DownloadFailed, DownloadProgress, Fetcher, download_into_place,
+                               fetch_huggingface_files, modelscope_files, progress_in_bytes, require_huggingface,
+                               require_modelscope, total_size)
 from .folder import KolorsFolderError, find_kolors_folder
 
 log = logging.getLogger("aesthete.kolors")
@@ -34,35 +33,25 @@ def wanted_files(names: list[str]) -> list[str]:
     return [n for pattern in FILE_PATTERNS for n in sorted(names) if fnmatch.fnmatchcase(n, pattern)]
 
 
-def _download_each(files: list[str], download: Callable[[str], object], source: str, progress: DownloadProgress) -> None:
-    if not files:
-        raise FileNotFoundError(f"{source} lists none of the files the loader needs")
-    for i, name in enumerate(files):
-        progress(i, len(files), f"{source}: {name}")
-        download(name)
-    progress(len(files), len(files), source)
-
-
 def fetch_from_modelscope(dest: Path, progress: DownloadProgress) -> None:
-    if offline_forced() or not host_reachable("www.modelscope.cn"):
-        raise ConnectionError("ModelScope is not reachable")
-    from modelscope.hub.api import HubApi
+    require_modelscope()
     from modelscope.hub.file_download import model_file_download
 
-    files = wanted_files([f["Path"] for f in HubApi().get_model_files(KOLORS_REPO, recursive=True)
-                          if f.get("Type") != "tree"])
-    _download_each(files, lambda name: model_file_download(KOLORS_REPO, name, local_dir=str(dest)), "ModelScope",
-                   progress)
+    sizes = modelscope_files(KOLORS_REPO)
+    files = wanted_files(list(sizes))
+    if not files:
+        raise FileNotFoundError("ModelScope lists none of the files the loader needs")
+    with progress_in_bytes(dest, total_size(sizes, files), progress, f"ModelScope {KOLORS_REPO}") as check:
+        for name in files:
+            check()
+            model_file_download(KOLORS_REPO, name, local_dir=str(dest))
 
 
 def fetch_from_huggingface(dest: Path, progress: DownloadProgress) -> None:
-    if offline_forced() or not host_reachable("huggingface.co"):
-        raise ConnectionError("Hugging Face is not reachable")
-    from huggingface_hub import HfApi, hf_hub_download
+    require_huggingface()
+    from huggingface_hub import HfApi
 
-    files = wanted_files(HfApi().list_repo_files(KOLORS_REPO))
-    _download_each(files, lambda name: hf_hub_download(KOLORS_REPO, name, local_dir=str(dest)), "Hugging Face",
-                   progress)
+    fetch_huggingface_files(KOLORS_REPO, wanted_files(HfApi().list_repo_files(KOLORS_REPO)), dest, progress)
 
 
 DEFAULT_FETCHERS: list[tuple[str, Fetcher]] = [("ModelScope", fetch_from_modelscope),

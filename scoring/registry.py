@@ -11,8 +11,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..common.downloads import (DownloadFailed, DownloadProgress, Fetcher, download_into_place, host_reachable,
-                               offline_forced)
+from ..common.downloads import (DownloadFailed, DownloadProgress, Fetcher, download_into_place,
+                               fetch_huggingface_files, fetch_modelscope_snapshot, require_huggingface)
 from ..common.paths import path_inside
 
 log = logging.getLogger("aesthete.scoring")
@@ -75,27 +75,17 @@ def missing_files_message(name: str, folder: Path, reasons: list[str]) -> str:
 
 
 def fetch_from_modelscope(model_id: str, dest: Path, progress: DownloadProgress) -> None:
-    if offline_forced() or not host_reachable("www.modelscope.cn"):
-        raise ConnectionError("ModelScope is not reachable")
-    from modelscope import snapshot_download
-
-    progress(0, 1, f"ModelScope {model_id}")
-    snapshot_download(model_id, local_dir=str(dest))
-    progress(1, 1, f"ModelScope {model_id}")
+    fetch_modelscope_snapshot(model_id, dest, progress)
 
 
 def fetch_from_huggingface(repo_id: str, dest: Path, progress: DownloadProgress) -> None:
-    if offline_forced() or not host_reachable("huggingface.co"):
-        raise ConnectionError("Hugging Face is not reachable")
-    from huggingface_hub import HfApi, hf_hub_download
+    require_huggingface()
+    from huggingface_hub import HfApi
 
     files = [f for f in HfApi().list_repo_files(repo_id) if f in REQUIRED_FILES + WEIGHT_FILES]
     if "model.safetensors" in files and "pytorch_model.bin" in files:
         files.remove("pytorch_model.bin")  # the safe format is enough
-    for i, name in enumerate(files):
-        progress(i, len(files), name)
-        hf_hub_download(repo_id, name, local_dir=str(dest))
-    progress(len(files), len(files), repo_id)
+    fetch_huggingface_files(repo_id, files, dest, progress)
 
 
 def ensure_predictor(name: str, aesthetic_dir: Path, progress: DownloadProgress | None = None,

@@ -16,8 +16,9 @@ import os
 import shutil
 from pathlib import Path
 
-from ...common.downloads import (DownloadFailed, DownloadProgress, Fetcher, download_into_place, host_reachable,
-                                 offline_forced)
+from ...common.downloads import (DownloadFailed, DownloadProgress, Fetcher, download_into_place,
+                                 fetch_huggingface_files, fetch_modelscope_snapshot, progress_in_bytes,
+                                 require_reachable)
 from ..registry import KNOWN_PREDICTORS, PredictorUnavailable, ensure_predictor
 from .catalog import DIFFSYNTH_REPO, QUALITY_METRIC, SPECS, Part, ScorerSpec
 from .errors import ScorerUnavailable
@@ -67,31 +68,17 @@ def locate(scorer_id: str, models_root: Path) -> tuple[dict[Part, Path], list[Pa
 def fetch_from_modelscope(part: Part, dest: Path, progress: DownloadProgress) -> None:
     if part.modelscope is None:
         raise FileNotFoundError(f"no ModelScope repository publishes {', '.join(part.paths())}")
-    if offline_forced() or not host_reachable("www.modelscope.cn"):
-        raise ConnectionError("ModelScope is not reachable")
-    from modelscope import snapshot_download
-
-    progress(0, 1, f"ModelScope {part.modelscope}")
     if part.modelscope == DIFFSYNTH_REPO:  # every file at DiffSynth's path
-        snapshot_download(DIFFSYNTH_REPO, allow_file_pattern=part.paths(pick=0), local_dir=str(dest))
+        fetch_modelscope_snapshot(DIFFSYNTH_REPO, dest, progress, part.paths(pick=0))
     else:  # the files at the top of the repository
-        names = [f.split("|")[0] for f in part.files]
-        snapshot_download(part.modelscope, allow_file_pattern=names, local_dir=str(dest / part.folder))
-    progress(1, 1, f"ModelScope {part.modelscope}")
+        fetch_modelscope_snapshot(part.modelscope, dest / part.folder, progress, [f.split("|")[0] for f in part.files])
 
 
 def fetch_from_huggingface(part: Part, dest: Path, progress: DownloadProgress) -> None:
     if part.huggingface is None:
         raise FileNotFoundError(f"no Hugging Face repository publishes {', '.join(part.paths())} in this format")
-    if offline_forced() or not host_reachable("huggingface.co"):
-        raise ConnectionError("Hugging Face is not reachable")
-    from huggingface_hub import hf_hub_download
-
-    for i, name in enumerate(part.files):
-        name = name.split("|")[-1]  # the safe format where there is a choice
-        progress(i, len(part.files), name)
-        hf_hub_download(part.huggingface, name, local_dir=str(dest / part.folder))
-    progress(len(part.files), len(part.files), part.huggingface)
+    # the safe format where there is a choice
+    fetch_huggingface_files(part.huggingface, [f.split("|")[-1] for f in part.files], dest / part.folder, progress)
 
 
 def fetch_from_url(part: Part, dest: Path, progress: DownloadProgress) -> None:
@@ -100,15 +87,14 @@ def fetch_from_url(part: Part, dest: Path, progress: DownloadProgress) -> None:
     import urllib.request
 
     host = urllib.parse.urlparse(part.url).hostname or ""
-    if offline_forced() or not host_reachable(host):
-        raise ConnectionError(f"{host} is not reachable")
+    require_reachable(host, lambda: part.url)
     target = dest / part.paths(pick=0)[0]
     target.parent.mkdir(parents=True, exist_ok=True)
-    progress(0, 1, target.name)
-    with urllib.request.urlopen(part.url, timeout=30) as response, open(target, "wb") as f:  # noqa: S310 - fixed https
-        while chunk := response.read(1 << 20):
-            f.write(chunk)
-    progress(1, 1, target.name)
+    with urllib.request.urlopen(part.url, timeout=30) as response:  # noqa: S310 - fixed https
+        size = int(response.headers.get("Content-Length") or 0) or None
+        with progress_in_bytes(target.parent, size, progress, target.name), open(target, "wb") as f:
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
 
 
 def default_fetchers(part: Part) -> list[tuple[str, Fetcher]]:

@@ -1,0 +1,95 @@
+"""A local Hugging Face hub mirror for the download tests (what ``HF_ENDPOINT`` points a user at): files of local
+folders served the way the hub's file API serves them to ``hf_hub_download``: HEAD and GET on
+``/{repo}/resolve/{revision}/{path}`` with ``X-Repo-Commit``, ``ETag`` (the file's sha256, as for large files) and
+``Content-Length``; no Xet headers, so huggingface_hub takes its plain HTTP path. The body goes out in chunks with a
+pause between them, so a download of a few MB takes several progress steps; a file named in ``truncated`` is
+announced at its full size and served short, as a broken mirror does."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+@dataclass
+class HubMirror:
+    repos: dict[str, Path]  # repository id -> the folder holding its files
+    chunk: int = 256 * 1024
+    pause_s: float = 0.0  # between chunks
+    truncated: set[str] = field(default_factory=set)  # "repo/path" served 1000 bytes short
+    served: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of each answered request
+    url: str = ""
+
+    def file_of(self, url_path: str) -> tuple[str, str, Path] | None:
+        path = urllib.parse.unquote(urllib.parse.urlsplit(url_path).path).lstrip("/")
+        repo, sep, rest = path.partition("/resolve/")
+        if not sep or repo not in self.repos:
+            return None
+        _revision, _, name = rest.partition("/")
+        file = self.repos[repo] / name
+        return (repo, name, file) if name and file.is_file() else None
+
+
+def _handler(mirror: HubMirror) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:  # quiet: the test reads ``served``
+            pass
+
+        def answer(self, body: bool) -> None:
+            found = mirror.file_of(self.path)
+            if found is None:
+                self.send_response(404)
+                self.send_header("X-Error-Code", "EntryNotFound")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            repo, name, file = found
+            data = file.read_bytes()
+            mirror.served.append((self.command, f"{repo}/{name}"))
+            sent = data[:-1000] if f"{repo}/{name}" in mirror.truncated else data
+            self.send_response(200)
+            self.send_header("X-Repo-Commit", hashlib.sha1(repo.encode()).hexdigest())
+            self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+            self.send_header("X-Linked-Size", str(len(data)))  # what the file should be
+            self.send_header("Content-Length", str(len(sent) if body else len(data)))
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            if body:
+                for start in range(0, len(sent), mirror.chunk):
+                    self.wfile.write(sent[start:start + mirror.chunk])
+                    self.wfile.flush()
+                    time.sleep(mirror.pause_s)
+
+        def do_HEAD(self) -> None:  # noqa: N802 - http.server's name
+            self.answer(body=False)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.answer(body=True)
+
+    return Handler
+
+
+@contextmanager
+def running_hub_mirror(repos: dict[str, Path], **settings) -> Iterator[HubMirror]:
+    """A HubMirror serving ``repos`` on 127.0.0.1 (a free port) from a thread, for the ``with`` block."""
+    mirror = HubMirror(dict(repos), **settings)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(mirror))
+    server.daemon_threads = True
+    mirror.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True, name="hub-mirror")
+    thread.start()
+    try:
+        yield mirror
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
