@@ -48,6 +48,8 @@ class ComfyServer:
     cpu: bool = True  # --cpu; False: ComfyUI runs on its GPU (benchmarks/gpu_check.py)
     process: subprocess.Popen | None = None
     log_path: Path | None = None
+    # the process's environment over the default (offline: no hub is asked); None removes a variable
+    env: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -115,6 +117,11 @@ class ComfyServer:
             "--database-url", "sqlite:///:memory:", *pack_args, *(extra_args or []),
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        for name, value in self.env.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
         logf = open(self.log_path, "wb")
         self.process = subprocess.Popen(cmd, cwd=COMFY_DIR, stdout=logf, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
@@ -161,16 +168,18 @@ class ComfyServer:
 def running_server(prefix: str, keep_log: Path | None = None, settings: dict | None = None,
                    on_start_error: Callable[[str], None] | None = None,
                    extra_nodes: dict[str, Path] | None = None, cpu: bool = True,
-                   extra_args: list[str] | None = None) -> Iterator[ComfyServer]:
-    """A started ComfyServer on a fresh base directory (with the user's ``settings``, if given); afterwards it is
-    stopped, its log copied to ``keep_log`` and the directory removed. A failed start calls ``on_start_error`` with
-    the message (which holds the log's tail), else raises."""
+                   extra_args: list[str] | None = None,
+                   env: dict[str, str | None] | None = None) -> Iterator[ComfyServer]:
+    """A started ComfyServer on a fresh base directory (with the user's ``settings``, if given, and ``env`` over its
+    offline environment: None removes a variable); afterwards it is stopped, its log copied to ``keep_log`` and the
+    directory removed. A failed start calls ``on_start_error`` with the message (which holds the log's tail), else
+    raises."""
     base = Path(tempfile.mkdtemp(prefix=prefix))
     if settings is not None:
         path = base / "user" / "default" / "comfy.settings.json"
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps(settings))
-    server = ComfyServer(base_dir=base, extra_nodes=dict(extra_nodes or {}), cpu=cpu)
+    server = ComfyServer(base_dir=base, extra_nodes=dict(extra_nodes or {}), cpu=cpu, env=dict(env or {}))
     try:
         try:
             server.start(extra_args=extra_args)
