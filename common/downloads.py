@@ -153,22 +153,26 @@ def progress_in_bytes(folder: Path, total: int | None, progress: DownloadProgres
 
 def fetch_huggingface_files(repo: str, names: Iterable[str], dest: Path, progress: DownloadProgress) -> None:
     """``names`` of the Hugging Face repository ``repo`` into ``dest`` (their paths kept), one at a time, the
-    progress in bytes against the sizes the hub reports for them."""
+    progress in bytes against the sizes the hub reports for them. A file that fails is named in the error."""
     require_huggingface()
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
     names = list(names)
     if not names:
         raise FileNotFoundError(f"Hugging Face {repo} lists none of the files needed")
-    sizes = [get_hf_file_metadata(hf_hub_url(repo, name)).size for name in names]
+
+    def named(name: str, call: Callable[[], object]):
+        try:
+            return call()
+        except Exception as e:  # noqa: BLE001 - named: the library's message may show only a cut URL
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise OSError(f"{name} of {repo}: {why}") from e
+
+    sizes = [named(name, lambda n=name: get_hf_file_metadata(hf_hub_url(repo, n)).size) for name in names]
     with progress_in_bytes(dest, None if None in sizes else sum(sizes), progress, f"Hugging Face {repo}") as check:
         for name in names:
             check()
-            try:
-                hf_hub_download(repo, name, local_dir=str(dest))
-            except Exception as e:  # noqa: BLE001 - named: the library's message may show only a cut URL
-                why = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise OSError(f"{name} of {repo}: {why}") from e
+            named(name, lambda n=name: hf_hub_download(repo, n, local_dir=str(dest)))
 
 
 def modelscope_files(repo: str) -> dict[str, int | None]:

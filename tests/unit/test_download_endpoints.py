@@ -215,3 +215,13 @@ def test_a_cancel_during_the_download_stops_it_and_leaves_nothing(monkeypatch, o
     assert "another source" not in calls
     assert len([p for method, p in mirror.served if method == "GET"]) < len(PART.files)
     assert list((tmp_path / QUALITY_METRIC).iterdir()) == []
+
+
+def test_a_file_the_mirror_lacks_is_named_before_anything_is_fetched(monkeypatch, online, tmp_path, served):
+    mirror, _ = served
+    from_mirror(monkeypatch, tmp_path, mirror)
+    mirror.served.clear()
+    with pytest.raises(OSError, match=f"^missing.bin of {PART.huggingface}: .*404"):
+        downloads.fetch_huggingface_files(PART.huggingface, ["config.json", "missing.bin"], tmp_path / "dest",
+                                          lambda done, total, what: None)
+    assert [method for method, _ in mirror.served] == ["HEAD"]  # config.json's size; no download began
