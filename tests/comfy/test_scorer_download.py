@@ -40,10 +40,15 @@ def mirror():
 
 
 @pytest.fixture(scope="module")
-def online_server(mirror, tmp_path_factory):
+def modelscope() -> str:
+    """ModelScope's endpoint in the server: a local port bound and released, so nothing listens there."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="module")
+def online_server(mirror, modelscope, tmp_path_factory):
     """A ComfyUI of its own (the suite's server is offline): online, Hugging Face at the mirror, ModelScope at a
     closed local port, a fresh hub cache."""
-    modelscope = f"http://127.0.0.1:{free_port()}"  # bound and released: nothing listens there
     env = {"HF_ENDPOINT": mirror.url, "HF_HOME": str(tmp_path_factory.mktemp("hf-home")),
            "MODELSCOPE_ENDPOINT": modelscope, "MODELSCOPE_DOMAIN": None,
            "HF_HUB_OFFLINE": None, "TRANSFORMERS_OFFLINE": None, "AESTHETE_OFFLINE": None}
@@ -53,7 +58,6 @@ def online_server(mirror, tmp_path_factory):
 
     with running_test_server("aesthete-comfy-download-", ARTIFACTS / "comfyui-download.log", env=env,
                              on_start_error=fail) as server:
-        server.modelscope = modelscope
         yield server
 
 
@@ -67,7 +71,7 @@ def scoring_graph(scorer: str, dtype: str = "fp32"):
     return g, loader, mean
 
 
-def test_a_scorer_downloads_on_first_use_from_a_mirror_with_progress(online_server, mirror):
+def test_a_scorer_downloads_on_first_use_from_a_mirror_with_progress(online_server, mirror, modelscope):
     comfy = ComfyClient(online_server.url)
     g, loader, mean = scoring_graph(CLIPSCORE)
     result = comfy.run(g.finalize())
@@ -82,7 +86,7 @@ def test_a_scorer_downloads_on_first_use_from_a_mirror_with_progress(online_serv
 
     # ModelScope first, refused at its configured endpoint at once; then every file from the mirror
     log = online_server.log_text()
-    assert f"ModelScope failed: ModelScope is not reachable ({online_server.modelscope} does not answer)" in log
+    assert f"ModelScope failed: ModelScope is not reachable ({modelscope} does not answer)" in log
     assert sorted(p for method, p in mirror.served if method == "GET") == sorted(
         f"{PART.huggingface}/{name}" for name in PART.files)
 
