@@ -1,6 +1,7 @@
 """Getting Kolors onto disk: ``Kwai-Kolors/Kolors`` from ModelScope first, Hugging Face second, only the files the
 loader reads, one file at a time (the node's progress bar counts the bytes written against the sizes the hub lists),
-into a temporary folder that is renamed into place when complete (an interrupted download never leaves half a model). Offline, a fast error names the files and the folder to put them in."""
+into a temporary folder that is renamed into place when complete (an interrupted download never leaves half a
+model). Offline, a fast error names the files and the folder to put them in."""
 
 from __future__ import annotations
 

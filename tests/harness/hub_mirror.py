@@ -1,13 +1,15 @@
 """A local Hugging Face hub mirror for the download tests (what ``HF_ENDPOINT`` points a user at): files of local
 folders served the way the hub's file API serves them to ``hf_hub_download``: HEAD and GET on
 ``/{repo}/resolve/{revision}/{path}`` with ``X-Repo-Commit``, ``ETag`` (the file's sha256, as for large files) and
-``Content-Length``; no Xet headers, so huggingface_hub takes its plain HTTP path. The body goes out in chunks with a
+``Content-Length``; no Xet headers, so huggingface_hub takes its plain HTTP path; and the file list
+``list_repo_files`` reads (GET ``/api/models/{repo}/tree/{revision}``, one page). The body goes out in chunks with a
 pause between them, so a download of a few MB takes several progress steps; a file named in ``truncated`` is
 announced at its full size and served short, as a broken mirror does."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 import urllib.parse
@@ -35,6 +37,22 @@ class HubMirror:
         _revision, _, name = rest.partition("/")
         file = self.repos[repo] / name
         return (repo, name, file) if name and file.is_file() else None
+
+
+    def tree_of(self, url_path: str) -> list[dict] | None:
+        """The repository's files as the hub's tree API lists them, or None when ``url_path`` asks for no served
+        repository's tree."""
+        path = urllib.parse.unquote(urllib.parse.urlsplit(url_path).path)
+        if not path.startswith("/api/models/") or "/tree/" not in path:
+            return None
+        repo = path[len("/api/models/"):].partition("/tree/")[0]
+        if repo not in self.repos:
+            return None
+        folder = self.repos[repo]
+        files = sorted(p for p in folder.rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+        return [{"type": "file", "path": p.relative_to(folder).as_posix(), "size": p.stat().st_size,
+                 "oid": hashlib.sha1(p.read_bytes()).hexdigest()} for p in files]
 
 
 def _handler(mirror: HubMirror) -> type[BaseHTTPRequestHandler]:
@@ -73,7 +91,17 @@ def _handler(mirror: HubMirror) -> type[BaseHTTPRequestHandler]:
             self.answer(body=False)
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            self.answer(body=True)
+            tree = mirror.tree_of(self.path)
+            if tree is None:
+                self.answer(body=True)
+                return
+            mirror.served.append(("GET", self.path.partition("?")[0]))
+            body = json.dumps(tree).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
     return Handler
 

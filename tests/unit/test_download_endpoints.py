@@ -225,3 +225,57 @@ def test_a_file_the_mirror_lacks_is_named_before_anything_is_fetched(monkeypatch
         downloads.fetch_huggingface_files(PART.huggingface, ["config.json", "missing.bin"], tmp_path / "dest",
                                           lambda done, total, what: None)
     assert [method for method, _ in mirror.served] == ["HEAD"]  # config.json's size; no download began
+
+
+def predictor_from_mirror(tmp_path, progress):
+    from aesthete.scoring import registry
+
+    known = registry.KNOWN_PREDICTORS[registry.DEFAULT_PREDICTOR]
+    fetch = [("Hugging Face", lambda dest, p: registry.fetch_from_huggingface(known.huggingface_id, dest, p))]
+    return registry.ensure_predictor(known.name, tmp_path / "aesthetic", progress, fetch)
+
+
+def kolors_from_mirror(tmp_path, progress):
+    from aesthete.kolors import download
+
+    return download.ensure_kolors(tmp_path / "kolors", progress=progress,
+                                  fetchers=[("Hugging Face", download.fetch_from_huggingface)])
+
+
+def predictor_source():
+    from devkit.factories import aesthetic_predictor
+
+    from aesthete.scoring.registry import DEFAULT_PREDICTOR, KNOWN_PREDICTORS
+
+    return KNOWN_PREDICTORS[DEFAULT_PREDICTOR].huggingface_id, aesthetic_predictor("tiny")
+
+
+def kolors_source():
+    from devkit.kolors_models import tiny_kolors
+
+    from aesthete.kolors.download import KOLORS_REPO
+
+    return KOLORS_REPO, tiny_kolors("kolors", "fp16")
+
+
+@pytest.mark.parametrize(("source", "download"), [(predictor_source, predictor_from_mirror),
+                                                  (kolors_source, kolors_from_mirror)], ids=["predictor", "kolors"])
+def test_the_predictor_and_kolors_downloads_take_the_mirror_too(monkeypatch, online, tmp_path, source, download):
+    """The LAION predictor's and Kolors' Hugging Face downloads list the repository's files (the hub's tree API)
+    and fetch them from the mirror in HF_ENDPOINT, with the progress in bytes."""
+    from huggingface_hub import constants
+
+    repo, folder = source()
+    seen = []
+    with running_hub_mirror({repo: folder}) as mirror:
+        huggingface_at(monkeypatch, mirror.url)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+        landed = download(tmp_path, lambda done, total, what: seen.append((done, total)))
+    fetched = sorted(p for method, p in mirror.served if method == "GET" and "/api/" not in p)
+    assert fetched and all(p.startswith(f"{repo}/") for p in fetched)
+    names = [p[len(repo) + 1:] for p in fetched]
+    for name in names:
+        assert (landed / name).read_bytes() == (folder / name).read_bytes(), name
+    total = sum((folder / name).stat().st_size for name in names)
+    assert seen[0] == (0, total) and seen[-1] == (total, total)
+    assert [p.name for p in landed.parent.iterdir()] == [landed.name]  # no partial folder beside it
