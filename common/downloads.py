@@ -17,6 +17,7 @@ import socket
 import tempfile
 import threading
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,15 +40,31 @@ class DownloadFailed(RuntimeError):
         self.reasons = reasons
 
 
-def endpoint_reachable(url: str, timeout: float = 3.0) -> bool:
-    """A quick TCP probe of the host and port of ``url`` (http or https; a bare host is https) so that an offline
-    machine fails in seconds, not after a minute of download retries."""
+def first_hop(url: str) -> tuple[str, int] | None:
+    """The host and port a connection to ``url`` (http or https; a bare host is https) goes to first: the proxy the
+    environment sets for its scheme (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``; not for a ``NO_PROXY`` host),
+    as the hub libraries connect, else the endpoint itself. None when ``url`` names no host."""
     parts = urllib.parse.urlsplit(url if "://" in url else f"https://{url}")
     if not parts.hostname:
-        return False
+        return None
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(parts.hostname):
+        hop = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        if hop.hostname:
+            default = 1080 if hop.scheme.startswith("socks") else 443 if hop.scheme == "https" else 80
+            return hop.hostname, hop.port or default
+    return parts.hostname, parts.port or (80 if parts.scheme == "http" else 443)
+
+
+def endpoint_reachable(url: str, timeout: float = 3.0) -> bool:
+    """A quick TCP probe of where a connection to ``url`` goes first (``first_hop``), so that an offline machine
+    fails in seconds, not after a minute of download retries."""
     try:
-        port = parts.port or (80 if parts.scheme == "http" else 443)
-        with socket.create_connection((parts.hostname, port), timeout=timeout):
+        hop = first_hop(url)
+        if hop is None:
+            return False
+        with socket.create_connection(hop, timeout=timeout):
             return True
     except (OSError, ValueError):  # ValueError: a port out of range
         return False

@@ -89,6 +89,16 @@ def online(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
 
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+@pytest.fixture()
+def no_proxy(monkeypatch):
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
 @pytest.mark.parametrize(("url", "target"), [
     ("https://mirror.example.cn", ("mirror.example.cn", 443)),
     ("http://mirror.example.cn", ("mirror.example.cn", 80)),
@@ -96,7 +106,7 @@ def online(monkeypatch):
     ("https://mirror.example.cn:8443/hub", ("mirror.example.cn", 8443)),
     ("mirror.example.cn", ("mirror.example.cn", 443)),
 ])
-def test_the_probe_asks_the_host_and_port_of_the_endpoint(monkeypatch, url, target):
+def test_the_probe_asks_the_host_and_port_of_the_endpoint(monkeypatch, no_proxy, url, target):
     asked = []
 
     def connect(address, timeout):
@@ -105,6 +115,27 @@ def test_the_probe_asks_the_host_and_port_of_the_endpoint(monkeypatch, url, targ
 
     monkeypatch.setattr(socket, "create_connection", connect)
     assert not downloads.endpoint_reachable(url)
+    assert asked == [target]
+
+
+@pytest.mark.parametrize(("proxies", "target"), [
+    ({"HTTPS_PROXY": "http://proxy.example.cn:3128"}, ("proxy.example.cn", 3128)),
+    ({"ALL_PROXY": "socks5://127.0.0.1:7890"}, ("127.0.0.1", 7890)),
+    ({"HTTPS_PROXY": "http://proxy.example.cn:3128", "NO_PROXY": "mirror.example.cn"}, ("mirror.example.cn", 443)),
+])
+def test_behind_a_proxy_the_probe_asks_the_proxy(monkeypatch, no_proxy, proxies, target):
+    """The hub libraries connect through the proxy the environment sets; where direct connections are blocked, a
+    probe of the endpoint itself would refuse a hub that downloads fine."""
+    for name, value in proxies.items():
+        monkeypatch.setenv(name, value)
+    asked = []
+
+    def connect(address, timeout):
+        asked.append(address)
+        raise OSError("refused")
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    assert not downloads.endpoint_reachable("https://mirror.example.cn")
     assert asked == [target]
 
 
