@@ -137,12 +137,13 @@ def progress_in_bytes(folder: Path, total: int | None, progress: DownloadProgres
     stop = threading.Event()
     raised: list[BaseException] = []
 
+    shown = [0]
+
     def watch() -> None:
-        shown = 0
         while not stop.wait(PROGRESS_EVERY_S):
             done = min(max(bytes_under(folder) - start, 0), total)
-            if done > shown:
-                shown = done
+            if done > shown[0]:
+                shown[0] = done
                 try:
                     progress(done, total, what)
                 except BaseException as e:  # noqa: BLE001 - handed to the downloading thread
@@ -165,7 +166,8 @@ def progress_in_bytes(folder: Path, total: int | None, progress: DownloadProgres
         thread.join()
     if raised:
         raise raised[0]
-    progress(total, total, what)
+    if shown[0] < total:
+        progress(total, total, what)
 
 
 def fetch_huggingface_files(repo: str, names: Iterable[str], dest: Path, progress: DownloadProgress) -> None:
