@@ -4,7 +4,7 @@ system); a failed source is logged and the next one tried. Offline (``HF_HUB_OFF
 or the endpoint not answering within seconds) a source fails at once instead of after a minute of retries.
 
 Each hub is probed at the endpoint its own library will download from: Hugging Face's ``HF_ENDPOINT`` (a mirror),
-ModelScope's ``MODELSCOPE_ENDPOINT`` / ``MODELSCOPE_DOMAIN``. Progress counts bytes: the bytes written under the
+ModelScope's ``MODELSCOPE_ENDPOINT`` / ``MODELSCOPE_DOMAIN`` (through the environment's proxy, as they connect). Progress counts bytes: the bytes written under the
 temporary folder (both libraries write their partial files there) against the sizes the hub lists."""
 
 from __future__ import annotations
@@ -136,8 +136,7 @@ def progress_in_bytes(folder: Path, total: int | None, progress: DownloadProgres
     start = bytes_under(folder)
     stop = threading.Event()
     raised: list[BaseException] = []
-
-    shown = [0]
+    shown = [0]  # the last count sent
 
     def watch() -> None:
         while not stop.wait(PROGRESS_EVERY_S):
