@@ -8,7 +8,12 @@ Each side runs in its own process (so its peak memory, model loading included, i
 then scores the N images once, timed. Prints images/s, the speed ratio, peak memory of both, and the largest score
 difference as a fraction of the reference's spread over the images.
 
-  .venv/bin/python -m benchmarks.bench_judge [--images 4] [--size 512] [--scorers pickscore-v1,hpsv2,...]
+  .venv/bin/python -m benchmarks.bench_judge [--images 4] [--size 512] [--scorers pickscore-v1,hpsv2,...] [--roofline]
+
+``--roofline`` adds, for scorers with a CLIP vision tower, how fast each side did the tower's matrix products (the
+tower's linear-layer FLOPs per image, counted in full as the reference computes them, times the images, over each
+side's seconds) against the fastest this CPU multiplies the tower's MLP matrices (oneDNN on our batch's rows and ATen
+on one image's rows, timed in our process right after scoring): how much speed is left to win on the machine.
 """
 
 from __future__ import annotations
@@ -66,12 +71,55 @@ def run_reference_side(scorer: str, root: Path, images: list[Path], prompts: lis
     return run_reference("diffsynth", REPO / "tests" / "reference" / "diffsynth_scorers.py", str(job))
 
 
-def run_ours_side(scorer: str, root: Path, images: list[Path], prompts: list[str]) -> dict:
+def run_ours_side(scorer: str, root: Path, images: list[Path], prompts: list[str], roofline: bool = False) -> dict:
     """In its own process (``--ours``): load, warm up on one image, score all once."""
-    return run_child(__spec__.name, "--ours", scorer, root, json.dumps(prompts), *images, timeout=1800)
+    return run_child(__spec__.name, "--ours", scorer, root, json.dumps(prompts), "roofline" if roofline else "-",
+                     *images, timeout=1800)
 
 
-def ours_child(scorer: str, root: str, prompts_json: str, paths: list[str]) -> None:
+def _matmul_rates(vision, rows: int) -> dict:
+    """GFLOP/s of the tower's first MLP matrix product on this CPU: oneDNN (GELU fused) on ``rows`` rows, the same
+    on oneDNN's packed copy of the weight, ATen on one image's rows; medians of 5 after a warm-up."""
+    import statistics
+
+    import torch
+
+    from aesthete.scoring import speed
+
+    fc1 = vision.encoder.layers[0].mlp.fc1
+    tokens = vision.embeddings.position_embedding.num_embeddings
+
+    def rate(fn, m):
+        fn()
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return 2 * m * fc1.in_features * fc1.out_features / statistics.median(times) / 1e9
+
+    with torch.inference_mode():
+        x, x1 = torch.randn(rows, fc1.in_features), torch.randn(tokens, fc1.in_features)
+        out = {"aten_gflops": rate(lambda: torch.nn.functional.linear(x1, fc1.weight, fc1.bias), tokens)}
+        if speed.onednn_linear_works():
+            out["onednn_gflops"] = rate(lambda: speed._onednn_linear(x, fc1.weight, fc1.bias, "gelu"), rows)
+        if speed.onednn_packing_works():  # oneDNN's blocked weight layout: a second copy of every weight
+            packed = torch.ops.mkldnn._reorder_linear_weight(fc1.weight, rows)
+            out["packed_gflops"] = rate(lambda: speed._onednn_linear(x, packed, fc1.bias, "gelu"), rows)
+    return out
+
+
+def _tower_flops(model) -> tuple[float, object] | None:
+    """(FLOPs of a CLIP vision tower's linear layers per image, the tower), or None for other architectures."""
+    vision = getattr(getattr(model, "model", None), "vision_model", None)
+    if vision is None or not hasattr(vision, "encoder"):
+        return None
+    tokens = vision.embeddings.position_embedding.num_embeddings
+    linear = sum(m.weight.numel() for m in vision.encoder.modules() if type(m).__name__ == "Linear")
+    return 2.0 * tokens * linear, vision
+
+
+def ours_child(scorer: str, root: str, prompts_json: str, roofline: str, paths: list[str]) -> None:
     from PIL import Image
 
     from aesthete.scoring.scorers import load_scorer
@@ -83,35 +131,48 @@ def ours_child(scorer: str, root: str, prompts_json: str, paths: list[str]) -> N
     started = time.perf_counter()
     scores = model.score_images(images, prompts, batch_size=len(images))
     seconds = time.perf_counter() - started
-    print_result({"scores": scores, "seconds": seconds, "peak_rss_mb": memory_mib("VmHWM")})
+    result = {"scores": scores, "seconds": seconds, "peak_rss_mb": memory_mib("VmHWM")}
+    tower = _tower_flops(model) if roofline == "roofline" else None
+    if tower is not None:
+        from aesthete.scoring.speed import CPU_CHUNK
+
+        flops, vision = tower
+        rows = min(CPU_CHUNK, len(images)) * vision.embeddings.position_embedding.num_embeddings
+        result.update(tower_gflop_per_image=flops / 1e9, **_matmul_rates(vision, rows))
+    print_result(result)
 
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--ours":
-        ours_child(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])
+        ours_child(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:])
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--scorers", default=",".join(SCORERS))
+    parser.add_argument("--roofline", action="store_true", help="also each side's matrix-product rate (see above)")
     args = parser.parse_args()
     from benchmarks.bench_scoring import make_images
     from devkit.scorer_models import full_bench_root
 
     root = full_bench_root()
-    rows = []
+    rows, roofs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         images = make_images(Path(tmp) / "images", args.images, args.size)
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.images)]
         for scorer in args.scorers.split(","):
             ref = run_reference_side(scorer, root, images, prompts, Path(tmp))
-            ours = run_ours_side(scorer, root, images, prompts)
+            ours = run_ours_side(scorer, root, images, prompts, args.roofline)
             if scorer == "pickscore-v1":  # DiffSynth returns the cosine; ours is on the model card's scale
                 ref["scores"] = [x * ref["logit_scale_exp"] for x in ref["scores"]]
             spread = max(ref["scores"]) - min(ref["scores"])
             diff = max(abs(a - b) for a, b in zip(ours["scores"], ref["scores"])) / spread if spread else float("nan")
             rows.append((scorer, args.images / ref["seconds"], args.images / ours["seconds"],
                          ref["seconds"] / ours["seconds"], ref["peak_rss_mb"], ours["peak_rss_mb"], diff))
+            if "tower_gflop_per_image" in ours:
+                work = ours["tower_gflop_per_image"] * args.images
+                roofs.append((scorer, work / ref["seconds"], work / ours["seconds"], ours.get("onednn_gflops"),
+                              ours.get("packed_gflops"), ours["aten_gflops"]))
             sys.stdout.write(f"{scorer}: done\n")
             sys.stdout.flush()
     load = os.getloadavg()
@@ -121,6 +182,14 @@ def main() -> int:
                      "max diff / spread |\n|---|---|---|---|---|---|---|\n")
     for scorer, r, o, ratio, rm, om, diff in rows:
         sys.stdout.write(f"| {scorer} | {r:.2f} | {o:.2f} | {ratio:.2f}x | {rm:.0f} | {om:.0f} | {diff:.1e} |\n")
+    if roofs:
+        sys.stdout.write("\nThe vision tower's matrix products, GFLOP/s (its linear layers' FLOPs over each side's time):\n"
+                         "| scorer | reference | ours | oneDNN, our rows | oneDNN packed, our rows | ATen, one image's "
+                         "rows | speed left |\n|---|---|---|---|---|---|---|\n")
+        for scorer, ref_rate, our_rate, best, packed, aten in roofs:
+            top = best or aten
+            sys.stdout.write(f"| {scorer} | {ref_rate:.0f} | {our_rate:.0f} | {best or 0:.0f} | {packed or 0:.0f} | "
+                             f"{aten:.0f} | {top / our_rate:.2f}x |\n")
     return 0
 
 

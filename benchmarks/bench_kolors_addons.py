@@ -1,7 +1,8 @@
 """Kolors add-ons in ComfyUI against the reference on the same medium weights, one run: one ControlNet sampling step and
 one IP-Adapter sampling step.
 
-    .venv/bin/python -m benchmarks.bench_kolors_addons [--rounds 2] [--repeats 2] [--size 64]
+    .venv/bin/python -m benchmarks.bench_kolors_addons [--rounds 2] [--repeats 2] [--size 64] [--parts cn ip]
+    .venv/bin/python -m benchmarks.bench_kolors_addons --profile [--repeats 4]   # the ControlNet step's work, op by op
 
 The weights (devkit/kolors_models.py, built once and cached): ``medium_kolors`` (Kolors's real UNet widths,
 transformer depths [1, 1, 2]), ``medium_kolors_controlnet`` (a ControlNet made from that UNet as
@@ -61,21 +62,28 @@ def _ours_model(folders):
     return kolors_unet_from_diffusers(LazyWeights(kf.unet_files), kf.unet_config, kf.scheduler_config, "fp32")
 
 
-def _ours_step(model, positive, negative, size, repeats, out):
+def _ours_sampling(model, positive, negative, size):
+    """One core KSampler step from sigma_max, as a function of nothing (the latents it returns)."""
     import nodes as comfy_nodes  # ComfyUI's nodes.py
     import torch
 
     latent = {"samples": torch.zeros(1, 4, size // 8, size // 8)}
     sampler = comfy_nodes.KSampler()
-    with torch.inference_mode():
-        out["step_s"], result = timed(lambda: sampler.sample(model, 0, 1, CFG, "euler", "normal", positive, negative,
-                                                             latent, 1.0)[0]["samples"], repeats)
+
+    def step():
+        with torch.inference_mode():
+            return sampler.sample(model, 0, 1, CFG, "euler", "normal", positive, negative, latent, 1.0)[0]["samples"]
+    return step
+
+
+def _ours_step(step, repeats, out):
+    out["step_s"], result = timed(step, repeats)
     out["step_peak_mib"] = memory_mib("VmHWM")
     out["check"] = result.flatten()[:512].tolist()
 
 
-def ours_cn(folders, size, repeats, out):
-    enter_comfy("--cpu")
+def _ours_cn_step(folders, size, out):
+    """Our ControlNet step: the MODEL of our loader, Kolors ControlNet Loader's CONTROL_NET, core Apply ControlNet."""
     import nodes as comfy_nodes
     import torch
 
@@ -89,12 +97,18 @@ def ours_cn(folders, size, repeats, out):
     weights = LazyWeights([folders["controlnet"] / "diffusion_pytorch_model.safetensors"])
     cn = kolors_controlnet(weights, read_json(folders["controlnet"] / "config.json"), "fp32", take=weights.take)
     out["load_s"] = time.perf_counter() - t0
-    reset_resident_peak()
     positive, negative = _conds(c, size)
     hint = torch.from_numpy(_picture(size))[None]
     positive, negative = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, cn, hint, STRENGTH,
                                                                                 0.0, 1.0)
-    _ours_step(model, positive, negative, size, repeats, out)
+    return _ours_sampling(model, positive, negative, size)
+
+
+def ours_cn(folders, size, repeats, out):
+    enter_comfy("--cpu")
+    step = _ours_cn_step(folders, size, out)
+    reset_resident_peak()
+    _ours_step(step, repeats, out)
 
 
 def ours_ip(folders, size, repeats, out):
@@ -115,7 +129,7 @@ def ours_ip(folders, size, repeats, out):
     del vision
     reset_resident_peak()
     positive, negative = _conds(c, size)
-    _ours_step(model, positive, negative, size, repeats, out)
+    _ours_step(_ours_sampling(model, positive, negative, size), repeats, out)
 
 
 def _ref_unet(folders):
@@ -132,7 +146,8 @@ def _unscaled(folders, latent) -> list[float]:
     return (latent / scale).flatten()[:512].tolist()
 
 
-def ref_cn(folders, size, repeats, out):
+def _ref_cn_step(folders, size, out):
+    """Kwai-Kolors's ControlNet loop on diffusers' UNet and ControlNetModel: one step, as a function of nothing."""
     import torch
     from diffusers import ControlNetModel
 
@@ -141,28 +156,52 @@ def ref_cn(folders, size, repeats, out):
     unet, scheduler = _ref_unet(folders)
     controlnet = ControlNetModel.from_pretrained(folders["controlnet"], torch_dtype=torch.float32).eval()
     out["load_s"] = time.perf_counter() - t0
-    reset_resident_peak()
     hint = torch.from_numpy(_picture(size)).permute(2, 0, 1)[None].repeat(2, 1, 1, 1)
     ctx = torch.cat([c["neg_context"], c["context"]])
     added = {"text_embeds": torch.cat([c["neg_pooled"], c["pooled"]]),
              "time_ids": torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).repeat(2, 1)}
 
     def step():
-        scheduler.set_timesteps(timesteps=[1099])  # KSampler's one "normal" step: sigma_max -> 0
-        latents = torch.randn(1, 4, size // 8, size // 8, generator=torch.manual_seed(0)) * scheduler.init_noise_sigma
-        t = scheduler.timesteps[0]
-        x = scheduler.scale_model_input(torch.cat([latents] * 2), t)
-        down, mid = controlnet(x, t, encoder_hidden_states=controlnet.encoder_hid_proj(ctx), controlnet_cond=hint,
-                               conditioning_scale=STRENGTH, added_cond_kwargs=added, return_dict=False)
-        eps = unet(x, t, encoder_hidden_states=ctx, added_cond_kwargs=added, down_block_additional_residuals=down,
-                   mid_block_additional_residual=mid, return_dict=False)[0]
-        uncond, cond = eps.chunk(2)
-        return scheduler.step(uncond + CFG * (cond - uncond), t, latents).prev_sample
+        with torch.no_grad():
+            scheduler.set_timesteps(timesteps=[1099])  # KSampler's one "normal" step: sigma_max -> 0
+            latents = torch.randn(1, 4, size // 8, size // 8, generator=torch.manual_seed(0)) * scheduler.init_noise_sigma
+            t = scheduler.timesteps[0]
+            x = scheduler.scale_model_input(torch.cat([latents] * 2), t)
+            down, mid = controlnet(x, t, encoder_hidden_states=controlnet.encoder_hid_proj(ctx), controlnet_cond=hint,
+                                   conditioning_scale=STRENGTH, added_cond_kwargs=added, return_dict=False)
+            eps = unet(x, t, encoder_hidden_states=ctx, added_cond_kwargs=added, down_block_additional_residuals=down,
+                       mid_block_additional_residual=mid, return_dict=False)[0]
+            uncond, cond = eps.chunk(2)
+            return scheduler.step(uncond + CFG * (cond - uncond), t, latents).prev_sample
+    return step
 
-    with torch.no_grad():
-        out["step_s"], result = timed(step, repeats)
+
+def ref_cn(folders, size, repeats, out):
+    step = _ref_cn_step(folders, size, out)
+    reset_resident_peak()
+    out["step_s"], result = timed(step, repeats)
     out["step_peak_mib"] = memory_mib("VmHWM")
     out["check"] = _unscaled(folders, result)
+
+
+def profile_cn(folders, size, repeats, out):
+    """Both ControlNet steps in one process, alternating (the same machine state for both), then one profiled call
+    of each: ATen's operator table, to compare the work each side does (not their peak memory: see the workers)."""
+    enter_comfy("--cpu")
+    from torch.profiler import ProfilerActivity, profile
+
+    steps = {"ours": _ours_cn_step(folders, size, {}), "reference": _ref_cn_step(folders, size, {})}
+    for fn in steps.values():
+        fn()
+    times = {who: [] for who in steps}
+    for _ in range(repeats):
+        for who, fn in steps.items():
+            times[who].append(timed(fn, 1, warm_up=False)[0][0])
+    out["step_s"], out["tables"] = times, {}
+    for who, fn in steps.items():
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        out["tables"][who] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8)
 
 
 def ref_ip(folders, size, repeats, out):
@@ -197,7 +236,7 @@ def ref_ip(folders, size, repeats, out):
     out["check"] = _unscaled(folders, result)
 
 
-WORKERS = {"ours-cn": ours_cn, "ref-cn": ref_cn, "ours-ip": ours_ip, "ref-ip": ref_ip}
+WORKERS = {"ours-cn": ours_cn, "ref-cn": ref_cn, "ours-ip": ours_ip, "ref-ip": ref_ip, "profile-cn": profile_cn}
 
 
 def run_worker(kind: str, folders: dict, size: int, repeats: int) -> dict:
@@ -210,6 +249,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--size", type=int, default=64)
+    p.add_argument("--parts", nargs="+", choices=("cn", "ip"), default=["cn", "ip"], help="ControlNet, IP-Adapter")
+    p.add_argument("--profile", action="store_true",
+                   help="instead: both ControlNet steps in one process, alternating, and each one's operator table")
     p.add_argument("--worker", choices=sorted(WORKERS))
     p.add_argument("--folders")
     a = p.parse_args()
@@ -221,10 +263,19 @@ def main() -> int:
 
     from devkit.kolors_models import medium_kolors, medium_kolors_controlnet, medium_kolors_ip_adapter
 
-    folders = {"kolors": medium_kolors(), "controlnet": medium_kolors_controlnet(), "ip": medium_kolors_ip_adapter()}
+    folders = {"kolors": medium_kolors(), "controlnet": medium_kolors_controlnet(),
+               "ip": medium_kolors_ip_adapter() if "ip" in a.parts else ""}
+    if a.profile:
+        res = run_worker("profile-cn", folders, a.size, a.repeats)
+        for who, table in res["tables"].items():
+            sys.stdout.write(f"\n{who}, one ControlNet step:\n{table}")
+        ours, ref = (statistics.median(res["step_s"][k]) for k in ("ours", "reference"))
+        sys.stdout.write(f"\nControlNet step in one process, {a.repeats} alternating calls (medians): ours {ours:.3f}s, "
+                         f"reference {ref:.3f}s, speed {ref / ours:.2f}x\n")
+        return 0
     runs: dict[str, list[dict]] = {k: [] for k in WORKERS}
     for r in range(a.rounds):
-        for part in ("cn", "ip"):
+        for part in a.parts:
             for who in (("ours", "ref") if r % 2 == 0 else ("ref", "ours")):
                 res = run_worker(f"{who}-{part}", folders, a.size, a.repeats)
                 runs[f"{who}-{part}"].append(res)
@@ -238,7 +289,9 @@ def main() -> int:
     lines = [f"Kolors add-ons, medium model, fp32, CPU ({os.cpu_count()} cores), {a.size}x{a.size} px, cfg {CFG:g}, "
              f"medians of {a.rounds} processes x {a.repeats} calls",
              f"{'':<30}{'ours':>10}{'reference':>11}{'ratio':>9}"]
-    for part, label in (("cn", f"ControlNet step (strength {STRENGTH})"), ("ip", f"IP-Adapter step (weight {WEIGHT})")):
+    labels = {"cn": f"ControlNet step (strength {STRENGTH})", "ip": f"IP-Adapter step (weight {WEIGHT})"}
+    for part in a.parts:
+        label = labels[part]
         o, ref = runs[f"ours-{part}"][-1]["check"], runs[f"ref-{part}"][-1]["check"]
         diff = max(abs(x - y) for x, y in zip(o, ref))
         lines.append(f"{label}; latent max diff {diff:.1e} (of {max(abs(y) for y in ref):.2f})")
