@@ -121,3 +121,20 @@ def running_hub_mirror(repos: dict[str, Path], **settings) -> Iterator[HubMirror
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def huggingface_at(monkeypatch, url: str) -> None:
+    """What setting HF_ENDPOINT before huggingface_hub is imported does (it reads it once, at import)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+
+
+def go_online(monkeypatch) -> None:
+    """The test's process online (the suite sets the offline variables), undone after the test."""
+    from huggingface_hub import constants
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "AESTHETE_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)

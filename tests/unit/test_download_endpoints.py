@@ -11,7 +11,8 @@ import time
 
 import pytest
 from devkit.scorer_models import tiny_clip_scorers_root
-from harness.hub_mirror import running_hub_mirror
+from harness.hub_mirror import go_online, huggingface_at, running_hub_mirror
+from harness.modelscope_mirror import modelscope_at
 
 from aesthete.common import downloads
 from aesthete.scoring.scorers import QUALITY_METRIC, ScorerUnavailable, ensure_scorer_files
@@ -60,33 +61,10 @@ def closed_url() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
-def huggingface_at(monkeypatch, url: str) -> None:
-    """What setting HF_ENDPOINT before huggingface_hub is imported does (it reads it once, at import)."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "ENDPOINT", url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
-
-
-def modelscope_at(monkeypatch, name: str, value: str) -> None:
-    """What setting MODELSCOPE_ENDPOINT (or the older MODELSCOPE_DOMAIN) before the first download does (modelscope
-    reads it once per process, into its default configuration)."""
-    from modelscope_hub import config
-
-    monkeypatch.delenv("MODELSCOPE_ENDPOINT", raising=False)
-    monkeypatch.delenv("MODELSCOPE_DOMAIN", raising=False)
-    monkeypatch.setenv(name, value)
-    monkeypatch.setattr(config, "_default_config", None)
-
-
 @pytest.fixture()
 def online(monkeypatch):
     """This test's process online (the suite sets the offline variables)."""
-    from huggingface_hub import constants
-
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "AESTHETE_OFFLINE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    go_online(monkeypatch)
 
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
