@@ -4,12 +4,15 @@ system); a failed source is logged and the next one tried. Offline (``HF_HUB_OFF
 or the endpoint not answering within seconds) a source fails at once instead of after a minute of retries.
 
 Each hub is probed at the endpoint its own library will download from: Hugging Face's ``HF_ENDPOINT`` (a mirror),
-ModelScope's ``MODELSCOPE_ENDPOINT`` / ``MODELSCOPE_DOMAIN`` (through the environment's proxy, as they connect). Progress counts bytes: the bytes written under the
-temporary folder (both libraries write their partial files there) against the sizes the hub lists."""
+ModelScope's ``MODELSCOPE_ENDPOINT`` / ``MODELSCOPE_DOMAIN`` (through the environment's proxy, as they connect). Both are
+fetched file by file (``fetch_huggingface_files``, ``fetch_modelscope_files``): a missing name is told before any
+download, a failed file is named, the user's cancel is taken between files. Progress counts bytes: the bytes written
+under the temporary folder (both libraries write their partial files there) against the sizes the hub lists."""
 
 from __future__ import annotations
 
 import contextvars
+import glob
 import logging
 import os
 import shutil
@@ -194,11 +197,16 @@ def fetch_huggingface_files(repo: str, names: Iterable[str], dest: Path, progres
 
 
 def modelscope_files(repo: str) -> dict[str, int | None]:
-    """Every file of the ModelScope repository ``repo`` with its size in bytes (None where none is listed)."""
+    """Every file of the ModelScope repository ``repo`` with its size in bytes (None where none is listed). The hub
+    lists folders too; modelscope 1.40 no longer says which entries they are (``Type``), so a path under which
+    another is listed is a folder."""
     from modelscope.hub.api import HubApi
 
+    listed = [f for f in HubApi().get_model_files(repo, recursive=True) if f.get("Type") != "tree"]
+    folders = {p.rsplit("/", 1)[0] for p in (f["Path"] for f in listed) if "/" in p}
+    folders |= {"/".join(f.split("/")[:i]) for f in list(folders) for i in range(1, f.count("/") + 1)}
     return {f["Path"]: (int(f["Size"]) if f.get("Size") is not None else None)
-            for f in HubApi().get_model_files(repo, recursive=True) if f.get("Type") != "tree"}
+            for f in listed if f["Path"] not in folders}
 
 
 def total_size(sizes: dict[str, int | None], names: Iterable[str]) -> int | None:
@@ -207,20 +215,41 @@ def total_size(sizes: dict[str, int | None], names: Iterable[str]) -> int | None
     return None if None in listed else sum(listed)
 
 
-def fetch_modelscope_snapshot(repo: str, dest: Path, progress: DownloadProgress,
-                              files: list[str] | None = None) -> None:
-    """The ModelScope repository ``repo`` (only ``files``, when given) into ``dest``, the progress in bytes."""
+def _modelscope_failure(name: str, repo: str, e: Exception) -> OSError:
+    """The error of one file: modelscope's own says how many files of the repository failed, not which, nor why; the
+    reason is in its ``failed_files``."""
+    cause = getattr(e, "failed_files", None) or {}
+    cause = cause.get(name, e) if isinstance(cause, dict) else e
+    why = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    return OSError(f"{name} of {repo}: {why}")
+
+
+def fetch_modelscope_files(repo: str, names: Iterable[str], dest: Path, progress: DownloadProgress) -> None:
+    """``names`` of the ModelScope repository ``repo`` into ``dest`` (their paths kept), one at a time, the progress
+    in bytes against the sizes the hub lists for them. A name the hub does not list is named before any download;
+    a file that fails (modelscope checks each against the size and sha256 the hub lists) is named in the error.
+
+    Each file is one ``snapshot_download`` limited to it: unlike ``model_file_download`` that checks the file against
+    the hub's listing, and unlike one snapshot of every file the user's cancel is taken between files."""
     require_modelscope()
     from modelscope import snapshot_download
 
-    try:
-        sizes = modelscope_files(repo)
-    except Exception as e:  # noqa: BLE001 - only the progress bar's total depends on it; the download says more
-        log.info("ModelScope %s: no file sizes (%s); progress counts the download as one step", repo, e)
-        sizes = {}
-    total = total_size(sizes, sizes if files is None else files)
-    with progress_in_bytes(dest, total, progress, f"ModelScope {repo}"):
-        snapshot_download(repo, allow_file_pattern=files, local_dir=str(dest))
+    names = list(names)
+    if not names:
+        raise FileNotFoundError(f"ModelScope {repo} lists none of the files needed")
+    sizes = modelscope_files(repo)
+    absent = [n for n in names if n not in sizes]
+    if absent:
+        raise FileNotFoundError(f"ModelScope {repo} does not list {', '.join(absent)}")
+    with progress_in_bytes(dest, total_size(sizes, names), progress, f"ModelScope {repo}") as check:
+        for name in names:
+            check()
+            try:
+                snapshot_download(repo, allow_file_pattern=[glob.escape(name)], local_dir=str(dest))
+            except Exception as e:  # noqa: BLE001 - named: the library names neither the file nor the cause
+                raise _modelscope_failure(name, repo, e) from e
+            if not (Path(dest) / name).is_file():
+                raise FileNotFoundError(f"{name} of {repo}: not downloaded")
 
 
 def download_into_place(folder: Path, fetchers: list[tuple[str, Fetcher]], check: Callable[[Path], None],

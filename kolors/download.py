@@ -10,8 +10,8 @@ import logging
 from pathlib import Path
 
 from ..common.downloads import (DownloadFailed, DownloadProgress, Fetcher, download_into_place,
-                               fetch_huggingface_files, modelscope_files, progress_in_bytes, require_huggingface,
-                               require_modelscope, total_size)
+                               fetch_huggingface_files, fetch_modelscope_files, modelscope_files, require_huggingface,
+                               require_modelscope)
 from .folder import KolorsFolderError, find_kolors_folder
 
 log = logging.getLogger("aesthete.kolors")
@@ -36,16 +36,7 @@ def wanted_files(names: list[str]) -> list[str]:
 
 def fetch_from_modelscope(dest: Path, progress: DownloadProgress) -> None:
     require_modelscope()
-    from modelscope.hub.file_download import model_file_download
-
-    sizes = modelscope_files(KOLORS_REPO)
-    files = wanted_files(list(sizes))
-    if not files:
-        raise FileNotFoundError("ModelScope lists none of the files the loader needs")
-    with progress_in_bytes(dest, total_size(sizes, files), progress, f"ModelScope {KOLORS_REPO}") as check:
-        for name in files:
-            check()
-            model_file_download(KOLORS_REPO, name, local_dir=str(dest))
+    fetch_modelscope_files(KOLORS_REPO, wanted_files(list(modelscope_files(KOLORS_REPO))), dest, progress)
 
 
 def fetch_from_huggingface(dest: Path, progress: DownloadProgress) -> None:

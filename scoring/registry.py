@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.downloads import (DownloadFailed, DownloadProgress, Fetcher, download_into_place,
-                               fetch_huggingface_files, fetch_modelscope_snapshot, require_huggingface)
+                               fetch_huggingface_files, fetch_modelscope_files, modelscope_files,
+                               require_huggingface, require_modelscope)
 from ..common.paths import path_inside
 
 log = logging.getLogger("aesthete.scoring")
@@ -74,18 +75,25 @@ def missing_files_message(name: str, folder: Path, reasons: list[str]) -> str:
             f"into {folder}, or pick a predictor folder that is already there.")
 
 
+def predictor_files(listed) -> list[str]:
+    """What a download fetches of a repository listing ``listed``: the predictor's files, the weights in the safe
+    format where the repository has both (a repository also carries a README, a model card, other formats)."""
+    files = [f for f in listed if f in REQUIRED_FILES + WEIGHT_FILES]
+    if "model.safetensors" in files and "pytorch_model.bin" in files:
+        files.remove("pytorch_model.bin")
+    return files
+
+
 def fetch_from_modelscope(model_id: str, dest: Path, progress: DownloadProgress) -> None:
-    fetch_modelscope_snapshot(model_id, dest, progress)
+    require_modelscope()
+    fetch_modelscope_files(model_id, predictor_files(modelscope_files(model_id)), dest, progress)
 
 
 def fetch_from_huggingface(repo_id: str, dest: Path, progress: DownloadProgress) -> None:
     require_huggingface()
     from huggingface_hub import HfApi
 
-    files = [f for f in HfApi().list_repo_files(repo_id) if f in REQUIRED_FILES + WEIGHT_FILES]
-    if "model.safetensors" in files and "pytorch_model.bin" in files:
-        files.remove("pytorch_model.bin")  # the safe format is enough
-    fetch_huggingface_files(repo_id, files, dest, progress)
+    fetch_huggingface_files(repo_id, predictor_files(HfApi().list_repo_files(repo_id)), dest, progress)
 
 
 def ensure_predictor(name: str, aesthetic_dir: Path, progress: DownloadProgress | None = None,

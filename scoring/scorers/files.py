@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from ...common.downloads import (DownloadFailed, DownloadProgress, Fetcher, download_into_place,
-                                 fetch_huggingface_files, fetch_modelscope_snapshot, progress_in_bytes,
+                                 fetch_huggingface_files, fetch_modelscope_files, progress_in_bytes,
                                  require_reachable)
 from ..registry import KNOWN_PREDICTORS, PredictorUnavailable, ensure_predictor
 from .catalog import DIFFSYNTH_REPO, QUALITY_METRIC, SPECS, Part, ScorerSpec
@@ -69,9 +69,9 @@ def fetch_from_modelscope(part: Part, dest: Path, progress: DownloadProgress) ->
     if part.modelscope is None:
         raise FileNotFoundError(f"no ModelScope repository publishes {', '.join(part.paths())}")
     if part.modelscope == DIFFSYNTH_REPO:  # every file at DiffSynth's path
-        fetch_modelscope_snapshot(DIFFSYNTH_REPO, dest, progress, part.paths(pick=0))
+        fetch_modelscope_files(DIFFSYNTH_REPO, part.paths(pick=0), dest, progress)
     else:  # the files at the top of the repository
-        fetch_modelscope_snapshot(part.modelscope, dest / part.folder, progress, [f.split("|")[0] for f in part.files])
+        fetch_modelscope_files(part.modelscope, [f.split("|")[0] for f in part.files], dest / part.folder, progress)
 
 
 def fetch_from_huggingface(part: Part, dest: Path, progress: DownloadProgress) -> None:
