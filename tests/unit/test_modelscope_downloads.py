@@ -192,3 +192,30 @@ def test_when_both_fail_the_error_names_the_truncated_file_and_the_folder(hubs_o
     assert f"Hugging Face is not reachable ({closed}" in message
     assert str(tmp_path / "models" / QUALITY_METRIC) in message
     assert list((tmp_path / "models" / QUALITY_METRIC).iterdir()) == []
+
+
+def test_the_listing_gives_files_not_folders(hubs_online):
+    """The hub lists folders too, and modelscope no longer says which entries they are."""
+    from aesthete.common.downloads import modelscope_files
+
+    cases, _, _ = hubs_online
+    folder = cases["scorer"].modelscope_folder
+    files = {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+    assert modelscope_files(DIFFSYNTH_REPO) == files
+
+
+def test_a_cancel_during_a_modelscope_download_stops_it_between_files(hubs_online, tmp_path):
+    """The user's cancel, raised by the progress bar: the file being fetched is finished, no further file is fetched,
+    Hugging Face is not tried, nothing is left."""
+    cases, ms, hf = hubs_online
+    cancel = type("InterruptProcessingException", (Exception,), {})
+
+    def progress(done, total, what):
+        if done > 0:
+            raise cancel()
+
+    with pytest.raises(cancel):
+        run_scorer(tmp_path / "models", progress)
+    assert 0 < len(downloaded(ms)) < len(cases["scorer"].files)
+    assert hf.served == []
+    assert list((tmp_path / "models" / QUALITY_METRIC).iterdir()) == []
