@@ -219,3 +219,28 @@ def test_a_cancel_during_a_modelscope_download_stops_it_between_files(hubs_onlin
     assert 0 < len(downloaded(ms)) < len(cases["scorer"].files)
     assert hf.served == []
     assert list((tmp_path / "models" / QUALITY_METRIC).iterdir()) == []
+
+
+def test_a_publishers_modelscope_repository_lands_in_its_quality_metric_folder(hubs_online, tmp_path):
+    """SigLIP comes from its own ModelScope repository, whose files sit at its top: they land in DiffSynth's folder
+    for it (V2.5's head is already in place, so only SigLIP is fetched)."""
+    from devkit.scorer_models import tiny_aesthetic_v25_root
+
+    _, ms, hf = hubs_online
+    head, siglip = SPECS["aesthetic-v2.5"].parts
+    source = tiny_aesthetic_v25_root() / QUALITY_METRIC
+    ms.repos[siglip.modelscope] = source / siglip.folder
+    models = tmp_path / "models"
+    (models / QUALITY_METRIC / head.folder).mkdir(parents=True)
+    for name in head.files:
+        shutil.copy(source / head.folder / name, models / QUALITY_METRIC / head.folder / name)
+    try:
+        assert ensure_scorer_files("aesthetic-v2.5", models) == models / QUALITY_METRIC / head.folder
+    finally:
+        del ms.repos[siglip.modelscope]
+    assert sorted(downloaded(ms)) == sorted(f"{siglip.modelscope}/{name}" for name in siglip.files)
+    assert hf.served == []
+    for name in siglip.files:
+        assert (models / QUALITY_METRIC / siglip.folder / name).read_bytes() == (
+            source / siglip.folder / name).read_bytes()
+    assert sorted(p.name for p in (models / QUALITY_METRIC).iterdir()) == sorted([head.folder, siglip.folder])
