@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import glob
+import inspect
 import logging
 import os
 import shutil
@@ -121,18 +122,30 @@ def bytes_under(folder: Path) -> int:
     return total
 
 
+class _Cancelled(BaseException):
+    """The user's cancel on its way out of a hub library's download loop. A BaseException, so that the library's
+    handlers of ``Exception`` (its retries, its per-file error wrapping, ours) do not take it for a network error;
+    ``progress_in_bytes`` turns it back into the cancel itself."""
+
+
+# check(inside_library=False): raises the user's cancel, if one came; inside a hub library's loop (its progress
+# hook) as a _Cancelled, so that the library lets it through
+CancelCheck = Callable[..., None]
+
+
 @contextmanager
 def progress_in_bytes(folder: Path, total: int | None, progress: DownloadProgress,
-                      what: str) -> Iterator[Callable[[], None]]:
+                      what: str) -> Iterator[CancelCheck]:
     """While the body downloads into ``folder``, ``progress(bytes written, total, what)`` every PROGRESS_EVERY_S
     seconds from a small thread (rising only, at most ``total``), then ``(total, total)`` when the body succeeds.
     Without a total (the hub listed no sizes) it reports (0, 1) and (1, 1). The thread runs in the caller's context
     (ComfyUI finds the node there); an exception the progress callback raises there (the user's cancel) is raised
-    here once the body returns, or sooner where the body calls the function it is given (between files: a file
-    being downloaded is not cut off)."""
+    here once the body returns (in place of any error the body raised meanwhile), or sooner where the body calls the
+    ``check`` it is given: between files, and inside a file where the hub library's progress hook calls
+    ``check(inside_library=True)`` (``huggingface_cancel_hook``, ``modelscope_cancel_hook``)."""
     if not total:
         progress(0, 1, what)
-        yield lambda: None
+        yield lambda inside_library=False: None
         progress(1, 1, what)
         return
     folder = Path(folder)
@@ -157,12 +170,17 @@ def progress_in_bytes(folder: Path, total: int | None, progress: DownloadProgres
                               name="aesthete-download-progress")
     thread.start()
 
-    def check() -> None:
+    def check(inside_library: bool = False) -> None:
         if raised:
+            if inside_library:
+                raise _Cancelled
             raise raised[0]
 
     try:
         yield check
+    except BaseException:
+        if not raised:  # not the user's cancel (a _Cancelled, or a file failing as the cancel came): raised below
+            raise
     finally:
         stop.set()
         thread.join()
@@ -170,6 +188,34 @@ def progress_in_bytes(folder: Path, total: int | None, progress: DownloadProgres
         raise raised[0]
     if shown[0] < total:
         progress(total, total, what)
+
+
+def huggingface_cancel_hook(download: Callable, check: CancelCheck) -> dict:
+    """``hf_hub_download``'s keyword for a progress bar that calls ``check`` on every piece written, so the user's
+    cancel stops a file mid-way; none where this huggingface_hub takes no ``tqdm_class`` (then between files)."""
+    if "tqdm_class" not in inspect.signature(download).parameters:
+        return {}
+    from huggingface_hub.utils import tqdm
+
+    class CancellableBar(tqdm):
+        def update(self, n=1):
+            check(inside_library=True)
+            return super().update(n)
+
+    return {"tqdm_class": CancellableBar}
+
+
+def modelscope_cancel_hook(download: Callable, check: CancelCheck) -> dict:
+    """The same for modelscope's ``snapshot_download``: a progress callback, where this modelscope takes them."""
+    if "progress_callbacks" not in inspect.signature(download).parameters:
+        return {}
+    from modelscope.hub.callback import ProgressCallback
+
+    class CancellableCallback(ProgressCallback):
+        def update(self, size: int) -> None:
+            check(inside_library=True)
+
+    return {"progress_callbacks": [CancellableCallback]}
 
 
 def fetch_huggingface_files(repo: str, names: Iterable[str], dest: Path, progress: DownloadProgress) -> None:
@@ -191,9 +237,10 @@ def fetch_huggingface_files(repo: str, names: Iterable[str], dest: Path, progres
 
     sizes = [named(name, lambda n=name: get_hf_file_metadata(hf_hub_url(repo, n)).size) for name in names]
     with progress_in_bytes(dest, None if None in sizes else sum(sizes), progress, f"Hugging Face {repo}") as check:
+        hook = huggingface_cancel_hook(hf_hub_download, check)
         for name in names:
             check()
-            named(name, lambda n=name: hf_hub_download(repo, n, local_dir=str(dest)))
+            named(name, lambda n=name: hf_hub_download(repo, n, local_dir=str(dest), **hook))
 
 
 def modelscope_files(repo: str) -> dict[str, int | None]:
@@ -242,10 +289,11 @@ def fetch_modelscope_files(repo: str, names: Iterable[str], dest: Path, progress
     if absent:
         raise FileNotFoundError(f"ModelScope {repo} does not list {', '.join(absent)}")
     with progress_in_bytes(dest, total_size(sizes, names), progress, f"ModelScope {repo}") as check:
+        hook = modelscope_cancel_hook(snapshot_download, check)
         for name in names:
             check()
             try:
-                snapshot_download(repo, allow_file_pattern=[glob.escape(name)], local_dir=str(dest))
+                snapshot_download(repo, allow_file_pattern=[glob.escape(name)], local_dir=str(dest), **hook)
             except Exception as e:  # noqa: BLE001 - named: the library names neither the file nor the cause
                 raise _modelscope_failure(name, repo, e) from e
             if not (Path(dest) / name).is_file():

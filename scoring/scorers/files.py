@@ -92,8 +92,9 @@ def fetch_from_url(part: Part, dest: Path, progress: DownloadProgress) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with urllib.request.urlopen(part.url, timeout=30) as response:  # noqa: S310 - fixed https
         size = int(response.headers.get("Content-Length") or 0) or None
-        with progress_in_bytes(target.parent, size, progress, target.name), open(target, "wb") as f:
+        with progress_in_bytes(target.parent, size, progress, target.name) as check, open(target, "wb") as f:
             while chunk := response.read(1 << 20):
+                check()  # the user's cancel, between pieces
                 f.write(chunk)
 
 

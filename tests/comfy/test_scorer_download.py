@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 from pathlib import Path
 
 import pytest
+import requests
 from devkit.client import ComfyClient, ExecutionError
 from devkit.comfy_server import free_port
 from devkit.graph import new_graph
@@ -117,5 +119,41 @@ def test_a_file_the_mirror_cuts_short_is_named_in_the_nodes_error(online_server)
     qm = online_server.models_dir / QUALITY_METRIC
     assert f"model.safetensors of {PICK.huggingface}: Consistency check failed" in message
     assert re.search(rf"{PICK.folder}/model\.safetensors.*not found under {re.escape(str(qm))}", message)
+    assert not (qm / PICK.folder).exists()
+    assert not [p.name for p in qm.iterdir() if p.name.startswith(".")]  # no staging or partial folder
+
+
+def test_cancel_stops_a_download_midway_and_leaves_nothing(online_server, mirror, tmp_path):
+    """The user presses Cancel while the weights arrive: the download stops inside that file (huggingface_hub's
+    progress hook asks at every 10 MB piece it writes), the run ends as interrupted, and nothing is left in
+    models/QualityMetric. The mirror serves PickScore's weights as a 48 MB file here (the size of a real one's first
+    pieces; the download never gets to load it)."""
+    comfy = ComfyClient(online_server.url)
+    g, loader, _ = scoring_graph("pickscore-v1")
+    big = tmp_path / "PickScore_v1"
+    big.mkdir()
+    shutil.copy(tiny_clip_scorers_root() / QUALITY_METRIC / PICK.folder / "config.json", big)
+    with open(big / "model.safetensors", "wb") as f:
+        f.truncate(SIZE := 48 << 20)
+    begun = (big / "config.json").stat().st_size  # the weights come second
+    asked = []
+
+    def cancel_in_the_weights(event: dict) -> None:
+        data = event.get("data", {})
+        if (event["type"] == "progress" and str(data.get("node")) == loader.id and data["value"] > begun
+                and not asked):
+            requests.post(comfy.url + "/interrupt", timeout=30).raise_for_status()
+            asked.append(data["value"])
+
+    kept = mirror.repos[PICK.huggingface], mirror.chunk, mirror.pause_s
+    mirror.repos[PICK.huggingface], mirror.chunk, mirror.pause_s = big, 1 << 20, 0.05  # 48 MB in about 2.5 s
+    try:
+        result = comfy.run(g.finalize(), timeout=120, on_event=cancel_in_the_weights, expect_interrupted=True)
+    finally:
+        mirror.repos[PICK.huggingface], mirror.chunk, mirror.pause_s = kept
+    assert asked and result.events[-1]["type"] == "execution_interrupted", result.events[-1]
+    piece = 10 << 20  # huggingface_hub's: its hook runs once per piece
+    assert 0 < mirror.sent[f"{PICK.huggingface}/model.safetensors"] <= SIZE - piece, mirror.sent  # a piece never sent
+    qm = online_server.models_dir / QUALITY_METRIC
     assert not (qm / PICK.folder).exists()
     assert not [p.name for p in qm.iterdir() if p.name.startswith(".")]  # no staging or partial folder

@@ -27,6 +27,7 @@ class HubMirror:
     pause_s: float = 0.0  # between chunks
     truncated: set[str] = field(default_factory=set)  # "repo/path" served 1000 bytes short
     served: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of each answered request
+    sent: dict[str, int] = field(default_factory=dict)  # "repo/path" -> bytes of its body written before the client left
     url: str = ""
 
     def file_of(self, url_path: str) -> tuple[str, str, Path] | None:
@@ -53,6 +54,20 @@ class HubMirror:
                        and not any(part.startswith(".") for part in p.relative_to(folder).parts))
         return [{"type": "file", "path": p.relative_to(folder).as_posix(), "size": p.stat().st_size,
                  "oid": hashlib.sha1(p.read_bytes()).hexdigest()} for p in files]
+
+
+def write_body(mirror, out, key: str, data: bytes) -> None:
+    """``data`` in ``mirror.chunk`` pieces, ``mirror.pause_s`` apart, counted in ``mirror.sent[key]``; a client that
+    hangs up (a cancelled download) ends it quietly."""
+    mirror.sent[key] = 0
+    try:
+        for start in range(0, len(data), mirror.chunk):
+            out.write(data[start:start + mirror.chunk])
+            out.flush()
+            mirror.sent[key] += len(data[start:start + mirror.chunk])
+            time.sleep(mirror.pause_s)
+    except ConnectionError:
+        pass
 
 
 def _handler(mirror: HubMirror) -> type[BaseHTTPRequestHandler]:
@@ -82,10 +97,7 @@ def _handler(mirror: HubMirror) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "application/octet-stream")
             self.end_headers()
             if body:
-                for start in range(0, len(sent), mirror.chunk):
-                    self.wfile.write(sent[start:start + mirror.chunk])
-                    self.wfile.flush()
-                    time.sleep(mirror.pause_s)
+                write_body(mirror, self.wfile, f"{repo}/{name}", sent)
 
         def do_HEAD(self) -> None:  # noqa: N802 - http.server's name
             self.answer(body=False)

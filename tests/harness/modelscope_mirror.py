@@ -19,13 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from .hub_mirror import write_body
 
 API = "/api/v1/models/"
 
@@ -37,6 +38,7 @@ class ModelScopeMirror:
     pause_s: float = 0.0  # between chunks
     truncated: set[str] = field(default_factory=set)  # "repo/path" served 1000 bytes short
     served: list[tuple[str, str]] = field(default_factory=list)  # (what, "repo" or "repo/path") per answer
+    sent: dict[str, int] = field(default_factory=dict)  # "repo/path" -> bytes of its body written before the client left
     url: str = ""
 
     def files(self, repo: str) -> list[Path]:
@@ -99,10 +101,7 @@ def _handler(mirror: ModelScopeMirror) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(sent)))
             self.send_header("Content-Type", "application/octet-stream")
             self.end_headers()
-            for start in range(0, len(sent), mirror.chunk):
-                self.wfile.write(sent[start:start + mirror.chunk])
-                self.wfile.flush()
-                time.sleep(mirror.pause_s)
+            write_body(mirror, self.wfile, f"{repo}/{name}", sent)
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             parts = urllib.parse.urlsplit(self.path)

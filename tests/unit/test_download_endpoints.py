@@ -205,24 +205,36 @@ def test_a_mirrors_truncated_file_is_named_and_nothing_is_left(monkeypatch, onli
     assert list((tmp_path / QUALITY_METRIC).iterdir()) == []
 
 
-def test_a_cancel_during_the_download_stops_it_and_leaves_nothing(monkeypatch, online, tmp_path, served):
-    """The user's cancel comes from the progress bar, here raised in the thread that counts the bytes: the file being
-    fetched is finished, no further file is fetched, no other source is tried."""
-    mirror, _ = served
+def test_a_cancel_during_the_download_stops_the_file_midway_and_leaves_nothing(monkeypatch, online, tmp_path, served):
+    """The user's cancel comes from the progress bar, here raised in the thread that counts the bytes once the weights
+    file has begun: the download stops inside that file (huggingface_hub's progress hook asks at every piece), no
+    further file is fetched, no other source is tried, nothing is left."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 256 * 1024)  # pieces as a 10 MB piece of a big file
+    mirror, folder = served
     mirror.served.clear()
+    mirror.pause_s, pause = 0.08, mirror.pause_s  # the weights take about 2 s to arrive
+    before, weights = (folder / "config.json").stat().st_size, (folder / "model.safetensors").stat().st_size
     cancel = type("InterruptProcessingException", (Exception,), {})
     calls = []
 
     def progress(done, total, what):
         calls.append(done)
-        if done > 0:
+        if done > before:
             raise cancel()
 
     other = [("ModelScope", lambda dest, p: calls.append("another source"))]
-    with pytest.raises(cancel):
-        ensure_scorer_files(CLIPSCORE, tmp_path, progress, fetchers=from_mirror(monkeypatch, tmp_path, mirror) + other)
+    try:
+        with pytest.raises(cancel):
+            ensure_scorer_files(CLIPSCORE, tmp_path, progress,
+                                fetchers=from_mirror(monkeypatch, tmp_path, mirror) + other)
+    finally:
+        mirror.pause_s = pause
     assert "another source" not in calls
-    assert len([p for method, p in mirror.served if method == "GET"]) < len(PART.files)
+    assert [p for method, p in mirror.served if method == "GET"] == [
+        f"{PART.huggingface}/config.json", f"{PART.huggingface}/model.safetensors"]
+    assert 0 < mirror.sent[f"{PART.huggingface}/model.safetensors"] < weights / 2, mirror.sent
     assert list((tmp_path / QUALITY_METRIC).iterdir()) == []
 
 

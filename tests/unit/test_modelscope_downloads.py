@@ -204,19 +204,27 @@ def test_the_listing_gives_files_not_folders(hubs_online):
     assert modelscope_files(DIFFSYNTH_REPO) == files
 
 
-def test_a_cancel_during_a_modelscope_download_stops_it_between_files(hubs_online, tmp_path):
-    """The user's cancel, raised by the progress bar: the file being fetched is finished, no further file is fetched,
-    Hugging Face is not tried, nothing is left."""
+def test_a_cancel_during_a_modelscope_download_stops_the_file_midway(hubs_online, monkeypatch, tmp_path):
+    """The user's cancel, raised by the progress bar once the weights file has begun: modelscope's progress hook asks
+    at every piece, so the download stops inside that file; no further file is fetched, Hugging Face is not tried,
+    nothing is left."""
+    import modelscope_hub._download as ms_download
+
     cases, ms, hf = hubs_online
+    monkeypatch.setattr(ms_download, "DOWNLOAD_CHUNK_SIZE", 256 * 1024)  # pieces as the 1 MB pieces of a big file
+    monkeypatch.setattr(ms, "pause_s", 0.08)  # the weights take about 2 s to arrive
+    weights = f"{DIFFSYNTH_REPO}/{cases['scorer'].weights}"
     cancel = type("InterruptProcessingException", (Exception,), {})
 
     def progress(done, total, what):
-        if done > 0:
+        if done > 0 and downloaded(ms)[-1:] == [weights]:
             raise cancel()
 
     with pytest.raises(cancel):
         run_scorer(tmp_path / "models", progress)
-    assert 0 < len(downloaded(ms)) < len(cases["scorer"].files)
+    assert downloaded(ms)[-1] == weights and len(downloaded(ms)) < len(cases["scorer"].files)
+    size = (cases["scorer"].modelscope_folder / cases["scorer"].weights).stat().st_size
+    assert 0 < ms.sent[weights] < size / 2, ms.sent
     assert hf.served == []
     assert list((tmp_path / "models" / QUALITY_METRIC).iterdir()) == []
 
