@@ -13,7 +13,7 @@ import json
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -118,14 +118,24 @@ def _handler(mirror: HubMirror) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """Quiet about a client that hangs up (a cancelled download; modelscope's region probe gives up after 0.2 s)."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 @contextmanager
-def running_hub_mirror(repos: dict[str, Path], **settings) -> Iterator[HubMirror]:
-    """A HubMirror serving ``repos`` on 127.0.0.1 (a free port) from a thread, for the ``with`` block."""
-    mirror = HubMirror(dict(repos), **settings)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(mirror))
-    server.daemon_threads = True
+def serving(mirror, handler: Callable[[object], type[BaseHTTPRequestHandler]], name: str) -> Iterator:
+    """``mirror`` answered by ``handler(mirror)`` on 127.0.0.1 (a free port, set as ``mirror.url``) from a thread,
+    for the ``with`` block."""
+    server = QuietServer(("127.0.0.1", 0), handler(mirror))
     mirror.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True, name="hub-mirror")
+    thread = threading.Thread(target=server.serve_forever, daemon=True, name=name)
     thread.start()
     try:
         yield mirror
@@ -133,6 +143,13 @@ def running_hub_mirror(repos: dict[str, Path], **settings) -> Iterator[HubMirror
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@contextmanager
+def running_hub_mirror(repos: dict[str, Path], **settings) -> Iterator[HubMirror]:
+    """A HubMirror serving ``repos`` on 127.0.0.1 (a free port) from a thread, for the ``with`` block."""
+    with serving(HubMirror(dict(repos), **settings), _handler, "hub-mirror") as mirror:
+        yield mirror
 
 
 def huggingface_at(monkeypatch, url: str) -> None:

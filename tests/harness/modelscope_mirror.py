@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from .hub_mirror import write_body
+from .hub_mirror import serving, write_body
 
 API = "/api/v1/models/"
 
@@ -126,31 +125,11 @@ def _handler(mirror: ModelScopeMirror) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address) -> None:
-        """Quiet about a client that hangs up (modelscope's region probe gives up after 0.2 s by design)."""
-        import sys
-
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
 @contextmanager
 def running_modelscope_mirror(repos: dict[str, Path], **settings) -> Iterator[ModelScopeMirror]:
     """A ModelScopeMirror serving ``repos`` on 127.0.0.1 (a free port) from a thread, for the ``with`` block."""
-    mirror = ModelScopeMirror(dict(repos), **settings)
-    server = _Server(("127.0.0.1", 0), _handler(mirror))
-    mirror.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True, name="modelscope-mirror")
-    thread.start()
-    try:
+    with serving(ModelScopeMirror(dict(repos), **settings), _handler, "modelscope-mirror") as mirror:
         yield mirror
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def modelscope_at(monkeypatch, name: str, value: str, cache: Path | None = None) -> None:
