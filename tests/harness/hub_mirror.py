@@ -21,14 +21,20 @@ from pathlib import Path
 
 
 @dataclass
-class HubMirror:
+class LocalHub:
+    """What a local hub serves and what it saw (the Hugging Face mirror here, the ModelScope hub beside it)."""
     repos: dict[str, Path]  # repository id -> the folder holding its files
     chunk: int = 256 * 1024
     pause_s: float = 0.0  # between chunks
     truncated: set[str] = field(default_factory=set)  # "repo/path" served 1000 bytes short
-    served: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of each answered request
+    served: list[tuple[str, str]] = field(default_factory=list)  # (what, "repo" or "repo/path") per answer
     sent: dict[str, int] = field(default_factory=dict)  # "repo/path" -> bytes of its body written before the client left
     url: str = ""
+
+
+@dataclass
+class HubMirror(LocalHub):
+    """The Hugging Face mirror; ``served`` holds (HTTP method, "repo/path")."""
 
     def file_of(self, url_path: str) -> tuple[str, str, Path] | None:
         path = urllib.parse.unquote(urllib.parse.urlsplit(url_path).path).lstrip("/")

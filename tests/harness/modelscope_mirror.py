@@ -21,24 +21,18 @@ import json
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from .hub_mirror import serving, write_body
+from .hub_mirror import LocalHub, serving, write_body
 
 API = "/api/v1/models/"
 
 
 @dataclass
-class ModelScopeMirror:
-    repos: dict[str, Path]  # repository id -> the folder holding its files
-    chunk: int = 256 * 1024
-    pause_s: float = 0.0  # between chunks
-    truncated: set[str] = field(default_factory=set)  # "repo/path" served 1000 bytes short
-    served: list[tuple[str, str]] = field(default_factory=list)  # (what, "repo" or "repo/path") per answer
-    sent: dict[str, int] = field(default_factory=dict)  # "repo/path" -> bytes of its body written before the client left
-    url: str = ""
+class ModelScopeMirror(LocalHub):
+    """The ModelScope hub; ``served`` holds ("revisions" / "files", repo) and ("file", "repo/path")."""
 
     def files(self, repo: str) -> list[Path]:
         folder = self.repos[repo]
