@@ -205,10 +205,13 @@ def test_a_mirrors_truncated_file_is_named_and_nothing_is_left(monkeypatch, onli
     assert list((tmp_path / QUALITY_METRIC).iterdir()) == []
 
 
-def test_a_cancel_during_the_download_stops_the_file_midway_and_leaves_nothing(monkeypatch, online, tmp_path, served):
-    """The user's cancel comes from the progress bar, here raised in the thread that counts the bytes once the weights
-    file has begun: the download stops inside that file (huggingface_hub's progress hook asks at every piece), no
-    further file is fetched, no other source is tried, nothing is left."""
+@pytest.mark.parametrize("kind", [Exception, BaseException], ids=["ComfyUI 0.3.75", "newest ComfyUI"])
+def test_a_cancel_during_the_download_stops_the_file_midway_and_leaves_nothing(monkeypatch, online, tmp_path, served,
+                                                                               kind):
+    """The user's cancel comes from the progress bar (an Exception in ComfyUI 0.3.75, a BaseException in the newest),
+    here raised in the thread that counts the bytes once the weights file has begun: the download stops inside that
+    file (huggingface_hub's progress hook asks at every piece), no further file is fetched, no other source is tried,
+    nothing is left."""
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 256 * 1024)  # pieces as a 10 MB piece of a big file
@@ -216,7 +219,7 @@ def test_a_cancel_during_the_download_stops_the_file_midway_and_leaves_nothing(m
     mirror.served.clear()
     mirror.pause_s, pause = 0.08, mirror.pause_s  # the weights take about 2 s to arrive
     before, weights = (folder / "config.json").stat().st_size, (folder / "model.safetensors").stat().st_size
-    cancel = type("InterruptProcessingException", (Exception,), {})
+    cancel = type("InterruptProcessingException", (kind,), {})
     calls = []
 
     def progress(done, total, what):
