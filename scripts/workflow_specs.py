@@ -96,8 +96,10 @@ class Builder:
         return WorkflowSpec(self.name, self.nodes, self.links, groups, columns)
 
 
-def note(b: Builder, title: str, text: str) -> str:
-    return b.add("note", "Note", {"text": text}, title=title, size=(520, 360))
+def note(b: Builder, heading: str, text: str) -> str:
+    """The note every workflow opens with: its heading, then the files to put in place (``text`` starts with them)."""
+    return b.add("note", "Note", {"text": f"{heading}\n\nPut these files in place, then press R (refresh) and Queue:\n"
+                                          f"{text}"}, title="Models · 模型", size=(520, 360))
 
 
 EXAMPLE_FIELDS = {"style": "masterpiece, best quality, watercolor", "character": "a red fox", "view_angle": "from side",
@@ -190,9 +192,7 @@ def generate_rank_layout(b: Builder, model: str, models_title: str, prompt_title
 
 def generate_score_rank() -> WorkflowSpec:
     b = Builder("1-generate-score-rank")
-    note(b, "Models · 模型", (
-        "Aesthete 1 · Generate, score, rank (生成、评分、排序)\n\n"
-        "Put these files in place, then press R (refresh) and Queue:\n"
+    note(b, "Aesthete 1 · Generate, score, rank (生成、评分、排序)", (
         f"• models/checkpoints/{SD15} : Stable Diffusion 1.5 (any SD1.5 checkpoint; for an SDXL one set the "
         "latent to 1024×1024)\n"
         f"{PREDICTOR_FILES}\n"
@@ -218,9 +218,7 @@ def generate_score_rank() -> WorkflowSpec:
 
 def score_a_folder() -> WorkflowSpec:
     b = Builder("2-score-a-folder")
-    note(b, "Models · 模型", (
-        "Aesthete 2 · Score a folder (给文件夹打分)\n\n"
-        "Put these files in place, then press R (refresh) and Queue:\n"
+    note(b, "Aesthete 2 · Score a folder (给文件夹打分)", (
         f"{PREDICTOR_FILES}\n"
         "• input/lora_dataset/ : the images to check (a folder under ComfyUI's input directory; change 'folder')\n\n"
         "Gives the mean score of the folder, one line per image (score, file) and the files that were skipped "
@@ -248,9 +246,7 @@ def score_a_folder() -> WorkflowSpec:
 
 def train_then_compare() -> WorkflowSpec:
     b = Builder("3-train-then-compare")
-    note(b, "Models · 模型", (
-        "Aesthete 3 · Train, then compare (训练后对比)\n\n"
-        "Put these files in place, then press R (refresh) and Queue:\n"
+    note(b, "Aesthete 3 · Train, then compare (训练后对比)", (
         f"• models/checkpoints/{SD15} : Stable Diffusion 1.5 (the model the LoRA is trained on)\n"
         f"{PREDICTOR_FILES}\n"
         "• input/lora_dataset/ : training images with captions (name.png + name.txt)\n\n"
@@ -305,9 +301,7 @@ def train_then_compare() -> WorkflowSpec:
 
 def use_a_diffsynth_lora() -> WorkflowSpec:
     b = Builder("4-use-a-diffsynth-lora")
-    note(b, "Models · 模型", (
-        "Aesthete 4 · Use a DiffSynth LoRA on Kolors (在 Kolors 上使用 DiffSynth LoRA)\n\n"
-        "Put these files in place, then press R (refresh) and Queue:\n"
+    note(b, "Aesthete 4 · Use a DiffSynth LoRA on Kolors (在 Kolors 上使用 DiffSynth LoRA)", (
         f"{KOLORS_FILES}\n"
         f"• models/loras/{DIFFSYNTH_LORA} : a Kolors LoRA trained with DiffSynth-Studio 1.x (its Lightning "
         "checkpoint, e.g. lightning_logs/version_0/checkpoints/epoch=4-step=500.ckpt, renamed). DiffSynth stores no "
@@ -344,9 +338,7 @@ def use_a_diffsynth_lora() -> WorkflowSpec:
 
 def kolors_generate_score_rank() -> WorkflowSpec:
     b = Builder("5-kolors-generate-score-rank")
-    note(b, "Models · 模型", (
-        "Aesthete 5 · Kolors: generate, score, rank (Kolors 生成、评分、排序)\n\n"
-        "Put these files in place, then press R (refresh) and Queue:\n"
+    note(b, "Aesthete 5 · Kolors: generate, score, rank (Kolors 生成、评分、排序)", (
         f"{KOLORS_FILES}\n"
         f"{PREDICTOR_FILES}\n\n"
         "The recipe's own Chinese prompt, written field by field in the Prompt Composer (style, character, scene: "
@@ -369,10 +361,8 @@ def kolors_generate_score_rank() -> WorkflowSpec:
 
 def the_recipe() -> WorkflowSpec:
     b = Builder("6-the-recipe")
-    note(b, "Models · 模型", (
-        "Aesthete 6 · The recipe: train a Kolors LoRA, score every epoch, keep the best (配方：训练 Kolors LoRA，"
-        "每轮评分，保留最佳)\n\n"
-        "Put these files in place, then press R (refresh) and Queue:\n"
+    note(b, "Aesthete 6 · The recipe: train a Kolors LoRA, score every epoch, keep the best (配方：训练 Kolors LoRA，"
+            "每轮评分，保留最佳)", (
         f"{KOLORS_FILES}\n"
         f"{PREDICTOR_FILES}\n"
         f"{ALIGNMENT_FILES}\n"
@@ -450,9 +440,7 @@ def the_recipe() -> WorkflowSpec:
 
 def pick_the_best_epoch() -> WorkflowSpec:
     b = Builder("11-pick-the-best-epoch")
-    note(b, "Models · 模型", (
-        "Aesthete 11 · Pick the best epoch of a DiffSynth Kolors LoRA (挑出 DiffSynth Kolors LoRA 最好的一轮)\n\n"
-        "Put these files in place, then press R (refresh) and Queue:\n"
+    note(b, "Aesthete 11 · Pick the best epoch of a DiffSynth Kolors LoRA (挑出 DiffSynth Kolors LoRA 最好的一轮)", (
         f"{KOLORS_FILES}\n"
         f"• models/loras/{DIFFSYNTH_RUN}/ : the checkpoints/ folder of a DiffSynth-Studio 1.x Kolors LoRA run "
         "(lightning_logs/version_0/checkpoints/epoch=0-step=500.ckpt, epoch=1-step=1000.ckpt, ...), copied as it "

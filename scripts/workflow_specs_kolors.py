@@ -18,8 +18,7 @@ ADDON_NEGATIVE = "低质量，模糊，变形"
 
 def kolors_addon_start(b: Builder, title: str, text: str, image_title: str = "Your picture · 你的图片") -> None:
     """Note, Kolors Loader, a LoadImage and the two prompts of the Kolors add-on workflows (7-10)."""
-    note(b, "Models · 模型", f"{title}\n\nPut these files in place, then press R (refresh) and Queue:\n{KOLORS_FILES}\n"
-                            f"{text}")
+    note(b, title, f"{KOLORS_FILES}\n{text}")
     b.add("kolors", "AestheteKolorsLoader", {"kolors": KOLORS, "dtype": "auto", "text_encoder_device": "default"})
     b.add("image", "LoadImage", {"image": INPUT_IMAGE}, title=image_title)
     b.add("positive_text", "CLIPTextEncode", {"text": ADDON_PROMPT}, title="Positive")
