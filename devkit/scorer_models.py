@@ -210,15 +210,12 @@ def tiny_aesthetic_v25_root() -> Path:
         from collections import OrderedDict
 
         import torch
-        from transformers import SiglipConfig, SiglipModel
+        from transformers import SiglipModel
 
         qm = root / "QualityMetric"
         siglip = qm / "siglip-so400m-patch14-384"
-        config = SiglipConfig(text_config=dict(vocab_size=128, hidden_size=32, intermediate_size=64,
-                                               num_hidden_layers=2, num_attention_heads=4,
-                                               max_position_embeddings=16),
-                              vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                                 num_attention_heads=4, image_size=32, patch_size=8))
+        config = _siglip_config(2, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                image_size=32, patch_size=8)
         torch.manual_seed(6)
         SiglipModel(config).save_pretrained(siglip)
         _siglip_processor(32).save_pretrained(siglip)
@@ -261,7 +258,7 @@ def full_bench_root() -> Path:
     def build(root: Path) -> None:
         import torch
         from safetensors.torch import save_file
-        from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
+        from transformers import CLIPConfig, CLIPModel, SiglipModel
 
         from aesthete.scoring.scorers.imagereward import ImageRewardModel
         from aesthete.scoring.scorers.mps import CROSS_LAYERS, CrossModel
@@ -316,11 +313,8 @@ def full_bench_root() -> Path:
         (qm / "ImageReward" / "med_config.json").write_text(json.dumps(med, indent=2))
         _save_fp16(ImageRewardModel(med), qm / "ImageReward" / "ImageReward.safetensors")
         siglip = qm / "siglip-so400m-patch14-384"
-        so400m = SiglipConfig(text_config=dict(vocab_size=128, hidden_size=32, intermediate_size=64,
-                                               num_hidden_layers=1, num_attention_heads=4,
-                                               max_position_embeddings=16),
-                              vision_config=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
-                                                 num_attention_heads=16, image_size=384, patch_size=14))
+        so400m = _siglip_config(1, hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                                num_attention_heads=16, image_size=384, patch_size=14)
         so400m.save_pretrained(siglip)
         _save_fp16(SiglipModel(so400m), siglip / "model.safetensors")
         _siglip_processor(384).save_pretrained(siglip)
@@ -369,6 +363,15 @@ def laion_pair_root() -> Path:
         save_file({k: v.contiguous() for k, v in predictor.state_dict().items() if k.startswith("layers.")},
                   str(qm / "aesthetic-predictor" / "sac+logos+ava1-l14-linearMSE.safetensors"))
     return _build_root("scorers-laion-pair-1", build)
+
+
+def _siglip_config(text_layers: int, **vision):
+    """A SigLIP config: ``vision`` as given (V2.5 reads only the vision tower), a tiny text tower of ``text_layers``."""
+    from transformers import SiglipConfig
+
+    return SiglipConfig(text_config=dict(vocab_size=128, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=text_layers, num_attention_heads=4,
+                                         max_position_embeddings=16), vision_config=vision)
 
 
 def _siglip_processor(size: int):
