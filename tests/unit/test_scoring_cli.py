@@ -8,18 +8,13 @@ import logging
 import pytest
 from devkit.factories import aesthetic_predictor
 from devkit.scoring_files import write_mixed_folder
-
-from aesthete.cli import main
+from harness.scoring_cli import run_score
 
 
 @pytest.fixture()
 def data(tmp_path):
     write_mixed_folder(tmp_path / "data")
     return tmp_path / "data"
-
-
-def run_score(*argv) -> int:
-    return main(["score", *map(str, argv), "--no-progress"])
 
 
 def test_scores_a_folder_and_writes_json(data, tmp_path, capsys):
