@@ -114,8 +114,10 @@ def _tower_flops(model) -> tuple[float, object] | None:
     vision = getattr(getattr(model, "model", None), "vision_model", None)
     if vision is None or not hasattr(vision, "encoder"):
         return None
+    import torch
+
     tokens = vision.embeddings.position_embedding.num_embeddings
-    linear = sum(m.weight.numel() for m in vision.encoder.modules() if type(m).__name__ == "Linear")
+    linear = sum(m.weight.numel() for m in vision.encoder.modules() if isinstance(m, torch.nn.Linear))
     return 2.0 * tokens * linear, vision
 
 
